@@ -1,0 +1,62 @@
+"""Attention kernel shared by the adapters.
+
+Queries may be a token subset while keys/values cover all tokens (exact-query partial
+attention, METHODS §0.3). Fused SDPA is used unless a scorer needs the probabilities, in
+which case they are materialised and their head-mean statistics returned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.accounting import MacCounter
+from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """−Σ p log(p + 1e-7) over the last dim (the reference's epsilon, METHODS §0.8)."""
+    return -(p * torch.log(p + 1e-7)).sum(dim=-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, counter: MacCounter,
+              mask: torch.Tensor | None = None, want: frozenset[str] = frozenset(),
+              text_keys: int = 0, cross: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """softmax(q kᵀ/√d + mask) v on B×H×N×d tensors → (B×N_q×H·d output, statistics).
+
+    want: statistics to return (names from harness.scores). ``cross`` marks a pure
+    cross-attention (its entropy is over all keys); ``text_keys`` > 0 marks a joint attention
+    whose first keys are text (FLUX), whose text entropy is over those keys renormalised.
+    """
+    b, h, n_q, d = q.shape
+    counter.add_attention(n_q, k.shape[2], h * d, rows=b)
+    stats: dict[str, torch.Tensor] = {}
+    if VALUE_NORM in want:
+        stats[VALUE_NORM] = v.float().norm(dim=-1)
+    need_probs = SELF_ATTN in want or CROSS_ENTROPY in want
+    if not need_probs:
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)), stats
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * d**-0.5
+    if mask is not None:
+        logits = logits + mask.float()
+    probs = logits.softmax(dim=-1)
+    out = torch.matmul(probs.to(v.dtype), v)
+    if SELF_ATTN in want:
+        stats[SELF_ATTN] = probs.mean(dim=1)
+    if CROSS_ENTROPY in want:
+        if cross:
+            stats[CROSS_ENTROPY] = entropy(probs.mean(dim=1))
+        elif text_keys:
+            text = logits[..., :text_keys].softmax(dim=-1)
+            stats[CROSS_ENTROPY] = entropy(text.mean(dim=1))
+    return merge_heads(out), stats

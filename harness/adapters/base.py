@@ -1,0 +1,76 @@
+"""What every model-family adapter provides to the engine."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+
+from harness.engine import CallInfo, Engine, _set_instance_attr
+from methods.base import Layer
+
+
+class Adapter:
+    """Exposes a diffusers transformer's blocks as layers runnable on a token subset.
+
+    Subclasses list the blocks (``self.blocks``: (module, stream) in execution order), the
+    sub-modules of each (``modules_of``), read call shapes (``call_info``) and implement one
+    block's forward (``block_forward``) with every sub-module routed through ``engine.layer``.
+    """
+
+    family = ""
+    variant = ""
+    default_cfg_batched = False
+    # statistics each sub-module can record for the scorers (names from harness.scores)
+    module_provides: dict[str, frozenset[str]] = {}
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.blocks: list[tuple[torch.nn.Module, str]] = self.list_blocks()
+        self.blocks_per_stream: dict[str, int] = {}
+        self.layers: list[Layer] = []
+        self.block_layers: list[dict[str, int]] = []  # per block: module name → layer index
+        for b, (block, stream) in enumerate(self.blocks):
+            stream_block = self.blocks_per_stream.get(stream, 0)
+            self.blocks_per_stream[stream] = stream_block + 1
+            ids = {}
+            for module, tokens, supports_topk in self.modules_of(block, stream):
+                ids[module] = len(self.layers)
+                self.layers.append(Layer(index=len(self.layers), block=b, stream_block=stream_block, stream=stream,
+                                         module=module, tokens=tokens, supports_topk=supports_topk))
+            self.block_layers.append(ids)
+        self._signature = inspect.signature(model.forward)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def provides(self, layer: Layer) -> frozenset[str]:
+        return self.module_provides.get(layer.module, frozenset())
+
+    def bind(self, forward: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+        return inspect.signature(forward).bind(*args, **kwargs).arguments
+
+    def install(self, engine: Engine, undo: list) -> None:
+        """Per-instance forward override on every block (restored by ``undo``)."""
+        for b, (block, _stream) in enumerate(self.blocks):
+            _set_instance_attr(block, "forward", self.make_forward(engine, b, block), undo)
+
+    # -- to implement -------------------------------------------------------------------------
+    def list_blocks(self) -> list[tuple[torch.nn.Module, str]]:
+        raise NotImplementedError
+
+    def modules_of(self, block: torch.nn.Module, stream: str) -> list[tuple[str, str, bool]]:
+        """(module name, token kind, supports TOPK) of each sub-module, in execution order."""
+        raise NotImplementedError
+
+    def call_info(self, forward: Callable, args: tuple, kwargs: dict) -> CallInfo:
+        raise NotImplementedError
+
+    def make_forward(self, engine: Engine, b: int, block: torch.nn.Module) -> Callable:
+        raise NotImplementedError
+
+    def output_state(self, out: Any) -> tuple:
+        """The tensors a block's return value carries (inverse of the ``as_output`` it passes)."""
+        raise NotImplementedError

@@ -1,0 +1,126 @@
+"""``BasicTransformerBlock`` as used by ``DiTTransformer2DModel`` (ada_norm_zero, no
+cross-attention) and ``PixArtTransformer2DModel`` (ada_norm_single, cross-attention).
+
+The block forward below is diffusers' own, restricted to those two norm types, with each
+sub-module (sa, ca, mlp) routed through the engine. Its pre-gate outputs are the ones of
+METHODS §0.3; gates, norms and modulation are recomputed every step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from harness.adapters.attention import attention, split_heads
+from harness.adapters.base import Adapter
+from harness.engine import CallInfo, Engine, LayerResult, gather_rows
+from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
+
+
+def check_plain_attention(attn, where: str) -> None:
+    """Our kernel reproduces AttnProcessor2_0 for the plain configuration only."""
+    if (attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection
+            or attn.rescale_output_factor != 1.0 or attn.norm_cross):
+        raise TypeError(f"{where}: unsupported Attention configuration (spatial/group norm, residual "
+                        "connection, output rescaling or cross norm)")
+
+
+def attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, mask=None, cross=False):
+    """diffusers ``Attention`` (to_q/k/v, optional q/k norm, to_out) with queries ``x_q``."""
+    q = split_heads(attn.to_q(x_q), attn.heads)
+    k = split_heads(attn.to_k(x_kv), attn.heads)
+    v = split_heads(attn.to_v(x_kv), attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    out, stats = attention(q, k, v, counter=counter, mask=mask, want=want, cross=cross)
+    out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+    return LayerResult(out, stats)
+
+
+class BasicBlockAdapter(Adapter):
+    default_cfg_batched = True
+    module_provides = {"sa": frozenset({SELF_ATTN, VALUE_NORM}), "ca": frozenset({CROSS_ENTROPY})}
+
+    def __init__(self, model):
+        norm_type = model.transformer_blocks[0].norm_type
+        if norm_type not in ("ada_norm_zero", "ada_norm_single"):
+            raise TypeError(f"{type(model).__name__} with norm_type={norm_type!r} is not supported; "
+                            "supported: ada_norm_zero (DiT) and ada_norm_single (PixArt)")
+        self.family = "dit" if norm_type == "ada_norm_zero" else "pixart"
+        for i, block in enumerate(model.transformer_blocks):
+            where = f"{type(model).__name__}.transformer_blocks[{i}]"
+            if block.only_cross_attention or block.pos_embed is not None or block.double_self_attention:
+                raise TypeError(f"{where}: only_cross_attention / positional embeddings / double self-"
+                                "attention are not supported")
+            check_plain_attention(block.attn1, where)
+            if block.attn2 is not None:
+                check_plain_attention(block.attn2, where)
+        super().__init__(model)
+
+    def list_blocks(self):
+        return [(block, "main") for block in self.model.transformer_blocks]
+
+    def modules_of(self, block, stream):
+        if block.attn2 is not None:
+            return [("sa", "image", True), ("ca", "image", True), ("mlp", "image", True)]
+        return [("sa", "image", True), ("mlp", "image", True)]
+
+    def call_info(self, forward, args, kwargs) -> CallInfo:
+        bound = self.bind(forward, args, kwargs)
+        x = bound["hidden_states"]
+        p = self.model.config.patch_size
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        text = bound.get("encoder_hidden_states")
+        return CallInfo(batch=x.shape[0], n_image=grid[0] * grid[1],
+                        n_text=0 if text is None else text.shape[1], grid=grid)
+
+    def output_state(self, out):
+        return (out,)
+
+    def make_forward(self, engine: Engine, b: int, block) -> Callable:
+        ids = self.block_layers[b]
+        counter = engine.counter
+        pixart = block.norm_type == "ada_norm_single"
+
+        def self_attn(h):
+            return lambda index, want: attend(block.attn1, counter, gather_rows(h, index), h, want)
+
+        def cross_attn(h, text, mask):
+            return lambda index, want: attend(block.attn2, counter, gather_rows(h, index), text, want,
+                                              mask=mask, cross=True)
+
+        def mlp(h):
+            return lambda index, want: LayerResult(block.ff(gather_rows(h, index)))
+
+        def dit_body(x, timestep, class_labels):
+            norm_h, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(
+                x, timestep, class_labels, hidden_dtype=x.dtype)
+            x = gate_msa.unsqueeze(1) * engine.layer(ids["sa"], norm_h, self_attn(norm_h)) + x
+            norm_h = block.norm3(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            return gate_mlp.unsqueeze(1) * engine.layer(ids["mlp"], norm_h, mlp(norm_h)) + x
+
+        def pixart_body(x, timestep, text, text_mask):
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+                block.scale_shift_table[None] + timestep.reshape(x.shape[0], 6, -1)).chunk(6, dim=1)
+            norm_h = block.norm1(x) * (1 + scale_msa) + shift_msa
+            x = gate_msa * engine.layer(ids["sa"], norm_h, self_attn(norm_h)) + x
+            if block.attn2 is not None:  # PixArt applies no norm before attn2
+                mask = None if text_mask is None else text_mask.unsqueeze(1)
+                x = engine.layer(ids["ca"], x, cross_attn(x, text, mask)) + x
+            norm_h = block.norm2(x) * (1 + scale_mlp) + shift_mlp
+            return gate_mlp * engine.layer(ids["mlp"], norm_h, mlp(norm_h)) + x
+
+        def forward(hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                    timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
+            if attention_mask is not None:
+                raise ValueError("self-attention masks are not supported by the token cache")
+            if pixart:
+                body = lambda: pixart_body(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)
+            else:
+                body = lambda: dit_body(hidden_states, timestep, class_labels)
+            return engine.run_block(b, body, (hidden_states,), lambda state: state[0])
+
+        return forward

@@ -1,0 +1,547 @@
+"""The executor: runs a method's per-(step, layer) decisions on a diffusers transformer.
+
+``attach`` installs per-instance overrides (never class patches) on the transformer's
+``forward``, on each block's ``forward`` and, for a pipeline, on its scheduler's
+``set_timesteps`` (which every pipeline calls once at the start of a call: that is where a
+run starts and how many denoiser calls it will make). The block overrides come from the
+model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns
+the token cache (METHODS §0.3): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
+stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from harness.accounting import FIXED, MacCounter
+from harness.scores import LAYER_INPUT, ScoreContext
+from methods.base import (FULL, NORMAL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
+                          RunInfo)
+from methods.schedule import Schedule
+
+
+@dataclass
+class LayerResult:
+    """What an adapter's sub-module computation returns for the computed rows."""
+
+    out: torch.Tensor  # B×q×C pre-gate output rows
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # recorded statistics, see harness.scores
+
+
+@dataclass
+class CallInfo:
+    """Shape of one denoiser call, read by the adapter from the transformer's inputs."""
+
+    batch: int
+    n_image: int
+    n_text: int
+    grid: tuple[int, int]
+
+    def key(self) -> tuple:
+        return self.batch, self.n_image, self.n_text, self.grid
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``index`` (B×k) of x (B×N×C); all rows when index is None."""
+    if index is None:
+        return x
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """dst with rows ``index`` replaced; in place unless autograd must see the old value."""
+    idx = index.unsqueeze(-1).expand(-1, -1, dst.shape[-1])
+    if torch.is_grad_enabled() and (dst.requires_grad or rows.requires_grad):
+        return dst.scatter(1, idx, rows.to(dst.dtype))
+    return dst.scatter_(1, idx, rows.to(dst.dtype))
+
+
+@dataclass
+class StepRecord:
+    directive: Directive
+    decisions: list[Decision]
+    macs_linear: float = 0.0  # per batch row
+    macs_attention: float = 0.0
+    macs_per_layer: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class BranchState:
+    """Token cache and bookkeeping of one stream of calls (one per CFG pass when unbatched)."""
+
+    call: CallInfo
+    step: int = 0
+    cache: dict[int, torch.Tensor] = field(default_factory=dict)
+    staleness: dict[int, torch.Tensor] = field(default_factory=dict)
+    reference_input: dict[int, torch.Tensor] = field(default_factory=dict)
+    taylor: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    taylor_step: dict[int, int] = field(default_factory=dict)
+    block_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    block_inputs: dict[int, tuple] = field(default_factory=dict)  # for BLOCK_RESIDUAL
+    last_output: Any = None  # output of the last block (REUSE_OUTPUT)
+    residual: dict[tuple[int, int], tuple] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    selection_seconds: float = 0.0
+
+
+class Engine:
+    def __init__(self, transformer: torch.nn.Module, adapter, method: Method, *, cfg_batched: bool,
+                 num_steps: int | None, seed: int = 0):
+        self.transformer = transformer
+        self.adapter = adapter
+        self.method = method
+        self.cfg_batched = cfg_batched
+        self.layers: list[Layer] = adapter.layers
+        self.num_blocks = adapter.num_blocks
+        self.planned_steps = num_steps  # denoiser calls per run, set by set_timesteps or by the user
+        self.seed = seed
+        self.counter = MacCounter(transformer)
+        self.branch = "main"
+        self.branches: dict[str, BranchState] = {}
+        self.plan: dict[int, tuple[Directive, list[Decision]]] = {}
+        self.run: RunInfo | None = None
+        self.generator: torch.Generator | None = None
+        self.last_run: tuple[RunInfo, dict[str, BranchState]] | None = None
+        self._wants: dict[int, frozenset[str]] = {}
+        self._state: BranchState | None = None
+
+    # -- run boundaries -----------------------------------------------------------------
+    def new_run(self, num_calls: int | None = None) -> None:
+        """Drop every cache; the next call starts a run (called at each pipeline call)."""
+        self._archive()
+        if num_calls is not None:
+            self.planned_steps = num_calls
+        self.run = None
+
+    def _archive(self) -> None:
+        if any(b.steps for b in self.branches.values()):
+            self.last_run = (self.run, self.branches)
+        self.branches = {}
+        self.plan = {}
+
+    def _start_run(self, call: CallInfo) -> None:
+        if self.planned_steps is None:
+            raise RuntimeError(
+                "the number of denoiser calls per run is unknown: attach to the pipeline, or pass "
+                "num_steps= to methods.attach() when attaching to a bare transformer")
+        self._archive()
+        run = RunInfo(family=self.adapter.family, variant=self.adapter.variant, num_steps=self.planned_steps,
+                      layers=self.layers, n_image=call.n_image, n_text=call.n_text, grid=call.grid,
+                      batch=call.batch, cfg_batched=self.cfg_batched and call.batch % 2 == 0,
+                      blocks_per_stream=self.adapter.blocks_per_stream)
+        self.run = run
+        self.method.reset(run)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        needed = self.method.score.stats_needed()
+        self._wants = {layer.index: needed & self.adapter.provides(layer) for layer in self.layers}
+
+    # -- per call ---------------------------------------------------------------------------
+    def begin_call(self, call: CallInfo) -> None:
+        state = self.branches.get(self.branch)
+        known = state.call if state is not None else next((b.call for b in self.branches.values()), None)
+        if (self.run is None or (known is not None and known.key() != call.key())
+                or (state is not None and state.step >= self.run.num_steps)):
+            self._start_run(call)  # new run, shape change, or a bare transformer's next run
+        state = self.branches.get(self.branch)
+        if state is None:
+            state = self.branches[self.branch] = BranchState(call=call)
+        self._state = state
+        i = state.step
+        if i not in self.plan:
+            self.plan[i] = self._plan_step(i)
+        directive, decisions = self.plan[i]
+        state.steps.append(StepRecord(directive=directive, decisions=decisions))
+        self.counter.batch = call.batch
+        self.counter.take()
+
+    def _plan_step(self, i: int) -> tuple[Directive, list[Decision]]:
+        directive = self.method.begin_step(i)
+        if i == 0 and directive.kind is not DirectiveKind.NORMAL:
+            raise RuntimeError(f"{self.method.name}: step 0 must be a NORMAL step (caches are empty), "
+                               f"got {directive}")
+        decisions = []
+        for layer in self.layers:
+            d = self.method.decide(i, layer) if directive.kind is DirectiveKind.NORMAL else FULL
+            d = self._normalise(d, layer)
+            if i == 0 and d.kind is not Kind.FULL:
+                raise RuntimeError(f"{self.method.name}: step 0 must be FULL at every layer (caches are "
+                                   f"created there), got {d} at {layer.name}")
+            decisions.append(d)
+        return directive, decisions
+
+    def _normalise(self, d: Decision, layer: Layer) -> Decision:
+        """TOPK(0) ≡ REUSE and TOPK(N) ≡ FULL (METHODS §4.2); reject impossible decisions."""
+        if d.kind is Kind.TOPK:
+            n = self.run.n_tokens(layer)
+            if d.k <= 0:
+                return REUSE
+            if d.k >= n:
+                return FULL
+            if not layer.supports_topk:
+                raise ValueError(f"{self.method.name}: layer {layer.name} cannot compute a token subset "
+                                 f"(TOPK); use FULL, REUSE or TAYLOR there")
+        if d.kind is Kind.TAYLOR and self.method.taylor_order < d.m:
+            raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
+        return d
+
+    def end_call(self, output) -> None:
+        state = self._state
+        record = state.steps[-1]
+        linear, attention = self.counter.take()
+        record.macs_linear = sum(linear.values())
+        record.macs_attention = attention
+        record.macs_per_layer = {k: v for k, v in linear.items() if k != FIXED}
+        self.method.end_step(state.step, output)
+        state.step += 1
+        self._state = None
+
+    @property
+    def directive(self) -> Directive:
+        return self._state.steps[-1].directive
+
+    @property
+    def step(self) -> int:
+        return self._state.step
+
+    # -- one layer ----------------------------------------------------------------------------
+    def layer(self, ell: int, h: torch.Tensor,
+              compute: Callable[[torch.Tensor | None, frozenset[str]], LayerResult]) -> torch.Tensor:
+        """Pre-gate output F_ℓ of layer ``ell`` for input ``h`` (B×n×C) under this step's decision."""
+        state = self._state
+        d = state.steps[-1].decisions[ell]
+        layer = self.layers[ell]
+        normal = state.steps[-1].directive.kind is DirectiveKind.NORMAL
+        self.counter.bucket = ell
+        try:
+            if d.kind is Kind.FULL:
+                res = compute(None, self._wants[ell])
+                out = res.out
+                state.cache[ell] = out
+                if normal or ell not in state.staleness:
+                    state.staleness[ell] = torch.zeros(h.shape[:2], dtype=torch.int32, device=h.device)
+                self._record_stats(state, layer, None, res)
+                if LAYER_INPUT in self._wants[ell]:
+                    state.reference_input[ell] = h.detach().clone()
+                if self.method.taylor_order:
+                    self._update_taylor(state, ell, out)
+                return out
+            if ell not in state.cache:
+                raise RuntimeError(f"{self.method.name}: {d} at {layer.name} before any FULL computation")
+            if d.kind is Kind.REUSE:
+                state.staleness[ell] += 1
+                return state.cache[ell]
+            if d.kind is Kind.TAYLOR:
+                state.staleness[ell] += 1
+                return self._forecast(state, ell, d.m)
+            # TOPK
+            t0 = time.perf_counter()
+            ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
+                               grid=state.call.grid, cfg_batched=self.run.cfg_batched,
+                               staleness=state.staleness[ell], layer_input=h,
+                               stats=state.block_stats.get(layer.block, {}),
+                               reference_input=state.reference_input.get(ell), generator=self.generator)
+            index = self.method.select(state.step, layer, d.k, ctx)
+            state.selection_seconds += time.perf_counter() - t0
+            res = compute(index, self._wants[ell])
+            out = state.cache[ell] = scatter_rows(state.cache[ell], index, res.out)
+            stale = state.staleness[ell]
+            stale += 1
+            stale.scatter_(1, index, 0)
+            self._record_stats(state, layer, index, res)
+            if ell in state.reference_input:
+                state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, gather_rows(h, index))
+            return out
+        finally:
+            self.counter.bucket = FIXED
+
+    def _record_stats(self, state: BranchState, layer: Layer, index, res: LayerResult) -> None:
+        """FULL replaces the statistics; TOPK replaces the rows it recomputed (METHODS §0.3)."""
+        if not res.stats:
+            return
+        stats = state.block_stats.setdefault(layer.block, {})
+        for name, value in res.stats.items():
+            value = value.detach()
+            if index is None or name not in stats or value.shape == stats[name].shape:
+                stats[name] = value
+            elif value.dim() == 3:  # B×q×K query rows
+                stats[name] = stats[name].scatter(1, index.unsqueeze(-1).expand(-1, -1, value.shape[-1]), value)
+            else:  # B×q per-query values
+                stats[name] = stats[name].scatter(1, index, value.to(stats[name].dtype))
+
+    def _update_taylor(self, state: BranchState, ell: int, out: torch.Tensor) -> None:
+        """Finite differences in step-index units between FULL steps (METHODS §1.6)."""
+        old = state.taylor.get(ell, [])
+        factors = [out]
+        if old:
+            dist = state.step - state.taylor_step[ell]
+            for j in range(min(self.method.taylor_order, len(old))):
+                factors.append((factors[j] - old[j]) / dist)
+        state.taylor[ell] = factors
+        state.taylor_step[ell] = state.step
+
+    def _forecast(self, state: BranchState, ell: int, order: int) -> torch.Tensor:
+        factors = state.taylor.get(ell) or [state.cache[ell]]
+        delta = state.step - state.taylor_step.get(ell, state.step)
+        out = factors[0]
+        for j in range(1, min(order, len(factors) - 1) + 1):
+            out = out + factors[j] * (delta ** j / math.factorial(j))
+        return out
+
+    # -- one block: directives ------------------------------------------------------------------
+    def run_block(self, b: int, body: Callable[[], Any], state_in: tuple, as_output: Callable[[tuple], Any]):
+        """Run block ``b`` under the step directive.
+
+        ``state_in`` is the tuple of tensors the block transforms ((hidden,) or (text, image)),
+        ``as_output`` turns such a tuple into the block's return value and ``body`` runs the block.
+        """
+        state = self._state
+        directive = state.steps[-1].directive
+        last = self.num_blocks - 1
+        if directive.kind is DirectiveKind.REUSE_OUTPUT:
+            if state.last_output is None:
+                raise RuntimeError(f"{self.method.name}: REUSE_OUTPUT before any computed step")
+            return state.last_output if b == last else as_output(state_in)
+        if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
+            front, back = directive.front, directive.back
+            if front <= b < self.num_blocks - back:
+                if b != front:
+                    return as_output(state_in)
+                residual = state.residual.get((front, back))
+                if residual is None:
+                    raise RuntimeError(f"{self.method.name}: BLOCK_RESIDUAL({front},{back}) before any refresh")
+                return as_output(tuple(x + r for x, r in zip(state_in, residual)))
+        elif self.method.residual_spans:  # NORMAL step of a method that may skip blocks later
+            state.block_inputs[b] = state_in
+        out = body()
+        if b == last:
+            state.last_output = out
+            if directive.kind is DirectiveKind.NORMAL and self.method.residual_spans:
+                self._store_residuals(state, self.adapter.output_state(out))
+        return out
+
+    def _store_residuals(self, state: BranchState, final: tuple) -> None:
+        """R = h_{L−Bn} − h_{Fn} for every (Fn, Bn) span the method may use (METHODS §1.5)."""
+        for front, back in self.method.residual_spans:
+            end = final if back == 0 else state.block_inputs[self.num_blocks - back]
+            start = state.block_inputs[front]
+            state.residual[(front, back)] = tuple(e - s for e, s in zip(end, start))
+        state.block_inputs.clear()
+
+    # -- reporting ----------------------------------------------------------------------------
+    def latest(self) -> tuple[RunInfo, dict[str, BranchState]]:
+        """The run in progress if it made a call, else the last finished one."""
+        if self.run is not None and any(b.steps for b in self.branches.values()):
+            return self.run, self.branches
+        if self.last_run is None:
+            raise RuntimeError("no run yet: call the pipeline (or transformer) while attached first")
+        return self.last_run
+
+
+class Handle:
+    """What ``methods.attach`` returns: a context manager that detaches on exit."""
+
+    def __init__(self, engine: Engine, undo: list[Callable[[], None]], transformer):
+        self.engine = engine
+        self._undo = undo
+        self._transformer = transformer
+        self.attached = True
+
+    def __enter__(self) -> "Handle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def detach(self) -> None:
+        """Restore every overridden attribute; the pipeline is then exactly as before."""
+        if not self.attached:
+            return
+        for undo in reversed(self._undo):
+            undo()
+        self.engine.counter.remove()
+        self.attached = False
+
+    def new_run(self, num_steps: int | None = None) -> None:
+        """Drop all caches now (e.g. between batches driven by your own sampling loop)."""
+        self.engine.new_run(num_steps)
+
+    def report(self) -> dict[str, Any]:
+        """MACs, per-(step, layer) decisions and overhead of the most recent run."""
+        return build_report(self.engine, *self.engine.latest())
+
+
+def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState]) -> dict[str, Any]:
+    """Per generated image over the whole run (METHODS §0.9), in both CFG conventions."""
+    first = next(iter(branches))
+    steps = branches[first].steps
+    linear = {name: sum(s.macs_linear for s in b.steps) for name, b in branches.items()}
+    attention = {name: sum(s.macs_attention for s in b.steps) for name, b in branches.items()}
+    if run.cfg_batched:  # one call carries both halves: an image costs two rows
+        counted, attn_counted = 2 * linear[first], 2 * attention[first]
+    else:  # no CFG, or separate cond / uncond passes (one branch each)
+        counted, attn_counted = sum(linear.values()), sum(attention.values())
+    schedule = Schedule(
+        T=len(steps), layers=run.layers, directives=[s.directive for s in steps],
+        decisions=[s.decisions for s in steps],
+        meta={"method": engine.method.name, "config": engine.method.resolved_config(),
+              "n_tokens": [run.n_tokens(layer) for layer in run.layers]})
+    return {
+        "method": engine.method.name,
+        "config": engine.method.resolved_config(),
+        "family": run.family,
+        "num_steps": len(steps),
+        "cfg_batched": run.cfg_batched,
+        "branches": list(branches),
+        "macs_cfg_counted": counted,
+        "macs_cfg_not_counted": linear[first],
+        "macs_attention_cfg_counted": attn_counted,
+        "macs_attention_cfg_not_counted": attention[first],
+        "macs_per_step": [s.macs_linear for s in steps],
+        "full_steps": schedule.full_steps(),
+        "directives": [str(s.directive) for s in steps],
+        "decisions": [[str(d) for d in s.decisions] for s in steps],
+        "layers": [layer.name for layer in run.layers],
+        "selection_seconds": sum(b.selection_seconds for b in branches.values()),
+        "schedule": schedule,
+    }
+
+
+# -- attach ----------------------------------------------------------------------------------------
+def _set_instance_attr(obj, name: str, value, undo: list) -> None:
+    had = name in vars(obj)
+    old = vars(obj).get(name)
+
+    def restore():
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)
+
+    setattr(obj, name, value)
+    undo.append(restore)
+
+
+def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched: bool | None = None,
+           seed: int = 0) -> Handle:
+    """Attach ``method`` to a diffusers pipeline or to its transformer (per instance).
+
+    num_steps: denoiser calls per run; only needed for a bare transformer (a pipeline's
+      scheduler tells it). cfg_batched: whether calls carry [cond, uncond] halves in one batch
+      (default: the family's convention, METHODS §0.1). seed: seeds random token scores.
+    """
+    from harness.adapters import adapter_for
+
+    if not isinstance(method, Method):
+        raise TypeError(f"expected a method from methods.build(...), got {type(method).__name__}")
+    transformer = getattr(target, "transformer", None)
+    scheduler = getattr(target, "scheduler", None)
+    if transformer is None:
+        if not isinstance(target, torch.nn.Module):
+            raise TypeError(f"cannot attach to {type(target).__name__}: pass a diffusers pipeline or its transformer")
+        transformer, scheduler = target, None
+    if getattr(transformer, "_dsbench_handle", None) is not None:
+        raise RuntimeError(f"a method ({transformer._dsbench_handle.engine.method.name}) is already attached to "
+                           "this transformer; detach it first (handle.detach() or leave its `with` block)")
+    if num_steps is not None and num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    adapter = adapter_for(transformer)  # TypeError naming the supported classes
+    engine = Engine(transformer, adapter, method,
+                    cfg_batched=adapter.default_cfg_batched if cfg_batched is None else cfg_batched,
+                    num_steps=method.steps_to_run(num_steps) if num_steps is not None else None, seed=seed)
+    undo: list[Callable[[], None]] = []
+    try:
+        adapter.install(engine, undo)
+        _wrap_forward(transformer, engine, adapter, undo)
+        if hasattr(transformer, "cache_context"):
+            _wrap_cache_context(transformer, engine, undo)
+        if scheduler is not None:
+            _wrap_set_timesteps(scheduler, engine, undo)
+        handle = Handle(engine, undo, transformer)
+        _set_instance_attr(transformer, "_dsbench_handle", handle, undo)
+    except Exception:
+        for u in reversed(undo):
+            u()
+        engine.counter.remove()
+        raise
+    return handle
+
+
+def _wrap_forward(transformer, engine: Engine, adapter, undo: list) -> None:
+    original = transformer.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        engine.begin_call(adapter.call_info(original, args, kwargs))
+        out = original(*args, **kwargs)
+        engine.end_call(out)
+        return out
+
+    _set_instance_attr(transformer, "forward", forward, undo)
+
+
+def _wrap_cache_context(transformer, engine: Engine, undo: list) -> None:
+    """Pipelines that run cond and uncond as separate calls name them with cache_context."""
+    from contextlib import contextmanager
+
+    original = transformer.cache_context
+
+    @contextmanager
+    def cache_context(name, *args, **kwargs):
+        previous, engine.branch = engine.branch, str(name)
+        try:
+            with original(name, *args, **kwargs):
+                yield
+        finally:
+            engine.branch = previous
+
+    _set_instance_attr(transformer, "cache_context", cache_context, undo)
+
+
+def _wrap_set_timesteps(scheduler, engine: Engine, undo: list) -> None:
+    original = scheduler.set_timesteps
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def set_timesteps(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        _apply_step_reduction(engine.method, bound)
+        original(*bound.args, **bound.kwargs)
+        engine.new_run(len(scheduler.timesteps))
+
+    _set_instance_attr(scheduler, "set_timesteps", set_timesteps, undo)
+
+
+def _apply_step_reduction(method: Method, bound: inspect.BoundArguments) -> None:
+    """Let a step-reduction method shorten the run before the scheduler builds its timesteps."""
+    args = bound.arguments
+    if args.get("timesteps") is not None:
+        requested = len(args["timesteps"])
+    elif args.get("sigmas") is not None:
+        requested = len(args["sigmas"])
+    else:
+        requested = args.get("num_inference_steps")
+    if requested is None:
+        return
+    target = method.steps_to_run(int(requested))
+    if target == requested:
+        return
+    if args.get("timesteps") is not None:
+        raise ValueError(f"{method.name}: cannot shorten a custom timestep list; pass num_inference_steps={target}")
+    if args.get("sigmas") is not None:
+        sigmas = np.asarray(args["sigmas"], dtype=np.float64)
+        if not np.allclose(sigmas, np.linspace(1.0, 1.0 / requested, requested)):
+            raise ValueError(f"{method.name}: cannot shorten a custom sigma schedule; "
+                             f"call the pipeline with num_inference_steps={target}")
+        args["sigmas"] = np.linspace(1.0, 1.0 / target, target)  # the FLUX pipelines' own default
+        if "num_inference_steps" in args and args["num_inference_steps"] is not None:
+            args["num_inference_steps"] = target
+        return
+    args["num_inference_steps"] = target

@@ -1,0 +1,237 @@
+"""The method interface (METHODS §0.7): decision types, the run description a method sees,
+the validated-config base class and the registry.
+
+A method only *decides* (which steps and layers to compute, on how many tokens) and
+*selects* (which tokens). Executing decisions, caching and MAC counting belong to
+``harness.engine``; a method never touches the model.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pydantic
+
+from harness.scores import ScoreContext, ScoreSpec, select_tokens
+
+
+class Kind(enum.IntEnum):
+    """What a layer does at one step. The integer is the code stored in schedules."""
+
+    REUSE = 0
+    FULL = 1
+    TOPK = 2
+    TAYLOR = 3
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One (step, layer) cell: FULL, REUSE, TOPK(k) computed tokens or TAYLOR(m) order."""
+
+    kind: Kind
+    k: int = 0
+    m: int = 0
+
+    def __str__(self) -> str:
+        if self.kind is Kind.TOPK:
+            return f"TOPK({self.k})"
+        if self.kind is Kind.TAYLOR:
+            return f"TAYLOR({self.m})"
+        return self.kind.name
+
+
+FULL = Decision(Kind.FULL)
+REUSE = Decision(Kind.REUSE)
+
+
+def topk(k: int) -> Decision:
+    """TOPK(k); k must be a positive token count (use REUSE for 0 and FULL for all)."""
+    if k < 0:
+        raise ValueError(f"TOPK needs k >= 0 tokens, got {k}")
+    return Decision(Kind.TOPK, k=int(k))
+
+
+def taylor(m: int) -> Decision:
+    if m < 0:
+        raise ValueError(f"TAYLOR needs order m >= 0, got {m}")
+    return Decision(Kind.TAYLOR, m=int(m))
+
+
+class DirectiveKind(enum.Enum):
+    NORMAL = "normal"
+    REUSE_OUTPUT = "reuse_output"
+    BLOCK_RESIDUAL = "block_residual"
+
+
+@dataclass(frozen=True)
+class Directive:
+    """Step-level override of the per-layer grid (METHODS §0.4)."""
+
+    kind: DirectiveKind
+    front: int = 0  # BLOCK_RESIDUAL: blocks computed at the start (Fn)
+    back: int = 0  # BLOCK_RESIDUAL: blocks computed at the end (Bn)
+
+    def __str__(self) -> str:
+        if self.kind is DirectiveKind.BLOCK_RESIDUAL:
+            return f"BLOCK_RESIDUAL({self.front},{self.back})"
+        return self.kind.name
+
+
+NORMAL = Directive(DirectiveKind.NORMAL)
+REUSE_OUTPUT = Directive(DirectiveKind.REUSE_OUTPUT)
+
+
+def block_residual(front: int, back: int) -> Directive:
+    return Directive(DirectiveKind.BLOCK_RESIDUAL, front=int(front), back=int(back))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One (block, stream, sub-module) triple; ``index`` is its execution order ℓ."""
+
+    index: int
+    block: int  # global block index in execution order
+    stream_block: int  # block index within its stream (b in the formulas)
+    stream: str  # "main" (DiT/PixArt/Wan), "double" or "single" (FLUX)
+    module: str  # sa, ca, mlp (DiT/PixArt/Wan); attn, img_mlp, txt_mlp (FLUX double); attn, mlp (single)
+    tokens: str  # which tokens it runs on: "image", "text" or "joint" ([text; image])
+    supports_topk: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.stream}{self.stream_block}.{self.module}"
+
+
+@dataclass
+class RunInfo:
+    """What a method learns about a sampling run before its first step."""
+
+    family: str  # "dit", "pixart", "flux", "wan"
+    num_steps: int  # denoiser calls in this run (METHODS §0.2)
+    layers: list[Layer]
+    n_image: int
+    n_text: int
+    grid: tuple[int, int]  # image-token grid (rows, cols) for spatial terms
+    batch: int  # rows per call (both CFG halves when batched)
+    cfg_batched: bool
+    blocks_per_stream: dict[str, int] = field(default_factory=dict)
+    variant: str = ""  # e.g. "schnell" / "dev" for FLUX
+
+    def n_tokens(self, layer: Layer) -> int:
+        return {"image": self.n_image, "text": self.n_text, "joint": self.n_image + self.n_text}[layer.tokens]
+
+    def depth_divisor(self, layer: Layer) -> int:
+        """D in the layer factors: 27 for 28-block models (and FLUX single, as in ToCa), else n-1 (§0.1)."""
+        n = self.blocks_per_stream[layer.stream]
+        if n == 28 or (self.family == "flux" and n in (19, 38)):
+            return 27
+        return max(1, n - 1)
+
+
+def ratio_to_count(ratio: float, n: int) -> int:
+    """Reference ratio→count rule (§0.6): k = int(float32(clamp(ratio, 0, 1)) × N)."""
+    import numpy as np
+
+    return int(np.float32(min(max(ratio, 0.0), 1.0)) * np.float32(n))
+
+
+class MethodConfig(pydantic.BaseModel):
+    """Base of every method's config: unknown fields are errors, values are checked on build."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and ``Config`` and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    summary: ClassVar[str] = ""
+    taylor_order: int = 0  # >0 makes the engine keep Taylor factors on FULL layers
+    residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+        self.run: RunInfo | None = None
+        self.score = ScoreSpec()
+
+    # -- hooks (METHODS §0.7) -------------------------------------------------------------
+    def steps_to_run(self, num_steps: int) -> int:
+        """Denoiser calls the pipeline should make when asked for ``num_steps`` (step reduction)."""
+        return num_steps
+
+    def reset(self, run: RunInfo) -> None:
+        """Start of a sampling run: resolve per-model defaults, clear method state."""
+        self.run = run
+
+    def begin_step(self, i: int) -> Directive:
+        return NORMAL
+
+    def decide(self, i: int, layer: Layer) -> Decision:
+        return FULL
+
+    def select(self, i: int, layer: Layer, k: int, ctx: ScoreContext):
+        """Indices [B, k] of the tokens to recompute; default: the method's composite score."""
+        return select_tokens(ctx, self.score, k)
+
+    def end_step(self, i: int, output) -> None:
+        pass
+
+    # -- description ----------------------------------------------------------------------
+    def resolved_config(self) -> dict[str, Any]:
+        """The parameters in effect for the current run (per-model defaults filled in)."""
+        return self.config.model_dump()
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config.model_dump().items())
+        return f"{self.name}({params})"
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a non-empty `name`")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of all registered methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(available())}") from None
+
+
+def build(name: str, **params: Any) -> Method:
+    """Build a method from validated parameters; a bad field raises ValueError naming it."""
+    cls = method_class(name)
+    try:
+        config = cls.Config(**params)
+    except pydantic.ValidationError as err:
+        raise ValueError(_format_validation_error(name, cls.Config, err)) from None
+    return cls(config)
+
+
+def _format_validation_error(method: str, config_cls: type[MethodConfig], err: pydantic.ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field_name = ".".join(str(p) for p in e["loc"]) or "(config)"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(config_cls.model_fields) or "(none)"
+            lines.append(f"{method}: unknown parameter {field_name!r}; allowed parameters: {allowed}")
+            continue
+        info = config_cls.model_fields.get(field_name)
+        allowed = f" ({info.description})" if info is not None and info.description else ""
+        lines.append(f"{method}: parameter {field_name!r} = {e.get('input')!r} is invalid: {e['msg']}{allowed}")
+    return "\n".join(lines)

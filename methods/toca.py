@@ -1,0 +1,148 @@
+"""``toca``: token-wise caching with hand-set schedules (METHODS §1.2).
+
+Periodic full steps; in between, each module recomputes the top-scored fraction r of its
+tokens, r = R × step factor × layer factor × module factor (clamped to [0, 1]), and reuses
+the cache for the rest. The full-step rule, factors, scores and CFG selection follow the
+reference code of each model family.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pydantic
+
+from harness.scores import ScoreSpec
+from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo, ratio_to_count, register, topk
+
+
+class TocaConfig(MethodConfig):
+    ratio: float | None = pydantic.Field(
+        None, ge=0.0, le=1.0, description="base fresh ratio R in [0, 1] (default per model: DiT 0.07, "
+        "PixArt 0.30, FLUX-dev 0.1, FLUX-schnell 0.51)")
+    interval: int | None = pydantic.Field(None, ge=1, description="full-step interval N >= 1 (default 3; FLUX 4)")
+    threshold_rule: Literal["per_layer", "per_step"] | None = pydantic.Field(
+        None, description="where θ updates take effect: per_layer (DiT default) or per_step (PixArt default)")
+    ratio_schedule: Literal["ddim50", "ddpm250"] = pydantic.Field(
+        "ddim50", description="DiT step/layer factors: ddim50 or ddpm250")
+    warmup: int | None = pydantic.Field(None, ge=1, description="FLUX: leading full calls >= 1 (dev 3, schnell 1)")
+    importance: Literal["attention", "similarity", "norm", "vnorm", "random"] = pydantic.Field(
+        "attention", description="token importance: attention (model default score), similarity, norm, vnorm, random")
+    cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
+        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
+    bonus: float | None = pydantic.Field(None, ge=0.0, description="spatial bonus λ4 >= 0 (DiT 0.6, PixArt 0.4)")
+    bonus_grid: int | None = pydantic.Field(None, ge=1, description="bonus tile size k >= 1 (DiT 2, PixArt 4)")
+
+
+# Module factors of the partial steps; a module absent from the dict is REUSEd (METHODS §1.2).
+MODULE_FACTOR = {
+    "dit": {"mlp": 1 + 0.6 * 2.5},  # sa: 1 − 0.4·2.5 = 0, never partial
+    "pixart": {"ca": 0.6, "mlp": 1.6},
+    "wan": {"ca": 0.6, "mlp": 1.6},  # [PD] not evaluated by ToCa: PixArt's factors
+    "flux": {"img_mlp": 0.4, "txt_mlp": 0.4, "mlp": 1.6},
+}
+
+
+@register
+class Toca(Method):
+    name = "toca"
+    Config = TocaConfig
+    summary = "token-wise caching: periodic full steps, top-scored tokens recomputed in between"
+
+    def reset(self, run: RunInfo) -> None:
+        super().reset(run)
+        c, fam = self.config, run.family
+        schnell = fam == "flux" and run.variant == "schnell"
+        self.ratio = c.ratio if c.ratio is not None else {
+            "dit": 0.07, "pixart": 0.30, "wan": 0.30, "flux": 0.51 if schnell else 0.1}[fam]
+        self.interval = c.interval or (4 if fam == "flux" else 3)
+        self.rule = c.threshold_rule or ("per_layer" if fam == "dit" else "per_step")
+        self.warmup = c.warmup or (1 if schnell else 3)
+        bonus, grid = {"dit": (0.6, 2), "pixart": (0.4, 4)}.get(fam, (0.0, 1))
+        self.score = ScoreSpec(
+            attention_received=1.0 if fam in ("dit", "flux") else 0.0,
+            cross_entropy=1.0 if fam == "pixart" else 0.0,
+            staleness=0.25 / self.interval,
+            bonus=c.bonus if c.bonus is not None else bonus,
+            bonus_grid=c.bonus_grid or grid,
+            importance="vnorm" if fam == "wan" and c.importance == "attention" else c.importance,
+            cfg_selection=c.cfg_selection or ("per_half" if fam == "dit" else "shared"))
+        self.theta = self.interval
+        self._block = -1
+        self._block_full = False
+        self._step_full = False
+
+    def resolved_config(self) -> dict:
+        return {"ratio": self.ratio, "interval": self.interval, "threshold_rule": self.rule,
+                "ratio_schedule": self.config.ratio_schedule, "importance": self.score.importance,
+                "cfg_selection": self.score.cfg_selection, "bonus": self.score.bonus,
+                "bonus_grid": self.score.bonus_grid, "warmup": self.warmup if self.run.family == "flux" else None}
+
+    # -- full-step rule ----------------------------------------------------------------------
+    def counter(self, i: int) -> int:
+        """Reference counter s: DiT counts down (s = T−1−i), the others count up (METHODS §0.2)."""
+        return self.run.num_steps - 1 - i if self.run.family == "dit" else i
+
+    def _is_full(self, i: int) -> bool:
+        if self.run.family == "flux":  # warm-up calls, then every N-th call (counter form)
+            return i < self.warmup or (i - (self.warmup - 1)) % self.interval == 0
+        return i == 0 or self.counter(i) % self.theta == 0
+
+    def _update_theta(self, i: int) -> None:
+        """θ = round(N / step-dependent factor), float32 and round-half-even as in the reference."""
+        T, s, N = self.run.num_steps, self.counter(i), self.interval
+        f32 = np.float32
+        if self.run.family == "dit":
+            if int(0.2 * T) <= s < int(0.4 * T):
+                self.theta = 2
+                return
+            denom = f32(1.4) - f32(0.8) * f32(s) / f32(T)
+        elif self.run.family == "flux":
+            return  # θ ≡ N
+        else:
+            denom = f32(0.8) + f32(0.4) * f32(i) / f32(T)
+        self.theta = max(1, int(np.round(f32(N) / denom)))
+
+    def begin_step(self, i: int):
+        self._block = -1
+        if self.rule == "per_step":
+            self._step_full = self._is_full(i)
+            if self._step_full:
+                self._update_theta(i)
+        return super().begin_step(i)
+
+    def _block_is_full(self, i: int, block: int) -> bool:
+        if self.rule == "per_step":
+            return self._step_full
+        if block != self._block:  # evaluated in every block; θ updates at block 0 (per-layer rule)
+            self._block = block
+            self._block_full = self._is_full(i)
+            if self._block_full and block == 0:
+                self._update_theta(i)
+        return self._block_full
+
+    # -- partial steps ---------------------------------------------------------------------------
+    def fresh_ratio(self, i: int, layer: Layer) -> float:
+        fam, T = self.run.family, self.run.num_steps
+        module = MODULE_FACTOR[fam].get(layer.module)
+        if module is None:
+            return 0.0
+        b, D = layer.stream_block, self.run.depth_divisor(layer)
+        if fam == "dit":
+            s = self.counter(i)
+            if self.config.ratio_schedule == "ddim50":
+                step, depth = 3 - 4 * s / T, 0.8 + 0.4 * b / D
+            else:
+                step, depth = 1.4 - 0.8 * s / T, 1.8 - 1.6 * b / D
+        elif fam == "flux":
+            step, depth = 1.0, 1.5 - 1.0 * b / D
+        else:
+            step, depth = 1.9 - 1.8 * i / T, 1.6 - 1.2 * b / D
+        return self.ratio * step * depth * module
+
+    def decide(self, i: int, layer: Layer) -> Decision:
+        if self._block_is_full(i, layer.block):
+            return FULL
+        k = ratio_to_count(self.fresh_ratio(i, layer), self.run.n_tokens(layer))
+        return topk(k) if k > 0 else REUSE
