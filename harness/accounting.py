@@ -130,3 +130,72 @@ def flop_counter_macs(mode) -> tuple[float, float]:
         else:
             raise ValueError(f"unclassified op in FLOP count: {op}")
     return linear / 2, attention / 2
+
+
+# -- whole-run MACs of a real architecture, on the meta device ----------------------------------
+def architecture_macs(model: str, method, steps: int | None = None, cfg_counted: bool | None = None) -> dict:
+    """M_lin and M_attn per generated image over a whole run of ``model`` under ``method``.
+
+    Runs the executor on a meta-device copy of the architecture (shapes only, no weights), so
+    the count is of exactly what the method executes. ``cfg_counted`` defaults to the MAC
+    convention of the model's published tables (METHODS §0.9).
+    """
+    import numpy as np
+
+    from harness.engine import attach
+    from harness.models.architectures import architecture, call_inputs, meta_model
+
+    arch = architecture(model)
+    steps = steps or arch.default_steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    counted = arch.cfg_counted if cfg_counted is None else cfg_counted
+    if counted and not arch.cfg:
+        raise ValueError(f"{model} runs without classifier-free guidance: there is no CFG half to count")
+    transformer = meta_model(model)
+    calls = method.steps_to_run(steps)
+    with torch.no_grad(), attach(transformer, method, num_steps=steps, cfg_batched=arch.cfg) as handle:
+        _simulate(handle.engine, transformer, [call_inputs(model, float(t)) for t in np.linspace(999.0, 0.0, calls)])
+        report = handle.report()
+    key = "cfg_counted" if counted else "cfg_not_counted"
+    return {
+        "model": model,
+        "method": method.name,
+        "config": report["config"],
+        "steps": calls,
+        "cfg_counted": counted,
+        "macs": report[f"macs_{key}"],
+        "macs_attention": report[f"macs_attention_{key}"],
+        "macs_cfg_counted": report["macs_cfg_counted"] if arch.cfg else None,
+        "macs_cfg_not_counted": report["macs_cfg_not_counted"],
+        "full_steps": report["full_steps"],
+        "directives": report["directives"],
+        "decisions": report["decisions"],
+        "layers": report["layers"],
+    }
+
+
+def _simulate(engine, transformer, inputs: list[dict]) -> None:
+    """Run the calls through the executor, executing each distinct step plan once.
+
+    A call's MACs depend only on its directive, its decisions and the shapes, so a call whose
+    plan was already executed takes that call's counts. Methods that look at the model output
+    (``end_step``) are executed in full.
+    """
+    from tqdm.auto import tqdm
+
+    from methods.base import Method
+
+    forward = type(transformer).forward.__get__(transformer)  # the class forward: our wrapper bypassed
+    reuse_counts = type(engine.method).end_step is Method.end_step
+    seen: dict[tuple, tuple] = {}
+    for kwargs in tqdm(inputs, desc=f"{engine.method.name} MACs", unit="call", leave=False,
+                       disable=len(inputs) < 8):
+        engine.begin_call(engine.adapter.call_info(forward, (), kwargs))
+        record = engine.current
+        key = (record.directive, tuple(record.decisions))
+        if reuse_counts and key in seen:
+            engine.end_call(None, counts=seen[key])
+            continue
+        engine.end_call(forward(**kwargs))
+        seen[key] = (record.macs_linear, record.macs_attention, record.macs_per_layer)

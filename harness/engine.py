@@ -141,7 +141,9 @@ class Engine:
         self.method.reset(run)
         self.generator = torch.Generator().manual_seed(self.seed)
         needed = self.method.score.stats_needed()
-        self._wants = {layer.index: needed & self.adapter.provides(layer) for layer in self.layers}
+        # the engine records layer inputs itself; attention statistics come from the adapters
+        own = needed & {LAYER_INPUT}
+        self._wants = {layer.index: (needed & self.adapter.provides(layer)) | own for layer in self.layers}
 
     # -- per call ---------------------------------------------------------------------------
     def begin_call(self, call: CallInfo) -> None:
@@ -192,16 +194,22 @@ class Engine:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
 
-    def end_call(self, output) -> None:
+    def end_call(self, output, counts: tuple[float, float, dict[int, float]] | None = None) -> None:
+        """Close the call; ``counts`` (linear, attention, per layer) replaces the counted MACs when the
+        call was not executed (MAC-only simulation of a call already seen with the same decisions)."""
         state = self._state
         record = state.steps[-1]
-        linear, attention = self.counter.take()
-        record.macs_linear = sum(linear.values())
-        record.macs_attention = attention
-        record.macs_per_layer = {k: v for k, v in linear.items() if k != FIXED}
+        if counts is None:
+            linear, attention = self.counter.take()
+            counts = (sum(linear.values()), attention, {k: v for k, v in linear.items() if k != FIXED})
+        record.macs_linear, record.macs_attention, record.macs_per_layer = counts
         self.method.end_step(state.step, output)
         state.step += 1
         self._state = None
+
+    @property
+    def current(self) -> StepRecord:
+        return self._state.steps[-1]
 
     @property
     def directive(self) -> Directive:

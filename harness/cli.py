@@ -1,0 +1,87 @@
+"""The ``dsbench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs; values are parsed as YAML scalars (0.3 → float, per_step → str)."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def cmd_methods(args) -> int:
+    import methods
+    from methods.base import method_class
+
+    for name in methods.available():
+        cls = method_class(name)
+        print(f"{name:10s} {cls.summary}")
+        for field, info in cls.Config.model_fields.items():
+            print(f"    {field}: {info.description or ''} [default: {info.default!r}]")
+    return 0
+
+
+def cmd_macs(args) -> int:
+    import methods
+    from harness.accounting import architecture_macs
+
+    method = methods.build(args.method, **parse_sets(args.set))
+    result = architecture_macs(args.model, method, steps=args.steps, cfg_counted=args.cfg_counted)
+    if not args.schedule:
+        for key in ("decisions", "layers"):
+            result.pop(key)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    convention = "CFG counted" if result["cfg_counted"] else "CFG not counted"
+    print(f"{result['model']} · {result['method']} {result['config']} · {result['steps']} steps")
+    print(f"  M_lin  {result['macs'] / 1e12:8.3f} T MACs per image ({convention})")
+    print(f"  M_attn {result['macs_attention'] / 1e12:8.3f} T MACs per image ({convention})")
+    print(f"  full steps: {result['full_steps']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.models.architectures import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog="dsbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("methods", help="list the registered methods and their parameters")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("macs", help="MACs of a method on a real architecture (meta device, no weights)")
+    p.add_argument("--model", required=True, choices=sorted(ARCHITECTURES))
+    p.add_argument("--method", required=True)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, METHODS §0.1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
+    p.add_argument("--cfg-counted", dest="cfg_counted", action=argparse.BooleanOptionalAction, default=None,
+                   help="count both CFG halves per image (default: the model's published convention)")
+    p.add_argument("--schedule", action="store_true", help="include the per-(step, layer) decisions")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_macs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as err:
+        print(f"dsbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
