@@ -107,6 +107,7 @@ class Engine:
         self.branch = "main"
         self.branches: dict[str, BranchState] = {}
         self.plan: dict[int, tuple[Directive, list[Decision]]] = {}
+        self.shared_indices: dict[tuple[int, int], torch.Tensor] = {}  # (step, layer) → indices
         self.run: RunInfo | None = None
         self.generator: torch.Generator | None = None
         self.last_run: tuple[RunInfo, dict[str, BranchState]] | None = None
@@ -126,6 +127,7 @@ class Engine:
             self.last_run = (self.run, self.branches)
         self.branches = {}
         self.plan = {}
+        self.shared_indices: dict[tuple[int, int], torch.Tensor] = {}
 
     def _start_run(self, call: CallInfo) -> None:
         if self.planned_steps is None:
@@ -256,7 +258,7 @@ class Engine:
                                staleness=state.staleness[ell], layer_input=h,
                                stats=state.block_stats.get(layer.block, {}),
                                reference_input=state.reference_input.get(ell), generator=self.generator)
-            index = self.method.select(state.step, layer, d.k, ctx)
+            index = self._select(state, layer, d.k, ctx)
             state.selection_seconds += time.perf_counter() - t0
             res = compute(index, self._wants[ell])
             out = state.cache[ell] = scatter_rows(state.cache[ell], index, res.out)
@@ -269,6 +271,17 @@ class Engine:
             return out
         finally:
             self.counter.bucket = FIXED
+
+    def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
+        """The method's selection; with separate CFG passes and shared selection, the first pass's
+        indices serve the later passes of the same step (METHODS §0.5)."""
+        if self.run.cfg_batched or self.method.score.cfg_selection != "shared":
+            return self.method.select(state.step, layer, k, ctx)
+        key = (state.step, layer.index)
+        index = self.shared_indices.get(key)
+        if index is None or index.shape[0] != ctx.batch:
+            index = self.shared_indices[key] = self.method.select(state.step, layer, k, ctx)
+        return index
 
     def _record_stats(self, state: BranchState, layer: Layer, index, res: LayerResult) -> None:
         """FULL replaces the statistics; TOPK replaces the rows it recomputed (METHODS §0.3)."""
@@ -356,10 +369,9 @@ class Engine:
 class Handle:
     """What ``methods.attach`` returns: a context manager that detaches on exit."""
 
-    def __init__(self, engine: Engine, undo: list[Callable[[], None]], transformer):
+    def __init__(self, engine: Engine, undo: list[Callable[[], None]]):
         self.engine = engine
         self._undo = undo
-        self._transformer = transformer
         self.attached = True
 
     def __enter__(self) -> "Handle":
@@ -472,7 +484,7 @@ def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched:
             _wrap_cache_context(transformer, engine, undo)
         if scheduler is not None:
             _wrap_set_timesteps(scheduler, engine, undo)
-        handle = Handle(engine, undo, transformer)
+        handle = Handle(engine, undo)
         _set_instance_attr(transformer, "_dsbench_handle", handle, undo)
     except Exception:
         for u in reversed(undo):

@@ -64,6 +64,8 @@ def test_executor_macs_equal_flop_counter(family, score):
     ("pixart-alpha-512", "toca", {"ratio": 0.3, "interval": 3}, 20, 6.001),
     ("pixart-alpha-256", "fora", {"interval": 2}, 20, 1.43),
     ("pixart-alpha-256", "steps", {"fraction": 0.5}, 20, 1.43),
+    ("flux-schnell", "full", {}, 4, 13.246),
+    ("flux-schnell", "steps", {"fraction": 0.75}, 4, 9.93),
 ])
 def test_calibration_table(model, method, params, steps, expected):
     result = architecture_macs(model, methods.build(method, **params), steps=steps)

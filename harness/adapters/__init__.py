@@ -12,17 +12,18 @@ SUPPORTED = ("DiTTransformer2DModel", "PixArtTransformer2DModel", "FluxTransform
 
 def adapter_for(transformer: torch.nn.Module) -> Adapter:
     """The adapter for this transformer instance; TypeError naming the supported classes otherwise."""
-    name = type(transformer).__name__
-    if name in ("DiTTransformer2DModel", "PixArtTransformer2DModel"):
+    import diffusers
+
+    if isinstance(transformer, (diffusers.DiTTransformer2DModel, diffusers.PixArtTransformer2DModel)):
         from harness.adapters.basic import BasicBlockAdapter
 
         return BasicBlockAdapter(transformer)
-    if name == "FluxTransformer2DModel":
+    if isinstance(transformer, diffusers.FluxTransformer2DModel):
         from harness.adapters.flux import FluxAdapter
 
         return FluxAdapter(transformer)
-    if name == "WanTransformer3DModel":
+    if isinstance(transformer, diffusers.WanTransformer3DModel):
         from harness.adapters.wan import WanAdapter
 
         return WanAdapter(transformer)
-    raise TypeError(f"unsupported transformer class {name}; supported: {', '.join(SUPPORTED)}")
+    raise TypeError(f"unsupported transformer class {type(transformer).__name__}; supported: {', '.join(SUPPORTED)}")
