@@ -133,6 +133,40 @@ def flop_counter_macs(mode) -> tuple[float, float]:
 
 
 # -- whole-run MACs of a real architecture, on the meta device ----------------------------------
+# METHODS §0.9 calibration: (model, method, params, steps, M_lin this MAC model must give, published)
+CALIBRATION = [
+    ("dit-xl-2-256", "full", {}, 50, 11.44, 11.44),
+    ("dit-xl-2-256", "steps", {"num_steps": 40}, 50, 9.15, 9.14),
+    ("dit-xl-2-256", "steps", {"num_steps": 25}, 50, 5.72, 5.73),
+    ("dit-xl-2-256", "steps", {"num_steps": 20}, 50, 4.58, 4.58),
+    ("dit-xl-2-256", "fora", {"interval": 3}, 50, 4.13, 4.13),
+    ("dit-xl-2-256", "toca", {"ratio": 0.07, "interval": 3}, 50, 4.966, 4.97),
+    ("pixart-alpha-256", "full", {}, 20, 2.857, 2.86),
+    ("pixart-alpha-512", "full", {}, 20, 10.848, 10.851),
+    ("pixart-alpha-256", "toca", {"ratio": 0.3, "interval": 3}, 20, 1.643, 1.64),
+    ("pixart-alpha-512", "toca", {"ratio": 0.3, "interval": 3}, 20, 6.001, 5.993),
+    ("pixart-alpha-256", "fora", {"interval": 2}, 20, 1.43, 1.43),
+    ("pixart-alpha-256", "steps", {"fraction": 0.5}, 20, 1.43, 1.43),
+    ("flux-schnell", "full", {}, 4, 13.246, 13.247),
+    ("flux-schnell", "steps", {"fraction": 0.75}, 4, 9.93, 9.936),
+]
+CALIBRATION_TOLERANCE = 0.01  # T MACs (METHODS §4.5)
+
+
+def calibration_rows() -> list[dict]:
+    """Every calibration row recomputed by the executor, next to its expected and published value."""
+    import methods
+
+    rows = []
+    for model, name, params, steps, expected, published in CALIBRATION:
+        result = architecture_macs(model, methods.build(name, **params), steps=steps)
+        ours = result["macs"] / 1e12
+        rows.append({"model": model, "method": name, "params": params, "steps": steps,
+                     "cfg_counted": result["cfg_counted"], "dsbench_T": round(ours, 4), "expected_T": expected,
+                     "published_T": published, "within_tolerance": abs(ours - expected) <= CALIBRATION_TOLERANCE})
+    return rows
+
+
 def architecture_macs(model: str, method, steps: int | None = None, cfg_counted: bool | None = None) -> dict:
     """M_lin and M_attn per generated image over a whole run of ``model`` under ``method``.
 

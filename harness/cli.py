@@ -36,6 +36,10 @@ def cmd_macs(args) -> int:
     import methods
     from harness.accounting import architecture_macs
 
+    if args.calibration:
+        return print_calibration(args)
+    if not args.model or not args.method:
+        raise ValueError("--model and --method are required (or --calibration)")
     method = methods.build(args.method, **parse_sets(args.set))
     result = architecture_macs(args.model, method, steps=args.steps, cfg_counted=args.cfg_counted)
     if not args.schedule:
@@ -52,6 +56,33 @@ def cmd_macs(args) -> int:
     return 0
 
 
+def print_calibration(args) -> int:
+    """The METHODS §0.9 calibration table recomputed by the executor (Markdown, or JSON)."""
+    from pathlib import Path
+
+    from harness.accounting import CALIBRATION_TOLERANCE, calibration_rows
+
+    rows = calibration_rows()
+    if args.json:
+        text = json.dumps(rows, indent=2)
+    else:
+        lines = [f"MAC calibration (METHODS §0.9), tolerance ±{CALIBRATION_TOLERANCE} T. "
+                 "Regenerate: dsbench macs --calibration --out results/calibration.md", "",
+                 "| model | method | params | steps | CFG counted | dsbench (T) | expected (T) | published (T) | ok |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "—"
+            lines.append(f"| {r['model']} | {r['method']} | {params} | {r['steps']} | {r['cfg_counted']} | "
+                         f"{r['dsbench_T']:.3f} | {r['expected_T']} | {r['published_T']} | "
+                         f"{'yes' if r['within_tolerance'] else 'NO'} |")
+        text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0 if all(r["within_tolerance"] for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.models.architectures import ARCHITECTURES
 
@@ -62,14 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("macs", help="MACs of a method on a real architecture (meta device, no weights)")
-    p.add_argument("--model", required=True, choices=sorted(ARCHITECTURES))
-    p.add_argument("--method", required=True)
+    p.add_argument("--model", choices=sorted(ARCHITECTURES))
+    p.add_argument("--method")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, METHODS §0.1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     p.add_argument("--cfg-counted", dest="cfg_counted", action=argparse.BooleanOptionalAction, default=None,
                    help="count both CFG halves per image (default: the model's published convention)")
     p.add_argument("--schedule", action="store_true", help="include the per-(step, layer) decisions")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--calibration", action="store_true", help="recompute the METHODS §0.9 calibration table")
+    p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)
     return parser
 

@@ -9,7 +9,8 @@ import torch
 from conftest import Fixed, tiny_dit, tiny_pixart
 
 import methods
-from harness.accounting import architecture_macs, flop_counter, flop_counter_macs
+from harness.accounting import (CALIBRATION, CALIBRATION_TOLERANCE, architecture_macs, flop_counter,
+                                flop_counter_macs)
 from harness.cli import main
 from methods import FULL, topk
 
@@ -53,23 +54,10 @@ def test_executor_macs_equal_flop_counter(family, score):
 
 
 # -- METHODS §0.9 calibration on the real architectures (meta device) --------------------------------
-@pytest.mark.parametrize("model, method, params, steps, expected", [
-    ("dit-xl-2-256", "full", {}, 50, 11.44),
-    ("dit-xl-2-256", "steps", {"num_steps": 40}, 50, 9.15),
-    ("dit-xl-2-256", "fora", {}, 50, 4.13),
-    ("dit-xl-2-256", "toca", {}, 50, 4.966),
-    ("pixart-alpha-256", "full", {}, 20, 2.857),
-    ("pixart-alpha-512", "full", {}, 20, 10.848),
-    ("pixart-alpha-256", "toca", {"ratio": 0.3, "interval": 3}, 20, 1.643),
-    ("pixart-alpha-512", "toca", {"ratio": 0.3, "interval": 3}, 20, 6.001),
-    ("pixart-alpha-256", "fora", {"interval": 2}, 20, 1.43),
-    ("pixart-alpha-256", "steps", {"fraction": 0.5}, 20, 1.43),
-    ("flux-schnell", "full", {}, 4, 13.246),
-    ("flux-schnell", "steps", {"fraction": 0.75}, 4, 9.93),
-])
-def test_calibration_table(model, method, params, steps, expected):
+@pytest.mark.parametrize("model, method, params, steps, expected, published", CALIBRATION)
+def test_calibration_table(model, method, params, steps, expected, published):
     result = architecture_macs(model, methods.build(method, **params), steps=steps)
-    assert result["macs"] / 1e12 == pytest.approx(expected, abs=0.01)
+    assert result["macs"] / 1e12 == pytest.approx(expected, abs=CALIBRATION_TOLERANCE)
 
 
 def test_dit_xl_forward_macs_match_fvcore_count():
