@@ -90,9 +90,10 @@ def run_pixart(pipe, steps=5, seed=0, batch=2):
     emb = torch.randn(batch, 6, 12, generator=g)
     mask = torch.ones(batch, 6)
     mask[:, 4:] = 0  # padded text tokens, as T5 masks produce
+    side = pipe.transformer.config.sample_size  # the tiny VAE does not downsample
     return pipe(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt=None, negative_prompt_embeds=torch.zeros(batch, 6, 12),
                 negative_prompt_attention_mask=torch.ones(batch, 6), num_inference_steps=steps,
-                generator=torch.manual_seed(seed), output_type="np", height=8, width=8,
+                generator=torch.manual_seed(seed), output_type="np", height=side, width=side,
                 use_resolution_binning=False, guidance_scale=4.5).images
 
 

@@ -312,3 +312,16 @@ def test_similarity_importance_compares_with_the_input_at_last_computation():
     _run_calls(model, method, calls)
     assert len(scores) == 2 * 2 * 2  # 2 partial steps × 2 blocks × (sa, mlp)
     assert all(float(s.std()) > 1e-3 for s in scores)  # a real signal, not 1 − cos(x, x) noise
+
+
+def test_pixart_toca_error_shrinks_as_more_tokens_are_recomputed():
+    """METHODS §4.8 spot check: distance to the uncached output falls and MACs rise with R."""
+    pipe = pixart_pipeline(num_layers=4, sample_size=16)
+    reference = run_pixart(pipe, steps=20)
+    errors, macs = [], []
+    for ratio in (0.05, 0.2, 0.5):
+        with methods.attach(pipe, methods.build("toca", ratio=ratio)) as handle:
+            errors.append(float(((run_pixart(pipe, steps=20) - reference) ** 2).mean()))
+            macs.append(handle.report()["macs_cfg_not_counted"])
+    assert errors[0] > errors[1] > errors[2] > 0
+    assert macs[0] < macs[1] < macs[2]
