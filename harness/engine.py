@@ -336,7 +336,7 @@ class Engine:
     def _update_taylor(self, state: BranchState, ell: int, out: torch.Tensor) -> None:
         """Finite differences in step-index units between FULL steps (METHODS §1.6)."""
         old = state.taylor.get(ell, [])
-        factors = [out]
+        factors = [out.clone()]  # the cache itself may be scatter-updated in place by a later TOPK
         if old:
             dist = state.step - state.taylor_step[ell]
             for j in range(min(self.method.taylor_order, len(old))):
