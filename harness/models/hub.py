@@ -70,7 +70,7 @@ def _sampler_call(pipe, family: str, sampler: Sampler):
             out = pipe(class_labels=conditions, **kw).images
         else:
             out = pipe(prompt=conditions, height=sampler.resolution, width=sampler.resolution, **kw)
-            out = out.frames[0] if family == "wan" else out.images
+            out = out.frames if family == "wan" else out.images  # videos: N×T×3×H×W
         return (out.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
     return sample

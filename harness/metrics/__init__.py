@@ -1,0 +1,158 @@
+"""All sample metrics behind one call: ``compute(samples, teacher=..., references=..., ...) -> dict[str, float]``.
+
+========================  ==========================================  =====================================
+metric                    needs                                       keys
+========================  ==========================================  =====================================
+``lpips``                 ``teacher`` (same seeds)                    ``lpips_alex``, ``lpips_vgg``
+``psnr`` / ``ssim``       ``teacher``                                 ``psnr`` / ``ssim``
+``fid`` / ``kid``         ``references``                              ``fid`` / ``kid_mean``, ``kid_std``
+``prc``                   ``references``                              ``precision``, ``recall``
+``isc``                   —                                           ``is_mean``, ``is_std``
+``alignment``             ``bundle`` with ``alignment``, conditions   the bundle's (``class_accuracy``, ...)
+``clip``                  prompts (``conditions``)                    ``clip_score`` (uint8), ``clip_score_legacy``
+``image_reward``          prompts                                     ``image_reward``
+``vbench``                prompts, videos N×T×3×H×W                   ``vbench_<dimension>``, aggregates
+========================  ==========================================  =====================================
+
+Images are uint8 N×3×H×W. Metric names and options are checked before anything is computed. FID/KID/PRC/
+ISC use the bundle's feature extractor (an embedded model's domain classifier, registered with
+torch-fidelity here) or the standard Inception. Cost metrics (MACs, latency, peak memory) are measured
+around sampling, not on samples: see :mod:`harness.metrics.cost`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run here: its weights, package or interpreter are missing (the message says which)."""
+
+
+DEFAULT_METRICS = ("lpips", "psnr", "ssim", "fid", "kid", "prc")
+# metric → the inputs it needs besides the samples
+NEEDS = {"lpips": ("teacher",), "psnr": ("teacher",), "ssim": ("teacher",), "fid": ("references",),
+         "kid": ("references",), "prc": ("references",), "isc": (), "alignment": ("bundle", "conditions"),
+         "clip": ("conditions",), "image_reward": ("conditions",), "vbench": ("conditions",)}
+OPTIONS = {"device": "cpu", "batch_size": 32, "lpips_nets": ("alex", "vgg"), "feature_extractor": None,
+           "feature_layer": None, "kid_subsets": 100, "kid_subset_size": None, "isc_splits": None,
+           "prc_neighborhood": 3, "seed": 2020,
+           "clip_model": "openai/clip-vit-large-patch14", "clip_conventions": ("uint8", "legacy"),
+           "image_reward_model": None, "image_reward_tokenizer": "bert-base-uncased", "vbench_workdir": None,
+           "vbench_python": None, "vbench_dimensions": None, "vbench_mode": "vbench_standard", "vbench_fps": 8}
+
+
+def _check_images(x: Any, name: str, frames: bool = False) -> None:
+    shape = "N×T×3×H×W" if frames else "N×3×H×W"
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        raise ValueError(f"{name} must be a uint8 tensor {shape}, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != (5 if frames else 4) or x.shape[-3] != 3 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty uint8 tensor {shape}, got shape {tuple(x.shape)}")
+
+
+def _validate(samples, teacher, references, conditions, bundle, metrics, options) -> None:
+    unknown = [m for m in metrics if m not in NEEDS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; allowed: {', '.join(NEEDS)}")
+    bad = sorted(set(options) - set(OPTIONS))
+    if bad:
+        raise TypeError(f"unknown metric option(s) {', '.join(bad)}; allowed: {', '.join(OPTIONS)}")
+    choices = {"lpips_nets": ("alex", "vgg"), "clip_conventions": ("uint8", "legacy")}
+    for name, allowed in choices.items():
+        wrong = [v for v in options.get(name, ()) if v not in allowed]
+        if wrong:
+            raise ValueError(f"{name}: unknown {wrong[0]!r}; allowed: {', '.join(allowed)}")
+    given = {"teacher": teacher, "references": references, "conditions": conditions, "bundle": bundle}
+    for metric in metrics:
+        missing = [need for need in NEEDS[metric] if given[need] is None]
+        if missing:
+            raise ValueError(f"metric {metric!r} needs {' and '.join(missing)}")
+    if "alignment" in metrics and getattr(bundle, "alignment", None) is None:
+        raise ValueError(f"metric 'alignment' needs a bundle with an alignment hook ({bundle.name} has none)")
+    if "vbench" in metrics:
+        _check_images(samples, "samples", frames=True)
+        if set(metrics) - {"vbench"}:
+            raise ValueError("vbench scores videos (N×T×3×H×W); compute image metrics in a separate call")
+    else:
+        _check_images(samples, "samples")
+    if teacher is not None:
+        _check_images(teacher, "teacher")
+        if teacher.shape != samples.shape:
+            raise ValueError(f"teacher {tuple(teacher.shape)} and samples {tuple(samples.shape)} differ in shape")
+    if references is not None:
+        _check_images(references, "references")
+    if conditions is not None:
+        if len(conditions) != len(samples):
+            raise ValueError(f"{len(conditions)} conditions for {len(samples)} samples")
+        text = {"clip", "image_reward", "vbench"} & set(metrics)
+        if text and not all(isinstance(c, str) for c in conditions):
+            raise ValueError(f"{', '.join(sorted(text))} need text prompts as conditions")
+
+
+def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, references: torch.Tensor | None = None,
+            conditions: list | None = None, bundle=None, metrics=DEFAULT_METRICS, **options) -> dict[str, float]:
+    """The requested metrics of ``samples`` as one flat dict (see the module docstring for names and keys).
+
+    ``teacher``: same-seed teacher images, pairwise with ``samples``; ``references``: real images;
+    ``conditions``: class ids or prompts, one per sample; ``bundle``: the model's ModelBundle (feature
+    extractor, domain classifier, alignment hook). Options and defaults: :data:`OPTIONS`.
+    """
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    _validate(samples, teacher, references, conditions, bundle, metrics, options)
+    opt = OPTIONS | options
+    device, batch = opt["device"], opt["batch_size"]
+    out: dict[str, float] = {}
+
+    if {"lpips", "psnr", "ssim"} & set(metrics):
+        from harness.metrics import fidelity
+
+        if "lpips" in metrics:
+            for net in opt["lpips_nets"]:
+                out[f"lpips_{net}"] = fidelity.lpips_distance(samples, teacher, net, device, batch)
+        if "psnr" in metrics:
+            out["psnr"] = fidelity.psnr(samples, teacher)
+        if "ssim" in metrics:
+            out["ssim"] = fidelity.ssim(samples, teacher)
+
+    if {"fid", "kid", "prc", "isc"} & set(metrics):
+        from harness.metrics import distribution
+
+        extractor = opt["feature_extractor"] or getattr(bundle, "feature_extractor", None) or distribution.INCEPTION
+        if bundle is not None and bundle.classifier is not None and extractor == bundle.feature_extractor:
+            distribution.register_domain_extractor(extractor, bundle.classifier)
+        out |= distribution.distribution_metrics(
+            samples, references, fid="fid" in metrics, kid="kid" in metrics, prc="prc" in metrics,
+            isc="isc" in metrics, feature_extractor=extractor, device=device, batch_size=batch,
+            kid_subsets=opt["kid_subsets"], kid_subset_size=opt["kid_subset_size"], isc_splits=opt["isc_splits"],
+            prc_neighborhood=opt["prc_neighborhood"], feature_layer=opt["feature_layer"], seed=opt["seed"])
+
+    if "alignment" in metrics:
+        out |= {k: float(v) for k, v in bundle.alignment(samples, list(conditions)).items()}
+
+    if "clip" in metrics:
+        from harness.metrics import alignment
+
+        for convention in opt["clip_conventions"]:
+            key = "clip_score" if convention == "uint8" else f"clip_score_{convention}"
+            out[key] = alignment.clip_score(samples, list(conditions), model=opt["clip_model"], convention=convention,
+                                            device=device, batch_size=batch)
+
+    if "image_reward" in metrics:
+        from harness.metrics import alignment
+
+        out["image_reward"] = alignment.image_reward(samples, list(conditions), model=opt["image_reward_model"],
+                                                     tokenizer=opt["image_reward_tokenizer"], device=device,
+                                                     batch_size=batch)
+
+    if "vbench" in metrics:
+        import tempfile
+
+        from harness.metrics import video
+
+        workdir = opt["vbench_workdir"] or tempfile.mkdtemp(prefix="dsbench-vbench-")
+        out |= video.run_vbench(samples, list(conditions), workdir,
+                                dimensions=opt["vbench_dimensions"] or video.DIMENSIONS, mode=opt["vbench_mode"],
+                                device=device, fps=opt["vbench_fps"], python=opt["vbench_python"])
+    return out

