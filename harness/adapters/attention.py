@@ -46,14 +46,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, counter: Mac
     need_probs = SELF_ATTN in want or CROSS_ENTROPY in want
     if not need_probs:
         return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)), stats
-    # matmuls in the compute dtype (as SDPA would run them), softmax and statistics in float32
+    # in the compute dtype, as SDPA would run it: the B×H×N×N maps dominate the memory traffic
+    # (torch's softmax and mean accumulate in float32 for reduced-precision inputs)
     logits = torch.matmul(q, k.transpose(-1, -2)) * d**-0.5
     if mask is not None:
         logits = logits + mask.to(logits.dtype)
-    probs = logits.softmax(dim=-1, dtype=torch.float32)
-    out = torch.matmul(probs.to(v.dtype), v)
+    probs = logits.softmax(dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v)
     if SELF_ATTN in want:
-        stats[SELF_ATTN] = probs.mean(dim=1)
+        stats[SELF_ATTN] = probs.mean(dim=1, dtype=torch.float32)
     if CROSS_ENTROPY in want:
         if cross:
             stats[CROSS_ENTROPY] = entropy(probs.mean(dim=1))
