@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import torch
 
+from harness.files import sha256_file
+
 ROOT_ENV = "DSBENCH_CACHE"
 REQUIRED_FIELDS = ("model", "sampler", "steps", "seed", "conditions")
 FORMAT = 1
@@ -36,14 +38,6 @@ SAMPLES, MANIFEST = "samples.safetensors", "manifest.json"
 
 def default_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or Path.home() / ".cache" / "dsbench") / "teachers"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,7 +51,7 @@ def code_version() -> str:
     base = Path(harness.models.__file__).parent
     digest = hashlib.sha256(f"torch {torch.__version__}; diffusers {diffusers.__version__}".encode())
     for path in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(f"{path.relative_to(base).as_posix()} {_sha256(path)}\n".encode())
+        digest.update(f"{path.relative_to(base).as_posix()} {sha256_file(path)}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -127,7 +121,7 @@ class TeacherCache:
             file = entry / SAMPLES
             if file.stat().st_size != manifest["bytes"]:
                 raise ValueError(f"{SAMPLES} has {file.stat().st_size} bytes, manifest says {manifest['bytes']}")
-            if _sha256(file) != manifest["sha256"]:
+            if sha256_file(file) != manifest["sha256"]:
                 raise ValueError(f"{SAMPLES} checksum differs from the manifest")
             samples = load_file(file)["samples"]
             if samples.dtype != torch.uint8 or list(samples.shape) != manifest["shape"]:
@@ -153,7 +147,7 @@ class TeacherCache:
             save_file({"samples": samples.detach().cpu().contiguous()}, str(tmp / SAMPLES))
             manifest = {"format": FORMAT, "key": key, "fields": fields, "code_version": self.code or code_version(),
                         "shape": list(samples.shape), "dtype": "uint8", "bytes": (tmp / SAMPLES).stat().st_size,
-                        "sha256": _sha256(tmp / SAMPLES)}
+                        "sha256": sha256_file(tmp / SAMPLES)}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_jsonable))
             for name in (SAMPLES, MANIFEST):
                 with open(tmp / name, "rb") as f:

