@@ -115,7 +115,6 @@ class MNISTClassifier(nn.Module):
             nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(c2 * (image_size // 4) ** 2, feature_dim), nn.ReLU())
-        self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(feature_dim, num_classes)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:

@@ -236,12 +236,15 @@ def load_text_encoder():
 
     path = text_encoder_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    verbosity = tlog.get_verbosity()
+    verbosity, bar = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
     tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(path, local_files_only=True)
     finally:
         tlog.set_verbosity(verbosity)
+        if bar:
+            tlog.enable_progress_bar()
     return tokenizer, model.eval().requires_grad_(False)
 
 
