@@ -2,3 +2,5 @@
 
 Each module registers its bundle with ``harness.models.zoo.register``.
 """
+from harness.models.embedded import mnist_dit  # noqa: F401
+from harness.models.embedded import shapes_pixart  # noqa: F401

@@ -61,8 +61,9 @@ NUM_CLASSES = 10
 NULL_CLASS = 1000  # DiTPipeline's unconditional class id
 RESOLUTION = 32
 
-# the sampler of the bundle (chosen by `grid`/`check` sweeps, see the module's check report)
-SAMPLER = Sampler("ddim-linspace", steps=25, guidance_scale=3.0, resolution=RESOLUTION)
+# the bundle's sampler. A sweep on 200 digits (seed 1) gave class accuracy 0.86 / 0.965 / 0.99 / 0.985 at CFG
+# 1.5 / 2 / 3 / 4 with DDIM-20, and the same at 25 and 50 steps: DDIM-20 with CFG 3 draws clean digits.
+SAMPLER = Sampler("ddim-linspace", steps=20, guidance_scale=3.0, resolution=RESOLUTION)
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
                   down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -225,7 +226,8 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
     """The ``DiTPipeline`` from the committed safetensors and configs (no network)."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    missing = [p for p in ("vae", "transformer", "scheduler") if not (weights / p / "config.json").exists()]
+    missing = [part for part, file in (("vae", "config.json"), ("transformer", "config.json"),
+                                       ("scheduler", "scheduler_config.json")) if not (weights / part / file).exists()]
     if missing:
         raise FileNotFoundError(f"{NAME}: no trained {', '.join(missing)} in {weights}; "
                                 f"train with `python -m harness.models.embedded.mnist_dit train`")
