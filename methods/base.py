@@ -149,6 +149,8 @@ class Method:
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     summary: ClassVar[str] = ""
+    # the config field a compute budget tunes (runner: bisect it until the run's MACs match), or None
+    budget_field: ClassVar[str | None] = None
     taylor_order: int = 0  # >0 makes the engine keep Taylor factors on FULL layers
     residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
 

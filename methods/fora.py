@@ -25,6 +25,7 @@ def reference_counter(family: str, i: int, num_steps: int) -> int:
 class Fora(Method):
     name = "fora"
     Config = ForaConfig
+    budget_field = "interval"
     summary = "refresh all module outputs every N steps, reuse them in between"
 
     def reset(self, run: RunInfo) -> None:

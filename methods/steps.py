@@ -27,6 +27,7 @@ class StepsConfig(MethodConfig):
 class Steps(Method):
     name = "steps"
     Config = StepsConfig
+    budget_field = "fraction"
     summary = "step reduction: the same sampler with fewer steps (e.g. 50% steps)"
 
     def steps_to_run(self, num_steps: int) -> int:

@@ -48,6 +48,7 @@ MODULE_FACTOR = {
 class Toca(Method):
     name = "toca"
     Config = TocaConfig
+    budget_field = "ratio"
     summary = "token-wise caching: periodic full steps, top-scored tokens recomputed in between"
 
     def reset(self, run: RunInfo) -> None:
