@@ -108,3 +108,25 @@ def test_toca_attaches_to_the_bundle_pipeline(bundle):
     assert report["macs_cfg_counted"] > 0
     # detached: the plain pipeline again
     assert torch.equal(bundle.sample(conds, seed=0, steps=6), plain)
+
+
+def test_fidelity_to_teacher_is_zero_with_full_and_grows_as_toca_ratio_falls(bundle):
+    import methods
+    from harness import metrics
+
+    conds = bundle.conditions(20, 5)
+    teacher = bundle.sample(conds, seed=5, steps=20)
+
+    def student(method):
+        with methods.attach(bundle.pipeline, method):
+            return bundle.sample(conds, seed=5, steps=20)
+
+    full = student(methods.build("full"))
+    assert torch.equal(full, teacher)
+    scores = metrics.compute(full, teacher=teacher, references=teacher, bundle=bundle, metrics=("lpips", "fid"))
+    assert scores["lpips_alex"] == 0.0 and abs(scores["fid"]) < 1e-3
+
+    lpips = [metrics.compute(student(methods.build("toca", ratio=r)), teacher=teacher, metrics=("lpips",))["lpips_alex"]
+             for r in (0.3, 0.15, 0.05, 0.0)]
+    assert 0.0 < lpips[0]  # DiT ToCa reuses self-attention on every partial step, whatever the ratio
+    assert all(a < b for a, b in zip(lpips, lpips[1:])), lpips

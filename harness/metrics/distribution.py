@@ -106,7 +106,7 @@ def register_domain_extractor(name: str, classifier: torch.nn.Module) -> None:
     register_feature_extractor(name, _domain_class(classifier))
 
 
-def _check_inception() -> None:
+def check_inception() -> None:
     from harness import weights
 
     path = weights.targets()[2].path
@@ -137,7 +137,7 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
         raise ValueError(f"feature extractor {feature_extractor!r} is not registered with torch-fidelity "
                          "(register a domain classifier with register_domain_extractor)")
     if feature_extractor == INCEPTION:
-        _check_inception()
+        check_inception()
     binary = fid or kid or prc
     if binary and references is None:
         raise ValueError("FID/KID/precision/recall need reference images")
