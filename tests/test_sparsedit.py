@@ -115,6 +115,12 @@ def test_blocks_map_to_pretrained_blocks_by_depth():
     assert not any(p.data_ptr() == q.data_ptr() for p in model.parameters() for q in dit.parameters())  # copies
 
 
+def test_new_layers_follow_the_model_dtype():
+    model = sparsify(tiny_dit(num_layers=6).double(), resolve_layout(6))
+    assert {p.dtype for p in model.parameters()} == {torch.float64} and model.dtype == torch.float64
+    assert model(**{k: v.double() if v.is_floating_point() else v for k, v in inputs().items()}).sample.dtype == torch.float64
+
+
 def test_poolingformer_is_the_pretrained_block_under_uniform_attention():
     """With identical tokens attention is uniform, so mean-of-V pooling must equal the pretrained block."""
     dit = tiny_dit(num_layers=6)

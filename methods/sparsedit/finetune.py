@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from methods.sparsedit import load_weights, pieces, resolve_layout, save_weights, sparsify
+from methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, save_weights, sparsify
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("mnist-dit",)
@@ -136,7 +136,7 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
             save_checkpoint()
     bar.close()
     save_checkpoint()
-    save_weights(ema, out_dir / "transformer.safetensors", model=model, steps=step, lr=lr, ema_decay=ema_decay,
+    save_weights(ema, out_dir / "transformer.safetensors", base_model=model, steps=step, lr=lr, ema_decay=ema_decay,
                  batch_size=batch_size)
     summary = {"model": model, "steps": step, "seconds_this_run": round(time.time() - t0, 1), "layout": vars(layout),
                "r_min": r_min, "r_max": r_max, "pieces": spans, "params": n_params,
@@ -148,7 +148,8 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
 
 def check(model: str = "mnist-dit", n: int = 200, seed: int = 0, weights: Path | None = None,
           out_dir: Path | None = None, command: str | None = None) -> dict:
-    """Class accuracy and MACs of ``n`` generated digits: the original model vs SparseDiT (same seeds)."""
+    """Class accuracy and MACs of ``n`` generated digits: the original model, SparseDiT as initialised from it,
+    and fine-tuned SparseDiT (the same seeds for all)."""
     import methods
     from harness.models import zoo
 
@@ -157,7 +158,8 @@ def check(model: str = "mnist-dit", n: int = 200, seed: int = 0, weights: Path |
     weights = Path(weights or out_dir / "transformer.safetensors")
     bundle = zoo.load(model)
     conds = bundle.conditions(n, seed)
-    arms = {"original": methods.build("full"), "sparsedit": methods.build("sparsedit", weights=str(weights))}
+    arms = {"original": methods.build("full"), "sparsedit, not fine-tuned": methods.build("sparsedit"),
+            "sparsedit": methods.build("sparsedit", weights=str(weights))}
     rows = {}
     for name, method in arms.items():
         with methods.attach(bundle.pipeline, method) as handle:
@@ -169,11 +171,13 @@ def check(model: str = "mnist-dit", n: int = 200, seed: int = 0, weights: Path |
                       "macs_per_image_cfg_counted": report["macs_cfg_counted"],
                       "macs_attention_per_image_cfg_counted": report["macs_attention_cfg_counted"],
                       "seconds": round(seconds, 1)}
-    meta = load_weights(sparsify(bundle.pipeline.transformer, resolve_layout(len(bundle.pipeline.transformer.transformer_blocks))),
-                        weights)
+    meta = arms["sparsedit"].weights_meta
+    config, tokens = arms["sparsedit"].config, (bundle.pipeline.transformer.config.sample_size
+                                                // bundle.pipeline.transformer.config.patch_size) ** 2
+    sides = [grid_side(pruning_rate(int(t), config.r_min, config.r_max), tokens) for t in bundle.pipeline.scheduler.timesteps]
     result = {"model": model, "n": n, "seed": seed, "steps": bundle.sampler.steps,
               "guidance_scale": bundle.sampler.guidance_scale, "weights": str(weights.relative_to(REPO))
-              if weights.is_relative_to(REPO) else str(weights), "weights_meta": meta, "arms": rows,
+              if weights.is_relative_to(REPO) else str(weights), "weights_meta": meta, "grid_sides": sides, "arms": rows,
               "threads": torch.get_num_threads(), "command": command}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "check.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -184,9 +188,10 @@ def check(model: str = "mnist-dit", n: int = 200, seed: int = 0, weights: Path |
 
 `{command}`
 
-{n} generated digits (balanced classes, seed {seed}, the same seeds for both arms), DDIM {result['steps']} steps,
+{n} generated digits (balanced classes, seed {seed}, the same seeds for every arm), DDIM {result['steps']} steps,
 CFG {result['guidance_scale']}, classified by the bundle's domain classifier. SparseDiT weights: `{result['weights']}`
 (fine-tuned {meta.get('steps', '?')} steps, layout {meta.get('layout', '?')}, r ∈ [{meta.get('r_min')}, {meta.get('r_max')}]).
+Sparse grid side per sampler call (i = 0 first): {sides} ({tokens} dense tokens).
 MACs per generated image over the whole run, both CFG halves counted (M_lin, and attention M_attn separately).
 
 | arm | class accuracy | M_lin (M MACs) | M_attn (M MACs) | seconds ({torch.get_num_threads()} thread(s), busy machine) |

@@ -167,8 +167,10 @@ class SDTM(nn.Module):
         self.recover = Block(blocks[1 + sparse_blocks])
         self.dense = nn.ModuleList(Block(b) for b in blocks[2 + sparse_blocks:])
         # W_1 = 0, W_2 = I, zero biases: at initialisation X_m is the module's dense input (plus positions)
-        self.merge_sparse = nn.Linear(dim, dim)
-        self.merge_dense = nn.Linear(dim, dim)
+        ref = blocks[0].norm1.linear.weight  # new layers on the model's device and dtype
+        like = dict(device=ref.device, dtype=ref.dtype)
+        self.merge_sparse = nn.Linear(dim, dim, **like)
+        self.merge_dense = nn.Linear(dim, dim, **like)
         with torch.no_grad():
             nn.init.zeros_(self.merge_sparse.weight)
             nn.init.zeros_(self.merge_sparse.bias)
@@ -295,8 +297,9 @@ def check_transformer(transformer) -> None:
     if not isinstance(transformer, diffusers.DiTTransformer2DModel):
         raise TypeError(f"sparsedit transforms a DiTTransformer2DModel, got {type(transformer).__name__}")
     for i, block in enumerate(transformer.transformer_blocks):
-        if block.norm_type != "ada_norm_zero" or block.attn2 is not None:
-            raise TypeError("sparsedit supports DiT blocks with ada_norm_zero and no cross-attention")
+        if (block.norm_type != "ada_norm_zero" or block.attn2 is not None or block.attn1.norm_q is not None
+                or block.attn1.norm_k is not None):
+            raise TypeError("sparsedit supports DiT blocks with ada_norm_zero, no cross-attention and no q/k norm")
         check_plain_attention(block.attn1, f"DiTTransformer2DModel.transformer_blocks[{i}]")
 
 
