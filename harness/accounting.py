@@ -189,7 +189,7 @@ def architecture_macs(model: str, method, steps: int | None = None, cfg_counted:
     transformer = meta_model(model)
     calls = method.steps_to_run(steps)
     with torch.no_grad(), attach(transformer, method, num_steps=steps, cfg_batched=arch.cfg) as handle:
-        _simulate(handle.engine, transformer, [call_inputs(model, float(t)) for t in np.linspace(999.0, 0.0, calls)])
+        _simulate(handle.engine, [call_inputs(model, float(t)) for t in np.linspace(999.0, 0.0, calls)])
         report = handle.report()
     key = "cfg_counted" if counted else "cfg_not_counted"
     return {
@@ -209,7 +209,7 @@ def architecture_macs(model: str, method, steps: int | None = None, cfg_counted:
     }
 
 
-def _simulate(engine, transformer, inputs: list[dict]) -> None:
+def _simulate(engine, inputs: list[dict]) -> None:
     """Run the calls through the executor, executing each distinct step plan once.
 
     A call's MACs depend only on its directive, its decisions and the shapes, so a call whose
@@ -220,7 +220,8 @@ def _simulate(engine, transformer, inputs: list[dict]) -> None:
 
     from methods.base import Method
 
-    forward = type(transformer).forward.__get__(transformer)  # the class forward: our wrapper bypassed
+    model = engine.transformer  # the transformer, or the module a model-transforming method runs instead
+    forward = type(model).forward.__get__(model)  # the class forward: our wrapper bypassed
     reuse_counts = type(engine.method).end_step is Method.end_step
     seen: dict[tuple, tuple] = {}
     for kwargs in tqdm(inputs, desc=f"{engine.method.name} MACs", unit="call", leave=False,

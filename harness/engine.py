@@ -509,12 +509,16 @@ def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched:
     if num_steps is not None and num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     adapter = adapter_for(transformer)  # TypeError naming the supported classes
-    engine = Engine(transformer, adapter, method,
+    replacement = method.replacement(transformer)  # a rebuilt model (SparseDiT) or None
+    engine = Engine(transformer if replacement is None else replacement, adapter, method,
                     cfg_batched=adapter.default_cfg_batched if cfg_batched is None else cfg_batched,
                     num_steps=method.steps_to_run(num_steps) if num_steps is not None else None, seed=seed)
     undo: list[Callable[[], None]] = []
     try:
-        adapter.install(engine, undo)
+        if replacement is None:
+            adapter.install(engine, undo)
+        else:
+            _install_replacement(transformer, replacement, engine, undo)
         _wrap_forward(transformer, engine, adapter, undo)
         if hasattr(transformer, "cache_context"):
             _wrap_cache_context(transformer, engine, undo)
@@ -528,6 +532,18 @@ def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched:
         engine.counter.remove()
         raise
     return handle
+
+
+def _install_replacement(transformer, replacement: torch.nn.Module, engine: Engine, undo: list) -> None:
+    """Run a model-transforming method's module in place of the transformer's forward (per instance).
+
+    Its own blocks run, not the adapter's, so there are no per-layer decisions; the engine's counter
+    (built on the replacement) counts its Linear/Conv MACs and the module reports its attention MACs.
+    """
+    engine.layers = []
+    replacement.set_counter(engine.counter)
+    undo.append(lambda: replacement.set_counter(None))
+    _set_instance_attr(transformer, "forward", replacement.forward, undo)
 
 
 def _wrap_forward(transformer, engine: Engine, adapter, undo: list) -> None:

@@ -181,6 +181,12 @@ class Method:
     def end_step(self, i: int, output) -> None:
         pass
 
+    def replacement(self, transformer):
+        """A model-transforming method (SparseDiT) returns the module that runs instead of ``transformer``
+        while attached: same forward signature and output, a ``set_counter(counter)`` for attention MACs.
+        None (the default) keeps the transformer and executes this method's per-layer decisions on it."""
+        return None
+
     # -- description ----------------------------------------------------------------------
     def resolved_config(self) -> dict[str, Any]:
         """The parameters in effect for the current run (per-model defaults filled in)."""

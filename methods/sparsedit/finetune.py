@@ -1,0 +1,242 @@
+"""SparseDiT fine-tuning recipe (METHODS §1.9) on an embedded model, and its class-accuracy check.
+
+Recipe [C], scaled to a CPU: the pretrained DiT is rebuilt by ``sparsify`` and trained with the standard
+DiT ε-loss (plain MSE, labels dropped to the null class with p = 0.1 for CFG), AdamW lr 1e-4, weight decay
+0, EMA of the weights, bf16 autocast. Each batch draws its timesteps inside one piece of constant grid side
+(``pieces``; piece chosen with probability ∝ its length, so t stays uniform over [0, T)) — the paper's "one
+piece per GPU" on one process. [PD] EMA decay 0.999 with DiT's warm-up min(decay, (1+k)/(10+k)) instead of
+0.9999: a run of a few thousand steps would otherwise keep the initial weights.
+
+    python -m methods.sparsedit finetune --model mnist-dit --minutes 14
+    python -m methods.sparsedit check --model mnist-dit -n 200
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, save_weights, sparsify
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = ("mnist-dit",)
+
+
+def results_dir(model: str) -> Path:
+    return REPO / "results" / "sparsedit" / model
+
+
+def _check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)} (embedded DiTs with a training set), got {model!r}")
+
+
+def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: int | None = None, batch_size: int = 64,
+             lr: float = 1e-4, ema_decay: float = 0.999, label_drop: float = 0.1, r_min: float = 0.61,
+             r_max: float = 0.86, seed: int = 0, resume: bool = True, checkpoint_every: int = 50,
+             out_dir: Path | None = None, log=None) -> dict:
+    """Fine-tune SparseDiT from the embedded model's transformer; writes ``transformer.safetensors`` (EMA)."""
+    from diffusers import DDIMScheduler
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from tqdm import tqdm
+
+    from harness.models.embedded import mnist_dit as md
+
+    _check_model(model)
+    if minutes is None and max_steps is None:
+        raise ValueError("give minutes or max_steps (the fine-tuning budget)")
+    out_dir = Path(out_dir or results_dir(model))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = log or md.Log(out_dir / "finetune_log.txt")
+    ckpt = md.CACHE.parent / f"sparsedit-{model}" / "checkpoint.pt"  # resumable state (not committed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    pipe = md.load_pipeline(md.WEIGHTS)
+    scaling = pipe.vae.config.scaling_factor
+    mean, std, labels = md._encode_train_set(pipe.vae, md.WEIGHTS, log)
+    alphas = DDIMScheduler(**md.SCHEDULER_CONFIG).alphas_cumprod.float()
+    transformer = pipe.transformer
+    layout = resolve_layout(len(transformer.transformer_blocks))
+    net = sparsify(transformer, layout, r_min, r_max, num_train_timesteps=len(alphas))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    n_tokens = (transformer.config.sample_size // transformer.config.patch_size) ** 2
+    spans = pieces(r_min, r_max, n_tokens, len(alphas))
+    weights = torch.tensor([hi - lo for lo, hi, _ in spans], dtype=torch.float)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    hparams = dict(model=model, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_drop=label_drop,
+                   r_min=r_min, r_max=r_max, seed=seed, layout=vars(layout), pieces=spans)
+    hparams = json.loads(json.dumps(hparams))
+    step = 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state["hparams"] == hparams:
+            net.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])
+            step = state["step"]
+            log(f"sparsedit: resumed from {ckpt} at step {step}")
+        else:
+            log(f"sparsedit: ignoring {ckpt} (other hyperparameters)")
+    n_params = sum(p.numel() for p in net.parameters())
+    log(f"sparsedit finetune {model}: layout {vars(layout)}, {n_params / 1e6:.3f}M params "
+        f"(pretrained {sum(p.numel() for p in transformer.parameters()) / 1e6:.3f}M), r ∈ [{r_min}, {r_max}], "
+        f"pieces (t_lo, t_hi, side) {spans}, batch {batch_size}, AdamW lr {lr} wd 0, EMA {ema_decay}, "
+        f"bf16 autocast, threads {torch.get_num_threads()}")
+
+    def save_checkpoint() -> None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"hparams": hparams, "step": step, "model": net.state_dict(), "ema": ema.state_dict(),
+                    "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
+                   ckpt.with_suffix(".tmp"))
+        os.replace(ckpt.with_suffix(".tmp"), ckpt)
+
+    # eval mode: diffusers' label dropout would otherwise drop labels independently in every block
+    net.eval()
+    t0 = time.time()
+    deadline = t0 + 60 * minutes if minutes else None
+    losses: dict[int, list[float]] = {s: [] for _, _, s in spans}
+    bar = tqdm(total=max_steps, initial=step, desc="sparsedit", dynamic_ncols=True)
+    while (max_steps is None or step < max_steps) and (deadline is None or time.time() < deadline):
+        lo, hi, side = spans[int(torch.multinomial(weights, 1, generator=gen))]
+        idx = torch.randint(0, len(mean), (batch_size,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        y = torch.where(torch.rand(batch_size, generator=gen) < label_drop, md.NULL_CLASS, labels[idx])
+        t = torch.randint(lo, hi, (batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with sdpa_kernel(SDPBackend.MATH), md._autocast():  # the CPU flash backward is slow in bf16
+            pred = net(xt, timestep=t, class_labels=y).sample
+        loss = (pred[:, :noise.shape[1]].float() - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        losses[side].append(loss.item())
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            per_side = ", ".join(f"s={s}: {np.mean(v[-20:]):.4f}" for s, v in losses.items() if v)
+            log(f"step {step:5d}  loss (last 20 per grid side) {per_side}  {time.time() - t0:.0f}s")
+        if step % checkpoint_every == 0:
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    save_weights(ema, out_dir / "transformer.safetensors", base_model=model, steps=step, lr=lr, ema_decay=ema_decay,
+                 batch_size=batch_size)
+    summary = {"model": model, "steps": step, "seconds_this_run": round(time.time() - t0, 1), "layout": vars(layout),
+               "r_min": r_min, "r_max": r_max, "pieces": spans, "params": n_params,
+               "final_loss_by_side": {str(s): round(float(np.mean(v[-50:])), 5) for s, v in losses.items() if v}}
+    (out_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"sparsedit finetune done: {summary}")
+    return summary
+
+
+def check(model: str = "mnist-dit", n: int = 200, seed: int = 0, weights: Path | None = None,
+          out_dir: Path | None = None, command: str | None = None) -> dict:
+    """Class accuracy and MACs of ``n`` generated digits: the original model, SparseDiT as initialised from it,
+    and fine-tuned SparseDiT (the same seeds for all)."""
+    import methods
+    from harness.models import zoo
+
+    _check_model(model)
+    out_dir = Path(out_dir or results_dir(model))
+    weights = Path(weights or out_dir / "transformer.safetensors")
+    bundle = zoo.load(model)
+    conds = bundle.conditions(n, seed)
+    arms = {"original": methods.build("full"), "sparsedit, not fine-tuned": methods.build("sparsedit"),
+            "sparsedit": methods.build("sparsedit", weights=str(weights))}
+    rows = {}
+    for name, method in arms.items():
+        with methods.attach(bundle.pipeline, method) as handle:
+            t0 = time.perf_counter()
+            images = bundle.sample(conds, seed)
+            seconds = time.perf_counter() - t0
+            report = handle.report()
+        rows[name] = {"class_accuracy": bundle.alignment(images, conds)["class_accuracy"],
+                      "macs_per_image_cfg_counted": report["macs_cfg_counted"],
+                      "macs_attention_per_image_cfg_counted": report["macs_attention_cfg_counted"],
+                      "seconds": round(seconds, 1)}
+    meta = arms["sparsedit"].weights_meta
+    config, tokens = arms["sparsedit"].config, (bundle.pipeline.transformer.config.sample_size
+                                                // bundle.pipeline.transformer.config.patch_size) ** 2
+    sides = [grid_side(pruning_rate(int(t), config.r_min, config.r_max), tokens) for t in bundle.pipeline.scheduler.timesteps]
+    result = {"model": model, "n": n, "seed": seed, "steps": bundle.sampler.steps,
+              "guidance_scale": bundle.sampler.guidance_scale, "weights": str(weights.relative_to(REPO))
+              if weights.is_relative_to(REPO) else str(weights), "weights_meta": meta, "grid_sides": sides, "arms": rows,
+              "threads": torch.get_num_threads(), "command": command}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "check.json").write_text(json.dumps(result, indent=2) + "\n")
+    o, s = rows["original"], rows["sparsedit"]
+    table = "\n".join(f"| {k} | {r['class_accuracy']:.3f} | {r['macs_per_image_cfg_counted'] / 1e6:.2f} | "
+                      f"{r['macs_attention_per_image_cfg_counted'] / 1e6:.2f} | {r['seconds']} |" for k, r in rows.items())
+    (out_dir / "check.md").write_text(f"""# SparseDiT on {model}: class accuracy of generated digits
+
+`{command}`
+
+{n} generated digits (balanced classes, seed {seed}, the same seeds for every arm), DDIM {result['steps']} steps,
+CFG {result['guidance_scale']}, classified by the bundle's domain classifier. SparseDiT weights: `{result['weights']}`
+(fine-tuned {meta.get('steps', '?')} steps, layout {meta.get('layout', '?')}, r ∈ [{meta.get('r_min')}, {meta.get('r_max')}]).
+Sparse grid side per sampler call (i = 0 first): {sides} ({tokens} dense tokens).
+MACs per generated image over the whole run, both CFG halves counted (M_lin, and attention M_attn separately).
+
+| arm | class accuracy | M_lin (M MACs) | M_attn (M MACs) | seconds ({torch.get_num_threads()} thread(s), busy machine) |
+|---|---|---|---|---|
+{table}
+
+MAC ratio original / SparseDiT: {o['macs_per_image_cfg_counted'] / s['macs_per_image_cfg_counted']:.3f} (M_lin).
+""")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m methods.sparsedit", description="SparseDiT fine-tuning and check")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("finetune", help="fine-tune SparseDiT from an embedded model → results/sparsedit/MODEL/")
+    p.add_argument("--model", default="mnist-dit", choices=MODELS)
+    p.add_argument("--minutes", type=float, default=None, help="time budget (stop after this many minutes)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--r-min", type=float, default=0.61)
+    p.add_argument("--r-max", type=float, default=0.86)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-resume", action="store_true", help="ignore the checkpoint in ~/.cache/dsbench/train")
+    q = sub.add_parser("check", help="class accuracy + MACs, original vs SparseDiT → results/sparsedit/MODEL/check.md")
+    q.add_argument("--model", default="mnist-dit", choices=MODELS)
+    q.add_argument("-n", type=int, default=200)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--weights", type=Path, default=None)
+    q.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python -m methods.sparsedit " + shlex.join(argv)
+    if args.command == "finetune":
+        out = results_dir(args.model)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "finetune_command.txt", "a") as f:
+            f.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n{command}\n")
+        finetune(args.model, minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                 r_min=args.r_min, r_max=args.r_max, seed=args.seed, resume=not args.no_resume)
+        return 0
+    check(args.model, n=args.n, seed=args.seed, weights=args.weights, command=command)
+    return 0
