@@ -380,7 +380,7 @@ class Engine:
             return state.last_output if b == last else as_output(state_in)
         if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
             front, back = directive.front, directive.back
-            if front <= b < self.num_blocks - back:
+            if not block_runs(directive, b, self.num_blocks):
                 if b != front:
                     return as_output(state_in)
                 residual = state.residual.get((front, back))

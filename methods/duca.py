@@ -9,7 +9,8 @@ With the reference counter s (DiT s = T−1−i, others s = i) and interval θ:
     FULL if i = 0 or s mod θ = 0;  PARTIAL if s mod θ is odd;  REUSE_OUTPUT otherwise.
 
 The partial steps are ToCa's (fresh-ratio factors, scores, staleness, bonus: ``methods.toca``).
-DiT adapts θ exactly as ToCa-DiT does, including its per-layer quirk; PixArt keeps θ = N.
+DiT adapts θ exactly as ToCa-DiT does, including its per-layer quirk; PixArt keeps θ = N, and so
+do FLUX and Wan [PD].
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class DucaConfig(MethodConfig):
     ratio_schedule: Literal["ddim50", "ddpm250"] = pydantic.Field(
         "ddim50", description="DiT step/layer factors: ddim50 or ddpm250")
     importance: Literal["attention", "vnorm"] | None = pydantic.Field(
-        None, description="token score: attention (DiT s1, PixArt s2, FLUX s1; needs attention probabilities) "
+        None, description="token score: attention (DiT s1, PixArt/Wan s2, FLUX s1; needs attention probabilities) "
         "or vnorm (value norms, works with fused attention; Wan default)")
     cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
         None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
@@ -69,7 +70,7 @@ class Duca(Toca):
         bonus, grid = {"dit": (0.8, 2), "pixart": (0.4, 4)}.get(fam, (0.0, 1))
         self.score = ScoreSpec(
             attention_received=1.0 if fam in ("dit", "flux") else 0.0,
-            cross_entropy=1.0 if fam == "pixart" else 0.0,
+            cross_entropy=1.0 if fam in ("pixart", "wan") else 0.0,  # [PD] Wan: s2, as PixArt
             staleness=0.25 / self.interval,
             bonus=c.bonus if c.bonus is not None else bonus,
             bonus_grid=c.bonus_grid or grid,
