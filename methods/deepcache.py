@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from methods.base import FULL, NORMAL, Decision, Directive, Layer, Method, MethodConfig, RunInfo, block_residual, \
-    register
+from methods.base import (FULL, NORMAL, Decision, Directive, Layer, Method, MethodConfig, RunInfo, block_residual,
+                          register)
 
 
 class DeepCacheConfig(MethodConfig):
