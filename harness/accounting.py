@@ -147,6 +147,10 @@ CALIBRATION = [
     ("pixart-alpha-512", "toca", {"ratio": 0.3, "interval": 3}, 20, 6.001, 5.993),
     ("pixart-alpha-256", "fora", {"interval": 2}, 20, 1.43, 1.43),
     ("pixart-alpha-256", "steps", {"fraction": 0.5}, 20, 1.43, 1.43),
+    ("pixart-alpha-256", "deepcache", {"interval": 2, "front": 1, "back": 0}, 20, 1.48, 1.48),
+    ("pixart-alpha-256", "taylorseer", {"interval": 2, "order": 1, "warmup": 2}, 20, 1.57, 1.57),
+    ("pixart-alpha-256", "duca", {"ratio": 1.33}, 20, 1.63, 1.63),  # R tuned: public 0.75 gives 1.54
+    ("dit-xl-2-256", "duca", {"ratio": 0.08}, 50, 4.94, 4.94),  # R tuned: public 0.05 gives 4.64
     ("flux-schnell", "full", {}, 4, 13.246, 13.247),
     ("flux-schnell", "steps", {"fraction": 0.75}, 4, 9.93, 9.936),
 ]

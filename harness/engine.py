@@ -94,6 +94,15 @@ def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> 
     return dst.scatter_(1, idx, rows.to(dst.dtype))
 
 
+def block_runs(directive: Directive, block: int, num_blocks: int) -> bool:
+    """Whether ``block`` is computed under a step directive (METHODS §0.4)."""
+    if directive.kind is DirectiveKind.REUSE_OUTPUT:
+        return False
+    if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
+        return not directive.front <= block < num_blocks - directive.back
+    return True
+
+
 @dataclass
 class StepRecord:
     directive: Directive
@@ -203,7 +212,10 @@ class Engine:
                                f"got {directive}")
         decisions = []
         for layer in self.layers:
-            d = self.method.decide(i, layer) if directive.kind is DirectiveKind.NORMAL else FULL
+            if directive.kind is DirectiveKind.NORMAL:
+                d = self.method.decide(i, layer)
+            else:  # whole blocks run or are skipped; a skipped block's layers are reported as REUSE
+                d = FULL if block_runs(directive, layer.block, self.num_blocks) else REUSE
             d = self._normalise(d, layer)
             if i == 0 and d.kind is not Kind.FULL:
                 raise RuntimeError(f"{self.method.name}: step 0 must be FULL at every layer (caches are "
@@ -368,7 +380,7 @@ class Engine:
             return state.last_output if b == last else as_output(state_in)
         if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
             front, back = directive.front, directive.back
-            if front <= b < self.num_blocks - back:
+            if not block_runs(directive, b, self.num_blocks):
                 if b != front:
                     return as_output(state_in)
                 residual = state.residual.get((front, back))
