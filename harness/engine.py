@@ -79,11 +79,20 @@ class LayerInput:
         return gather_rows(self.full(), index)
 
 
+def _flat_rows(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions of the rows ``index`` (B×k) in the (B·N)×C view of a B×N×C tensor.
+
+    Whole-row index_select / index_copy_ on that view are several times faster on a CPU than
+    gather / scatter_ along dim 1 with an index expanded over the channels (same values)."""
+    return (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * n).reshape(-1)
+
+
 def gather_rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """Rows ``index`` (B×k) of x (B×N×C); all rows when index is None."""
     if index is None:
         return x
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    b, n, c = x.shape
+    return x.reshape(b * n, c).index_select(0, _flat_rows(index, n)).view(*index.shape, c)
 
 
 def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -91,6 +100,10 @@ def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> 
     idx = index.unsqueeze(-1).expand(-1, -1, dst.shape[-1])
     if torch.is_grad_enabled() and (dst.requires_grad or rows.requires_grad):
         return dst.scatter(1, idx, rows.to(dst.dtype))
+    if dst.is_contiguous():
+        c = dst.shape[-1]
+        dst.view(-1, c).index_copy_(0, _flat_rows(index, dst.shape[1]), rows.reshape(-1, c).to(dst.dtype))
+        return dst
     return dst.scatter_(1, idx, rows.to(dst.dtype))
 
 
