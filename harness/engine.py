@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from harness.accounting import FIXED, MacCounter
-from harness.scores import LAYER_INPUT, ScoreContext
+from harness.scores import LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, ScoreContext
 from methods.base import (FULL, NORMAL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
                           RunInfo)
 from methods.schedule import Schedule
@@ -79,11 +79,20 @@ class LayerInput:
         return gather_rows(self.full(), index)
 
 
+def _flat_rows(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions of the rows ``index`` (B×k) in the (B·N)×C view of a B×N×C tensor.
+
+    Whole-row index_select / index_copy_ on that view are several times faster on a CPU than
+    gather / scatter_ along dim 1 with an index expanded over the channels (same values)."""
+    return (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * n).reshape(-1)
+
+
 def gather_rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     """Rows ``index`` (B×k) of x (B×N×C); all rows when index is None."""
     if index is None:
         return x
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    b, n, c = x.shape
+    return x.reshape(b * n, c).index_select(0, _flat_rows(index, n)).view(*index.shape, c)
 
 
 def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -91,6 +100,10 @@ def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> 
     idx = index.unsqueeze(-1).expand(-1, -1, dst.shape[-1])
     if torch.is_grad_enabled() and (dst.requires_grad or rows.requires_grad):
         return dst.scatter(1, idx, rows.to(dst.dtype))
+    if dst.is_contiguous():
+        c = dst.shape[-1]
+        dst.view(-1, c).index_copy_(0, _flat_rows(index, dst.shape[1]), rows.reshape(-1, c).to(dst.dtype))
+        return dst
     return dst.scatter_(1, idx, rows.to(dst.dtype))
 
 
@@ -185,6 +198,9 @@ class Engine:
         # the engine records layer inputs itself; attention statistics come from the adapters
         own = needed & {LAYER_INPUT}
         self._wants = {layer.index: (needed & self.adapter.provides(layer)) | own for layer in self.layers}
+        for layer in self.layers:  # no TOPK replaces rows of its map: s1 reads only its column sums
+            if SELF_ATTN in self._wants[layer.index] and not self.method.may_topk(layer):
+                self._wants[layer.index] = self._wants[layer.index] - {SELF_ATTN} | {SELF_ATTN_RECEIVED}
 
     # -- per call ---------------------------------------------------------------------------
     def begin_call(self, call: CallInfo) -> None:
@@ -234,6 +250,9 @@ class Engine:
             if not layer.supports_topk:
                 raise ValueError(f"{self.method.name}: layer {layer.name} cannot compute a token subset "
                                  f"(TOPK); use FULL, REUSE or TAYLOR there")
+            if SELF_ATTN_RECEIVED in self._wants[layer.index]:
+                raise RuntimeError(f"{self.method.name}: TOPK at {layer.name}, where its may_topk() said "
+                                   f"it never would (its attention maps were not kept)")
         if d.kind is Kind.TAYLOR and self.method.taylor_order < d.m:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
@@ -280,13 +299,14 @@ class Engine:
         self.counter.bucket = ell
         try:
             if d.kind is Kind.FULL:
-                res = compute(None, self._wants[ell])
+                want = self._wants[ell] if self._stats_read_later(state) else frozenset()
+                res = compute(None, want)
                 out = res.out
                 state.cache[ell] = out
                 if normal or ell not in state.staleness:
                     state.staleness[ell] = torch.zeros(out.shape[:2], dtype=torch.int32, device=out.device)
                 self._record_stats(state, layer, None, res)
-                if LAYER_INPUT in self._wants[ell]:
+                if LAYER_INPUT in want:
                     state.reference_input[ell] = h.full().detach().clone()
                 if self.method.taylor_order:
                     self._update_taylor(state, ell, out)
@@ -319,6 +339,12 @@ class Engine:
             return out
         finally:
             self.counter.bucket = FIXED
+
+    def _stats_read_later(self, state: BranchState) -> bool:
+        """Statistics recorded now are read by a TOPK of this step or a later one; none follows the
+        run's last step (computing them there would only cost time)."""
+        return (state.step < self.run.num_steps - 1
+                or any(d.kind is Kind.TOPK for d in state.steps[-1].decisions))
 
     def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
         """The method's selection; with separate CFG passes and shared selection, the first pass's

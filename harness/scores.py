@@ -17,6 +17,9 @@ CFG_SELECTIONS = ("shared", "per_half")
 
 # Names of the statistics the engine records on demand (METHODS §0.3).
 SELF_ATTN = "self_attn"  # head-mean self-attention probabilities, B×N_q×N_k
+# its column sums (attention each key receives), B×N_k float32: all s1 reads, and B×N instead of
+# B×N×N; recorded in place of SELF_ATTN at layers that never run TOPK (whose map rows never change)
+SELF_ATTN_RECEIVED = "self_attn_received"
 CROSS_ENTROPY = "cross_entropy"  # entropy of each query's text distribution, B×N
 VALUE_NORM = "value_norm"  # per-head value norms, B×H×N
 LAYER_INPUT = "layer_input"  # layer input at each token's last computation (similarity)
@@ -101,8 +104,9 @@ def _token_slice(ctx: ScoreContext, width: int) -> slice:
 
 def attention_received(ctx: ScoreContext) -> torch.Tensor:
     """s1: column sums of the head-mean self-attention map (attention each token receives)."""
-    attn = ctx.stats[SELF_ATTN]
-    received = attn.float().sum(dim=1)
+    received = ctx.stats.get(SELF_ATTN_RECEIVED)
+    if received is None:
+        received = ctx.stats[SELF_ATTN].float().sum(dim=1)
     return l2norm(received[:, _token_slice(ctx, received.shape[1])])
 
 

@@ -174,6 +174,11 @@ class Method:
     def decide(self, i: int, layer: Layer) -> Decision:
         return FULL
 
+    def may_topk(self, layer: Layer) -> bool:
+        """Whether ``decide`` can return TOPK at this layer in the current run. False lets the engine
+        keep a never-TOPK attention's statistic as column sums (B×N) instead of maps (B×N×N)."""
+        return layer.supports_topk
+
     def select(self, i: int, layer: Layer, k: int, ctx: ScoreContext):
         """Indices [B, k] of the tokens to recompute; default: the method's composite score."""
         return select_tokens(ctx, self.score, k)

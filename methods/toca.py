@@ -142,6 +142,9 @@ class Toca(Method):
             step, depth = 1.9 - 1.8 * i / T, 1.6 - 1.2 * b / D
         return self.ratio * step * depth * module
 
+    def may_topk(self, layer: Layer) -> bool:
+        return layer.supports_topk and layer.module in MODULE_FACTOR[self.run.family]
+
     def decide(self, i: int, layer: Layer) -> Decision:
         if self._block_is_full(i, layer.block):
             return FULL
