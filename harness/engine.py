@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from harness.accounting import FIXED, MacCounter
-from harness.scores import LAYER_INPUT, ScoreContext
+from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, ScoreContext
 from methods.base import (FULL, NORMAL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
                           RunInfo)
 from methods.schedule import Schedule
@@ -222,6 +222,9 @@ class Engine:
             if not layer.supports_topk:
                 raise ValueError(f"{self.method.name}: layer {layer.name} cannot compute a token subset "
                                  f"(TOPK); use FULL, REUSE or TAYLOR there")
+        if d.kind is Kind.MIX and not 0 <= d.k <= self.run.n_tokens(layer):
+            raise ValueError(f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= "
+                             f"{self.run.n_tokens(layer)} tokens")
         if d.kind is Kind.TAYLOR and self.method.taylor_order < d.m:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
@@ -287,6 +290,8 @@ class Engine:
             if d.kind is Kind.TAYLOR:
                 state.staleness[ell] += 1
                 return self._forecast(state, ell, d.m)
+            if d.kind is Kind.MIX:
+                return self._mix(state, layer, h, compute, d.k)
             # TOPK
             t0 = time.perf_counter()
             ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
@@ -307,6 +312,37 @@ class Engine:
             return out
         finally:
             self.counter.bucket = FIXED
+
+    def _mix(self, state: BranchState, layer: Layer, h: LayerInput, compute, k: int) -> torch.Tensor:
+        """MIX(k): all rows computed and blended out of place with the cache, F = w⊙f + (1−w)⊙Cache, by
+        the method's per-token weights w (autograd sees the blend); Cache ← F. Staleness, statistics and
+        reference inputs change only for the k top-ranked tokens, exactly as TOPK(k) would change them,
+        so the ranking at later steps is the one inference sees (DiffSparse training forward)."""
+        ell = layer.index
+        t0 = time.perf_counter()
+        ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
+                           grid=state.call.grid, cfg_batched=self.run.cfg_batched,
+                           staleness=state.staleness[ell], layer_input_fn=h.full,
+                           stats=state.block_stats.get(layer.block, {}),
+                           reference_input=state.reference_input.get(ell), generator=self.generator)
+        order = self._select(state, layer, ctx.n, ctx)
+        state.selection_seconds += time.perf_counter() - t0
+        res = compute(None, self._wants[ell])
+        weight = self.method.mix_weights(state.step, layer, order).unsqueeze(-1)
+        cache = state.cache[ell]
+        out = (weight * res.out + (1 - weight) * cache).to(res.out.dtype)
+        state.cache[ell] = out.detach() if self.method.mix_detach_cache else out
+        index = order[:, :k]
+        stale = state.staleness[ell]
+        stale += 1
+        stale.scatter_(1, index, 0)
+        query_rows = {name: gather_rows(v, index) if name == SELF_ATTN else torch.gather(v, 1, index)
+                      for name, v in res.stats.items() if name in (SELF_ATTN, CROSS_ENTROPY)}
+        if k:  # k = 0 is a REUSE: statistics untouched
+            self._record_stats(state, layer, index, LayerResult(res.out, {**res.stats, **query_rows}))
+        if ell in state.reference_input:
+            state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, h.rows(index))
+        return out
 
     def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
         """The method's selection; with separate CFG passes and shared selection, the first pass's
