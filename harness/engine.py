@@ -332,14 +332,20 @@ class Engine:
         cache = state.cache[ell]
         out = (weight * res.out + (1 - weight) * cache).to(res.out.dtype)
         state.cache[ell] = out.detach() if self.method.mix_detach_cache else out
+        if k == ctx.n:  # every token computed: bookkeeping of FULL
+            state.staleness[ell] = torch.zeros_like(state.staleness[ell])
+            self._record_stats(state, layer, None, res)
+            if ell in state.reference_input:
+                state.reference_input[ell] = h.full().detach().clone()
+            return out
         index = order[:, :k]
         stale = state.staleness[ell]
         stale += 1
         stale.scatter_(1, index, 0)
-        query_rows = {name: gather_rows(v, index) if name == SELF_ATTN else torch.gather(v, 1, index)
-                      for name, v in res.stats.items() if name in (SELF_ATTN, CROSS_ENTROPY)}
         if k:  # k = 0 is a REUSE: statistics untouched
-            self._record_stats(state, layer, index, LayerResult(res.out, {**res.stats, **query_rows}))
+            rows = {name: gather_rows(v, index) if name == SELF_ATTN else torch.gather(v, 1, index)
+                    for name, v in res.stats.items() if name in (SELF_ATTN, CROSS_ENTROPY)}
+            self._record_stats(state, layer, index, LayerResult(res.out, {**res.stats, **rows}))
         if ell in state.reference_input:
             state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, h.rows(index))
         return out
