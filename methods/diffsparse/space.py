@@ -253,8 +253,11 @@ class LevelSpace:
         return 1.0 - full / self.base_macs, 1.0 - none / self.base_macs
 
     def window(self, budget: int) -> int:
-        """Δ: ⌈0.005·B⌉ in weighted mode, 0 (exact budget) in paper-literal mode [PD]."""
-        return 0 if self.mode == "paper" else math.ceil(0.005 * budget)
+        """Δ: ⌈0.005·B⌉ in weighted mode, at least 3, and 0 (exact budget) in paper-literal mode [PD].
+
+        [PD] The floor of 3: the smallest per-level increment is 4 units by construction of u, so
+        on small models (B of a few hundred) a narrower window may contain no reachable total."""
+        return 0 if self.mode == "paper" else max(3, math.ceil(0.005 * budget))
 
     # -- levels ↔ decisions -----------------------------------------------------------------------
     def _check_levels(self, levels_per_cell) -> np.ndarray:
