@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 
 from harness.accounting import FIXED, MacCounter
 from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, ScoreContext
@@ -327,7 +328,11 @@ class Engine:
                            reference_input=state.reference_input.get(ell), generator=self.generator)
         order = self._select(state, layer, ctx.n, ctx)
         state.selection_seconds += time.perf_counter() - t0
-        res = compute(None, self._wants[ell])
+        if self.method.mix_checkpoint:  # the input first, so the recomputation repeats exactly the layer
+            h.full()
+            res = torch.utils.checkpoint.checkpoint(compute, None, self._wants[ell], use_reentrant=False)
+        else:
+            res = compute(None, self._wants[ell])
         weight = self.method.mix_weights(state.step, layer, order).unsqueeze(-1)
         cache = state.cache[ell]
         out = (weight * res.out + (1 - weight) * cache).to(res.out.dtype)

@@ -165,6 +165,7 @@ class Method:
     taylor_order: int = 0  # >0 makes the engine keep Taylor factors on FULL layers
     residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
     mix_detach_cache: bool = False  # MIX stores its blended output detached (no backprop through time)
+    mix_checkpoint: bool = False  # MIX recomputes its layer in the backward pass instead of storing activations
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -132,8 +132,9 @@ def test_tiny_training_run_changes_the_costs_and_exports_a_schedule(tmp_path, st
     assert schedule.T == STEPS and (schedule.levels[0] == schedule.K).all()
     expected = trainer.solve(tables["C"])
     assert (schedule.levels[1:, trainer.space.cell_layers].reshape(-1) == expected).all()
-    if "diffsparse" in methods.available():
-        methods.build("diffsparse", schedule=str(path))
+    with methods.attach(task.pipeline, methods.build("diffsparse", schedule=str(path))) as h:
+        images(task, [1], [0], grad=False)  # the inference method runs the exported schedule
+        assert h.report()["decisions"] == [[str(d) for d in row] for row in trainer.space.decisions(expected)]
     # resuming a finished run trains nothing more and exports the same schedule
     again = []
     Trainer(task, config, tmp_path, again.append).train()
@@ -144,3 +145,19 @@ def test_tiny_training_run_changes_the_costs_and_exports_a_schedule(tmp_path, st
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="loss"):
         main(["--model", "mnist-dit", "--out", "x", "--loss", "l1"])
+
+
+def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():
+    task = tiny_task("dit")
+    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper")
+    levels = np.random.default_rng(2).integers(0, space.K + 1, space.n_cells)
+    grads = {}
+    for name, options in {"plain": {}, "checkpoint": {"checkpoint": True}, "detach": {"detach_cache": True}}.items():
+        table = CostTable(space.n_cells, space.K + 1)
+        policy = TrainingPolicy(space, selector_spec("dit"), **options)
+        policy.set_plan(levels, ste_gates(table.centred(), levels))
+        with frozen(task.pipeline), methods.attach(task.pipeline, policy):
+            images(task, [3, 4], [5, 6], grad=True).pow(2).mean().backward()
+        grads[name] = table.P.grad
+    assert torch.allclose(grads["checkpoint"], grads["plain"], rtol=1e-5, atol=1e-9)
+    assert grads["detach"].abs().sum() > 0 and not torch.allclose(grads["detach"], grads["plain"])

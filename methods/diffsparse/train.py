@@ -63,6 +63,7 @@ class TrainConfig(MethodConfig):
     condition_seed: int = pydantic.Field(1, description="seed of the training conditions (evaluation uses 0)")
     noise_seed: int = pydantic.Field(1, description="seed of the initial noise of the training samples")
     detach_cache: bool = pydantic.Field(False, description="cut backprop through time at the cache")
+    checkpoint: bool = pydantic.Field(False, description="gradient checkpointing of every cell's layer")
     bf16: bool = pydantic.Field(False, description="bf16 autocast for the student")
     importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
         "attention", description="selector importance: attention, similarity, norm")
@@ -139,11 +140,12 @@ class TrainingPolicy(Method):
 
     name = "diffsparse-train"
 
-    def __init__(self, space: LevelSpace, score: ScoreSpec, detach_cache: bool = False):
+    def __init__(self, space: LevelSpace, score: ScoreSpec, detach_cache: bool = False, checkpoint: bool = False):
         super().__init__(MethodConfig())
         self.space = space
         self.score = score
         self.mix_detach_cache = detach_cache
+        self.mix_checkpoint = checkpoint
         self.cell_of = {ell: j for j, ell in enumerate(space.cell_layers)}
         self.levels: np.ndarray | None = None
         self.gates: torch.Tensor | None = None
@@ -294,7 +296,7 @@ class Trainer:
             full_steps, position = state["full_steps"], tuple(state["position"])
             self.log(f"resumed at stage {stages[position[0]]}, iteration {position[1]}" if position[0] < len(stages)
                      else "resumed after the last stage: exporting")
-        policy = TrainingPolicy(self.space, self.score, cfg.detach_cache)
+        policy = TrainingPolicy(self.space, self.score, cfg.detach_cache, cfg.checkpoint)
         loss_fn = distance(cfg.loss)
         per_epoch = -(-len(self.conditions) // cfg.batch)
         import methods
