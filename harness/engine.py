@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 
 from harness.accounting import FIXED, MacCounter
-from harness.scores import LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, ScoreContext
+from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, ScoreContext
 from methods.base import (FULL, NORMAL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
                           RunInfo)
 from methods.schedule import Schedule
@@ -253,6 +254,9 @@ class Engine:
             if SELF_ATTN_RECEIVED in self._wants[layer.index]:
                 raise RuntimeError(f"{self.method.name}: TOPK at {layer.name}, where its may_topk() said "
                                    f"it never would (its attention maps were not kept)")
+        if d.kind is Kind.MIX and not 0 <= d.k <= self.run.n_tokens(layer):
+            raise ValueError(f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= "
+                             f"{self.run.n_tokens(layer)} tokens")
         if d.kind is Kind.TAYLOR and self.method.taylor_order < d.m:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
@@ -319,6 +323,8 @@ class Engine:
             if d.kind is Kind.TAYLOR:
                 state.staleness[ell] += 1
                 return self._forecast(state, ell, d.m)
+            if d.kind is Kind.MIX:
+                return self._mix(state, layer, h, compute, d.k)
             # TOPK
             t0 = time.perf_counter()
             ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
@@ -344,7 +350,48 @@ class Engine:
         """Statistics recorded now are read by a TOPK of this step or a later one; none follows the
         run's last step (computing them there would only cost time)."""
         return (state.step < self.run.num_steps - 1
-                or any(d.kind is Kind.TOPK for d in state.steps[-1].decisions))
+                or any(d.kind in (Kind.TOPK, Kind.MIX) for d in state.steps[-1].decisions))
+
+    def _mix(self, state: BranchState, layer: Layer, h: LayerInput, compute, k: int) -> torch.Tensor:
+        """MIX(k): all rows computed and blended out of place with the cache, F = w⊙f + (1−w)⊙Cache, by
+        the method's per-token weights w (autograd sees the blend); Cache ← F. Staleness, statistics and
+        reference inputs change only for the k top-ranked tokens, exactly as TOPK(k) would change them,
+        so the ranking at later steps is the one inference sees (DiffSparse training forward)."""
+        ell = layer.index
+        t0 = time.perf_counter()
+        ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
+                           grid=state.call.grid, cfg_batched=self.run.cfg_batched,
+                           staleness=state.staleness[ell], layer_input_fn=h.full,
+                           stats=state.block_stats.get(layer.block, {}),
+                           reference_input=state.reference_input.get(ell), generator=self.generator)
+        order = self._select(state, layer, ctx.n, ctx)
+        state.selection_seconds += time.perf_counter() - t0
+        if self.method.mix_checkpoint:  # the input first, so the recomputation repeats exactly the layer
+            h.full()
+            res = torch.utils.checkpoint.checkpoint(compute, None, self._wants[ell], use_reentrant=False)
+        else:
+            res = compute(None, self._wants[ell])
+        weight = self.method.mix_weights(state.step, layer, order).unsqueeze(-1)
+        cache = state.cache[ell]
+        out = (weight * res.out + (1 - weight) * cache).to(res.out.dtype)
+        state.cache[ell] = out.detach() if self.method.mix_detach_cache else out
+        if k == ctx.n:  # every token computed: bookkeeping of FULL
+            state.staleness[ell] = torch.zeros_like(state.staleness[ell])
+            self._record_stats(state, layer, None, res)
+            if ell in state.reference_input:
+                state.reference_input[ell] = h.full().detach().clone()
+            return out
+        index = order[:, :k]
+        stale = state.staleness[ell]
+        stale += 1
+        stale.scatter_(1, index, 0)
+        if k:  # k = 0 is a REUSE: statistics untouched
+            rows = {name: gather_rows(v, index) if name == SELF_ATTN else torch.gather(v, 1, index)
+                    for name, v in res.stats.items() if name in (SELF_ATTN, CROSS_ENTROPY)}
+            self._record_stats(state, layer, index, LayerResult(res.out, {**res.stats, **rows}))
+        if ell in state.reference_input:
+            state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, h.rows(index))
+        return out
 
     def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
         """The method's selection; with separate CFG passes and shared selection, the first pass's

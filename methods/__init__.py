@@ -13,7 +13,7 @@ from methods.base import (FULL, NORMAL, REUSE, REUSE_OUTPUT, Decision, Directive
 from methods.schedule import Schedule
 
 # registration happens on import
-from methods import full, steps, fora, toca, duca, deepcache, taylorseer, sparsedit  # noqa: E402,F401
+from methods import full, steps, fora, toca, duca, deepcache, taylorseer, sparsedit, diffsparse  # noqa: E402,F401
 
 
 def attach(target, method: Method, **options):

@@ -24,6 +24,7 @@ class Kind(enum.IntEnum):
     FULL = 1
     TOPK = 2
     TAYLOR = 3
+    MIX = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Decision:
             return f"TOPK({self.k})"
         if self.kind is Kind.TAYLOR:
             return f"TAYLOR({self.m})"
+        if self.kind is Kind.MIX:
+            return f"MIX({self.k})"
         return self.kind.name
 
 
@@ -51,6 +54,14 @@ def topk(k: int) -> Decision:
     if k < 0:
         raise ValueError(f"TOPK needs k >= 0 tokens, got {k}")
     return Decision(Kind.TOPK, k=int(k))
+
+
+def mix(k: int) -> Decision:
+    """MIX(k): compute every token, blend with the cache by the method's ``mix_weights`` (differentiable
+    training forward, DiffSparse §1.1.5); cache bookkeeping as TOPK(k) on the top-k ranked tokens."""
+    if k < 0:
+        raise ValueError(f"MIX needs k >= 0 tokens, got {k}")
+    return Decision(Kind.MIX, k=int(k))
 
 
 def taylor(m: int) -> Decision:
@@ -153,6 +164,8 @@ class Method:
     budget_field: ClassVar[str | None] = None
     taylor_order: int = 0  # >0 makes the engine keep Taylor factors on FULL layers
     residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
+    mix_detach_cache: bool = False  # MIX stores its blended output detached (no backprop through time)
+    mix_checkpoint: bool = False  # MIX recomputes its layer in the backward pass instead of storing activations
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -182,6 +195,11 @@ class Method:
     def select(self, i: int, layer: Layer, k: int, ctx: ScoreContext):
         """Indices [B, k] of the tokens to recompute; default: the method's composite score."""
         return select_tokens(ctx, self.score, k)
+
+    def mix_weights(self, i: int, layer: Layer, order):
+        """MIX layers: per-token weights B×N of the fresh output (1 − weight goes to the cache), given the
+        selector's full ranking ``order`` (B×N token indices, best first)."""
+        raise NotImplementedError(f"{self.name} decides MIX but defines no mix_weights")
 
     def end_step(self, i: int, output) -> None:
         pass

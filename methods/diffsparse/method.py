@@ -1,0 +1,63 @@
+"""``diffsparse``: inference with a learned static schedule (METHODS §1.1, inference paragraph).
+
+Step 0 is FULL; every later (step, layer) runs at its learned level ρ: REUSE (ρ = 0), FULL
+(ρ = 1) or TOPK(⌊ρN⌋) with the DiffSparse selector. The DP is not run at inference. Levels are
+fractions, so a schedule trained at one resolution runs at any other of the same (T, L).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+from methods.base import Decision, Layer, Method, MethodConfig, RunInfo, register
+from methods.diffsparse.schedule import load_schedule
+from methods.diffsparse.selector import selector_spec
+
+
+class DiffSparseConfig(MethodConfig):
+    schedule: str = pydantic.Field(
+        ..., description="path of a schedule JSON written by methods.diffsparse.schedule.export_schedule "
+        "(python -m methods.diffsparse.train ...)")
+    importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
+        "attention", description="token importance: attention (model default score), similarity or norm")
+    drop: tuple[Literal["s1", "s2", "s3", "B"], ...] = pydantic.Field(
+        (), description="score terms removed (ablation): any of s1, s2, s3, B")
+    cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
+        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
+    pixart_lambda1: float | None = pydantic.Field(
+        None, ge=0.0, description="PixArt λ1 (s1 weight) >= 0; default 0 as in the paper's A.5.1")
+
+
+@register
+class DiffSparse(Method):
+    name = "diffsparse"
+    Config = DiffSparseConfig
+    # A schedule is trained for one budget R: there is no field to tune at run time; retrain
+    # (python -m methods.diffsparse.train) for another budget.
+    budget_field = None
+    summary = "learned per-(step, layer) token sparsity: a static schedule trained under a MAC budget"
+
+    def __init__(self, config: DiffSparseConfig):
+        super().__init__(config)
+        self.learned = load_schedule(config.schedule)  # a bad path fails at build time, before any work
+
+    def reset(self, run: RunInfo) -> None:
+        super().reset(run)
+        self.learned.check_run(run.num_steps, [layer.name for layer in run.layers])
+        c = self.config
+        self.score = selector_spec(run.family, importance=c.importance, drop=c.drop, cfg_selection=c.cfg_selection,
+                                   pixart_lambda1=c.pixart_lambda1)
+
+    def decide(self, i: int, layer: Layer) -> Decision:
+        return self.learned.decision(i, layer.index, self.run.n_tokens(layer))
+
+    def resolved_config(self) -> dict:
+        s, meta = self.score, self.learned.meta
+        return {"schedule": str(self.learned.path), "config_hash": meta.get("config_hash"),
+                "budget_ratio": meta.get("budget_ratio"), "K": self.learned.K,
+                "levels": (self.learned.levels / self.learned.K).tolist(),
+                "importance": s.importance, "drop": list(self.config.drop), "cfg_selection": s.cfg_selection,
+                "lambda1": s.attention_received, "lambda2": s.cross_entropy, "lambda3": s.staleness,
+                "bonus": s.bonus, "bonus_grid": s.bonus_grid}

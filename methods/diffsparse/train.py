@@ -1,0 +1,498 @@
+"""DiffSparse training (METHODS §1.1.5–§1.1.7): distil the uncached pipeline into a cost table.
+
+The student is the same diffusers pipeline with ``TrainingPolicy`` attached: every cell (i ≥ 1)
+runs as MIX — all tokens computed, ranked by the DiffSparse selector from the stored statistics
+exactly as at inference, and blended with the cache by the soft mask m = Σ_k G[c,k]·M_k of the
+STE gates G (forward value: the DP's hard level). Gradients flow through every sampling step,
+the scheduler updates and the frozen VAE decoder to the cost tables only.
+
+    python -m methods.diffsparse.train --model mnist-dit --ratio 0.5 --out results/diffsparse/mnist-dit
+    python -m methods.diffsparse.train --model mnist-dit --evaluate results/diffsparse/mnist-dit
+
+Stages (Algorithm 1): 1a layer costs with ToCa's full steps T_f⁰ forced (lr 1.0), 1b step costs C_f
+(lr 0.01, step-DP), warm start δ on the chosen full steps, 2 unified fine-tune (lr 0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import pydantic
+import torch
+import torch.nn.functional as F
+
+from harness.scores import ScoreSpec
+from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, mix
+from methods.diffsparse import dp
+from methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
+from methods.diffsparse.schedule import config_hash, export_schedule
+from methods.diffsparse.selector import selector_spec
+from methods.diffsparse.space import LevelSpace, tokens_at
+
+SCHEDULE_FILE = "schedule.json"
+INIT_FILE = "schedule_toca_init.json"  # the DP on the ToCa-initialised costs, same budget
+
+
+class TrainConfig(MethodConfig):
+    """Everything that defines a training run (its hash names the checkpoint it may resume)."""
+
+    ratio: float = pydantic.Field(0.5, gt=0.0, lt=1.0, description="budget R: fractional M_lin reduction in (0, 1)")
+    interval: float = pydantic.Field(0.25, gt=0.0, le=1.0, description="level interval 1/K (0.25: |S| = 5)")
+    mode: Literal["weighted", "paper"] = pydantic.Field("weighted", description="budget weights: weighted or paper")
+    loss: Literal["lpips", "l2", "ssim"] = pydantic.Field("lpips", description="distillation loss: lpips, l2, ssim")
+    stages: Literal["two", "single"] = pydantic.Field("two", description="two-stage (Algorithm 1) or single")
+    solver: Literal["dp", "no_dp"] = pydantic.Field("dp", description="level solver: dp or no_dp (ablation)")
+    delta: float = pydantic.Field(10.0, ge=0.0, description="warm start δ >= 0 (Eq. 9)")
+    lr_layer: float = pydantic.Field(1.0, gt=0.0, description="stage 1a (and single-stage) learning rate")
+    lr_step: float = pydantic.Field(0.01, gt=0.0, description="stage 1b learning rate")
+    lr_finetune: float = pydantic.Field(0.1, gt=0.0, description="stage 2 learning rate")
+    alpha: float = pydantic.Field(1.0, gt=0.0, description="ToCa initialisation scale α > 0")
+    tau: float = pydantic.Field(1.0, gt=0.0, description="STE softmax temperature τ > 0")
+    conditions: int = pydantic.Field(64, ge=1, description="training conditions per epoch >= 1")
+    batch: int = pydantic.Field(8, ge=1, description="conditions per iteration >= 1")
+    epochs: int = pydantic.Field(1, ge=1, description="epochs per stage >= 1")
+    condition_seed: int = pydantic.Field(1, description="seed of the training conditions (evaluation uses 0)")
+    noise_seed: int = pydantic.Field(1, description="seed of the initial noise of the training samples")
+    detach_cache: bool = pydantic.Field(False, description="cut backprop through time at the cache")
+    checkpoint: bool = pydantic.Field(False, description="gradient checkpointing of every cell's layer")
+    bf16: bool = pydantic.Field(False, description="bf16 autocast for the student")
+    importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
+        "attention", description="selector importance: attention, similarity, norm")
+
+
+# -------------------------------------------------------------------------------------- the task
+
+@dataclass
+class Task:
+    """What distillation needs to know about a model: its pipeline and how to call it.
+
+    ``inputs(conditions, generators)`` returns the pipeline keyword arguments for a batch (without
+    ``num_inference_steps`` and ``output_type``); ``conditions(n, seed)`` draws conditions.
+    """
+
+    name: str
+    pipeline: Any
+    steps: int
+    inputs: Callable[[list, list[torch.Generator]], dict]
+    conditions: Callable[[int, int], list]
+
+
+def task_from_bundle(bundle) -> Task:
+    """The zoo bundle's pipeline called as its ``sample`` calls it (same guidance and resolution)."""
+    s = bundle.sampler
+    if bundle.family == "dit":
+        def inputs(conds, gens):
+            return dict(class_labels=[int(c) for c in conds], guidance_scale=s.guidance_scale, generator=gens, **s.extra)
+    elif bundle.family == "pixart":
+        def inputs(conds, gens):
+            return dict(prompt=[str(c) for c in conds], negative_prompt="", guidance_scale=s.guidance_scale,
+                        generator=gens, height=s.resolution, width=s.resolution, **s.extra)
+    else:
+        raise ValueError(f"training inputs are defined for the dit and pixart families, got {bundle.family!r}")
+    return Task(bundle.name, bundle.pipeline, s.steps, inputs, bundle.conditions)
+
+
+def seeds_for(seed: int, count: int) -> list[int]:
+    """One noise seed per condition index: an image does not depend on the batching."""
+    return [int(np.random.SeedSequence([seed, j]).generate_state(1)[0]) for j in range(count)]
+
+
+def images(task: Task, conditions: list, seeds: list[int], *, grad: bool) -> torch.Tensor:
+    """Decoded images in [−1, 1], N×3×H×W. ``grad``: the pipeline's own loop without its no_grad wrapper."""
+    call = type(task.pipeline).__call__
+    if grad:
+        call = call.__wrapped__  # diffusers decorates __call__ with torch.no_grad()
+    kwargs = task.inputs(list(conditions), [torch.Generator().manual_seed(s) for s in seeds])
+    with torch.set_grad_enabled(grad):
+        out = call(task.pipeline, **kwargs, num_inference_steps=task.steps, output_type="pt").images
+    return out.float() * 2 - 1
+
+
+@contextlib.contextmanager
+def frozen(pipeline):
+    """Network weights take no gradient while training (restored afterwards)."""
+    modules = [m for m in pipeline.components.values() if isinstance(m, torch.nn.Module)]
+    flags = [[p.requires_grad for p in m.parameters()] for m in modules]
+    for m in modules:
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, fl in zip(modules, flags):
+            for p, f in zip(m.parameters(), fl):
+                p.requires_grad_(f)
+
+
+# -------------------------------------------------------------------------------- training forward
+
+class TrainingPolicy(Method):
+    """The student's policy (unregistered): step 0 FULL, every cell MIX(n_c(hard level)) blended by the
+    soft mask of its gate row; non-cell layers REUSE after step 0 (as at inference)."""
+
+    name = "diffsparse-train"
+
+    def __init__(self, space: LevelSpace, score: ScoreSpec, detach_cache: bool = False, checkpoint: bool = False):
+        super().__init__(MethodConfig())
+        self.space = space
+        self.score = score
+        self.mix_detach_cache = detach_cache
+        self.mix_checkpoint = checkpoint
+        self.cell_of = {ell: j for j, ell in enumerate(space.cell_layers)}
+        self.levels: np.ndarray | None = None
+        self.gates: torch.Tensor | None = None
+
+    def set_plan(self, levels: np.ndarray, gates: torch.Tensor) -> None:
+        """Hard level per cell and gate rows (cells × levels) whose forward value is one_hot(levels)."""
+        if gates.shape != (self.space.n_cells, self.space.K + 1) or len(levels) != self.space.n_cells:
+            raise ValueError(f"a plan needs {self.space.n_cells} levels and gates of shape "
+                             f"({self.space.n_cells}, {self.space.K + 1}), got {len(levels)} and {tuple(gates.shape)}")
+        self.levels, self.gates = np.asarray(levels), gates
+
+    def _cell(self, i: int, layer: Layer) -> int:
+        return (i - 1) * len(self.space.cell_layers) + self.cell_of[layer.index]
+
+    def reset(self, run) -> None:
+        super().reset(run)
+        if run.num_steps != self.space.steps:
+            raise ValueError(f"the policy's level space has {self.space.steps} steps, the run makes {run.num_steps}")
+        if self.levels is None:
+            raise RuntimeError("TrainingPolicy: call set_plan(levels, gates) before sampling")
+
+    def decide(self, i: int, layer: Layer) -> Decision:
+        if i == 0:
+            return FULL
+        if layer.index not in self.cell_of:
+            return REUSE
+        return mix(tokens_at(self.levels[self._cell(i, layer)], self.space.K, self.run.n_tokens(layer)))
+
+    def mix_weights(self, i: int, layer: Layer, order: torch.Tensor) -> torch.Tensor:
+        """m = Σ_k G[c,k]·M_k with the nested top-n_c(k) masks M_k of the ranking."""
+        n = order.shape[1]
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand_as(order))
+        counts = torch.tensor([tokens_at(k, self.space.K, n) for k in range(self.space.K + 1)], device=order.device)
+        masks = (rank.unsqueeze(-1) < counts).to(self.gates.dtype)  # B×N×levels
+        return (masks @ self.gates[self._cell(i, layer)]).float()
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of images in [0, 1] (11×11 Gaussian window σ 1.5, valid windows), differentiable."""
+    coords = torch.arange(11, dtype=x.dtype, device=x.device) - 5
+    g = torch.exp(-coords**2 / (2 * 1.5**2))
+    g = g / g.sum()
+    window = torch.outer(g, g)[None, None].expand(x.shape[1], 1, 11, 11)
+
+    def blur(t):
+        return F.conv2d(t, window, groups=x.shape[1])
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+def distance(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-image distance of images in [−1, 1]: LPIPS (VGG, real offline weights), L2 or 1 − SSIM."""
+    if name == "lpips":
+        from harness.metrics.fidelity import lpips_model
+
+        model = lpips_model("vgg")
+        return lambda a, b: model(a, b).flatten()
+    if name == "l2":
+        return lambda a, b: (a - b).pow(2).flatten(1).mean(1)
+    if name == "ssim":
+        return lambda a, b: 1 - _ssim((a + 1) / 2, (b + 1) / 2)
+    raise ValueError(f"loss must be one of lpips, l2, ssim, got {name!r}")
+
+
+# --------------------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Algorithm 1 over a task; state (tables, optimisers, position) is checkpointed after every iteration."""
+
+    def __init__(self, task: Task, config: TrainConfig, out: Path, log: Callable[[str], None] = print):
+        self.task, self.config, self.out, self.log = task, config, Path(out), log
+        self.out.mkdir(parents=True, exist_ok=True)
+        from harness.adapters import adapter_for
+
+        family = adapter_for(task.pipeline.transformer).family
+        self.conditions = task.conditions(config.conditions, config.condition_seed)
+        self.seeds = seeds_for(config.noise_seed, len(self.conditions))
+        self.toca, run = self.toca_run()
+        self.space = LevelSpace.from_transformer(task.pipeline, task.steps, config.interval, config.mode,
+                                                 text_tokens=max(run.n_text, 1))
+        self.score = selector_spec(family, importance=config.importance)
+        self.table = CostTable(self.space.n_cells, self.space.K + 1)
+        self.weights = self.space.weights
+        self.B = self.space.budget(config.ratio)
+        self.window = self.space.window(self.B)
+        self.hash = config_hash({"task": task.name, "steps": task.steps, **config.model_dump()})
+
+    # -- pieces ------------------------------------------------------------------------------
+    def toca_run(self):
+        """ToCa's schedule for this model and steps (its defaults) and the run's shape, from one cheap
+        run of one condition: ToCa's decisions depend on the model and steps, not on the content."""
+        import methods
+
+        with methods.attach(self.task.pipeline, methods.build("toca")) as handle:
+            images(self.task, self.conditions[:1], self.seeds[:1], grad=False)
+            run, _ = handle.engine.latest()
+            return handle.report()["schedule"], run
+
+    def toca_init(self) -> list[int]:
+        """P from ToCa's schedule; returns T_f⁰ (ToCa's full steps, i > 0)."""
+        ratios, full_steps = toca_fresh_ratios(self.toca, self.space)
+        self.table.init_from_ratios(ratios, self.config.alpha)
+        return full_steps
+
+    def step_cells(self, steps) -> np.ndarray:
+        """Boolean mask of the cells at the given steps."""
+        step_of_cell = np.repeat(np.arange(1, self.space.steps), len(self.space.cell_layers))
+        return np.isin(step_of_cell, list(steps))
+
+    def solve(self, costs: np.ndarray, forced: np.ndarray | None = None) -> np.ndarray:
+        """Hard levels: forced cells FULL, the rest by the DP (or the no-DP ablation) in what remains."""
+        forced = np.zeros(len(costs), dtype=bool) if forced is None else forced
+        levels = np.full(len(costs), self.space.K, dtype=np.int64)
+        budget = self.B - int(self.weights[forced, -1].sum())
+        if budget < int(self.weights[~forced, 0].sum()):
+            raise ValueError(f"ratio {self.config.ratio} leaves no budget beyond the forced full steps; "
+                             "lower ratio or use stages='single'")
+        solver = dp.solve if self.config.solver == "dp" else dp.solve_no_dp
+        levels[~forced] = solver(costs[~forced], self.weights[~forced], budget, window=self.space.window(budget))
+        return levels
+
+    def mac_ratio(self, levels) -> float:
+        return self.space.macs(levels) / self.space.base_macs
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg = self.config
+        ckpt = self.out / "checkpoint.pt"
+        state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+        if state is not None and state["hash"] != self.hash:
+            raise ValueError(f"{ckpt} belongs to a different configuration; remove it or use another --out")
+        teacher = self.teacher_images()
+        tf0 = self.toca_init()
+        init_costs = self.table.costs()
+        step_costs = StepCosts(self.space.steps, tf0)
+        stages = ["1a", "1b", "2"] if cfg.stages == "two" and tf0 else ["single"]
+        full_steps = tf0
+        position = (0, 0)  # (stage index, iteration)
+        if state is not None:
+            self.table.load_state_dict(state["table"])
+            step_costs.load_state_dict(state["step_costs"])
+            full_steps, position = state["full_steps"], tuple(state["position"])
+            self.log(f"resumed at stage {stages[position[0]]}, iteration {position[1]}" if position[0] < len(stages)
+                     else "resumed after the last stage: exporting")
+        policy = TrainingPolicy(self.space, self.score, cfg.detach_cache, cfg.checkpoint)
+        loss_fn = distance(cfg.loss)
+        per_epoch = -(-len(self.conditions) // cfg.batch)
+        import methods
+        from tqdm.auto import tqdm
+
+        with frozen(self.task.pipeline), methods.attach(self.task.pipeline, policy):
+            for s in range(position[0], len(stages)):
+                stage = stages[s]
+                param = step_costs.C if stage == "1b" else self.table.P
+                lr = {"1a": cfg.lr_layer, "single": cfg.lr_layer, "1b": cfg.lr_step, "2": cfg.lr_finetune}[stage]
+                opt = torch.optim.AdamW([param], lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+                start = position[1] if s == position[0] else 0
+                if start and state is not None and state.get("optimizer"):
+                    opt.load_state_dict(state["optimizer"])
+                total = per_epoch * cfg.epochs
+                for it in tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total):
+                    batch = [(it % per_epoch) * cfg.batch + j for j in range(cfg.batch)]
+                    batch = [j for j in batch if j < len(self.conditions)]
+                    t0 = time.perf_counter()
+                    levels, gates = self.plan(stage, step_costs, full_steps)
+                    policy.set_plan(levels, gates)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                        student = images(self.task, [self.conditions[j] for j in batch],
+                                         [self.seeds[j] for j in batch], grad=True)
+                    loss = loss_fn(student.float(), teacher[batch]).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    self.log(f"stage {stage} iter {it + 1}/{total} loss {loss.item():.5f} "
+                             f"macs_ratio {self.mac_ratio(levels):.4f} full_steps {full_steps} "
+                             f"{time.perf_counter() - t0:.1f}s")
+                    torch.save({"hash": self.hash, "table": self.table.state_dict(),
+                                "step_costs": step_costs.state_dict(), "full_steps": full_steps,
+                                "position": (s, it + 1), "optimizer": opt.state_dict()}, ckpt)
+                if stage == "1b":  # T_f = step-DP(C_f), then the warm start (Eq. 9)
+                    mask = dp.step_dp(step_costs.C.detach().numpy(), len(tf0))
+                    full_steps = [int(i) + 1 for i in np.flatnonzero(mask)]
+                    self.table.warm_start(self.step_cells(full_steps), cfg.delta)
+                    self.log(f"T_f = {full_steps}; warm start δ = {cfg.delta}")
+                torch.save({"hash": self.hash, "table": self.table.state_dict(),
+                            "step_costs": step_costs.state_dict(), "full_steps": full_steps,
+                            "position": (s + 1, 0), "optimizer": None}, ckpt)
+        export_schedule(self.out / INIT_FILE, self.space, self.solve(init_costs), budget_ratio=cfg.ratio,
+                        config={"task": self.task.name, "init": "toca", **cfg.model_dump()})
+        levels = self.solve(self.table.costs())
+        self.log(f"final schedule: macs_ratio {self.mac_ratio(levels):.4f} (target {1 - cfg.ratio:.4f})")
+        return export_schedule(
+            self.out / SCHEDULE_FILE, self.space, levels, config={"task": self.task.name, **cfg.model_dump()},
+            budget_ratio=cfg.ratio,
+            tables={"P": self.table.P.detach().numpy(), "C": self.table.costs(), "C_init": init_costs,
+                    "C_f": step_costs.C.detach().numpy(), "T_f": np.asarray(full_steps, dtype=np.int64),
+                    "T_f0": np.asarray(tf0, dtype=np.int64), "levels_init": self.solve(init_costs)})
+
+    def plan(self, stage: str, step_costs: StepCosts, full_steps: list[int]) -> tuple[np.ndarray, torch.Tensor]:
+        """Hard levels and STE gate rows of one iteration (§1.1.5, §1.1.7)."""
+        C = self.table.centred()
+        K = self.space.K
+        if stage in ("2", "single"):
+            levels = self.solve(C.detach().numpy())
+            return levels, ste_gates(C, levels, self.config.tau)
+        if stage == "1a":  # T_f⁰ forced FULL (constant gates), the rest by the DP
+            forced = self.step_cells(full_steps)
+            levels = self.solve(C.detach().numpy(), forced)
+            gates = ste_gates(C, levels, self.config.tau)
+            hard = torch.nn.functional.one_hot(torch.as_tensor(levels), K + 1).to(gates.dtype)
+            return levels, torch.where(torch.as_tensor(forced)[:, None], hard, gates)
+        # 1b: step gates over [partial, full]; levels from the frozen P on the non-full steps.
+        mask = dp.step_dp(step_costs.C.detach().numpy(), len(full_steps))
+        chosen = [int(i) + 1 for i in np.flatnonzero(mask)]
+        forced = self.step_cells(chosen)
+        costs = C.detach().numpy()
+        levels = self.solve(costs, forced)
+        # [PD] the partial alternative of a cell at a chosen full step: its cheapest level below K
+        partial = levels.copy()
+        partial[forced] = np.argmin(costs[forced, :K], axis=1)
+        g = ste_gates(step_costs.C, mask.astype(np.int64), self.config.tau)  # (T−1) × [partial, full]
+        g_cell = g.repeat_interleave(len(self.space.cell_layers), dim=0)
+        eye = torch.eye(K + 1, dtype=g.dtype)
+        gates = g_cell[:, :1] * eye[partial] + g_cell[:, 1:] * eye[K]
+        return levels, gates
+
+    def teacher_images(self) -> torch.Tensor:
+        """The uncached pipeline's images, cached on disk per (condition, seed)."""
+        path = self.out / "teacher.pt"
+        cache = torch.load(path) if path.exists() else {}
+        keys = [f"{c!r}|{s}" for c, s in zip(self.conditions, self.seeds)]
+        missing = [j for j, key in enumerate(keys) if key not in cache]
+        for a in range(0, len(missing), self.config.batch):
+            chunk = missing[a:a + self.config.batch]
+            out = images(self.task, [self.conditions[j] for j in chunk], [self.seeds[j] for j in chunk], grad=False)
+            cache.update({keys[j]: img for j, img in zip(chunk, out)})
+        if missing:
+            torch.save(cache, path)
+        return torch.stack([cache[key] for key in keys])
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
+    """LPIPS (AlexNet) and PSNR to the teacher on ``n`` held-out conditions (the evaluation seed) of the
+    learned schedule, the ToCa-initialised schedule at the same budget (the DP on the initial costs) and
+    ToCa itself; writes ``eval.json`` and returns a Markdown table."""
+    import methods
+    from harness.metrics.fidelity import lpips_distance, psnr
+
+    out = Path(out)
+    conds = bundle.conditions(n, seed)
+    teacher = bundle.sample(conds, seed)
+    rows = []
+    with methods.attach(bundle.pipeline, methods.build("full")) as handle:
+        bundle.sample(conds[:1], seed)
+        base = handle.report()["macs_cfg_not_counted"]
+    candidates = [("learned (DiffSparse)", methods.build("diffsparse", schedule=str(out / SCHEDULE_FILE))),
+                  ("ToCa-initialised, DP at the same budget", methods.build("diffsparse", schedule=str(out / INIT_FILE))),
+                  ("ToCa (its default schedule)", methods.build("toca"))]
+    for label, method in candidates:
+        with methods.attach(bundle.pipeline, method) as handle:
+            student = bundle.sample(conds, seed)
+            macs = handle.report()["macs_cfg_not_counted"]
+        rows.append({"schedule": label, "macs_ratio": macs / base, "lpips_alex": lpips_distance(teacher, student),
+                     "psnr_db": psnr(teacher, student)})
+    (out / "eval.json").write_text(json.dumps({"n": n, "seed": seed, "rows": rows}, indent=1))
+    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ | PSNR to teacher (dB) ↑ |", "|---|---|---|---|"]
+    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {r['lpips_alex']:.4f} | {r['psnr_db']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m methods.diffsparse.train`` (and the ``dsbench train`` subcommand)."""
+    parser = argparse.ArgumentParser(prog="dsbench train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model zoo name with a dit or pixart pipeline")
+    parser.add_argument("--out", required=True, help="output folder: schedule.json/.npz, log, checkpoint")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="evaluate the schedules in --out on --eval-n held-out conditions and write README.md")
+    parser.add_argument("--eval-n", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=field.description)
+        else:
+            parser.add_argument(flag, default=field.default, help=field.description)
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.model_fields})
+    except pydantic.ValidationError as err:
+        raise ValueError("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']} "
+                                   f"({TrainConfig.model_fields[e['loc'][0]].description})"
+                                   for e in err.errors())) from None
+    from harness.models import zoo
+
+    torch.set_num_threads(args.threads)
+    bundle = zoo.load(args.model)
+    out = Path(args.out)
+    command = "python -m methods.diffsparse.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.evaluate:
+        table = evaluate(bundle, out, n=args.eval_n)
+        (out / "README.md").write_text(_readme(args.model, out, table, command))
+        print(table)
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_command.txt").write_text(command + "\n")
+    log_file = (out / "train_log.txt").open("a")
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}"
+        log_file.write(line + "\n")
+        log_file.flush()
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+
+    trainer = Trainer(task_from_bundle(bundle), config, out, log)
+    path = trainer.train()
+    log(f"wrote {path}")
+    return 0
+
+
+def _readme(model: str, out: Path, table: str, command: str) -> str:
+    config = json.loads((out / SCHEDULE_FILE).read_text())["meta"]["config"]
+    train_command = (out / "train_command.txt").read_text().strip()
+    return f"""# DiffSparse schedule for `{model}` at R = {config['ratio']}
+
+Learned with `{train_command}` (log: `train_log.txt`; schedule: `{SCHEDULE_FILE}`, cost tables in
+`schedule.npz`). Below: distance to the uncached teacher (same conditions and noise) on held-out
+conditions, generated by `{command}`. The ToCa-initialised row is the DP solution at the same
+budget on the initial cost table P = α|k/K − ρ_ToCa| (`{INIT_FILE}`), i.e. before training.
+
+{table}
+
+Training config: `{json.dumps(config, sort_keys=True)}`
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

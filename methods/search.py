@@ -1,0 +1,235 @@
+"""Search baselines over the DiffSparse level space (METHODS §1.11): GA, random search, NSGA-II.
+
+Every search runs as an Optuna study (GA and random search add one finished trial per evaluated
+genome; NSGA-II is optuna's own sampler), so it lives in the same storage as the rest of
+the sweeps and resumes: each evaluated genome is one trial whose user attributes hold its
+levels and its place in the search ((generation, child)); on resume the search replays its
+deterministic generator (seeded per generation) and takes the stored fitness of every genome
+already evaluated, so an interrupted search ends exactly where an uninterrupted one would.
+
+``fitness(levels) -> float`` is lower-is-better (FID, or LPIPS to the teacher:
+:func:`teacher_lpips_fitness`). Genomes are one level index per cell of a ``LevelSpace``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import optuna
+
+from methods.diffsparse.space import LevelSpace
+
+Fitness = Callable[[np.ndarray], float]
+
+
+@dataclass
+class SearchResult:
+    levels: np.ndarray  # best genome
+    fitness: float
+    macs: float  # M_lin per image of the best genome
+    evaluations: int  # genomes evaluated in the whole study (resumed ones included)
+    study: optuna.Study
+
+
+def repair(levels: np.ndarray, weights: np.ndarray, budget: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Make a genome feasible (METHODS §1.11, [PD]): decrement random cells with level > 0 while over
+    the budget, then increment random cells whose increment keeps the cost ≤ budget while more
+    than ``window`` under it, until no such cell exists."""
+    levels = np.array(levels, dtype=np.int64)
+    rows = np.arange(len(levels))
+    top = weights.shape[1] - 1
+    cost = int(weights[rows, levels].sum())
+    while cost > budget:
+        candidates = np.flatnonzero(levels > 0)
+        if candidates.size == 0:
+            break
+        c = rng.choice(candidates)
+        cost -= int(weights[c, levels[c]] - weights[c, levels[c] - 1])
+        levels[c] -= 1
+    while cost < budget - window:
+        up = np.minimum(levels + 1, top)
+        step = weights[rows, up] - weights[rows, levels]
+        candidates = np.flatnonzero((levels < top) & (cost + step <= budget))
+        if candidates.size == 0:
+            break
+        c = rng.choice(candidates)
+        cost += int(step[c])
+        levels[c] += 1
+    return levels
+
+
+class _Search:
+    """Shared bookkeeping: the study, the feasible space and replay of stored evaluations."""
+
+    def __init__(self, kind: str, space: LevelSpace, fitness: Fitness, ratio: float, evaluations: int, seed: int,
+                 storage: str | None, study_name: str | None, settings: dict):
+        if evaluations < 1:
+            raise ValueError(f"evaluations must be >= 1, got {evaluations}")
+        self.space, self.fitness, self.seed = space, fitness, seed
+        self.weights = space.weights
+        self.budget = space.budget(ratio)
+        self.window = space.window(self.budget)
+        self.limit = evaluations
+        identity = {"search": kind, "seed": seed, "ratio": ratio, "cells": space.n_cells, "K": space.K,
+                    "mode": space.mode, "budget": self.budget, **settings}
+        self.study = optuna.create_study(storage=storage, study_name=study_name or f"diffsparse-{kind}-{seed}",
+                                         direction="minimize", load_if_exists=True)
+        stored = self.study.user_attrs.get("search")
+        if stored is None:
+            self.study.set_user_attr("search", identity)
+        elif stored != identity:
+            raise ValueError(f"study {self.study.study_name!r} holds a different search ({stored}); "
+                             f"use another study_name for {identity}")
+        self.done = {(t.user_attrs["generation"], t.user_attrs["child"]): t
+                     for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+        self.count = 0
+
+    def rng(self, generation: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, generation])
+
+    def random_genome(self, rng: np.random.Generator) -> np.ndarray:
+        return repair(rng.integers(0, self.space.K + 1, size=self.space.n_cells), self.weights, self.budget,
+                      self.window, rng)
+
+    @property
+    def finished(self) -> bool:
+        return self.count >= self.limit
+
+    def evaluate(self, generation: int, child: int, levels: np.ndarray) -> float:
+        """Fitness of a genome: the stored one when this (generation, child) was evaluated before."""
+        self.count += 1
+        trial = self.done.get((generation, child))
+        if trial is not None:
+            if list(trial.user_attrs["levels"]) != levels.tolist():
+                raise ValueError(f"study {self.study.study_name!r}: stored genome ({generation}, {child}) differs "
+                                 "from the replayed one (the code or the space changed); start a new study")
+            return float(trial.value)
+        value = float(self.fitness(levels))
+        # one storage write per evaluation (ask + set_user_attr + tell would make six)
+        self.study.add_trial(optuna.trial.create_trial(
+            value=value, user_attrs={"generation": generation, "child": child, "levels": levels.tolist(),
+                                     "macs": self.space.macs(levels)}))
+        return value
+
+    def result(self) -> SearchResult:
+        best = self.study.best_trial
+        levels = np.asarray(best.user_attrs["levels"], dtype=np.int64)
+        return SearchResult(levels=levels, fitness=float(best.value), macs=self.space.macs(levels),
+                            evaluations=len(self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))),
+                            study=self.study)
+
+
+def random_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 1000, seed: int = 0,
+                  storage: str | None = None, study_name: str | None = None) -> SearchResult:
+    """``evaluations`` random feasible genomes (uniform levels, repaired); the best one wins [P]."""
+    search = _Search("random", space, fitness, ratio, evaluations, seed, storage, study_name, {})
+    for i in range(evaluations):
+        search.evaluate(0, i, search.random_genome(search.rng(i)))
+    return search.result()
+
+
+def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 1000,
+                   population: int = 50, elites: int = 10, parents: int = 25, mutation: float = 0.01, seed: int = 0,
+                   storage: str | None = None, study_name: str | None = None,
+                   initial: np.ndarray | None = None) -> SearchResult:
+    """The GA of METHODS §1.11: a population of random feasible genomes; each generation keeps the
+    elites and breeds the rest by uniform crossover of two parents drawn from the best ``parents``,
+    per-gene mutation to a random level, repair. Stops after ``evaluations`` fitness evaluations
+    (elites carried over are not re-evaluated). ``initial``: one seed genome (e.g. ToCa's schedule)."""
+    if population < 2 or not 0 <= elites < population or not 2 <= parents <= population:
+        raise ValueError(f"need population >= 2, 0 <= elites < population and 2 <= parents <= population; got "
+                         f"population={population}, elites={elites}, parents={parents}")
+    if not 0.0 <= mutation <= 1.0:
+        raise ValueError(f"mutation must be a probability in [0, 1], got {mutation}")
+    settings = {"population": population, "elites": elites, "parents": parents, "mutation": mutation,
+                "initial": None if initial is None else np.asarray(initial).tolist()}
+    search = _Search("ga", space, fitness, ratio, evaluations, seed, storage, study_name, settings)
+    K = space.K
+    rng = search.rng(0)
+    members = [search.random_genome(rng) for _ in range(population)]
+    if initial is not None:
+        members[0] = repair(np.asarray(initial), search.weights, search.budget, search.window, rng)
+    scored = []
+    for child, genome in enumerate(members):
+        if search.finished:
+            break
+        scored.append((search.evaluate(0, child, genome), genome))
+    generation = 0
+    while not search.finished:
+        generation += 1
+        rng = search.rng(generation)
+        ranked = sorted(scored, key=lambda pair: pair[0])  # stable: earlier members win ties
+        pool = ranked[:parents]
+        scored = ranked[:elites]
+        for child in range(population - elites):
+            if search.finished:
+                break
+            a, b = rng.choice(len(pool), size=2, replace=False)
+            genome = np.where(rng.random(space.n_cells) < 0.5, pool[a][1], pool[b][1])
+            mutate = rng.random(space.n_cells) < mutation
+            genome = np.where(mutate, rng.integers(0, K + 1, size=space.n_cells), genome)
+            genome = repair(genome, search.weights, search.budget, search.window, rng)
+            scored.append((search.evaluate(generation, child, genome), genome))
+    return search.result()
+
+
+def nsga2_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 2000,
+                 population: int = 20, seed: int = 0, storage: str | None = None,
+                 study_name: str | None = None) -> SearchResult:
+    """NSGA-II over (fitness, M_lin) with optuna's NSGAIISampler (METHODS §1.11 template): genomes are
+    not repaired, so the front spans budgets; the result is the best fitness with M_lin within
+    the budget B_MAC at ``ratio`` (a ValueError if no evaluated genome is within it)."""
+    if evaluations < 1:
+        raise ValueError(f"evaluations must be >= 1, got {evaluations}")
+    limit = space.fixed_macs + space.budget_macs(ratio)
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    study = optuna.create_study(storage=storage, study_name=study_name or f"diffsparse-nsga2-{seed}",
+                                directions=["minimize", "minimize"], sampler=sampler, load_if_exists=True)
+    complete = (optuna.trial.TrialState.COMPLETE,)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        levels = np.array([trial.suggest_int(f"c{j}", 0, space.K) for j in range(space.n_cells)])
+        trial.set_user_attr("levels", levels.tolist())
+        return float(fitness(levels)), space.macs(levels)
+
+    remaining = evaluations - len(study.get_trials(deepcopy=False, states=complete))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    feasible = [t for t in study.get_trials(deepcopy=False, states=complete) if t.values[1] <= limit]
+    if not feasible:
+        raise ValueError(f"nsga2: no evaluated genome is within the budget at ratio {ratio} "
+                         f"({limit:.4g} MACs); raise evaluations or the ratio")
+    best = min(feasible, key=lambda t: (t.values[0], t.number))
+    levels = np.asarray(best.user_attrs["levels"], dtype=np.int64)
+    return SearchResult(levels=levels, fitness=best.values[0], macs=best.values[1],
+                        evaluations=len(study.get_trials(deepcopy=False, states=complete)), study=study)
+
+
+def teacher_lpips_fitness(pipeline_call: Callable[[], np.ndarray], pipeline, space: LevelSpace,
+                          net: str = "alex") -> Fitness:
+    """Fitness = mean LPIPS between the uncached pipeline's images and the images of the genome's
+    schedule, run by the real ``diffsparse`` method (METHODS §1.11 option; cheaper than FID).
+
+    ``pipeline_call()`` draws the fixed evaluation set (fixed conditions and seeds) with ``pipeline``
+    and returns uint8 images N×3×H×W.
+    """
+    import torch
+
+    import methods
+    from harness.metrics.fidelity import lpips_distance
+    from methods.diffsparse.schedule import export_schedule
+
+    teacher = torch.as_tensor(pipeline_call())
+    workdir = Path(tempfile.mkdtemp(prefix="dsbench-search-"))
+
+    def fitness(levels: np.ndarray) -> float:
+        path = export_schedule(workdir / "candidate.json", space, levels)
+        with methods.attach(pipeline, methods.build("diffsparse", schedule=str(path))):
+            student = torch.as_tensor(pipeline_call())
+        return lpips_distance(student, teacher, net=net)
+
+    return fitness

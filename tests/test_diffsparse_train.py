@@ -1,0 +1,163 @@
+"""DiffSparse training: STE gates, the differentiable training forward (engine MIX), a tiny training run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import methods
+from methods.base import Method, MethodConfig
+from methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
+from methods.diffsparse.schedule import load_schedule
+from methods.diffsparse.selector import selector_spec
+from methods.diffsparse.space import LevelSpace
+from methods.diffsparse.train import Task, Trainer, TrainConfig, TrainingPolicy, frozen, images, main
+
+from conftest import dit_pipeline, pixart_pipeline
+
+STEPS = 6
+
+
+def tiny_task(family: str) -> Task:
+    if family == "dit":
+        pipe = dit_pipeline()
+
+        def inputs(conds, gens):
+            return dict(class_labels=list(conds), guidance_scale=4.0, generator=gens)
+
+        def conditions(n, seed):
+            return [int(c) for c in np.random.default_rng(seed).integers(0, 10, n)]
+    else:
+        pipe = pixart_pipeline()
+        side = pipe.transformer.config.sample_size
+
+        def inputs(conds, gens):  # a condition is a seed for a random caption embedding
+            emb = torch.stack([torch.randn(6, 12, generator=torch.Generator().manual_seed(c)) for c in conds])
+            n = len(conds)
+            return dict(prompt_embeds=emb, prompt_attention_mask=torch.ones(n, 6), negative_prompt=None,
+                        negative_prompt_embeds=torch.zeros(n, 6, 12), negative_prompt_attention_mask=torch.ones(n, 6),
+                        generator=gens, height=side, width=side, use_resolution_binning=False, guidance_scale=4.5)
+
+        def conditions(n, seed):
+            return [int(c) for c in np.random.default_rng(seed).integers(0, 1000, n)]
+    return Task(f"tiny-{family}", pipe, STEPS, inputs, conditions)
+
+
+class Inference(Method):
+    """The hard schedule executed the inference way: TOPK/REUSE/FULL decisions, the same selector."""
+
+    name = "schedule-inference"
+
+    def __init__(self, space, levels, score):
+        super().__init__(MethodConfig())
+        self.grid, self.space, self.score = space.decisions(levels), space, score
+
+    def decide(self, i, layer):
+        return self.grid[i][layer.index]
+
+
+def test_ste_forward_is_the_hard_choice_and_gradient_reaches_p():
+    table = CostTable(5, 4)
+    with torch.no_grad():
+        table.P.copy_(torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    hard = np.array([0, 3, 1, 2, 2])
+    gates = ste_gates(table.centred(), hard)
+    assert torch.equal(gates.detach(), torch.nn.functional.one_hot(torch.as_tensor(hard), 4).double())
+    (gates * torch.arange(4.0, dtype=torch.float64)).sum().backward()
+    assert table.P.grad is not None and table.P.grad.abs().sum() > 0
+    # centring: the per-row mean carries no gradient
+    assert torch.allclose(table.P.grad.sum(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+
+
+def test_cost_table_toca_init_and_step_costs():
+    table = CostTable(3, 5)
+    table.init_from_ratios(np.array([0.0, 1.0, 0.3]))
+    assert table.costs().argmin(axis=1).tolist() == [0, 4, 1]  # nearest level: 0, 1, 0.25
+    table.warm_start(np.array([False, False, True]), 10.0)
+    assert table.costs()[2].argmin() == 4
+    C_f = StepCosts(6, [2, 4]).C.detach().numpy()
+    assert (C_f[:, 1] < C_f[:, 0]).nonzero()[0].tolist() == [1, 3]  # rows of steps 2 and 4 prefer full
+    with pytest.raises(ValueError, match="full_steps"):
+        StepCosts(6, [0])
+    with pytest.raises(ValueError, match="ratios"):
+        table.init_from_ratios(np.zeros(4))
+
+
+@pytest.mark.parametrize("family", ["dit", "pixart"])
+def test_training_forward_equals_inference_for_a_hard_schedule(family):
+    task = tiny_task(family)
+    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper", text_tokens=6)
+    levels = np.random.default_rng(1).integers(0, space.K + 1, space.n_cells)
+    score = selector_spec(family)
+    conds, seeds = task.conditions(2, 0), [11, 12]
+    with methods.attach(task.pipeline, Inference(space, levels, score)) as h:
+        reference = images(task, conds, seeds, grad=False)
+        assert any("TOPK" in d for row in h.report()["decisions"] for d in row)  # partial cells were executed
+    table = CostTable(space.n_cells, space.K + 1)
+    policy = TrainingPolicy(space, score)
+    policy.set_plan(levels, ste_gates(table.centred(), levels))
+    with frozen(task.pipeline), methods.attach(task.pipeline, policy):
+        student = images(task, conds, seeds, grad=True)
+    assert torch.allclose(student, reference, atol=1e-5), (student - reference).abs().max()
+    student.pow(2).mean().backward()  # gradients reach the cost table through the sampling steps
+    assert table.P.grad is not None and torch.isfinite(table.P.grad).all() and table.P.grad.abs().sum() > 0
+    assert all(p.grad is None for p in task.pipeline.transformer.parameters())  # network weights frozen
+
+
+def test_toca_fresh_ratios_read_the_toca_schedule():
+    task = tiny_task("dit")
+    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper")
+    with methods.attach(task.pipeline, methods.build("toca", ratio=0.3)) as h:
+        images(task, [1], [0], grad=False)
+        schedule = h.report()["schedule"]
+    ratios, full = toca_fresh_ratios(schedule, space)
+    counts = np.asarray(schedule.counts())[1:, space.cell_layers].reshape(-1)
+    assert ratios.shape == (space.n_cells,) and np.allclose(ratios * 16, counts)  # 16 tokens per layer
+    assert full == [i for i in schedule.full_steps() if i > 0]
+
+
+@pytest.mark.parametrize("stages", ["two", "single"])
+def test_tiny_training_run_changes_the_costs_and_exports_a_schedule(tmp_path, stages):
+    task = tiny_task("dit")
+    config = TrainConfig(ratio=0.2, mode="paper", loss="l2", conditions=2, batch=2, stages=stages)
+    lines = []
+    trainer = Trainer(task, config, tmp_path, lines.append)
+    path = trainer.train()
+    tables = np.load(tmp_path / "schedule.npz")
+    assert not np.allclose(tables["C"], tables["C_init"])  # the optimiser moved the costs
+    iterations = [line for line in lines if " iter " in line]
+    assert len(iterations) == (3 if stages == "two" and len(tables["T_f0"]) else 1)
+    schedule = load_schedule(path)
+    assert schedule.T == STEPS and (schedule.levels[0] == schedule.K).all()
+    expected = trainer.solve(tables["C"])
+    assert (schedule.levels[1:, trainer.space.cell_layers].reshape(-1) == expected).all()
+    with methods.attach(task.pipeline, methods.build("diffsparse", schedule=str(path))) as h:
+        images(task, [1], [0], grad=False)  # the inference method runs the exported schedule
+        assert h.report()["decisions"] == [[str(d) for d in row] for row in trainer.space.decisions(expected)]
+    # resuming a finished run trains nothing more and exports the same schedule
+    again = []
+    Trainer(task, config, tmp_path, again.append).train()
+    assert not [line for line in again if " iter " in line]
+    assert load_schedule(path).levels.tolist() == schedule.levels.tolist()
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="loss"):
+        main(["--model", "mnist-dit", "--out", "x", "--loss", "l1"])
+
+
+def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():
+    task = tiny_task("dit")
+    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper")
+    levels = np.random.default_rng(2).integers(0, space.K + 1, space.n_cells)
+    grads = {}
+    for name, options in {"plain": {}, "checkpoint": {"checkpoint": True}, "detach": {"detach_cache": True}}.items():
+        table = CostTable(space.n_cells, space.K + 1)
+        policy = TrainingPolicy(space, selector_spec("dit"), **options)
+        policy.set_plan(levels, ste_gates(table.centred(), levels))
+        with frozen(task.pipeline), methods.attach(task.pipeline, policy):
+            images(task, [3, 4], [5, 6], grad=True).pow(2).mean().backward()
+        grads[name] = table.P.grad
+    assert torch.allclose(grads["checkpoint"], grads["plain"], rtol=1e-5, atol=1e-9)
+    assert grads["detach"].abs().sum() > 0 and not torch.allclose(grads["detach"], grads["plain"])

@@ -1,0 +1,118 @@
+"""Search baselines over the DiffSparse level space (METHODS §1.11): repair, GA, random, NSGA-II, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from conftest import dit_pipeline, run_dit
+from methods.diffsparse.space import LevelSpace
+from methods.search import genetic_search, nsga2_search, random_search, repair, teacher_lpips_fitness
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+RATIO = 0.4
+
+
+@pytest.fixture(scope="module")
+def space():
+    return LevelSpace.from_transformer(dit_pipeline(), 4)  # 3 steps × 4 cell layers = 12 cells
+
+
+def target_fitness(space):
+    """A fitness with a known optimum: distance to a fixed feasible genome."""
+    rng = np.random.default_rng(7)
+    B = space.budget(RATIO)
+    goal = repair(rng.integers(0, space.K + 1, space.n_cells), space.weights, B, space.window(B), rng)
+    calls = []
+
+    def fitness(levels):
+        calls.append(levels.copy())
+        return float(np.abs(levels - goal).sum())
+
+    return fitness, goal, calls
+
+
+def feasible(space, levels):
+    B = space.budget(RATIO)
+    total = space.weights[np.arange(space.n_cells), levels].sum()
+    return B - space.window(B) <= total <= B
+
+
+def test_repair_reaches_the_window(space):
+    B = space.budget(RATIO)
+    rng = np.random.default_rng(0)
+    for start in (np.full(space.n_cells, space.K), np.zeros(space.n_cells, dtype=int),
+                  rng.integers(0, space.K + 1, space.n_cells)):
+        assert feasible(space, repair(start, space.weights, B, space.window(B), rng))
+
+
+def test_ga_improves_on_random_and_counts_evaluations(space):
+    fitness, goal, calls = target_fitness(space)
+    ga = genetic_search(space, fitness, RATIO, evaluations=300, population=20, elites=4, parents=10, mutation=0.05)
+    assert len(calls) == 300 and ga.evaluations == 300
+    assert feasible(space, ga.levels) and ga.macs == pytest.approx(space.macs(ga.levels))
+    fitness_r, _, calls_r = target_fitness(space)
+    rand = random_search(space, fitness_r, RATIO, evaluations=300)
+    assert len(calls_r) == 300 and feasible(space, rand.levels)
+    assert all(feasible(space, c) for c in calls + calls_r)
+    assert ga.fitness < rand.fitness
+
+
+def test_ga_resumes_from_sqlite(space, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    fitness, _, _ = target_fitness(space)
+    whole = genetic_search(space, fitness, RATIO, evaluations=50, population=10, elites=2, parents=5, seed=3)
+
+    fitness, _, calls = target_fitness(space)
+    genetic_search(space, fitness, RATIO, evaluations=25, population=10, elites=2, parents=5, seed=3,
+                   storage=storage, study_name="ga")  # stops inside the third generation
+    assert len(calls) == 25
+    resumed = genetic_search(space, fitness, RATIO, evaluations=50, population=10, elites=2, parents=5, seed=3,
+                             storage=storage, study_name="ga")
+    assert len(calls) == 50  # only the 25 missing genomes were evaluated
+    assert resumed.evaluations == 50 and resumed.fitness == whole.fitness
+    assert np.array_equal(resumed.levels, whole.levels)
+    with pytest.raises(ValueError, match="holds a different search"):
+        genetic_search(space, fitness, RATIO, evaluations=50, population=30, storage=storage, study_name="ga")
+
+
+def test_random_search_resumes(space, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    fitness, _, calls = target_fitness(space)
+    random_search(space, fitness, RATIO, evaluations=10, storage=storage, study_name="r")
+    result = random_search(space, fitness, RATIO, evaluations=25, storage=storage, study_name="r")
+    assert len(calls) == 25 and result.evaluations == 25
+
+
+def test_nsga2_reports_best_within_budget(space):
+    fitness, goal, calls = target_fitness(space)
+    result = nsga2_search(space, fitness, RATIO, evaluations=40, population=10)
+    assert len(calls) == 40 and result.evaluations == 40
+    assert result.macs <= space.fixed_macs + space.budget_macs(RATIO)
+    limit = space.fixed_macs + space.budget_macs(RATIO)
+    within = [float(np.abs(c - goal).sum()) for c in calls if space.macs(c) <= limit]
+    assert within and result.fitness == min(within)
+    assert {len(t.values) for t in result.study.trials} == {2}  # (fitness, M_lin)
+
+
+def test_bad_settings_fail_before_work(space):
+    with pytest.raises(ValueError, match="elites < population"):
+        genetic_search(space, lambda x: 0.0, RATIO, population=10, elites=10)
+    with pytest.raises(ValueError, match="mutation must be"):
+        genetic_search(space, lambda x: 0.0, RATIO, mutation=2.0)
+    with pytest.raises(ValueError, match="R = 0.999 is outside"):
+        random_search(space, lambda x: 0.0, 0.999)
+
+
+def test_teacher_lpips_fitness_runs_the_real_method(space):
+    pipe = dit_pipeline()
+
+    def draw():  # the tiny pipeline's 8×8 images, enlarged to a size AlexNet-LPIPS accepts
+        images = torch.from_numpy((run_dit(pipe, steps=4) * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
+        return torch.nn.functional.interpolate(images.float(), size=64, mode="nearest").to(torch.uint8)
+
+    fitness = teacher_lpips_fitness(draw, pipe, space)
+    assert fitness(np.full(space.n_cells, space.K)) == pytest.approx(0.0, abs=1e-6)  # all FULL = the teacher
+    assert fitness(np.zeros(space.n_cells, dtype=int)) > 0.0
