@@ -180,7 +180,7 @@ class Engine:
         run = RunInfo(family=self.adapter.family, variant=self.adapter.variant, num_steps=self.planned_steps,
                       layers=self.layers, n_image=call.n_image, n_text=call.n_text, grid=call.grid,
                       batch=call.batch, cfg_batched=self.cfg_batched and call.batch % 2 == 0,
-                      blocks_per_stream=self.adapter.blocks_per_stream)
+                      blocks_per_stream=self.adapter.blocks_per_stream, noise_channels=self.adapter.noise_channels)
         self.run = run
         self.method.reset(run)
         self.generator = torch.Generator().manual_seed(self.seed)

@@ -136,6 +136,7 @@ class RunInfo:
     cfg_batched: bool
     blocks_per_stream: dict[str, int] = field(default_factory=dict)
     variant: str = ""  # e.g. "schnell" / "dev" for FLUX
+    noise_channels: int | None = None  # output channels predicting the noise (learned variance excluded)
 
     def n_tokens(self, layer: Layer) -> int:
         return {"image": self.n_image, "text": self.n_text, "joint": self.n_image + self.n_text}[layer.tokens]

@@ -26,6 +26,7 @@ class Adapter:
     module_provides: dict[str, frozenset[str]] = {}
     # sub-modules whose computation accepts ``keys=`` (TOPK with kv other than "all", harness.engine)
     partial_keys: frozenset[str] = frozenset()
+    noise_channels: int | None = None  # output channels predicting the noise, when known
 
     def __init__(self, model: torch.nn.Module):
         self.model = model

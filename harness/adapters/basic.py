@@ -72,6 +72,8 @@ class BasicBlockAdapter(Adapter):
             if block.attn2 is not None:
                 check_plain_attention(block.attn2, where)
         super().__init__(model)
+        c_in, c_out = model.config.in_channels, model.config.out_channels
+        self.noise_channels = c_in if c_out == 2 * c_in else c_out  # learned-variance models: first half
 
     def list_blocks(self):
         return [(block, "main") for block in self.model.transformer_blocks]
