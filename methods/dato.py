@@ -149,24 +149,29 @@ class Dato(Method):
         x = ctx.hidden_states if ctx.hidden_states is not None else ctx.layer_input
         x = torch.nn.functional.normalize(x.float(), dim=-1)
         base = self.base.to(x.device)
-        similarity = x @ x.transpose(1, 2)  # B×N×N cosine similarity of the block inputs
-        to_base = similarity.masked_fill(~base[:, None, :], float("-inf"))
-        closest_base_sim, closest_base = to_base.max(dim=-1)
-        candidate = closest_base_sim.masked_fill(base, float("-inf"))
+        base_index = torch.argsort((~base).to(torch.int8), dim=-1, stable=True)[:, : self.n_base]
+        to_base = x @ rows_of(x, base_index).transpose(1, 2)  # B×N×|base| cosine similarity
+        closest_sim, closest = to_base.max(dim=-1)
+        candidate = closest_sim.masked_fill(base, float("-inf"))
         pruned_index = torch.topk(candidate, self.n_prune, dim=-1).indices
         pruned = torch.zeros_like(base).scatter_(1, pruned_index, True)
         index = torch.argsort(pruned.to(torch.int8), dim=-1, stable=True)[:, :k]  # kept tokens, ascending
-        if self.config.recover_from == "base":
-            nearest = closest_base
-        else:
-            nearest = similarity.masked_fill(pruned[:, None, :], float("-inf")).argmax(dim=-1)
-        tokens = torch.arange(x.shape[1], device=x.device).expand_as(nearest)
-        source = torch.where(pruned, nearest, tokens)
         n, c = x.shape[1], x.shape[2]
-        per_row = n * self.n_base * c + (self.n_prune * k * c if self.config.recover_from == "kept" else 0)
-        rows_per_image = 2 if self.run.cfg_batched else 1
-        self.selection_macs += per_row * rows_per_image
+        macs = n * self.n_base * c
+        if self.config.recover_from == "base":
+            nearest = torch.gather(base_index, 1, torch.gather(closest, 1, pruned_index))
+        else:
+            to_kept = rows_of(x, pruned_index) @ rows_of(x, index).transpose(1, 2)  # B×pruned×kept
+            nearest = torch.gather(index, 1, to_kept.argmax(dim=-1))
+            macs += self.n_prune * k * c
+        source = torch.arange(n, device=x.device).repeat(x.shape[0], 1).scatter_(1, pruned_index, nearest)
+        self.selection_macs += macs * (2 if self.run.cfg_batched else 1)  # both CFG halves, per image
         return Selection(index, source)
+
+
+def rows_of(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (B×k) of x (B×N×C)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def patch_argmax_mask(score: torch.Tensor, grid: tuple[int, int], s: int) -> torch.Tensor:

@@ -122,10 +122,11 @@ def _capture_selections(method):
     return seen
 
 
-def test_dato_prunes_the_tokens_most_similar_to_base_and_copies_the_nearest_kept_output():
+@pytest.mark.parametrize("recover_from", ["kept", "base"])
+def test_dato_prunes_the_tokens_most_similar_to_base_and_copies_the_nearest_output(recover_from):
     model = tiny_dit(num_layers=2, sample_size=16)  # 64 tokens, C = 16
     calls = _dit_calls(3)
-    dato = methods.build("dato", schedule=[["full", 0], ["full", 0.5], ["full", 0.5]])
+    dato = methods.build("dato", schedule=[["full", 0], ["full", 0.5], ["full", 0.5]], recover_from=recover_from)
     seen = _capture_selections(dato)
     outputs = {}
     with torch.no_grad(), methods.attach(model, dato, num_steps=3) as handle:
@@ -154,9 +155,10 @@ def test_dato_prunes_the_tokens_most_similar_to_base_and_copies_the_nearest_kept
             rows = kept[b].nonzero().squeeze(1)
             direct = block.attn1(h[b:b + 1, rows])
             assert torch.allclose(out[b, rows], direct[0], atol=1e-5)
-            # pruned tokens: the output of their most similar kept token
+            # pruned tokens: the output of their most similar kept (or base) token
+            sources = rows if recover_from == "kept" else base[b].nonzero().squeeze(1)
             for j in pruned[b].nonzero().squeeze(1).tolist():
-                nearest = rows[sim[b, j, rows].argmax()]
+                nearest = sources[sim[b, j, sources].argmax()]
                 assert torch.equal(out[b, j], out[b, nearest])
 
 
