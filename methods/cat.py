@@ -28,7 +28,7 @@ class CatConfig(MethodConfig):
     alpha: float = pydantic.Field(
         0.3, gt=0.0, le=1.0, description="fraction α of image tokens recomputed per pruned step, in (0, 1]")
     t0: int | None = pydantic.Field(
-        None, ge=2, description="full warm-up steps t0 >= 2 (default min(8, round(0.3·T)): 6 at T = 20, 8 at T = 28)")
+        None, ge=2, description="full warm-up steps t0 >= 2 (default min(8, round(0.3·T)): 6 at T = 20, 8 at T = 28 and 50)")
     clusters: int = pydantic.Field(20, ge=1, description="K-means clusters >= 1")
     ewma: float = pydantic.Field(0.5, ge=0.0, le=1.0, description="EWMA decay a of the selection frequency, in [0, 1]")
     seed: int = pydantic.Field(0, ge=0, description="K-means initialisation seed >= 0")

@@ -24,7 +24,7 @@ from methods.pruning import both_halves, noise_tokens
 
 DEPTHS = (0, 1, "full")
 SEARCH_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7)  # the paper's search space for r
-DEFAULT_RATIO = 0.5
+DEFAULT_RATIO = 0.3  # [PD] the most conservative r of the search space
 DEFAULT_FULL_EVERY = 3  # [PD] default schedule: full steps at i % 3 == 0, d = 1 in between
 
 Depth = Literal[0, 1, "full"]
@@ -41,7 +41,7 @@ class DatoConfig(MethodConfig):
         None, description="per-step [d, r] pairs, one per denoiser call: d in {0, 1, 'full'}, r in [0, 1 − 1/s²] "
         "(0.75 at s = 2); step 0 must be ['full', 0]. Default: full every 3rd step, d = 1 in between, r = ratio")
     ratio: float | None = pydantic.Field(
-        None, ge=0.0, le=1.0, description="prune ratio r of the default schedule, in [0, 1 − 1/s²] (default 0.5)")
+        None, ge=0.0, le=1.0, description="prune ratio r of the default schedule, in [0, 1 − 1/s²] (default 0.3)")
     recover_from: Literal["kept", "base"] = pydantic.Field(
         "kept", description="pruned tokens copy their most similar kept token (code) or base token (paper)")
     seed: int = pydantic.Field(0, ge=0, description="seed of the random base-token score of the first steps")
@@ -65,7 +65,7 @@ class DatoConfig(MethodConfig):
         if ratio is None:
             return ratio
         if info.data.get("schedule") is not None:
-            raise ValueError("give either ratio (scales the default schedule) or schedule, not both")
+            raise ValueError("give either ratio (the r of the default schedule) or schedule, not both")
         limit = max_ratio(info.data.get("patch", 2))
         if ratio > limit:
             raise ValueError(f"prune ratio must be in [0, {limit:g}] for patch {info.data.get('patch', 2)}")
