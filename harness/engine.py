@@ -7,6 +7,10 @@ run starts and how many denoiser calls it will make). The block overrides come f
 model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns
 the token cache (METHODS §0.3): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
 stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4).
+TOPK variants say what a partial computation uses: keys/values of all tokens (exact-query),
+of the selected ones only, or stale ones with the selected rows updated; unselected rows from
+the cache or copied from a computed row. ``Method.output_rows`` keeps the previous model output
+of the tokens a step did not select.
 """
 
 from __future__ import annotations
@@ -375,7 +379,7 @@ class Engine:
             return self.method.select(state.step, layer, k, ctx)
         key = (state.step, layer.index)
         index = self.shared_indices.get(key)
-        if index is None or index.shape[0] != ctx.batch:
+        if index is None or (index.index if isinstance(index, Selection) else index).shape[0] != ctx.batch:
             index = self.shared_indices[key] = self.method.select(state.step, layer, k, ctx)
         return index
 
