@@ -52,7 +52,6 @@ class Cat(Method):
         self.k = ratio_to_count(c.alpha, run.n_image)
         self.reference = None  # n_{t0−2}, per image
         self.labels = None  # K-means cluster of every token, per image
-        self.adjacency = None
         self.frequency = None  # EWMA selection frequency f, per image
         self.index = None  # I for the next step, B×k
 
@@ -89,10 +88,10 @@ class Cat(Method):
         relative = n - self.reference  # RN
         if self.labels is None:  # step t0−1: cluster once, score by one graph-pooling pass
             self.labels = torch.stack([self._cluster(x) for x in n])
-            self.adjacency = torch.stack([cluster_adjacency(lab, self.run.grid, self.n_clusters) for lab in self.labels])
             self.frequency = torch.zeros(n.shape[:2])
-            scores = [graph_pooled_scores(pool_max(r, lab, self.n_clusters), adj)
-                      for r, lab, adj in zip(relative, self.labels, self.adjacency)]
+            scores = [graph_pooled_scores(pool_max(r, lab, self.n_clusters),
+                                          cluster_adjacency(lab, self.run.grid, self.n_clusters))
+                      for r, lab in zip(relative, self.labels)]
         else:
             scores = [pool_max(r, lab, self.n_clusters).norm(dim=-1) for r, lab in zip(relative, self.labels)]
         chosen = torch.stack([self._choose(r.norm(dim=-1), lab, s, f)

@@ -75,7 +75,6 @@ def test_cat_selection_quotas_then_least_frequent_tokens():
     """k = 48 of 64: q = ⌊0.25·48/6⌋ = 2 → the top 6 / 4 / 2 ρ tokens of the three best clusters,
     then the 36 least-selected tokens (ties: larger ρ)."""
     cat = Cat(CatConfig(alpha=0.75))
-    cat.run = type("Run", (), {})()
     cat.k = 48
     labels = torch.arange(64) // 8  # 8 clusters of 8 consecutive tokens
     rho = torch.linspace(0, 1, 64).flip(0)  # token 0 has the largest change
