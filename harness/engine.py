@@ -7,6 +7,10 @@ run starts and how many denoiser calls it will make). The block overrides come f
 model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns
 the token cache (METHODS §0.3): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
 stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4).
+TOPK variants say what a partial computation uses: keys/values of all tokens (exact-query),
+of the selected ones only, or stale ones with the selected rows updated; unselected rows from
+the cache or copied from a computed row. ``Method.output_rows`` keeps the previous model output
+of the tokens a step did not select.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import torch
 import torch.utils.checkpoint
 
 from harness.accounting import FIXED, MacCounter
-from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, ScoreContext
+from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, SELF_KEYS, SELF_VALUES, ScoreContext
 from methods.base import (FULL, NORMAL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
-                          RunInfo)
+                          RunInfo, Selection)
 from methods.schedule import Schedule
 
 
@@ -35,6 +39,15 @@ class LayerResult:
 
     out: torch.Tensor  # B×q×C pre-gate output rows
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # recorded statistics, see harness.scores
+
+
+@dataclass
+class AttentionKeys:
+    """Keys/values of a partial self-attention other than all current tokens (TOPK ``kv``)."""
+
+    mode: str  # "selected": from the computed rows only; "stale": ``keys``/``values`` with those rows updated
+    keys: torch.Tensor | None = None  # B×N×C key projections of the last computation (stale)
+    values: torch.Tensor | None = None
 
 
 @dataclass
@@ -58,8 +71,10 @@ class LayerInput:
     MACs on a CPU. ``rows`` computes just the given rows (must equal gathering from ``full``).
     """
 
-    def __init__(self, full: Callable[[], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, full: Callable[[], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 hidden: torch.Tensor | None = None):
         self._full_fn, self._rows_fn, self._full = full, rows, None
+        self.hidden = hidden  # the hidden states before norm and modulation, when the adapter knows them
 
     @classmethod
     def of(cls, x: torch.Tensor) -> "LayerInput":
@@ -140,6 +155,7 @@ class BranchState:
     block_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     block_inputs: dict[int, tuple] = field(default_factory=dict)  # for BLOCK_RESIDUAL
     last_output: Any = None  # output of the last block (REUSE_OUTPUT)
+    last_sample: torch.Tensor | None = None  # the previous call's model output (Method.output_rows)
     residual: dict[tuple[int, int], tuple] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
     selection_seconds: float = 0.0
@@ -191,11 +207,11 @@ class Engine:
         run = RunInfo(family=self.adapter.family, variant=self.adapter.variant, num_steps=self.planned_steps,
                       layers=self.layers, n_image=call.n_image, n_text=call.n_text, grid=call.grid,
                       batch=call.batch, cfg_batched=self.cfg_batched and call.batch % 2 == 0,
-                      blocks_per_stream=self.adapter.blocks_per_stream)
+                      blocks_per_stream=self.adapter.blocks_per_stream, noise_channels=self.adapter.noise_channels)
         self.run = run
         self.method.reset(run)
         self.generator = torch.Generator().manual_seed(self.seed)
-        needed = self.method.score.stats_needed()
+        needed = self.method.score.stats_needed() | self.method.extra_stats
         # the engine records layer inputs itself; attention statistics come from the adapters
         own = needed & {LAYER_INPUT}
         self._wants = {layer.index: (needed & self.adapter.provides(layer)) | own for layer in self.layers}
@@ -229,10 +245,8 @@ class Engine:
                                f"got {directive}")
         decisions = []
         for layer in self.layers:
-            if directive.kind is DirectiveKind.NORMAL:
-                d = self.method.decide(i, layer)
-            else:  # whole blocks run or are skipped; a skipped block's layers are reported as REUSE
-                d = FULL if block_runs(directive, layer.block, self.num_blocks) else REUSE
+            # decisions apply in the blocks a step computes; a skipped block's layers are reported as REUSE
+            d = self.method.decide(i, layer) if block_runs(directive, layer.block, self.num_blocks) else REUSE
             d = self._normalise(d, layer)
             if i == 0 and d.kind is not Kind.FULL:
                 raise RuntimeError(f"{self.method.name}: step 0 must be FULL at every layer (caches are "
@@ -254,6 +268,9 @@ class Engine:
             if SELF_ATTN_RECEIVED in self._wants[layer.index]:
                 raise RuntimeError(f"{self.method.name}: TOPK at {layer.name}, where its may_topk() said "
                                    f"it never would (its attention maps were not kept)")
+            if d.kv != "all" and layer.module not in self.adapter.partial_keys:
+                raise ValueError(f"{self.method.name}: layer {layer.name} cannot run TOPK with kv={d.kv!r}; "
+                                 f"{self.adapter.family} supports it on {sorted(self.adapter.partial_keys) or 'no layer'}")
         if d.kind is Kind.MIX and not 0 <= d.k <= self.run.n_tokens(layer):
             raise ValueError(f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= "
                              f"{self.run.n_tokens(layer)} tokens")
@@ -261,18 +278,34 @@ class Engine:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
 
-    def end_call(self, output, counts: tuple[float, float, dict[int, float]] | None = None) -> None:
-        """Close the call; ``counts`` (linear, attention, per layer) replaces the counted MACs when the
-        call was not executed (MAC-only simulation of a call already seen with the same decisions)."""
+    def end_call(self, output, counts: tuple[float, float, dict[int, float]] | None = None):
+        """Close the call and return its output; ``counts`` (linear, attention, per layer) replaces the
+        counted MACs when the call was not executed (MAC-only simulation of a call already seen with
+        the same decisions)."""
         state = self._state
         record = state.steps[-1]
         if counts is None:
             linear, attention = self.counter.take()
             counts = (sum(linear.values()), attention, {k: v for k, v in linear.items() if k != FIXED})
         record.macs_linear, record.macs_attention, record.macs_per_layer = counts
+        if output is not None:
+            output = self._keep_previous_output(state, output)
+        t0 = time.perf_counter()
         self.method.end_step(state.step, output)
+        state.selection_seconds += time.perf_counter() - t0  # end-of-step selection work is overhead
         state.step += 1
         self._state = None
+        return output
+
+    def _keep_previous_output(self, state: BranchState, output):
+        """Tokens outside ``Method.output_rows`` take the previous call's model output."""
+        rows = self.method.output_rows(state.step)
+        if rows is not None:
+            if state.last_sample is None:
+                raise RuntimeError(f"{self.method.name}: output_rows at step {state.step} before any computed output")
+            output = self.adapter.keep_output_rows(output, state.last_sample, rows)
+        state.last_sample = self.adapter.output_sample(output)
+        return output
 
     @property
     def current(self) -> StepRecord:
@@ -331,11 +364,21 @@ class Engine:
                                grid=state.call.grid, cfg_batched=self.run.cfg_batched,
                                staleness=state.staleness[ell], layer_input_fn=h.full,
                                stats=state.block_stats.get(layer.block, {}),
-                               reference_input=state.reference_input.get(ell), generator=self.generator)
-            index = self._select(state, layer, d.k, ctx)
+                               reference_input=state.reference_input.get(ell), generator=self.generator,
+                               hidden_states=h.hidden)
+            index, source = self._select(state, layer, d.k, ctx), None
+            if isinstance(index, Selection):
+                index, source = index.index, index.source
+            if (d.fill == "copy") != (source is not None):
+                raise RuntimeError(f"{self.method.name}: TOPK fill={d.fill!r} at {layer.name} needs select() to "
+                                   f"return {'a Selection with sources' if source is None else 'bare indices'}")
             state.selection_seconds += time.perf_counter() - t0
-            res = compute(index, self._wants[ell])
-            out = state.cache[ell] = scatter_rows(state.cache[ell], index, res.out)
+            keys = self._attention_keys(state, layer, d)
+            res = compute(index, self._wants[ell]) if keys is None else compute(index, self._wants[ell], keys=keys)
+            out = scatter_rows(state.cache[ell], index, res.out)
+            if source is not None:  # every row takes the output of the computed token it names
+                out = gather_rows(out, source)
+            state.cache[ell] = out
             stale = state.staleness[ell]
             stale += 1
             stale.scatter_(1, index, 0)
@@ -393,6 +436,18 @@ class Engine:
             state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, h.rows(index))
         return out
 
+    def _attention_keys(self, state: BranchState, layer: Layer, d: Decision) -> AttentionKeys | None:
+        """Keys/values of a TOPK self-attention other than exact-query (``Decision.kv``)."""
+        if d.kv == "all":
+            return None
+        if d.kv == "selected":
+            return AttentionKeys("selected")
+        stats = state.block_stats.get(layer.block, {})
+        if SELF_KEYS not in stats or SELF_VALUES not in stats:
+            raise RuntimeError(f"{self.method.name}: kv='stale' at {layer.name} needs the keys/values of an earlier "
+                               f"computation: put {SELF_KEYS!r} and {SELF_VALUES!r} in Method.extra_stats")
+        return AttentionKeys("stale", stats[SELF_KEYS], stats[SELF_VALUES])
+
     def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
         """The method's selection; with separate CFG passes and shared selection, the first pass's
         indices serve the later passes of the same step (METHODS §0.5)."""
@@ -400,7 +455,7 @@ class Engine:
             return self.method.select(state.step, layer, k, ctx)
         key = (state.step, layer.index)
         index = self.shared_indices.get(key)
-        if index is None or index.shape[0] != ctx.batch:
+        if index is None or (index.index if isinstance(index, Selection) else index).shape[0] != ctx.batch:
             index = self.shared_indices[key] = self.method.select(state.step, layer, k, ctx)
         return index
 
@@ -551,6 +606,7 @@ def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState])
         "decisions": [[str(d) for d in s.decisions] for s in steps],
         "layers": [layer.name for layer in run.layers],
         "selection_seconds": sum(b.selection_seconds for b in branches.values()),
+        "selection_macs": engine.method.selection_macs,
         "schedule": schedule,
     }
 
@@ -637,9 +693,7 @@ def _wrap_forward(transformer, engine: Engine, adapter, undo: list) -> None:
     @functools.wraps(original)
     def forward(*args, **kwargs):
         engine.begin_call(adapter.call_info(original, args, kwargs))
-        out = original(*args, **kwargs)
-        engine.end_call(out)
-        return out
+        return engine.end_call(original(*args, **kwargs))
 
     _set_instance_attr(transformer, "forward", forward, undo)
 

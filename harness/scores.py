@@ -23,6 +23,8 @@ SELF_ATTN_RECEIVED = "self_attn_received"
 CROSS_ENTROPY = "cross_entropy"  # entropy of each query's text distribution, B×N
 VALUE_NORM = "value_norm"  # per-head value norms, B×H×N
 LAYER_INPUT = "layer_input"  # layer input at each token's last computation (similarity)
+SELF_KEYS = "self_keys"  # self-attention key projections of all tokens, B×N×C (stale-KV TOPK)
+SELF_VALUES = "self_values"  # self-attention value projections of all tokens, B×N×C
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ScoreContext:
     stats: dict  # the block's recorded statistics (see names above)
     reference_input: torch.Tensor | None  # B×n×C input at each token's last computation
     generator: torch.Generator | None = None
+    hidden_states: torch.Tensor | None = None  # B×n×C the layer input before norm and modulation
 
     @property
     def layer_input(self) -> torch.Tensor:

@@ -14,6 +14,7 @@ from methods.schedule import Schedule
 
 # registration happens on import
 from methods import full, steps, fora, toca, duca, deepcache, taylorseer, sparsedit, diffsparse  # noqa: E402,F401
+from methods import cat, dato  # noqa: E402,F401
 
 
 def attach(target, method: Method, **options):

@@ -27,6 +27,13 @@ class Kind(enum.IntEnum):
     MIX = 4
 
 
+# TOPK variants (METHODS §0.3): where a partial self-attention takes its keys/values, and what
+# the rows it does not compute receive
+TOPK_KV = ("all", "selected", "stale")  # all tokens (exact-query); the computed rows only; the last
+# computation's keys/values with the computed rows updated
+TOPK_FILL = ("cache", "copy")  # the cache (Eq. 3); a copy of the computed row the selection names
+
+
 @dataclass(frozen=True)
 class Decision:
     """One (step, layer) cell: FULL, REUSE, TOPK(k) computed tokens or TAYLOR(m) order."""
@@ -34,10 +41,14 @@ class Decision:
     kind: Kind
     k: int = 0
     m: int = 0
+    kv: str = "all"  # TOPK self-attention keys/values, one of TOPK_KV
+    fill: str = "cache"  # TOPK rows not computed, one of TOPK_FILL
 
     def __str__(self) -> str:
         if self.kind is Kind.TOPK:
-            return f"TOPK({self.k})"
+            extra = "".join(f",{name}={value}" for name, value, default in
+                            (("kv", self.kv, "all"), ("fill", self.fill, "cache")) if value != default)
+            return f"TOPK({self.k}{extra})"
         if self.kind is Kind.TAYLOR:
             return f"TAYLOR({self.m})"
         if self.kind is Kind.MIX:
@@ -49,11 +60,18 @@ FULL = Decision(Kind.FULL)
 REUSE = Decision(Kind.REUSE)
 
 
-def topk(k: int) -> Decision:
-    """TOPK(k); k must be a positive token count (use REUSE for 0 and FULL for all)."""
+def topk(k: int, kv: str = "all", fill: str = "cache") -> Decision:
+    """TOPK(k); k must be a positive token count (use REUSE for 0 and FULL for all).
+
+    kv and fill choose the variants of METHODS §0.3 (defaults: exact-query, rest from the cache).
+    """
     if k < 0:
         raise ValueError(f"TOPK needs k >= 0 tokens, got {k}")
-    return Decision(Kind.TOPK, k=int(k))
+    if kv not in TOPK_KV:
+        raise ValueError(f"TOPK kv must be one of {TOPK_KV}, got {kv!r}")
+    if fill not in TOPK_FILL:
+        raise ValueError(f"TOPK fill must be one of {TOPK_FILL}, got {fill!r}")
+    return Decision(Kind.TOPK, k=int(k), kv=kv, fill=fill)
 
 
 def mix(k: int) -> Decision:
@@ -129,6 +147,7 @@ class RunInfo:
     cfg_batched: bool
     blocks_per_stream: dict[str, int] = field(default_factory=dict)
     variant: str = ""  # e.g. "schnell" / "dev" for FLUX
+    noise_channels: int | None = None  # output channels predicting the noise (learned variance excluded)
 
     def n_tokens(self, layer: Layer) -> int:
         return {"image": self.n_image, "text": self.n_text, "joint": self.n_image + self.n_text}[layer.tokens]
@@ -139,6 +158,15 @@ class RunInfo:
         if n == 28 or (self.family == "flux" and n in (19, 38)):
             return 27
         return max(1, n - 1)
+
+
+@dataclass
+class Selection:
+    """What ``Method.select`` may return instead of bare indices, for a TOPK with fill="copy":
+    the computed rows and, for every token, the computed token whose output it receives."""
+
+    index: Any  # B×k token indices to compute
+    source: Any  # B×n: source[b, j] is a token of index[b] (j itself when j is computed)
 
 
 def ratio_to_count(ratio: float, n: int) -> int:
@@ -166,11 +194,13 @@ class Method:
     residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
     mix_detach_cache: bool = False  # MIX stores its blended output detached (no backprop through time)
     mix_checkpoint: bool = False  # MIX recomputes its layer in the backward pass instead of storing activations
+    extra_stats: frozenset[str] = frozenset()  # statistics to record beyond the score's (harness.scores)
 
     def __init__(self, config: MethodConfig):
         self.config = config
         self.run: RunInfo | None = None
         self.score = ScoreSpec()
+        self.selection_macs = 0.0  # selection overhead of the current run, per generated image (§0.9)
 
     # -- hooks (METHODS §0.7) -------------------------------------------------------------
     def steps_to_run(self, num_steps: int) -> int:
@@ -180,6 +210,7 @@ class Method:
     def reset(self, run: RunInfo) -> None:
         """Start of a sampling run: resolve per-model defaults, clear method state."""
         self.run = run
+        self.selection_macs = 0.0
 
     def begin_step(self, i: int) -> Directive:
         return NORMAL
@@ -200,6 +231,11 @@ class Method:
         """MIX layers: per-token weights B×N of the fresh output (1 − weight goes to the cache), given the
         selector's full ranking ``order`` (B×N token indices, best first)."""
         raise NotImplementedError(f"{self.name} decides MIX but defines no mix_weights")
+
+    def output_rows(self, i: int):
+        """Token rows [B, k] whose model output step i computes; the engine gives the other tokens
+        the previous step's output (CAT's final layer). None: the whole output is this step's."""
+        return None
 
     def end_step(self, i: int, output) -> None:
         pass

@@ -24,6 +24,9 @@ class Adapter:
     default_cfg_batched = False
     # statistics each sub-module can record for the scorers (names from harness.scores)
     module_provides: dict[str, frozenset[str]] = {}
+    # sub-modules whose computation accepts ``keys=`` (TOPK with kv other than "all", harness.engine)
+    partial_keys: frozenset[str] = frozenset()
+    noise_channels: int | None = None  # output channels predicting the noise, when known
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -70,6 +73,14 @@ class Adapter:
 
     def make_forward(self, engine: Engine, b: int, block: torch.nn.Module) -> Callable:
         raise NotImplementedError
+
+    def output_sample(self, out: Any) -> torch.Tensor:
+        """The model-output tensor of a transformer call (a tuple or a diffusers output)."""
+        return out[0]
+
+    def keep_output_rows(self, out: Any, previous: torch.Tensor, rows: torch.Tensor) -> Any:
+        """``out`` with every image token outside ``rows`` (B×k) taking its output from ``previous``."""
+        raise NotImplementedError(f"{self.family}: keeping the previous output of unselected tokens is not supported")
 
     def output_state(self, out: Any) -> tuple:
         """The tensors a block's return value carries (inverse of the ``as_output`` it passes)."""

@@ -14,8 +14,8 @@ import torch
 
 from harness.adapters.attention import attention, split_heads
 from harness.adapters.base import Adapter
-from harness.engine import CallInfo, Engine, LayerInput, LayerResult, gather_rows
-from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
+from harness.engine import AttentionKeys, CallInfo, Engine, LayerInput, LayerResult, gather_rows
+from harness.scores import CROSS_ENTROPY, SELF_ATTN, SELF_KEYS, SELF_VALUES, VALUE_NORM
 
 
 def check_plain_attention(attn, where: str) -> None:
@@ -26,23 +26,36 @@ def check_plain_attention(attn, where: str) -> None:
                         "connection, output rescaling or cross norm)")
 
 
-def attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, mask=None, cross=False):
-    """diffusers ``Attention`` (to_q/k/v, optional q/k norm, to_out) with queries ``x_q``."""
+def attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, mask=None, cross=False, stale=None):
+    """diffusers ``Attention`` (to_q/k/v, optional q/k norm, to_out) with queries ``x_q``.
+
+    stale: (keys, values, index) — projections of an earlier computation whose rows ``index``
+    are replaced by those of ``x_kv`` (CAT's stale-KV attention, METHODS §0.3).
+    """
+    k_proj, v_proj = attn.to_k(x_kv), attn.to_v(x_kv)
+    if stale is not None:
+        keys, values, index = stale
+        idx = index.unsqueeze(-1).expand(-1, -1, k_proj.shape[-1])
+        k_proj, v_proj = keys.scatter(1, idx, k_proj.to(keys.dtype)), values.scatter(1, idx, v_proj.to(values.dtype))
     q = split_heads(attn.to_q(x_q), attn.heads)
-    k = split_heads(attn.to_k(x_kv), attn.heads)
-    v = split_heads(attn.to_v(x_kv), attn.heads)
+    k = split_heads(k_proj, attn.heads)
+    v = split_heads(v_proj, attn.heads)
     if attn.norm_q is not None:
         q = attn.norm_q(q)
     if attn.norm_k is not None:
         k = attn.norm_k(k)
     out, stats = attention(q, k, v, counter=counter, mask=mask, want=want, cross=cross)
     out = attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+    if SELF_KEYS in want:
+        stats[SELF_KEYS], stats[SELF_VALUES] = k_proj, v_proj
     return LayerResult(out, stats)
 
 
 class BasicBlockAdapter(Adapter):
     default_cfg_batched = True
-    module_provides = {"sa": frozenset({SELF_ATTN, VALUE_NORM}), "ca": frozenset({CROSS_ENTROPY})}
+    module_provides = {"sa": frozenset({SELF_ATTN, VALUE_NORM, SELF_KEYS, SELF_VALUES}),
+                       "ca": frozenset({CROSS_ENTROPY})}
+    partial_keys = frozenset({"sa"})
 
     def __init__(self, model):
         norm_type = model.transformer_blocks[0].norm_type
@@ -59,6 +72,8 @@ class BasicBlockAdapter(Adapter):
             if block.attn2 is not None:
                 check_plain_attention(block.attn2, where)
         super().__init__(model)
+        c_in, c_out = model.config.in_channels, model.config.out_channels
+        self.noise_channels = c_in if c_out == 2 * c_in else c_out  # learned-variance models: first half
 
     def list_blocks(self):
         return [(block, "main") for block in self.model.transformer_blocks]
@@ -80,6 +95,19 @@ class BasicBlockAdapter(Adapter):
     def output_state(self, out):
         return (out,)
 
+    def keep_output_rows(self, out, previous, rows):
+        """Token (r, c) is the p×p pixel patch at (r·p, c·p) of the B×C×H×W output."""
+        sample = self.output_sample(out)
+        p = self.model.config.patch_size
+        grid = (sample.shape[-2] // p, sample.shape[-1] // p)
+        keep = torch.zeros(sample.shape[0], grid[0] * grid[1], dtype=torch.bool, device=sample.device)
+        keep.scatter_(1, rows, True)
+        keep = keep.view(-1, 1, *grid).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+        merged = torch.where(keep, sample, previous.to(sample.dtype))
+        if isinstance(out, tuple):
+            return (merged, *out[1:])
+        return type(out)(**{**out, "sample": merged})
+
     def make_forward(self, engine: Engine, b: int, block) -> Callable:
         ids = self.block_layers[b]
         counter = engine.counter
@@ -88,10 +116,18 @@ class BasicBlockAdapter(Adapter):
         def modulated(norm, x, scale, shift) -> LayerInput:
             """norm(x)·(1 + scale) + shift, computed for all tokens or only the rows a TOPK needs."""
             return LayerInput(lambda: norm(x) * (1 + scale) + shift,
-                              lambda index: norm(gather_rows(x, index)) * (1 + scale) + shift)
+                              lambda index: norm(gather_rows(x, index)) * (1 + scale) + shift, hidden=x)
 
-        def self_attn(h: LayerInput):  # exact-query: keys/values always from all tokens
-            return lambda index, want: attend(block.attn1, counter, h.rows(index), h.full(), want)
+        def self_attn(h: LayerInput):  # exact-query (keys/values from all tokens) unless told otherwise
+            def compute(index, want, keys: AttentionKeys | None = None):
+                x_q = h.rows(index)
+                if keys is None:
+                    return attend(block.attn1, counter, x_q, h.full(), want)
+                if keys.mode == "selected":
+                    return attend(block.attn1, counter, x_q, x_q, want)
+                return attend(block.attn1, counter, x_q, x_q, want, stale=(keys.keys, keys.values, index))
+
+            return compute
 
         def cross_attn(x, text, mask):
             return lambda index, want: attend(block.attn2, counter, gather_rows(x, index), text, want,
