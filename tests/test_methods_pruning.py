@@ -207,7 +207,7 @@ def test_dato_depths_and_pruned_attention_macs():
     for i in (2, 3):  # pruned self-attention counts the 32 kept tokens only
         assert rep["decisions"][i][sa] == "TOPK(32,kv=selected,fill=copy)"
         assert steps[i].macs_per_layer[sa] == 4 * 16 * 16 * 32
-    assert rep["decisions"][2][layers.index("main1.sa")] == "FULL"  # skipped block: not executed
+    assert rep["decisions"][2][layers.index("main1.sa")] == "REUSE"  # skipped block: not executed
     assert rep["selection_macs"] > 0
 
 
