@@ -158,7 +158,13 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
     if exp.methods == "all":
         return  # defaults only; a method that cannot run on a model is skipped at run time with its reason
     names = methods.available()
+    seen: dict[str, int] = {}
     for i, entry in enumerate(exp.methods):
+        key = entry.model_dump_json()
+        if key in seen:  # the same run twice: one identity, one row
+            raise ValueError(f"{source}: field 'methods[{i}]' repeats methods[{seen[key]}] ({entry.name} with the "
+                             "same params); give it different params or remove it")
+        seen[key] = i
         where = f"{source}: field 'methods[{i}]"
         if entry.name not in names:
             raise ValueError(f"{where}.name': unknown method {entry.name!r}; allowed: {', '.join(names)}")

@@ -47,6 +47,8 @@ def _run(exp, store, tmp_path, teachers, **kw):
     ("models: [mnist-dit]\nbudget: {macs_ratio: 0.5}\nmethods: [{name: fora, params: {interval: 2}}]\n",
      ["bad.yaml", "methods[0].params", "interval", "tuned"]),
     ("models: [mnist-dit]\nmethods: al\n", ["bad.yaml", "'methods'", "`all`"]),
+    ("models: [mnist-dit]\nmethods: [{name: fora}, {name: toca}, {name: fora}]\n",
+     ["bad.yaml", "methods[2]", "repeats methods[0]"]),
 ])
 def test_validation_errors_name_file_field_and_allowed_values(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"
@@ -92,6 +94,13 @@ def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
     assert np.load(os.path.join(fora.artifacts, "decisions.npy")).sum(axis=1).tolist() == [12, 12, 0, 12, 0, 12]
     assert 0 < fora.lpips_alex < 1
     assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+
+    from harness import quickstart  # the quickstart's outputs, from this store
+
+    quickstart.write_outputs(store.frame("basic"), tmp_path / "qs")
+    assert "fora_N2" in (tmp_path / "qs" / "leaderboard.md").read_text()
+    assert "fora_N2" in (tmp_path / "qs" / "leaderboard.csv").read_text()
+    assert (tmp_path / "qs" / "grids" / "mnist-dit.png").is_file()
 
     again = _run(exp, store, tmp_path, teachers)  # resume: everything is stored already
     assert again.stored == [] and len(again.resumed) == 2 and len(store) == 2
