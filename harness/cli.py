@@ -126,6 +126,8 @@ def cmd_run(args) -> int:
     _run_logging()
     outcome, frame = quickstart.execute(exp, args.store, force=args.force, wandb=args.wandb)
     print(quickstart.leaderboard_markdown(frame))
+    for model, method, reason in outcome.skipped:
+        print(f"skipped {method} on {model}: {reason}")
     return 0
 
 
