@@ -111,6 +111,50 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def _run_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("dsbench").setLevel(logging.INFO)
+
+
+def cmd_run(args) -> int:
+    """Run an experiment file into the store (resuming), mirror to W&B, print its leaderboard."""
+    from harness import experiment, quickstart
+
+    exp = experiment.load(args.file)  # every validation error before any work
+    _run_logging()
+    outcome, frame = quickstart.execute(exp, args.store, force=args.force, wandb=args.wandb)
+    print(quickstart.leaderboard_markdown(frame))
+    for model, method, reason in outcome.skipped:
+        print(f"skipped {method} on {model}: {reason}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    """experiments/quickstart.yaml on the embedded models: leaderboard, grids, plots in ``--out``."""
+    from harness import quickstart
+
+    _run_logging()
+    quickstart.main(out=args.out, force=args.force, wandb=args.wandb)
+    return 0
+
+
+def add_run_parsers(sub) -> None:
+    p = sub.add_parser("run", help="run an experiment file (skips runs already in the store)")
+    p.add_argument("file", help="experiment YAML (experiments/*.yaml)")
+    p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
+    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("quickstart", help="every method on both embedded models at one budget (CPU, minutes)")
+    p.add_argument("--out", default="results/quickstart", help="output folder (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="rerun runs already in the quickstart store")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
+    p.set_defaults(func=cmd_quickstart)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.models.architectures import ARCHITECTURES
 
@@ -144,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cache-dir", dest="cache_dir", help="where the downloaded packages are kept "
                    "(default: ~/.cache/dsbench/packages)")
     actions.add_parser("status", help="which of them are present, missing or invalid")
+    add_run_parsers(sub)
     return parser
 
 

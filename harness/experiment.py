@@ -1,0 +1,216 @@
+"""Experiment files (``experiments/*.yaml``): the schema, and loading that fails before any work.
+
+An experiment names models, the sampler settings, the evaluation set, seeds, metrics and the methods
+(with parameters, and per-model overrides of them), and optionally a compute budget::
+
+    name: quickstart
+    models: [mnist-dit, shapes-pixart]
+    eval: {size: 16, references: 256}
+    seeds: [0]
+    metrics: [lpips, psnr, ssim, fid, kid, alignment]
+    budget: {macs_ratio: 0.5}          # tune each method's budget_field until its MACs match
+    methods:
+      - name: full
+      - name: toca
+        params: {interval: 3}
+        models: {shapes-pixart: {bonus_grid: 2}}   # per-model overrides of params
+    # or `methods: all`: every registered method with its defaults (those that cannot run are skipped)
+
+Every error names the file, the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+# sampler name → (diffusers scheduler class, from_config overrides); null keeps the model's own sampler
+SAMPLERS = {
+    "ddim-linspace": ("DDIMScheduler", {"timestep_spacing": "linspace"}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+EVAL_SETS = ("default", "prompts")  # the model's own evaluation conditions, or a prompt file (one per line)
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class EvalSet(_Strict):
+    set: Literal["default", "prompts"] = pydantic.Field(
+        "default", description="default (the model's evaluation conditions) or prompts (a prompt file)")
+    size: int = pydantic.Field(16, ge=1, description="number of evaluation samples per run, >= 1")
+    prompts: str | None = pydantic.Field(None, description="with set: prompts, the prompt file (one per line)")
+    references: int | None = pydantic.Field(
+        None, ge=2, description="real reference images for FID/KID/PRC, >= 2 (default: size)")
+    seed: int = pydantic.Field(0, description="seed of the condition draw (class ids / captions)")
+
+    @pydantic.model_validator(mode="after")
+    def _prompts_given(self):
+        if self.set == "prompts" and not self.prompts:
+            raise ValueError("set: prompts needs `prompts: <file>`")
+        if self.set != "prompts" and self.prompts:
+            raise ValueError("`prompts` is only used with set: prompts")
+        return self
+
+
+class Budget(_Strict):
+    macs_ratio: float = pydantic.Field(..., gt=0.0, le=1.0, description="target MACs / MACs of full, in (0, 1]")
+
+
+class Latency(_Strict):
+    batch: int = pydantic.Field(1, ge=1, description="images per timed sampling call, >= 1")
+    repeats: int = pydantic.Field(5, ge=1, description="timed repeats per arm (median reported), >= 1")
+    warmup: int = pydantic.Field(1, ge=0, description="untimed warm-up calls per arm, >= 0")
+
+
+class MethodEntry(_Strict):
+    name: str = pydantic.Field(..., description="a registered method")
+    params: dict[str, Any] = pydantic.Field(default_factory=dict, description="method parameters")
+    models: dict[str, dict[str, Any]] = pydantic.Field(
+        default_factory=dict, description="per-model overrides of params: {model: {param: value}}")
+
+    def params_for(self, model: str) -> dict[str, Any]:
+        return {**self.params, **self.models.get(model, {})}
+
+
+class Experiment(_Strict):
+    name: str = pydantic.Field(..., min_length=1, description="experiment name (default: the file name)")
+    models: list[str] = pydantic.Field(..., min_length=1, description="model names from the zoo")
+    sampler: str | None = pydantic.Field(None, description="scheduler override (default: the model's)")
+    steps: int | None = pydantic.Field(None, ge=1, description="sampler steps, >= 1 (default: the model's)")
+    guidance: float | None = pydantic.Field(None, ge=0.0, description="CFG scale >= 0 (default: the model's)")
+    eval: EvalSet = pydantic.Field(default_factory=EvalSet)
+    seeds: list[int] = pydantic.Field([0], min_length=1, description="sampling seeds; one run per seed")
+    metrics: list[str] = pydantic.Field(["lpips", "psnr", "ssim"], description="metrics of harness.metrics")
+    budget: Budget | None = None
+    latency: Latency = pydantic.Field(default_factory=Latency)
+    methods: list[MethodEntry] | Literal["all"] = pydantic.Field(
+        ..., description="method entries, or `all` (every registered method with its defaults)")
+
+    def method_entries(self) -> list[MethodEntry]:
+        """The entries to run: ``all`` expands to every registered method with its defaults."""
+        import methods
+
+        if self.methods == "all":
+            return [MethodEntry(name=name) for name in methods.available()]
+        return list(self.methods)
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    """The fields allowed where an unknown field ``loc`` was found (top level or one nested section)."""
+    sections = {"eval": EvalSet, "budget": Budget, "latency": Latency, "methods": MethodEntry}
+    cls = sections.get(loc[0], Experiment) if len(loc) > 1 else Experiment
+    return list(cls.model_fields)
+
+
+def _field_path(loc: tuple) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p not in ("list[MethodEntry]",) and not str(p).startswith("literal["):
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = e["loc"]
+        if loc and loc[0] == "methods" and len(loc) > 1 and str(loc[1]).startswith("literal["):
+            continue  # the `all` alternative of `methods`; the list alternative's error says more
+        field_path = _field_path(loc)
+        if loc and loc[0] == "methods" and e["type"] == "list_type":
+            lines.append(f"{source}: field 'methods': must be a list of method entries "
+                         f"({', '.join(MethodEntry.model_fields)}) or `all`; got {e.get('input')!r}")
+        elif e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(loc))
+            lines.append(f"{source}: unknown field {field_path!r}; allowed fields: {allowed}")
+        else:
+            lines.append(f"{source}: field {field_path!r}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(exp: Experiment, source: str = "<experiment>") -> None:
+    """Check names against the registries and build every method config; ValueError naming what is wrong."""
+    import methods
+    from harness.metrics import NEEDS
+    from harness.models import zoo
+
+    models = zoo.available()
+    for i, model in enumerate(exp.models):
+        if model not in models:
+            raise ValueError(f"{source}: field 'models[{i}]': unknown model {model!r}; allowed: {', '.join(models)}")
+    if len(set(exp.models)) != len(exp.models):
+        raise ValueError(f"{source}: field 'models' lists a model twice: {exp.models}")
+    if exp.sampler is not None and exp.sampler not in SAMPLERS:
+        raise ValueError(f"{source}: field 'sampler': unknown sampler {exp.sampler!r}; "
+                         f"allowed: {', '.join(SAMPLERS)} (or omit it for the model's own)")
+    for i, metric in enumerate(exp.metrics):
+        if metric not in NEEDS:
+            raise ValueError(f"{source}: field 'metrics[{i}]': unknown metric {metric!r}; allowed: {', '.join(NEEDS)}")
+    if exp.methods == "all":
+        return  # defaults only; a method that cannot run on a model is skipped at run time with its reason
+    names = methods.available()
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(exp.methods):
+        key = entry.model_dump_json()
+        if key in seen:  # the same run twice: one identity, one row
+            raise ValueError(f"{source}: field 'methods[{i}]' repeats methods[{seen[key]}] ({entry.name} with the "
+                             "same params); give it different params or remove it")
+        seen[key] = i
+        where = f"{source}: field 'methods[{i}]"
+        if entry.name not in names:
+            raise ValueError(f"{where}.name': unknown method {entry.name!r}; allowed: {', '.join(names)}")
+        for model in entry.models:
+            if model not in exp.models:
+                raise ValueError(f"{where}.models': override for {model!r}, which is not one of the experiment's "
+                                 f"models; allowed: {', '.join(exp.models)}")
+        tuned = methods.base.method_class(entry.name).budget_field if exp.budget is not None else None
+        for model in exp.models:
+            if tuned is not None and tuned in entry.params_for(model):
+                raise ValueError(f"{where}.params': {entry.name}.{tuned} is tuned to meet the budget "
+                                 f"(budget.macs_ratio = {exp.budget.macs_ratio}); remove it or remove the budget")
+            try:
+                methods.build(entry.name, **entry.params_for(model))
+            except ValueError as err:
+                field_name = "params" if model not in entry.models else f"models.{model}"
+                raise ValueError(f"{where}.{field_name}' (model {model}): {err}") from None
+
+
+def parse(data: Any, source: str = "<experiment>", default_name: str | None = None) -> Experiment:
+    """An Experiment from already-parsed YAML ``data``; ValueError naming ``source``, field and allowed values."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: an experiment file must be a mapping of fields, got {type(data).__name__}; "
+                         f"allowed fields: {', '.join(Experiment.model_fields)}")
+    data = dict(data)
+    if "model" in data:  # `model: x` is shorthand for `models: [x]`
+        if "models" in data:
+            raise ValueError(f"{source}: give either field 'model' or field 'models', not both")
+        data["models"] = [data.pop("model")]
+    if default_name and "name" not in data:
+        data["name"] = default_name
+    try:
+        exp = Experiment(**data)
+    except pydantic.ValidationError as err:
+        raise ValueError(_schema_errors(source, err)) from None
+    validate(exp, source)
+    return exp
+
+
+def load(path: str | Path) -> Experiment:
+    """Read and validate an experiment file (its name defaults to the file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"experiment file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    return parse(data, str(path), default_name=path.stem)

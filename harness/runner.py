@@ -1,0 +1,397 @@
+"""Run an experiment: per (model, method, seed) one measured run, stored as one row (DESIGN §2, §6, §7).
+
+For each model: the teacher (uncached pipeline, same seeds and conditions) comes once from the teacher
+cache; the MACs of ``full`` are measured once. For each method: with a budget, its ``budget_field`` is
+tuned by bisection until its MACs are closest to, but not above, ``macs_ratio`` × MACs of full; then the
+evaluation samples are drawn with the method attached, the metrics computed against the teacher and the
+real references, latency timed interleaved with ``full`` (same process, after warm-up, median), peak
+memory measured, and the row written atomically with its artifacts (sample grid, per-(step, layer)
+decision map). Runs whose identity is already stored are skipped (resume); ``force`` reruns them.
+
+MACs per image do not depend on the batch or on the conditions (the decisions of every method here are
+a function of step and layer only; token *indices* vary, token *counts* do not), so the budget search
+measures each candidate on a one-image run through the engine: the count is of exactly what executes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import methods
+from harness.experiment import SAMPLERS, Experiment, MethodEntry
+from harness.metrics import NEEDS, cost
+from harness.store import Store
+
+log = logging.getLogger("dsbench.runner")
+
+# Sources whose change can change samples or numbers: part of every run's identity (with harness/models,
+# which the teacher cache's code version covers). Reporting and IO modules are deliberately left out.
+_RESULT_SOURCES = ("harness/engine.py", "harness/scores.py", "harness/accounting.py", "harness/runner.py",
+                   "harness/teacher_cache.py", "harness/adapters", "harness/metrics", "methods")
+# short names of budget fields and common parameters in run labels (cache-dit style: toca_N3_R0.30)
+ABBREV = {"interval": "N", "ratio": "R", "fraction": "F", "num_steps": "S"}
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the sources that determine a run's samples and numbers, and of the models' code and weights."""
+    from harness.files import sha256_file
+    from harness.teacher_cache import code_version as models_version
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(models_version().encode())
+    for entry in _RESULT_SOURCES:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(f"{file.relative_to(root).as_posix()} {sha256_file(file)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
+    """Identity (DESIGN §7): model, sampler, steps, guidance, method config and budget, eval set, seed, code.
+    [PD] The identity holds the *requested* config (budget included), not the tuned value, so a resume
+    can skip a run before its budget search."""
+    payload = {"model": model, "sampler": exp.sampler, "steps": exp.steps, "guidance": exp.guidance,
+               "method": entry.name, "params": entry.params_for(model),
+               "budget_macs_ratio": exp.budget.macs_ratio if exp.budget else None,
+               "eval": exp.eval.model_dump(), "seed": seed, "code_version": code_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def run_label(method: str, config: dict, given: dict, seed: int | None = None) -> str:
+    """Run name encoding the config: abbreviated fields first (``toca_N3_R0.30``), then given params."""
+    parts = [method]
+    for field, short in ABBREV.items():
+        if config.get(field) is not None:
+            parts.append(f"{short}{_fmt(config[field])}")
+    parts += [f"{k}{_fmt(v)}" for k, v in sorted(given.items()) if k not in ABBREV and v is not None]
+    if seed is not None:
+        parts.append(f"s{seed}")
+    return "_".join(parts)
+
+
+def _fmt(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+# -- one model's context --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ModelContext:
+    """What every run of one model shares: the bundle, sampler settings, conditions, references."""
+
+    bundle: Any
+    sampler: str
+    steps: int
+    guidance: float
+    guidance_given: bool  # pass guidance_scale to bundle.sample only when the experiment sets it
+    conditions: list
+    references: torch.Tensor | None
+    progress: bool
+    _macs_full: float | None = None
+
+    def sample(self, conditions: list, seed: int, method: methods.Method | None = None,
+               desc: str | None = None) -> tuple[torch.Tensor, dict | None]:
+        """uint8 images of ``conditions`` (with ``method`` attached when given) and the engine's report."""
+        pipe = self.bundle.pipeline
+        pipe.set_progress_bar_config(desc=desc, leave=False, disable=not (self.progress and desc))
+        kwargs = {"steps": self.steps, **({"guidance_scale": self.guidance} if self.guidance_given else {})}
+        if method is None:
+            return self.bundle.sample(conditions, seed, **kwargs), None
+        with torch.no_grad(), methods.attach(pipe, method, seed=seed) as handle:
+            images = self.bundle.sample(conditions, seed, **kwargs)
+            return images, handle.report()
+
+    def macs_of(self, method: methods.Method) -> float:
+        """M_lin per image over the whole run (CFG not counted), from a one-image run through the engine."""
+        _, report = self.sample(self.conditions[:1], 0, method)
+        return cost.macs(report)["macs"]
+
+    @property
+    def macs_full(self) -> float:
+        if self._macs_full is None:
+            self._macs_full = self.macs_of(methods.build("full"))
+        return self._macs_full
+
+
+def _load_model(exp: Experiment, name: str, progress: bool) -> ModelContext:
+    from diffusers import schedulers
+
+    from harness.models import zoo
+
+    bundle = zoo.load(name)
+    needs_refs = any("references" in NEEDS[m] for m in exp.metrics)
+    if needs_refs and bundle.references is None:
+        wanted = [m for m in exp.metrics if "references" in NEEDS[m]]
+        raise ValueError(f"metrics {', '.join(wanted)} need real reference images, which model {name} does not "
+                         "provide here; remove them from the experiment's metrics")
+    sampler = bundle.sampler.scheduler
+    if exp.sampler is not None and exp.sampler != sampler:
+        cls_name, overrides = SAMPLERS[exp.sampler]
+        pipe = bundle.pipeline
+        pipe.scheduler = getattr(schedulers, cls_name).from_config(pipe.scheduler.config, **overrides)
+        sampler = exp.sampler
+    if exp.eval.set == "prompts":
+        lines = [ln.strip() for ln in Path(exp.eval.prompts).read_text().splitlines() if ln.strip()]
+        if len(lines) < exp.eval.size:
+            raise ValueError(f"eval.prompts {exp.eval.prompts} has {len(lines)} prompts; eval.size is {exp.eval.size}")
+        conditions = lines[:exp.eval.size]
+    else:
+        conditions = bundle.conditions(exp.eval.size, exp.eval.seed)
+    references = bundle.references(exp.eval.references or exp.eval.size) if needs_refs else None
+    return ModelContext(bundle=bundle, sampler=sampler, steps=exp.steps or bundle.sampler.steps,
+                        guidance=bundle.sampler.guidance_scale if exp.guidance is None else exp.guidance,
+                        guidance_given=exp.guidance is not None, conditions=conditions, references=references,
+                        progress=progress)
+
+
+# -- budget search ----------------------------------------------------------------------------------------
+class BudgetUnreachable(ValueError):
+    pass
+
+
+def _bounds(cls: type[methods.Method], field: str, steps: int) -> tuple[float, float, bool]:
+    """(low, high, is_integer) of a budget field from its pydantic constraints. [PD] An integer field
+    without an upper bound (an interval, a count) is searched up to the number of steps, beyond which
+    it changes nothing."""
+    info = cls.Config.model_fields[field]
+    is_int = int in getattr(info.annotation, "__args__", (info.annotation,))
+    low = high = None
+    for c in info.metadata:
+        if hasattr(c, "ge"):
+            low = c.ge
+        elif hasattr(c, "gt"):
+            low = c.gt + (1 if is_int else 1e-6)
+        elif hasattr(c, "le"):
+            high = c.le
+        elif hasattr(c, "lt"):
+            high = c.lt - (1 if is_int else 1e-6)
+    if is_int and high is None:
+        high = steps
+    if low is None or high is None:
+        raise ValueError(f"{cls.name}.{field} has no bounds to search a budget in (constrain it with ge/le)")
+    return low, high, is_int
+
+
+def tune(name: str, params: dict, field: str, budget: float, macs_of: Callable[[methods.Method], float],
+         steps: int, *, tolerance: float = 1e-3, close: float = 2e-3, progress: bool = False) -> dict:
+    """Bisect ``field`` of method ``name`` until its MACs are closest to, but not above, ``budget``.
+
+    Integer fields are bisected over integers; a float field until the bracket is narrower than
+    ``tolerance`` × its range or the MACs are within ``close`` × budget below it. MACs are assumed monotone in the field (either direction, found from the
+    two ends); the answer is nevertheless the best of all values measured. Returns {"value", "macs",
+    "evaluations": [(value, macs), ...]}; BudgetUnreachable when even the cheapest end is above budget.
+    """
+    cls = methods.base.method_class(name)
+    low, high, is_int = _bounds(cls, field, steps)
+    seen: dict[float, float] = {}
+    bar = tqdm(desc=f"budget {name}.{field}", disable=not progress, leave=False, unit="run")
+
+    def measure(v):
+        v = int(v) if is_int else float(v)
+        if v not in seen:
+            seen[v] = macs_of(methods.build(name, **params, **{field: v}))
+            bar.update(1)
+            bar.set_postfix_str(f"{field}={_fmt(v)} macs/budget={seen[v] / budget:.3f}")
+        return seen[v]
+
+    try:
+        if min(measure(low), measure(high)) > budget:
+            cheapest = min(seen, key=seen.get)
+            raise BudgetUnreachable(f"{name}: the budget of {budget:.4g} MACs is below its cheapest setting "
+                                    f"({field}={_fmt(cheapest)}: {seen[cheapest]:.4g} MACs)")
+        good, bad = (low, high) if seen[low] <= budget else (high, low)  # good: within budget
+        if seen[bad] > budget:
+            while ((abs(bad - good) > 1) if is_int else (abs(bad - good) > tolerance * (high - low)
+                                                           and budget - seen[good] > close * budget)):
+                mid = (good + bad) // 2 if is_int else (good + bad) / 2
+                if measure(mid) <= budget:
+                    good = mid
+                else:
+                    bad = mid
+    finally:
+        bar.close()
+    feasible = {v: m for v, m in seen.items() if m <= budget}
+    value = max(feasible, key=lambda v: (feasible[v], -abs(v - good)))
+    return {"value": value, "macs": feasible[value], "evaluations": sorted(seen.items())}
+
+
+# -- artifacts ----------------------------------------------------------------------------------------------
+def decision_map(report: dict) -> np.ndarray:
+    """Kept fraction per (step, layer): FULL 1, TOPK(k) k/N, REUSE and TAYLOR 0; a skipped step (REUSE_OUTPUT) 0."""
+    schedule = report["schedule"]
+    n = np.asarray(schedule.meta["n_tokens"], dtype=float)
+    kept = np.asarray(schedule.counts(), dtype=float) / n
+    for i, d in enumerate(schedule.directives):
+        if d.kind is methods.base.DirectiveKind.REUSE_OUTPUT:
+            kept[i] = 0.0
+    return kept
+
+
+def save_artifacts(folder: Path, images: torch.Tensor, report: dict, teacher: torch.Tensor) -> None:
+    """samples.png (method row under teacher row), decisions.npy/.json/.png (the step × layer map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = min(len(images), 8)
+    grid = make_grid(torch.cat([teacher[:n], images[:n]]), nrow=n, padding=2, pad_value=128)
+    grid = grid.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(folder / "samples.png")
+    kept = decision_map(report)
+    np.save(folder / "decisions.npy", kept)
+    (folder / "decisions.json").write_text(json.dumps(
+        {"kept_fraction": kept.tolist(), "layers": report["layers"], "directives": report["directives"],
+         "schedule": report["schedule"].to_dict()}, default=str))
+    fig, ax = plt.subplots(figsize=(max(4, 0.25 * kept.shape[1] + 2), max(3, 0.18 * kept.shape[0] + 1.5)))
+    im = ax.imshow(kept, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("layer ℓ")
+    ax.set_ylabel("step i")
+    ax.set_title(f"{report['method']}: kept fraction")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(folder / "decisions.png", dpi=100)
+    plt.close(fig)
+
+
+# -- the experiment ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Outcome:
+    stored: list[dict] = dataclasses.field(default_factory=list)  # rows written by this call
+    resumed: list[str] = dataclasses.field(default_factory=list)  # run ids already in the store
+    skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (model, method, reason)
+
+
+def run_experiment(exp: Experiment, store: Store, *, force: bool = False, artifacts: str | Path | None = None,
+                   tracker=None, teacher_cache=None, progress: bool = True) -> Outcome:
+    """Run every (model, method, seed) of ``exp`` not yet in ``store`` (all of them with ``force``).
+
+    artifacts: folder of per-run artifact directories (default: ``artifacts/`` next to the store file).
+    tracker: a :class:`harness.tracking.Tracker` (or None) mirroring each stored row.
+    """
+    from harness.teacher_cache import TeacherCache
+
+    if artifacts is None:
+        artifacts = (Path(tempfile.mkdtemp(prefix="dsbench-artifacts-")) if store.path == ":memory:"
+                     else Path(store.path).parent / "artifacts")
+    artifacts = Path(artifacts)
+    cache = teacher_cache or TeacherCache()
+    entries = exp.method_entries()
+    outcome = Outcome()
+    plan = [(model, seed, entry) for model in exp.models for seed in exp.seeds for entry in entries]
+    bar = tqdm(total=len(plan), desc=exp.name, unit="run", disable=not progress)
+    try:
+        for model in exp.models:
+            todo = []
+            for seed, entry in ((s, e) for m, s, e in plan if m == model):
+                rid = run_id(exp, model, entry, seed)
+                if store.has(rid) and not force:
+                    outcome.resumed.append(rid)
+                    bar.update(1)
+                else:
+                    todo.append((seed, entry, rid))
+            if not todo:
+                continue
+            bar.set_postfix_str(f"{model}: loading")
+            ctx = _load_model(exp, model, progress)
+            teachers: dict[int, torch.Tensor] = {}
+            for seed, entry, rid in todo:
+                bar.set_postfix_str(f"{model} {entry.name} seed {seed}")
+                if seed not in teachers:
+                    teachers[seed] = _teacher(cache, ctx, model, seed)
+                row = _run_one(exp, ctx, model, entry, seed, rid, teachers[seed], artifacts, bar, outcome)
+                bar.update(1)
+                if row is None:
+                    continue
+                store.put(row, replace=force)
+                outcome.stored.append(row)
+                log.info("stored %s %s: macs_ratio %.3f, speedup %.2f×", model, row["label"], row["macs_ratio"],
+                         row["speedup"])
+                if tracker is not None:
+                    tracker.log_run(row)
+    finally:
+        bar.close()
+    if tracker is not None and outcome.stored:
+        tracker.summary(exp.name, store.frame(exp.name))
+    for model, method, reason in outcome.skipped:
+        log.warning("skipped %s on %s: %s", method, model, reason)
+    return outcome
+
+
+def _teacher(cache, ctx: ModelContext, model: str, seed: int) -> torch.Tensor:
+    sampler = dataclasses.replace(ctx.bundle.sampler, scheduler=ctx.sampler, steps=ctx.steps,
+                                  guidance_scale=ctx.guidance)
+    fields = {"model": model, "sampler": sampler, "steps": ctx.steps, "seed": seed, "conditions": ctx.conditions}
+    return cache.get_or_create(fields, lambda: ctx.sample(ctx.conditions, seed, desc=f"{model} teacher")[0])
+
+
+def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry, seed: int, rid: str,
+             teacher: torch.Tensor, artifacts: Path, bar, outcome: Outcome) -> dict | None:
+    """One measured run, or None (recorded in ``outcome.skipped``) when the method cannot run on the model."""
+    from harness import metrics
+
+    params = entry.params_for(model)
+    cls = methods.base.method_class(entry.name)
+    field = cls.budget_field if exp.budget is not None else None
+    tuned: dict = {}
+    try:  # a method that cannot run here (family, missing artifacts, unreachable budget) is skipped, not fatal
+        method = methods.build(entry.name, **params)
+        macs_probe = ctx.macs_of(method)
+        if field is not None:
+            result = tune(entry.name, params, field, exp.budget.macs_ratio * ctx.macs_full, ctx.macs_of, ctx.steps,
+                          progress=ctx.progress)
+            tuned = {field: result["value"]}
+            method = methods.build(entry.name, **params, **tuned)
+        elif exp.budget is not None and entry.name != "full":
+            log.info("%s has no budget field: it runs at its own MACs (%.3f of full)", entry.name,
+                     macs_probe / ctx.macs_full)
+    except Exception as err:  # noqa: BLE001 — any failure to set the method up is the skip reason
+        outcome.skipped.append((model, entry.name, f"{type(err).__name__}: {err}"))
+        return None
+
+    bar.set_postfix_str(f"{model} {entry.name}: samples")
+    images, report = ctx.sample(ctx.conditions, seed, method, desc=f"{model} {entry.name} samples")
+    bar.set_postfix_str(f"{model} {entry.name}: metrics")
+    scores = metrics.compute(images, teacher=teacher, references=ctx.references, conditions=ctx.conditions,
+                             bundle=ctx.bundle, metrics=exp.metrics)
+    bar.set_postfix_str(f"{model} {entry.name}: latency")
+    lat = exp.latency
+    timed = [ctx.conditions[i % len(ctx.conditions)] for i in range(lat.batch)]
+    full = methods.build("full")
+    times = cost.interleaved({"method": lambda: ctx.sample(timed, seed, method),
+                              "full": lambda: ctx.sample(timed, seed, full)},
+                             repeats=lat.repeats, warmup=lat.warmup)
+    memory = cost.peak_memory(lambda: ctx.sample(timed, seed, method))
+    macs = cost.macs(report)
+    label = run_label(entry.name, report["config"], params, seed if len(exp.seeds) > 1 else None)
+    folder = artifacts / exp.name / f"{model}__{label}__{rid[:8]}"
+    save_artifacts(folder, images, report, teacher)
+    return {
+        "run_id": rid, "experiment": exp.name, "model": model, "family": ctx.bundle.family, "method": entry.name,
+        "label": label, "params": params, "config": report["config"], "tuned": tuned,
+        "budget_macs_ratio": exp.budget.macs_ratio if exp.budget else None, "sampler": ctx.sampler,
+        "steps": ctx.steps, "guidance": ctx.guidance, "eval_set": exp.eval.prompts or exp.eval.set,
+        "n_samples": len(images), "seed": seed, "code_version": code_version(),
+        "macs": macs["macs"], "macs_cfg_counted": macs["macs_cfg_counted"], "macs_full": ctx.macs_full,
+        "macs_ratio": macs["macs"] / ctx.macs_full, "macs_attention": macs["macs_attention"],
+        "full_steps": report["full_steps"], "latency_s": times["method"]["latency_median"],
+        "latency_full_s": times["full"]["latency_median"],
+        "speedup": times["full"]["latency_median"] / times["method"]["latency_median"],
+        "latency_batch": lat.batch, "latency_repeats": lat.repeats,
+        "peak_memory_mb": memory["peak_memory_bytes"] / 2**20, "artifacts": str(folder), **scores,
+    }

@@ -1,0 +1,189 @@
+"""The experiment runner on the embedded mnist-dit (few steps, 4 samples): validation, rows, resume, force,
+budget bisection, W&B mirror."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from harness import experiment, runner
+from harness.cli import main as cli_main
+from harness.store import Store
+from harness.teacher_cache import TeacherCache
+from harness.tracking import Tracker
+
+os.environ.setdefault("WANDB_MODE", "offline")
+BASE = {"models": ["mnist-dit"], "steps": 6, "eval": {"size": 4}, "metrics": ["lpips", "psnr", "ssim", "alignment"],
+        "latency": {"repeats": 1, "warmup": 0}}
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    torch.set_num_threads(1)
+    return TeacherCache(tmp_path_factory.mktemp("teachers"))
+
+
+def _exp(name, methods, **extra):
+    return experiment.parse({"name": name, **BASE, "methods": methods, **extra}, f"{name}.yaml")
+
+
+def _run(exp, store, tmp_path, teachers, **kw):
+    return runner.run_experiment(exp, store, artifacts=tmp_path / "artifacts", teacher_cache=teachers,
+                                 progress=False, **kw)
+
+
+# -- validation --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, expected", [
+    ("models: [mnist-dt]\nmethods: all\n", ["bad.yaml", "models[0]", "mnist-dt", "allowed:", "mnist-dit"]),
+    ("models: [mnist-dit]\nmethods: [{name: toka}]\n", ["bad.yaml", "methods[0].name", "allowed:", "toca"]),
+    ("models: [mnist-dit]\nmethods: [{name: toca, params: {ratio: 2}}]\n", ["bad.yaml", "methods[0].params", "ratio"]),
+    ("models: [mnist-dit]\nmethods: all\nmetrics: [fd]\n", ["bad.yaml", "metrics[0]", "allowed:", "fid"]),
+    ("models: [mnist-dit]\nmethods: all\nstepz: 3\n", ["bad.yaml", "stepz", "allowed fields:", "steps"]),
+    ("models: [mnist-dit]\nmethods: all\neval: {set: coco}\n", ["bad.yaml", "eval.set", "'default' or 'prompts'"]),
+    ("models: [mnist-dit]\nmethods: all\nbudget: {macs_ratio: 1.5}\n", ["bad.yaml", "budget.macs_ratio"]),
+    ("models: [mnist-dit]\nmethods: [{name: toca, models: {shapes-pixart: {ratio: 0.1}}}]\n",
+     ["bad.yaml", "methods[0].models", "shapes-pixart", "allowed: mnist-dit"]),
+    ("models: [mnist-dit]\nbudget: {macs_ratio: 0.5}\nmethods: [{name: fora, params: {interval: 2}}]\n",
+     ["bad.yaml", "methods[0].params", "interval", "tuned"]),
+    ("models: [mnist-dit]\nmethods: al\n", ["bad.yaml", "'methods'", "`all`"]),
+    ("models: [mnist-dit]\nmethods: [{name: fora}, {name: toca}, {name: fora}]\n",
+     ["bad.yaml", "methods[2]", "repeats methods[0]"]),
+])
+def test_validation_errors_name_file_field_and_allowed_values(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        experiment.load(path)
+    for part in expected:
+        assert part in str(err.value), (part, str(err.value))
+
+
+def test_cli_run_reports_invalid_file_before_any_work(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: [mnist-dit]\nmethods: [{name: toca, parms: {}}]\n")
+    assert cli_main(["run", str(path), "--store", str(tmp_path / "r.db")]) == 2
+    assert "unknown field 'methods[0].parms'; allowed fields: name, params, models" in capsys.readouterr().err
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_run_label_encodes_config():
+    assert runner.run_label("toca", {"interval": 3, "ratio": 0.3, "bonus": 0.4}, {"bonus": 0.4}) == \
+        "toca_N3_R0.30_bonus0.40"
+    assert runner.run_label("full", {}, {}, seed=2) == "full_s2"
+
+
+# -- runs, resume, force, W&B --------------------------------------------------------------------------------
+def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
+    exp = _exp("basic", [{"name": "full"}, {"name": "fora", "params": {"interval": 2}}])
+    store = Store(tmp_path / "r.db")
+    out = _run(exp, store, tmp_path, teachers, tracker=Tracker(dir=tmp_path / "wb"))
+    assert len(out.stored) == 2 and len(store) == 2
+    frame = store.frame("basic").set_index("method")
+    full, fora = frame.loc["full"], frame.loc["fora"]
+    # full through the executor is the plain pipeline: identical to the teacher
+    assert full.lpips_alex == 0 and full.psnr == float("inf") and full.macs_ratio == 1
+    assert 0 < fora.macs < full.macs and fora.macs_full == full.macs and 0.4 < fora.macs_ratio < 0.7
+    assert fora.label == "fora_N2" and fora.full_steps == [0, 1, 3, 5]  # DiT counts down: s = 5 - i even
+    for run in (full, fora):
+        assert run.latency_s > 0 and run.latency_full_s > 0 and run.speedup > 0 and run.peak_memory_mb >= 0
+        assert 0 <= run.class_accuracy <= 1 and run.ssim <= 1 and run.n_samples == 4 and run.steps == 6
+        kept = np.load(os.path.join(run.artifacts, "decisions.npy"))
+        assert kept.shape == (6, 12)  # 6 steps × (6 blocks × sa, mlp)
+        assert os.path.isfile(os.path.join(run.artifacts, "samples.png"))
+    assert np.load(os.path.join(fora.artifacts, "decisions.npy")).sum(axis=1).tolist() == [12, 12, 0, 12, 0, 12]
+    assert 0 < fora.lpips_alex < 1
+    assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+
+    from harness import quickstart  # the quickstart's outputs, from this store
+
+    quickstart.write_outputs(store.frame("basic"), tmp_path / "qs")
+    assert "fora_N2" in (tmp_path / "qs" / "leaderboard.md").read_text()
+    assert "fora_N2" in (tmp_path / "qs" / "leaderboard.csv").read_text()
+    assert (tmp_path / "qs" / "grids" / "mnist-dit.png").is_file()
+
+    again = _run(exp, store, tmp_path, teachers)  # resume: everything is stored already
+    assert again.stored == [] and len(again.resumed) == 2 and len(store) == 2
+
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("W&B is down")
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", broken)  # wandb.init rebinds wandb.log to run.log
+    before = store.get(fora.run_id)["created_at"]
+    with pytest.warns(UserWarning, match="W&B mirror failed.*W&B is down"):
+        forced = _run(exp, store, tmp_path, teachers, force=True, tracker=Tracker(dir=tmp_path / "wb"))
+    assert len(forced.stored) == 2 and len(store) == 2  # replaced, not duplicated, despite W&B failing
+    assert store.get(fora.run_id)["created_at"] > before
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path, teachers, monkeypatch):
+    from methods.fora import Fora
+
+    exp = _exp("interrupt", [{"name": "full"}, {"name": "fora"}, {"name": "steps", "params": {"fraction": 0.5}}])
+    store = Store(tmp_path / "r.db")
+    original, calls = Fora.decide, []
+
+    def interrupt_once(self, i, layer):
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt  # what Ctrl-C during the second method looks like
+        return original(self, i, layer)
+
+    monkeypatch.setattr(Fora, "decide", interrupt_once)
+    with pytest.raises(KeyboardInterrupt):
+        _run(exp, store, tmp_path, teachers)
+    assert list(store.frame()["method"]) == ["full"]
+    out = _run(exp, store, tmp_path, teachers)
+    assert len(out.resumed) == 1 and [r["method"] for r in out.stored] == ["fora", "steps"]
+    assert sorted(store.frame()["method"]) == ["fora", "full", "steps"]
+
+
+def test_method_that_cannot_run_is_skipped_with_reason(tmp_path, teachers, monkeypatch, caplog):
+    from methods.fora import Fora
+
+    def unsupported(self, run):
+        raise NotImplementedError(f"fora does not support family {run.family}")
+
+    monkeypatch.setattr(Fora, "reset", unsupported)
+    store = Store(tmp_path / "r.db")
+    with caplog.at_level("WARNING", logger="dsbench.runner"):
+        out = _run(_exp("skip", [{"name": "fora"}, {"name": "full"}]), store, tmp_path, teachers)
+    assert [r["method"] for r in out.stored] == ["full"]
+    assert out.skipped == [("mnist-dit", "fora", "NotImplementedError: fora does not support family dit")]
+    assert "skipped fora on mnist-dit: NotImplementedError" in caplog.text
+
+
+# -- budget ----------------------------------------------------------------------------------------------------
+def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
+    import methods
+
+    exp = _exp("budget", [{"name": "toca", "params": {"interval": 3}}, {"name": "fora"}],
+               steps=10, budget={"macs_ratio": 0.5})
+    store = Store(tmp_path / "r.db")
+    _run(exp, store, tmp_path, teachers)
+    frame = store.frame("budget").set_index("method")
+    toca, fora = frame.loc["toca"], frame.loc["fora"]
+    # toca's ratio is continuous: the MACs land just under the budget
+    assert 0.49 <= toca.macs_ratio <= 0.5 and toca.budget_macs_ratio == 0.5
+    assert 0 < toca.tuned["ratio"] < 1 and toca.label == f"toca_N3_R{toca.tuned['ratio']:.2f}"
+    # fora's interval is an integer: the smallest interval within budget (one less is above it)
+    interval = fora.tuned["interval"]
+    assert fora.macs_ratio <= 0.5 and isinstance(interval, int) and interval >= 2
+    ctx = runner._load_model(exp, "mnist-dit", progress=False)
+    assert ctx.macs_of(methods.build("fora", interval=interval - 1)) / ctx.macs_full > 0.5
+    assert ctx.macs_of(methods.build("fora", interval=interval)) == fora.macs
+
+
+def test_unreachable_budget_is_a_skip_not_a_crash():
+    calls = []
+
+    def macs_of(method):  # a fake cost curve: toca never goes below 0.6 of 1.0
+        calls.append(method.config.ratio)
+        return 0.6 + 0.4 * method.config.ratio
+
+    with pytest.raises(runner.BudgetUnreachable, match="cheapest setting"):
+        runner.tune("toca", {}, "ratio", 0.5, macs_of, steps=10)
+    result = runner.tune("toca", {}, "ratio", 0.8, macs_of, steps=10)
+    assert 0.79 < result["macs"] <= 0.8 and abs(result["value"] - 0.5) < 0.01
