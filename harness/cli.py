@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -155,6 +156,52 @@ def add_run_parsers(sub) -> None:
     p.set_defaults(func=cmd_quickstart)
 
 
+def cmd_table(args) -> int:
+    from harness import report
+    from harness.store import Store
+
+    table = report.table(Store(args.store).frame(), args.layout, experiment=args.experiment)
+    text = report.write(table, args.format, args.out)
+    print(text if args.out is None else f"wrote {args.out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from harness import report
+    from harness.store import Store
+
+    frame, out = Store(args.store).frame(), Path(args.out)
+    if args.kind == "pareto":
+        paths = [report.pareto_plot(frame, out / "pareto.png", metric=args.metric, experiment=args.experiment)]
+    elif args.kind == "heatmap":
+        paths = report.heatmaps(frame, out, experiment=args.experiment, runs=args.runs)
+    else:
+        paths = [report.grid_compare(frame, out / "grids.png", experiment=args.experiment, runs=args.runs)]
+    print("\n".join(f"wrote {p}" for p in paths) or "no run of the selection has what this plot needs")
+    return 0
+
+
+def add_report_parsers(sub) -> None:
+    from harness.reference_results import TABLES
+
+    p = sub.add_parser("table", help="leaderboard or a DiffSparse paper table, from the results store")
+    p.add_argument("--layout", default="leaderboard", choices=["leaderboard", *TABLES])
+    p.add_argument("--experiment", default=None, help="only this experiment's runs")
+    p.add_argument("--format", default="md", choices=["md", "tex", "csv"])
+    p.add_argument("--out", default=None, help="write to this file instead of printing")
+    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", help="Pareto plot, step×layer heatmaps or sample grids, from the results store")
+    p.add_argument("--kind", default="pareto", choices=["pareto", "heatmap", "grids"])
+    p.add_argument("--experiment", default=None, help="only this experiment's runs")
+    p.add_argument("--runs", nargs="*", default=None, help="run ids or labels (heatmap, grids)")
+    p.add_argument("--metric", default=None, help="quality metric of the Pareto plot (default: the first measured)")
+    p.add_argument("--out", default="results/plots", help="output folder (default: %(default)s)")
+    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
+    p.set_defaults(func=cmd_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.models.architectures import ARCHITECTURES
 
@@ -189,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: ~/.cache/dsbench/packages)")
     actions.add_parser("status", help="which of them are present, missing or invalid")
     add_run_parsers(sub)
+    add_report_parsers(sub)
     return parser
 
 
