@@ -1,0 +1,193 @@
+"""The published numbers of the DiffSparse paper's Tables 1-10, and how our runs line up with them.
+
+Transcribed from the paper (ICLR 2026 submission, /work/shared/papers/diffsparse.txt; METHODS.md §3.1
+repeats them). This is the only place in the code base that holds published numbers: ``harness.report``
+prints them beside the rows it measures from the store. Every table carries its source label.
+
+A :class:`Row` says which of our runs measure it (``match``: the method name, a subset of its
+parameters, the compute budget); a :class:`Column` says which store column holds our value and how it
+is scaled to the paper's unit. [PD] The matching rules and column mappings are ours: the paper has no
+code. CLIP in the DiffSparse tables is Convention A divided by 100 (METHODS §2.1), i.e. our
+``clip_score_legacy`` / 100; its single "VBench" number uses an unstated aggregation, which we put
+beside our ``vbench_total``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PAPER = "DiffSparse (ICLR 2026 submission)"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # key of the published value in Row.published
+    header: str
+    metric: str | None  # store column holding our value (None: nothing we measure)
+    scale: float = 1.0  # ours = store value × scale, in the paper's unit
+    digits: int = 2
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    published: dict[str, float]
+    # which runs measure this row: {"method": name, "params": {field: value, ...}, "budget_macs_ratio": r}
+    match: dict[str, Any] = field(default_factory=dict)
+    # a different match for single columns (Table 5: the "base" column is a ToCa run)
+    column_match: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    id: str  # "table1" ... "table10", the --layout name
+    source: str
+    title: str
+    model: str  # the zoo model the table is about
+    experiment: str  # our experiment file (experiments/<experiment>.yaml) that fills it
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    note: str = ""
+
+
+T = 1e-12  # MACs → T MACs
+MACS_T = Column("macs", "MACs (T)", "macs", T, 3)
+MACS_CFG_T = Column("macs", "MACs (T, CFG counted)", "macs_cfg_counted", T, 3)
+SPEEDUP = Column("speedup", "Speedup", "speedup", 1.0, 2)
+FID = Column("fid", "FID", "fid")
+CLIP = Column("clip", "CLIP", "clip_score_legacy", 0.01, 3)
+
+
+def _rows(columns: tuple[str, ...], *entries) -> tuple[Row, ...]:
+    """Rows from (label, match, value, value, ...) tuples in the order of ``columns``."""
+    return tuple(Row(label, dict(zip(columns, values)), match) for label, match, *values in entries)
+
+
+def _steps(fraction: float) -> dict:
+    return {"method": "steps", "params": {"fraction": fraction}}
+
+
+def _diffsparse(model: str, tag: str) -> dict:
+    """[PD] A DiffSparse variant is the trained schedule it runs (the ablations are separate trainings):
+    ``schedules/<model>/<tag>.json``, written by the DiffSparse trainer and named in the experiment file."""
+    return {"method": "diffsparse", "params": {"schedule": schedule_path(model, tag)}}
+
+
+def schedule_path(model: str, tag: str) -> str:
+    return f"schedules/{model}/{tag}.json"
+
+
+TABLES: dict[str, PaperTable] = {t.id: t for t in (
+    PaperTable(
+        "table1", f"{PAPER}, Table 1", "Text-to-image on MS-COCO2017, PixArt-α 256², 20 DPM-Solver++ steps",
+        "pixart-alpha-256", "table1_pixart", (MACS_T, SPEEDUP, Column("fid", "FID-30k", "fid"), CLIP),
+        _rows(("macs", "speedup", "fid", "clip"),
+              ("PixArt-α", {"method": "full"}, 2.86, 1.00, 28.20, 0.163),
+              ("50% steps", _steps(0.5), 1.43, 1.74, 37.57, 0.158),
+              ("FORA (N=2)", {"method": "fora", "params": {"interval": 2}}, 1.43, 1.64, 29.67, 0.164),
+              ("DeepCache (N=2)", {"method": "deepcache"}, 1.48, 1.61, 29.61, 0.163),
+              ("DiCache", {"method": "dicache"}, 1.63, 1.77, 28.19, 0.164),
+              ("ToCa", {"method": "toca"}, 1.64, 1.75, 28.35, 0.164),
+              ("DuCa", {"method": "duca"}, 1.63, 1.78, 27.98, 0.164),
+              ("TaylorSeer", {"method": "taylorseer"}, 1.57, 1.83, 29.08, 0.163),
+              ("DiffSparse (R=43%)", _diffsparse("pixart-alpha-256", "r43"), 1.64, 1.74, 26.91, 0.164),
+              ("DiffSparse (R=54%)", _diffsparse("pixart-alpha-256", "r54"), 1.30, 1.91, 27.79, 0.164)),
+        "MACs without the CFG half (METHODS §0.9); CLIP = Convention A / 100 (METHODS §2.1)."),
+    PaperTable(
+        "table2", f"{PAPER}, Table 2", "Class-conditional ImageNet, DiT-XL/2 256², 50 DDIM steps",
+        "dit-xl-2-256", "table2_dit",
+        (MACS_CFG_T, SPEEDUP, FID, Column("sfid", "sFID", "sfid"), Column("precision", "Prec.", "precision"),
+         Column("recall", "Rec.", "recall")),
+        _rows(("macs", "speedup", "fid", "sfid", "precision", "recall"),
+              ("DDIM-50", {"method": "full"}, 11.44, 1.00, 2.26, 4.29, 0.80, 0.60),
+              ("DDIM-40", {"method": "steps", "params": {"num_steps": 40}}, 9.14, 1.24, 2.39, 4.28, 0.80, 0.59),
+              ("DDIM-25", {"method": "steps", "params": {"num_steps": 25}}, 5.73, 1.96, 3.01, 4.60, 0.79, 0.58),
+              ("DDIM-20", {"method": "steps", "params": {"num_steps": 20}}, 4.58, 2.42, 3.48, 4.64, 0.79, 0.56),
+              ("FORA", {"method": "fora"}, 4.13, 2.12, 3.88, 6.74, 0.79, 0.56),
+              ("ToCa", {"method": "toca"}, 4.97, 2.09, 3.05, 4.70, 0.79, 0.57),
+              ("DuCa", {"method": "duca"}, 4.94, 2.10, 3.04, 4.70, 0.79, 0.57),
+              ("DiffSparse", _diffsparse("dit-xl-2-256", "default"), 4.97, 2.07, 2.81, 4.61, 0.80, 0.59)),
+        "MACs count both CFG halves (METHODS §0.9). sFID is not computed by harness.metrics (ADM evaluator)."),
+    PaperTable(
+        "table3", f"{PAPER}, Table 3", "Text-to-video, Wan2.1-T2V-1.3B, 20 steps, VBench",
+        "wan2.1-1.3b", "table3_wan", (MACS_T, SPEEDUP, Column("vbench", "VBench", "vbench_total", 100.0)),
+        _rows(("macs", "speedup", "vbench"),
+              ("Wan2.1-1.3B", {"method": "full"}, 43.866, 1.00, 43.82),
+              ("50% steps", _steps(0.5), 21.933, 1.86, 43.14),
+              ("DuCa (R=54%)", {"method": "duca", "budget_macs_ratio": 0.46}, 20.332, 1.69, 43.56),
+              ("DuCa (R=59%)", {"method": "duca", "budget_macs_ratio": 0.41}, 18.124, 1.68, 43.30),
+              ("DiffSparse", _diffsparse("wan2.1-1.3b", "default"), 18.124, 2.05, 43.83)),
+        "The paper's VBench aggregation is unstated; ours is the VBench Total × 100 (METHODS §2.1)."),
+    PaperTable(
+        "table4", f"{PAPER}, Table 4", "PixArt-α 512², 20 steps (schedule trained at 256² and transferred)",
+        "pixart-alpha-512", "table4_pixart512", (MACS_T, FID, CLIP),
+        _rows(("macs", "fid", "clip"),
+              ("PixArt-α", {"method": "full"}, 10.851, 21.95, 0.164),
+              ("50% steps", _steps(0.5), 5.426, 25.05, 0.163),
+              ("ToCa", {"method": "toca"}, 5.993, 23.02, 0.165),
+              ("DiffSparse", _diffsparse("pixart-alpha-256", "r43"), 5.986, 22.42, 0.165))),
+    PaperTable(
+        "table5", f"{PAPER}, Table 5", "Ablation: token-importance metric (PixArt-α 256², FID)",
+        "pixart-alpha-256", "ablation_importance",
+        (Column("base", "FID base (ToCa schedule)", "fid"), Column("diffsparse", "FID w/ DiffSparse", "fid")),
+        tuple(Row(label, {"base": base, "diffsparse": ours}, _diffsparse("pixart-alpha-256", tag),
+                  {"base": {"method": "toca", "params": {"importance": importance}}})
+              for label, importance, tag, base, ours in (
+                  ("Norm", "norm", "importance_norm", 29.05, 28.89),
+                  ("Similarity", "similarity", "importance_similarity", 29.00, 28.07),
+                  ("Attention", "attention", "r43", 28.35, 26.91))),
+        "'Base' is ToCa's hand-set schedule with that importance metric."),
+    PaperTable(
+        "table6", f"{PAPER}, Table 6", "Ablation: distillation loss (PixArt-α 256²)",
+        "pixart-alpha-256", "ablation_loss", (FID, CLIP),
+        _rows(("fid", "clip"),
+              ("L2", _diffsparse("pixart-alpha-256", "loss_l2"), 27.68, 0.164),
+              ("SSIM", _diffsparse("pixart-alpha-256", "loss_ssim"), 27.46, 0.164),
+              ("LPIPS", _diffsparse("pixart-alpha-256", "r43"), 26.91, 0.164))),
+    PaperTable(
+        "table7", f"{PAPER}, Table 7", "Ablation: level interval (size of S) (PixArt-α 256²)",
+        "pixart-alpha-256", "ablation_interval", (FID, CLIP),
+        _rows(("fid", "clip"),
+              ("0.1 (|S|=11)", _diffsparse("pixart-alpha-256", "interval_0.1"), 27.96, 0.163),
+              ("0.125 (|S|=9)", _diffsparse("pixart-alpha-256", "interval_0.125"), 27.91, 0.163),
+              ("0.25 (|S|=5)", _diffsparse("pixart-alpha-256", "r43"), 26.91, 0.164),
+              ("0.5 (|S|=3)", _diffsparse("pixart-alpha-256", "interval_0.5"), 27.54, 0.164),
+              ("1.0 (|S|=2)", _diffsparse("pixart-alpha-256", "interval_1.0"), 28.22, 0.162))),
+    PaperTable(
+        "table8", f"{PAPER}, Table 8", "Ablation: warm-start strength δ (PixArt-α 256², T = 20)",
+        "pixart-alpha-256", "ablation_delta", (FID, CLIP),
+        _rows(("fid", "clip"),
+              ("δ = 0", _diffsparse("pixart-alpha-256", "delta_0"), 27.40, 0.163),
+              ("δ = 5", _diffsparse("pixart-alpha-256", "delta_5"), 27.01, 0.164),
+              ("δ = 10", _diffsparse("pixart-alpha-256", "r43"), 26.91, 0.164),
+              ("δ = 20", _diffsparse("pixart-alpha-256", "delta_20"), 26.95, 0.164))),
+    PaperTable(
+        "table9", f"{PAPER}, Table 9", "Text-to-image, FLUX.1-schnell 256², 4 steps, PartiPrompts",
+        "flux-schnell", "table9_flux",
+        (MACS_T, Column("image_reward", "ImageReward", "image_reward", 1.0, 3)),
+        _rows(("macs", "image_reward"),
+              ("FLUX.1-schnell", {"method": "full"}, 13.247, 1.064),
+              ("75% steps", _steps(0.75), 9.936, 1.063),
+              ("ToCa", {"method": "toca"}, 7.313, 1.063),
+              ("DiffSparse", _diffsparse("flux-schnell", "default"), 7.316, 1.184)),
+        "The text reports a 1.81× speedup for DiffSparse on FLUX."),
+    PaperTable(
+        "table10", f"{PAPER}, Table 10", "Ablation: score terms removed one at a time (PixArt-α 256²)",
+        "pixart-alpha-256", "ablation_score_terms", (FID, CLIP),
+        _rows(("fid", "clip"),
+              ("DiffSparse (full score)", _diffsparse("pixart-alpha-256", "r43"), 26.91, 0.164),
+              ("−s1 (self-attention influence)", _diffsparse("pixart-alpha-256", "no_s1"), 27.11, 0.164),
+              ("−s2 (cross-attention focus)", _diffsparse("pixart-alpha-256", "no_s2"), 27.48, 0.163),
+              ("−s3 (cache-reuse frequency)", _diffsparse("pixart-alpha-256", "no_s3"), 27.23, 0.164),
+              ("−B (spatial bonus)", _diffsparse("pixart-alpha-256", "no_bonus"), 27.05, 0.164))),
+)}
+
+# Numbers the paper gives only in its text (METHODS §3.1, "Numbers given in the text").
+TEXT_NUMBERS: tuple[tuple[str, str, float], ...] = (
+    ("two-stage training, PixArt-α FID", f"{PAPER}, §4.3", 26.91),
+    ("single-stage training, PixArt-α FID", f"{PAPER}, §4.3", 27.40),
+    ("random search (1,000 iterations, 500 images), PixArt-α FID", f"{PAPER}, §A.5.4", 28.34),
+    ("genetic algorithm (1,000 iterations, 500 images), PixArt-α FID", f"{PAPER}, §A.5.4", 27.94),
+    ("DiffSparse speedup on FLUX.1-schnell", f"{PAPER}, §A.6", 1.81),
+)

@@ -1,0 +1,507 @@
+"""Tables and plots from the results store only (``Store.frame()``): nothing here runs a model.
+
+* :func:`leaderboard` — methods × metrics, one row per configuration (mean over seeds), MAC ratio and
+  latency speedup both shown, sorted by a quality metric.
+* :func:`paper_table` — the layouts of the DiffSparse paper's Tables 1-10 with the published numbers
+  (:mod:`harness.reference_results`) beside ours, "—" where we have no run.
+* :func:`write` — Markdown, LaTeX (booktabs) or CSV for any :class:`Table`.
+* :func:`pareto_plot`, :func:`heatmaps`, :func:`grid_compare` — PNG figures (matplotlib, Agg canvas).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from harness.reference_results import TABLES, PaperTable, Row
+
+# Quality metrics and which way is better. Alignment metrics of the embedded models end in "_accuracy".
+LOWER_IS_BETTER = ("lpips_alex", "lpips_vgg", "fid", "kid_mean", "sfid")
+HIGHER_IS_BETTER = ("psnr", "ssim", "class_accuracy", "attribute_accuracy", "scene_accuracy", "precision",
+                    "recall", "is_mean", "clip_score", "clip_score_legacy", "image_reward", "vbench_total")
+# Default sort metric: the first of these the frame has (fidelity to the teacher is measured on every run).
+SORT_PREFERENCE = ("lpips_alex", "fid", "psnr", "class_accuracy", "attribute_accuracy", "image_reward",
+                   "clip_score", "vbench_total")
+# Configuration identity for averaging over seeds: everything of a run's identity except the seed.
+CONFIG_KEYS = ("model", "method", "params", "budget_macs_ratio", "sampler", "steps", "guidance", "eval_set",
+               "n_samples")
+COST_COLUMNS = ("macs", "macs_full", "macs_ratio", "macs_attention", "latency_s", "latency_full_s", "speedup",
+                "peak_memory_mb")
+LAYOUTS = ("leaderboard", *TABLES)
+FORMATS = ("md", "tex", "csv")
+MISSING = "—"
+
+
+def direction(metric: str) -> str | None:
+    """"min" or "max" for a known quality metric, None otherwise."""
+    if metric in LOWER_IS_BETTER:
+        return "min"
+    if metric in HIGHER_IS_BETTER or metric.endswith("_accuracy"):
+        return "max"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+@dataclass
+class Column:
+    header: str
+    fmt: Callable[[Any], str]
+
+
+@dataclass
+class Table:
+    """Raw cell values (CSV writes them as they are) with a formatter per column (Markdown, LaTeX)."""
+
+    title: str
+    columns: list[Column]
+    rows: list[list[Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def formatted(self) -> list[list[str]]:
+        return [[MISSING if _missing(v) else c.fmt(v) for c, v in zip(self.columns, row)] for row in self.rows]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fixed(digits: int) -> Callable[[Any], str]:
+    """Fixed decimals; values too small to show that way (embedded models' MACs in T) get 3 significant digits."""
+    def fmt(v):
+        if isinstance(v, str):
+            return v
+        v = float(v)
+        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -digits else f"{v:.3g}"
+    return fmt
+
+
+def si(v) -> str:
+    """12.3G, 2.86T: MAC counts span M (tests) to T (real models)."""
+    v = float(v)
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def times(v) -> str:
+    return f"{float(v):.2f}×"
+
+
+def text(v) -> str:
+    return str(v)
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"**{table.title}**", "", "| " + " | ".join(c.header for c in table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.formatted()]
+    if table.notes:
+        lines += ["", *table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$",
+                "—": "---", "−": "$-$", "α": r"$\alpha$", "δ": r"$\delta$", "²": r"$^2$", "≥": r"$\geq$"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in s)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs tabular inside a table float, caption = title, notes as a footnote-size paragraph."""
+    spec = "l" + "r" * (len(table.columns) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(tex_escape(c.header) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_escape(cell) for cell in row) + r" \\" for row in table.formatted()]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines.append(r"\par\footnotesize " + tex_escape(" ".join(table.notes)))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.header for c in table.columns])
+    for row in table.rows:
+        writer.writerow(["" if _missing(v) else v for v in row])
+    return out.getvalue()
+
+
+WRITERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+
+
+def write(table: Table, fmt: str = "md", path: str | Path | None = None) -> str:
+    """The table as text in ``fmt`` (md, tex, csv); also written to ``path`` when given."""
+    if fmt not in WRITERS:
+        raise ValueError(f"format: unknown {fmt!r}; allowed: {', '.join(FORMATS)}")
+    body = WRITERS[fmt](table)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(body)
+    return body
+
+
+# ------------------------------------------------------------------------------------------ summaries
+
+def _key(value) -> str:
+    """A hashable, order-independent text for grouping (params are dicts, budgets may be None)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _select(frame, experiment: str | None):
+    if experiment is not None:
+        frame = frame[frame["experiment"] == experiment]
+        if frame.empty:
+            raise ValueError(f"experiment: no runs of {experiment!r} in the store")
+    return frame
+
+
+def metric_columns(frame) -> list[str]:
+    """Numeric columns beyond the store's fixed ones: the metrics harness.metrics.compute returned."""
+    from harness.store import COLUMNS
+
+    import pandas as pd
+
+    return [c for c in frame.columns if c not in COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
+            and not c.startswith(("macs_", "latency_", "peak_"))]
+
+
+def summarise(frame):
+    """One row per configuration (the run identity minus the seed): numeric columns averaged over seeds,
+    ``seeds`` counting them, the first run's label, tuned value and artifacts kept."""
+    import pandas as pd
+
+    if frame.empty:
+        return frame.assign(seeds=pd.Series(dtype=int))
+    keyed = frame.assign(_group=frame[list(CONFIG_KEYS)].apply(lambda r: _key(list(r)), axis=1))
+    numeric = [c for c in (*COST_COLUMNS, *metric_columns(frame)) if c in frame.columns]
+    rows = []
+    for _, group in keyed.groupby("_group", sort=False):
+        first = group.iloc[0]
+        row = {c: first[c] for c in (*CONFIG_KEYS, "label", "tuned", "experiment", "artifacts", "run_id")}
+        row.update({c: pd.to_numeric(group[c], errors="coerce").mean() for c in numeric})
+        row["seeds"] = len(group)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def default_sort_metric(frame) -> str | None:
+    present = set(metric_columns(frame))
+    return next((m for m in SORT_PREFERENCE if m in present and frame[m].notna().any()), None)
+
+
+def _tuned_text(tuned) -> str | None:
+    if not tuned:
+        return None
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items())
+
+
+def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None, budget: float | None = None,
+                metrics: list[str] | None = None) -> Table:
+    """Methods × metrics at matched budget: one row per configuration, MAC ratio and speedup both shown,
+    per model sorted by ``sort_by`` (default: the first of :data:`SORT_PREFERENCE` present), best first.
+    ``budget`` keeps the runs of that MAC-ratio budget and the ``full`` baselines."""
+    frame = _select(frame, experiment)
+    if budget is not None:
+        frame = frame[np.isclose(frame["budget_macs_ratio"].astype(float), budget) | (frame["method"] == "full")]
+    available = metric_columns(frame)
+    metrics = list(metrics) if metrics else [m for m in available if frame[m].notna().any()]
+    unknown = [m for m in [*metrics, *([sort_by] if sort_by else [])] if m not in available]
+    if unknown:
+        raise ValueError(f"metric {unknown[0]!r} is not in the store; available: {', '.join(available) or 'none'}")
+    summary = summarise(frame)
+    sort_by = sort_by or default_sort_metric(frame)
+    if sort_by is not None and not summary.empty:
+        summary = summary.sort_values(["model", sort_by], ascending=[True, direction(sort_by) != "max"],
+                                      na_position="last", kind="stable")
+    columns = [Column("Model", text), Column("Method", text), Column("Budget (MAC ratio)", fixed(2)),
+               Column("Tuned", text), Column("MACs", si), Column("MAC ratio", fixed(3)),
+               Column("Speedup", times), Column("Latency (s)", fixed(3)), Column("Peak mem (MB)", fixed(0)),
+               *(Column(m, fixed(4)) for m in metrics), Column("Seeds", text)]
+    rows = [[r["model"], r["label"] or r["method"], r["budget_macs_ratio"], _tuned_text(r["tuned"]), r["macs"],
+             r["macs_ratio"], r["speedup"], r["latency_s"], r["peak_memory_mb"], *(r[m] for m in metrics),
+             r["seeds"]] for _, r in summary.iterrows()]
+    title = f"Leaderboard{f' — {experiment}' if experiment else ''}"
+    notes = [f"Sorted by {sort_by} ({'higher' if direction(sort_by) == 'max' else 'lower'} is better) per model; "
+             "means over seeds. MACs per image, whole run, CFG half not counted (METHODS §0.9); speedup = latency "
+             "ratio to `full` measured interleaved in the same process (METHODS §2.3)."] if sort_by else []
+    return Table(title, columns, rows, notes)
+
+
+# ------------------------------------------------------------------------------------------ paper tables
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(b, str) and b.endswith(".json") and isinstance(a, str):  # schedule paths: relative or absolute
+        return Path(a).as_posix().endswith(b)
+    return a == b
+
+
+def config_defaults(method: str) -> dict:
+    """The non-None defaults of a registered method's config (a run's params hold only what was given)."""
+    from methods.base import method_class
+
+    try:
+        config = method_class(method).Config()
+    except (KeyError, ValueError):  # a method another branch registers, or one without defaults
+        return {}
+    return {k: v for k, v in config.model_dump().items() if v is not None}
+
+
+def matches(run, match: dict) -> bool:
+    """A run measures a published row when its method, effective parameters (given ∪ tuned) and budget
+    agree with the row's ``match``."""
+    if "method" in match and run["method"] != match["method"]:
+        return False
+    effective = {**config_defaults(run["method"]), **(run["params"] or {}), **(run["tuned"] or {})}
+    if any(k not in effective or not _same(effective[k], v) for k, v in match.get("params", {}).items()):
+        return False
+    budget = match.get("budget_macs_ratio")
+    return budget is None or (run["budget_macs_ratio"] is not None and _same(run["budget_macs_ratio"], budget))
+
+
+def _table_frame(frame, spec: PaperTable, experiment: str | None, model: str | None):
+    """The runs of the table's experiment and model; ``model`` defaults to the table's when present, else
+    to the experiment's only model."""
+    experiment = experiment or spec.experiment
+    frame = frame[frame["experiment"] == experiment]
+    models = sorted(frame["model"].dropna().unique())
+    if model is None:
+        if spec.model in models or not models:
+            model = spec.model
+        elif len(models) == 1:
+            model = models[0]
+        else:
+            raise ValueError(f"model: experiment {experiment!r} has runs of {', '.join(models)}; "
+                             f"choose one (the paper's {spec.id} is about {spec.model})")
+    return frame[frame["model"] == model], experiment, model
+
+
+def _measured(runs, row: Row, column) -> float | None:
+    match = row.column_match.get(column.key, row.match)
+    if column.metric is None or column.metric not in runs.columns:
+        return None
+    hits = [r for _, r in runs.iterrows() if matches(r, match)]
+    values = [float(r[column.metric]) for r in hits if not _missing(r[column.metric])]
+    return float(np.mean(values)) * column.scale if values else None
+
+
+def paper_table(frame, layout: str, experiment: str | None = None, model: str | None = None) -> Table:
+    """The DiffSparse paper's table ``layout`` ("table1" ... "table10"): every published row with its
+    numbers, and ours measured from the store beside each (mean over seeds; "—" where we have no run)."""
+    if layout not in TABLES:
+        raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    spec = TABLES[layout]
+    runs, experiment, model = _table_frame(frame, spec, experiment, model)
+    columns = [Column("Method", text)]
+    for c in spec.columns:
+        fmt = times if c.key == "speedup" else fixed(c.digits)
+        columns += [Column(f"{c.header} (paper)", fmt), Column(f"{c.header} (ours)", fmt)]
+    rows = []
+    for row in spec.rows:
+        cells = [row.label]
+        for c in spec.columns:
+            cells += [row.published.get(c.key), _measured(runs, row, c)]
+        rows.append(cells)
+    notes = [f"Paper: {spec.source}. Ours: experiment {experiment!r}, model {model!r}, {len(runs)} runs in the "
+             "store.", *([spec.note] if spec.note else [])]
+    return Table(f"{spec.title} ({spec.id})", columns, rows, notes)
+
+
+def table(frame, layout: str = "leaderboard", **options) -> Table:
+    """``dsbench table``: the leaderboard or one paper layout."""
+    if layout == "leaderboard":
+        return leaderboard(frame, **options)
+    return paper_table(frame, layout, **options)
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+def _figure(width: float, height: float):
+    """A figure on the Agg canvas, without pyplot's global state (safe in workers and tests)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def pareto_front(cost, quality, higher_is_better: bool) -> np.ndarray:
+    """Mask of the points no other point beats: cost no higher and quality no worse, one of them strictly."""
+    cost = np.asarray(cost, dtype=float)
+    quality = np.asarray(quality, dtype=float) * (1 if higher_is_better else -1)
+    front = np.zeros(len(cost), dtype=bool)
+    for i in range(len(cost)):
+        if np.isnan(cost[i]) or np.isnan(quality[i]):
+            continue
+        better = (cost <= cost[i]) & (quality >= quality[i]) & ((cost < cost[i]) | (quality > quality[i]))
+        front[i] = not better.any()
+    return front
+
+
+def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: str | None = None) -> Path:
+    """Quality ``metric`` against MAC ratio (left) and latency (right), one row of panels per model, one point
+    per configuration; the Pareto front drawn as a line through its ringed points."""
+    frame = _select(frame, experiment)
+    metric = metric or default_sort_metric(frame)
+    if metric is None or metric not in frame.columns:
+        raise ValueError(f"metric: {metric!r} is not in the store; available: {', '.join(metric_columns(frame))}")
+    summary = summarise(frame)
+    models = sorted(summary["model"].unique())
+    fig = _figure(11, 4.2 * len(models))
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    higher = direction(metric) == "max"
+    for row, model in zip(axes, models):
+        runs = summary[summary["model"] == model]
+        for ax, cost, xlabel in ((row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)"),
+                                 (row[1], "latency_s", "latency (s, median)")):
+            x, y = runs[cost].astype(float).to_numpy(), runs[metric].astype(float).to_numpy()
+            front = pareto_front(x, y, higher)
+            ax.scatter(x, y, s=28, color="tab:blue", zorder=2)
+            ax.scatter(x[front], y[front], s=90, facecolors="none", edgecolors="tab:red", zorder=3,
+                       label="Pareto front")
+            order = np.argsort(x[front])
+            ax.plot(x[front][order], y[front][order], color="tab:red", lw=1, zorder=1)
+            for xi, yi, name in zip(x, y, runs["label"].fillna(runs["method"])):
+                if not (np.isnan(xi) or np.isnan(yi)):
+                    ax.annotate(str(name), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
+            ax.set_title(model)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def decision_map(artifacts: str | Path) -> tuple[np.ndarray, list[str]]:
+    """The per-(step, layer) kept-fraction map of a run (T × L) and its layer names, from the run's artifacts:
+    ``decisions.npy`` (with layer names in ``decisions.json``) or ``decisions.json`` alone, which holds either a
+    ``kept_fraction`` grid or a serialised Schedule (codes, k, meta.n_tokens; methods/schedule.py)."""
+    folder = Path(artifacts)
+    info_path, array_path = folder / "decisions.json", folder / "decisions.npy"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if array_path.exists():
+        grid = np.load(array_path).astype(float)
+    elif "kept_fraction" in info:
+        grid = np.asarray(info["kept_fraction"], dtype=float)
+    elif "codes" in info:
+        grid = _schedule_fraction(info)
+    else:
+        raise ValueError(f"artifacts: {folder} holds no decisions map (decisions.npy or decisions.json)")
+    layers = list(info.get("layers") or [f"layer{i}" for i in range(grid.shape[1])])
+    if grid.ndim != 2 or grid.shape[1] != len(layers):
+        raise ValueError(f"artifacts: decisions map of shape {grid.shape} does not match {len(layers)} layers")
+    return grid, layers
+
+
+def _schedule_fraction(info: dict) -> np.ndarray:
+    from methods.base import Kind
+
+    n_tokens = info["meta"]["n_tokens"]
+    return np.array([[1.0 if code == Kind.FULL else k / n_tokens[ell] if code == Kind.TOPK else 0.0
+                      for ell, (code, k) in enumerate(zip(codes, ks))]
+                     for codes, ks in zip(info["codes"], info["k"])])
+
+
+def _module_of(layer: str) -> str:
+    stream, _, module = layer.partition(".")
+    stream = stream.rstrip("0123456789")
+    return module if stream == "main" else f"{stream}.{module}"
+
+
+def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -> Path:
+    """One panel per module (sa, ca, mlp, ...): layer (block) × step kept fraction, step 0 omitted as in the
+    paper's Figure 3 (it is always computed in full)."""
+    from matplotlib.ticker import MaxNLocator
+
+    modules = list(dict.fromkeys(_module_of(name) for name in layers))
+    fig = _figure(4.2 * len(modules), 3.6)
+    axes = fig.subplots(1, len(modules), squeeze=False)[0]
+    steps = np.arange(1, grid.shape[0])
+    for ax, module in zip(axes, modules):
+        columns = [i for i, name in enumerate(layers) if _module_of(name) == module]
+        image = ax.imshow(grid[1:, columns].T, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
+                          extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(columns) - 0.5) if len(steps) else None)
+        ax.set_title(module)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step i")
+        ax.set_ylabel("block")
+    fig.colorbar(image, ax=list(axes), label="kept (computed) fraction of tokens")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _pick(frame, experiment: str | None, runs: list[str] | None):
+    frame = _select(frame, experiment)
+    if runs:
+        unknown = [r for r in runs if not (frame["run_id"] == r).any() and not (frame["label"] == r).any()]
+        if unknown:
+            raise ValueError(f"runs: {unknown[0]!r} is neither a run_id nor a label in the store")
+        frame = frame[frame["run_id"].isin(runs) | frame["label"].isin(runs)]
+    return frame
+
+
+def heatmaps(frame, out_dir: str | Path, experiment: str | None = None, runs: list[str] | None = None) -> list[Path]:
+    """Per-module step×layer kept-fraction maps (the paper's Figure 3) of every selected run that has a
+    decisions map; one PNG per run, named by its label and run_id."""
+    paths = []
+    for _, run in _pick(frame, experiment, runs).iterrows():
+        if not run["artifacts"] or not any((Path(run["artifacts"]) / f).exists()
+                                           for f in ("decisions.npy", "decisions.json")):
+            continue
+        grid, layers = decision_map(run["artifacts"])
+        name = re.sub(r"[^\w.=-]+", "-", f"{run['model']}_{run['label'] or run['method']}_{run['run_id'][:8]}")
+        paths.append(heatmap(grid, layers, Path(out_dir) / f"heatmap_{name}.png",
+                             f"{run['model']} · {run['label'] or run['method']}"))
+    return paths
+
+
+def grid_compare(frame, path: str | Path, experiment: str | None = None, runs: list[str] | None = None,
+                 seed: int | None = None) -> Path:
+    """The selected runs' sample grids side by side (one row per model), titled by run name.
+    ``seed`` keeps the runs of one seed (default: each configuration's first run)."""
+    from PIL import Image
+
+    frame = _pick(frame, experiment, runs)
+    if seed is not None:
+        frame = frame[frame["seed"] == seed]
+    picked = summarise(frame) if not runs else frame
+    picked = picked[[bool(a) and (Path(a) / "samples.png").exists() for a in picked["artifacts"]]]
+    if picked.empty:
+        raise ValueError("runs: no selected run has a samples.png in its artifacts directory")
+    models = sorted(picked["model"].unique())
+    width = max((picked["model"] == m).sum() for m in models)
+    fig = _figure(3.2 * width, 3.4 * len(models))
+    axes = fig.subplots(len(models), width, squeeze=False)
+    for row, model in zip(axes, models):
+        for ax in row:
+            ax.axis("off")
+        for ax, (_, run) in zip(row, picked[picked["model"] == model].iterrows()):
+            ax.imshow(np.asarray(Image.open(Path(run["artifacts"]) / "samples.png").convert("RGB")))
+            ax.set_title(f"{model}\n{run['label'] or run['method']}", fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,160 @@
+"""Reports from a store filled with synthetic rows (written through Store.put, as the runner writes them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from harness import report
+from harness.reference_results import TABLES, schedule_path
+from harness.store import Store
+
+MACS_FULL = 2.86e12
+
+
+def run_row(run_id, method, seed, *, params=None, tuned=None, budget=None, model="pixart-alpha-256",
+            experiment="table1_pixart", macs_ratio=1.0, speedup=1.0, artifacts=None, **metrics):
+    return {"run_id": run_id, "experiment": experiment, "model": model, "method": method,
+            "label": method if not params else f"{method}_" + "_".join(f"{k}{v}" for k, v in params.items()),
+            "params": params or {}, "tuned": tuned or {}, "budget_macs_ratio": budget, "sampler": "dpm-solver++",
+            "steps": 20, "guidance": 4.5, "eval_set": "coco-30k", "n_samples": 8, "seed": seed,
+            "code_version": "test", "macs": MACS_FULL * macs_ratio, "macs_full": MACS_FULL,
+            "macs_ratio": macs_ratio, "macs_attention": 1e9, "latency_s": 1.0 / speedup, "latency_full_s": 1.0,
+            "speedup": speedup, "peak_memory_mb": 100.0, "artifacts": artifacts, **metrics}
+
+
+@pytest.fixture
+def store(tmp_path):
+    """full, toca (tuned ratio), fora N=2, 50% steps and two DiffSparse schedules, two seeds each."""
+    store = Store(tmp_path / "results.db")
+    configs = [("full", None, 1.0, 1.0, 20.0, 16.3, 0.0),
+               ("toca", {"ratio": 0.3}, 0.57, 1.7, 21.0, 16.4, 0.10),
+               ("fora", {"interval": 2}, 0.50, 1.6, 23.0, 16.1, 0.20),
+               ("steps", {"fraction": 0.5}, 0.50, 1.9, 30.0, 15.8, 0.30),
+               ("diffsparse", {"schedule": "/abs/" + schedule_path("pixart-alpha-256", "r43")}, 0.57, 1.72, 19.5,
+                16.4, 0.08),
+               ("diffsparse", {"schedule": schedule_path("pixart-alpha-256", "r54")}, 0.46, 1.9, 22.0, 16.2, 0.12)]
+    for n, (method, params, ratio, speedup, fid, clip, lpips) in enumerate(configs):
+        for seed in (0, 1):
+            artifacts = tmp_path / f"run{n}_{seed}"
+            artifacts.mkdir()
+            write_artifacts(artifacts, value=n)
+            store.put(run_row(f"r{n}s{seed}", method, seed, params=params, macs_ratio=ratio, speedup=speedup,
+                              budget=None if method == "full" else 0.57, artifacts=str(artifacts),
+                              fid=fid + seed, clip_score_legacy=clip, lpips_alex=lpips + 0.01 * seed))
+    yield store
+    store.close()
+
+
+def write_artifacts(folder, value):
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 24, 3), 10 * value, dtype=np.uint8)).save(folder / "samples.png")
+    steps, layers = 4, ["main0.sa", "main0.ca", "main0.mlp", "main1.sa", "main1.ca", "main1.mlp"]
+    np.save(folder / "decisions.npy", np.linspace(0, 1, steps * len(layers)).reshape(steps, len(layers)))
+    (folder / "decisions.json").write_text(json.dumps({"layers": layers}))
+
+
+def test_leaderboard_rows_sorted_by_quality_with_mac_ratio_and_speedup(store):
+    table = report.leaderboard(store.frame())
+    headers = [c.header for c in table.columns]
+    assert {"MAC ratio", "Speedup", "lpips_alex", "fid", "Seeds"} <= set(headers)
+    lpips = [row[headers.index("lpips_alex")] for row in table.rows]
+    assert lpips == sorted(lpips) and len(table.rows) == 6  # one row per configuration, best first
+    assert lpips[0] == pytest.approx(0.005)  # mean over the two seeds
+    assert all(row[headers.index("Seeds")] == 2 for row in table.rows)
+    toca = next(row for row in table.rows if row[headers.index("Method")] == "toca_ratio0.3")
+    assert toca[headers.index("Speedup")] == pytest.approx(1.7) and toca[headers.index("MAC ratio")] == 0.57
+    by_fid = report.leaderboard(store.frame(), sort_by="fid")
+    assert [r[1] for r in by_fid.rows][0].startswith("diffsparse")
+
+
+def test_leaderboard_bad_metric_names_what_is_available(store):
+    with pytest.raises(ValueError, match="metric 'nope'.*available: .*lpips_alex"):
+        report.leaderboard(store.frame(), sort_by="nope")
+
+
+def test_table1_layout_published_numbers_and_ours(store):
+    table = report.paper_table(store.frame(), "table1")
+    spec = TABLES["table1"]
+    assert [row[0] for row in table.rows] == [r.label for r in spec.rows]
+    headers = [c.header for c in table.columns]
+    assert headers[:3] == ["Method", "MACs (T) (paper)", "MACs (T) (ours)"]
+    rows = {row[0]: dict(zip(headers, row)) for row in table.rows}
+    assert rows["DiffSparse (R=43%)"]["FID-30k (paper)"] == 26.91  # published, from reference_results
+    assert rows["DiffSparse (R=43%)"]["FID-30k (ours)"] == pytest.approx(20.0)  # mean of 19.5 and 20.5
+    assert rows["ToCa"]["CLIP (ours)"] == pytest.approx(0.164)  # Convention A / 100
+    assert rows["ToCa"]["MACs (T) (ours)"] == pytest.approx(0.57 * 2.86)
+    assert rows["FORA (N=2)"]["Speedup (ours)"] == pytest.approx(1.6)
+    assert rows["DuCa"]["FID-30k (ours)"] is None  # no run: "—"
+    assert "| DuCa | 1.630 | — |" in report.write(table, "md")
+    # Table 5's "base" column is a ToCa run whose importance (the default, attention) matches
+    table5 = report.paper_table(store.frame(), "table5", experiment="table1_pixart")
+    assert table5.rows[2][:3] == ["Attention", 28.35, pytest.approx(21.5)] and table5.rows[0][2] is None
+
+
+def test_every_paper_layout_renders_with_published_numbers_in_all_formats(store):
+    for layout, spec in TABLES.items():
+        table = report.paper_table(store.frame(), layout, experiment="table1_pixart")
+        assert len(table.rows) == len(spec.rows)
+        md, tex, text = (report.write(table, fmt) for fmt in ("md", "tex", "csv"))
+        parsed = list(csv.reader(io.StringIO(text)))
+        assert parsed[0] == [c.header for c in table.columns]
+        assert len(parsed) == len(spec.rows) + 1 and all(len(r) == len(parsed[0]) for r in parsed)
+        for row, published in zip(parsed[1:], spec.rows):
+            for key, value in published.published.items():
+                assert str(value) in row  # every published number is in the CSV
+        assert md.count("\n| ") == len(spec.rows) + 1
+        assert tex.count(r" \\") == len(spec.rows) + 1 and r"\begin{tabular}" in tex and r"\bottomrule" in tex
+
+
+def test_paper_table_model_choice_is_checked(store):
+    store.put(run_row("other", "full", 0, model="shapes-pixart", experiment="table1_pixart"))
+    store.put(run_row("other2", "full", 0, model="mnist-dit", experiment="table1_pixart"))
+    table = report.paper_table(store.frame(), "table1", model="shapes-pixart")
+    assert "shapes-pixart" in table.notes[0]
+    with pytest.raises(ValueError, match="layout: unknown 'table11'"):
+        report.paper_table(store.frame(), "table11")
+
+
+def test_write_rejects_unknown_format_and_writes_file(store, tmp_path):
+    table = report.leaderboard(store.frame())
+    with pytest.raises(ValueError, match="format: unknown 'xls'; allowed: md, tex, csv"):
+        report.write(table, "xls")
+    out = tmp_path / "t" / "lb.csv"
+    report.write(table, "csv", out)
+    assert out.read_text().startswith("Model,Method,")
+
+
+def test_pareto_front_mask():
+    cost = [1.0, 0.5, 0.5, 0.3, 0.9]
+    quality = [0.0, 0.1, 0.2, 0.5, 0.15]  # lower is better (LPIPS); the last is beaten by (0.5, 0.1)
+    assert report.pareto_front(cost, quality, higher_is_better=False).tolist() == [True, True, False, True, False]
+    assert report.pareto_front(cost, [-q for q in quality], higher_is_better=True).tolist() == \
+        [True, True, False, True, False]
+
+
+def test_plots_are_written(store, tmp_path):
+    from PIL import Image
+
+    frame = store.frame()
+    pareto = report.pareto_plot(frame, tmp_path / "plots" / "pareto.png")
+    grids = report.grid_compare(frame, tmp_path / "plots" / "grids.png")
+    maps = report.heatmaps(frame, tmp_path / "plots", runs=["r4s0", "toca_ratio0.3"])
+    assert len(maps) == 3  # one run_id, and both seeds of the label
+    for path in (pareto, grids, *maps):
+        assert Image.open(path).size[0] > 100
+
+
+def test_decision_map_from_a_serialised_schedule(tmp_path):
+    from methods.base import Kind
+
+    schedule = {"codes": [[int(Kind.FULL)] * 2, [int(Kind.TOPK), int(Kind.REUSE)]], "k": [[None, None], [16, None]],
+                "layers": ["main0.sa", "main0.mlp"], "meta": {"n_tokens": [64, 64]}}
+    (tmp_path / "decisions.json").write_text(json.dumps(schedule))
+    grid, layers = report.decision_map(tmp_path)
+    assert grid.tolist() == [[1.0, 1.0], [0.25, 0.0]] and layers == ["main0.sa", "main0.mlp"]
