@@ -338,7 +338,7 @@ def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -436,6 +436,8 @@ def _module_of(layer: str) -> str:
 def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -> Path:
     """One panel per module (sa, ca, mlp, ...): layer (block) × step kept fraction, step 0 omitted as in the
     paper's Figure 3 (it is always computed in full)."""
+    from matplotlib.ticker import MaxNLocator
+
     modules = list(dict.fromkeys(_module_of(name) for name in layers))
     fig = _figure(4.2 * len(modules), 3.6)
     axes = fig.subplots(1, len(modules), squeeze=False)[0]
@@ -445,6 +447,8 @@ def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -
         image = ax.imshow(grid[1:, columns].T, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
                           extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(columns) - 0.5) if len(steps) else None)
         ax.set_title(module)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step i")
         ax.set_ylabel("block")
     fig.colorbar(image, ax=list(axes), label="kept (computed) fraction of tokens")
