@@ -28,7 +28,7 @@ import torch.utils.checkpoint
 
 from harness.accounting import FIXED, MacCounter
 from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, SELF_KEYS, SELF_VALUES, ScoreContext
-from methods.base import (FULL, NORMAL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
+from methods.base import (FULL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
                           RunInfo, Selection)
 from methods.schedule import Schedule
 

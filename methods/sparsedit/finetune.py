@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.models.embedded.common import Log, bf16_autocast
 from methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, save_weights, sparsify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
         raise ValueError("give minutes or max_steps (the fine-tuning budget)")
     out_dir = Path(out_dir or results_dir(model))
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = log or md.Log(out_dir / "finetune_log.txt")
+    log = log or Log(out_dir / "finetune_log.txt")
     ckpt = md.CACHE.parent / f"sparsedit-{model}" / "checkpoint.pt"  # resumable state (not committed)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +117,7 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with sdpa_kernel(SDPBackend.MATH), md._autocast():  # the CPU flash backward is slow in bf16
+        with sdpa_kernel(SDPBackend.MATH), bf16_autocast():  # the CPU flash backward is slow in bf16
             pred = net(xt, timestep=t, class_labels=y).sample
         loss = (pred[:, :noise.shape[1]].float() - noise).pow(2).mean()
         opt.zero_grad(set_to_none=True)

