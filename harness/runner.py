@@ -83,6 +83,8 @@ def run_label(method: str, config: dict, given: dict, seed: int | None = None) -
 
 
 def _fmt(value) -> str:
+    if isinstance(value, str) and "/" in value:  # a file (a schedule, weights): its name, not its path
+        return "-" + Path(value).name
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
@@ -184,6 +186,25 @@ def _bounds(cls: type[methods.Method], field: str, steps: int) -> tuple[float, f
     return low, high, is_int
 
 
+def _accepted_high(name: str, params: dict, field: str, low: float, high: float, is_int: bool) -> float:
+    """The largest value of [low, high] the config accepts: a validator may narrow a field's declared
+    bounds (e.g. DaTo's ratio ≤ 1 − 1/s²), found by bisecting between accepted and rejected values."""
+    def accepted(v) -> bool:
+        try:
+            methods.build(name, **params, **{field: v})
+            return True
+        except ValueError:
+            return False
+
+    if accepted(high):
+        return high
+    good, bad = low, high
+    while (bad - good > 1) if is_int else (bad - good > 1e-6 * (high - low)):
+        mid = (good + bad) // 2 if is_int else (good + bad) / 2
+        good, bad = (mid, bad) if accepted(mid) else (good, mid)
+    return good
+
+
 def tune(name: str, params: dict, field: str, budget: float, macs_of: Callable[[methods.Method], float],
          steps: int, *, tolerance: float = 1e-3, close: float = 2e-3, progress: bool = False) -> dict:
     """Bisect ``field`` of method ``name`` until its MACs are closest to, but not above, ``budget``.
@@ -195,6 +216,7 @@ def tune(name: str, params: dict, field: str, budget: float, macs_of: Callable[[
     """
     cls = methods.base.method_class(name)
     low, high, is_int = _bounds(cls, field, steps)
+    high = _accepted_high(name, params, field, low, high, is_int)
     seen: dict[float, float] = {}
     bar = tqdm(desc=f"budget {name}.{field}", disable=not progress, leave=False, unit="run")
 

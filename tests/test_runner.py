@@ -187,3 +187,11 @@ def test_unreachable_budget_is_a_skip_not_a_crash():
         runner.tune("toca", {}, "ratio", 0.5, macs_of, steps=10)
     result = runner.tune("toca", {}, "ratio", 0.8, macs_of, steps=10)
     assert 0.79 < result["macs"] <= 0.8 and abs(result["value"] - 0.5) < 0.01
+
+
+def test_quickstart_lists_every_registered_method():
+    import methods
+    from harness import experiment
+
+    quickstart = experiment.load("experiments/quickstart.yaml")
+    assert sorted(m.name for m in quickstart.methods) == methods.available()
