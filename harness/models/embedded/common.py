@@ -72,3 +72,15 @@ def generators(seed: int, start: int, count: int) -> list[torch.Generator]:
     """One generator per image, seeded by (seed, image index): an image does not depend on the batching."""
     return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
             for i in range(start, start + count)]
+
+
+def sample_in_batches(conditions: list, seed: int, batch_size: int, resolution: int,
+                      generate: Callable[[list, list[torch.Generator]], torch.Tensor]) -> torch.Tensor:
+    """uint8 N×3×H×W images: ``generate(batch_conditions, generators)`` returns float images in [0, 1] per
+    batch; each image gets the generator of its (seed, index), so batching does not change it."""
+    out = []
+    for i in range(0, len(conditions), batch_size):
+        batch = conditions[i:i + batch_size]
+        images = generate(batch, generators(seed, i, len(batch)))
+        out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 3, resolution, resolution, dtype=torch.uint8)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, generators
+from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, sample_in_batches
 from harness.models.zoo import ModelBundle, Sampler, register
 
 # `python -m harness.models.embedded.mnist_dit` imports this module through its package first (which registers the
@@ -544,14 +544,12 @@ def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
                batch_size: int = batch_size) -> torch.Tensor:
         """uint8 N×3×32×32 images of the class ids ``conditions``, via the DiTPipeline (``batch_size`` per call)."""
-        out = []
-        for i in range(0, len(conditions), batch_size):
-            labels = [int(c) for c in conditions[i:i + batch_size]]
-            images = pipe(class_labels=labels, num_inference_steps=steps or sampler.steps,
-                          guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                          generator=generators(seed, i, len(labels)), output_type="pt", **sampler.extra).images
-            out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 3, sampler.resolution, sampler.resolution, dtype=torch.uint8)
+        def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
+            return pipe(class_labels=[int(c) for c in batch], num_inference_steps=steps or sampler.steps,
+                        guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
+                        generator=gens, output_type="pt", **sampler.extra).images
+
+        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate)
 
     return sample
 

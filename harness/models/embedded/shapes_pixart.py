@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import shapes as S
-from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, generators
+from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, sample_in_batches
 from harness.models.zoo import ModelBundle, Sampler, register
 
 NAME = "shapes-pixart"
@@ -602,15 +602,13 @@ def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
                batch_size: int = batch_size) -> torch.Tensor:
         """uint8 N×3×32×32 images of the captions ``conditions``, via ``pipe(prompt=...)`` (``batch_size`` per call)."""
-        out = []
-        for i in range(0, len(conditions), batch_size):
-            prompts = [str(c) for c in conditions[i:i + batch_size]]
-            images = pipe(prompt=prompts, negative_prompt="", num_inference_steps=steps or sampler.steps,
-                          guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                          generator=generators(seed, i, len(prompts)), height=sampler.resolution,
-                          width=sampler.resolution, output_type="pt", **sampler.extra).images
-            out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 3, sampler.resolution, sampler.resolution, dtype=torch.uint8)
+        def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
+            return pipe(prompt=[str(c) for c in batch], negative_prompt="", num_inference_steps=steps or sampler.steps,
+                        guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
+                        generator=gens, height=sampler.resolution, width=sampler.resolution, output_type="pt",
+                        **sampler.extra).images
+
+        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate)
 
     return sample
 
