@@ -38,6 +38,7 @@ import socket
 import sqlite3
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -352,7 +353,9 @@ def _study(spec: SweepSpec, url: str, seed_offset: int = 0):
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", identity)
-        study.set_metric_names([o.metric for o in cfg.objectives])
+        with warnings.catch_warnings():  # experimental since optuna 3.2; only names the values in optuna's views
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.metric for o in cfg.objectives])
     elif stored != identity:
         raise ValueError(f"study {spec.study_name()!r} in {url} holds a different sweep ({stored}); "
                          f"give optuna.study_name another name")
