@@ -197,3 +197,19 @@ def test_two_workers_complete_n_trials_and_a_dead_workers_trial_is_asked_again(t
     complete = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 6 and len(trials) == 7
     assert trials[6].params == orphan.params  # the dead worker's parameters, asked again
+
+
+def test_stale_trial_rules():
+    def running(**attrs):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=attrs)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    here, there = socket.gethostname(), "another-host"
+    assert sweep._stale(running(), now)  # died before naming its worker
+    assert sweep._stale(running(worker={"host": here, "pid": dead.pid, "started": now}), now)
+    assert not sweep._stale(running(worker={"host": here, "pid": os.getpid(), "started": now - 1e6}), now)
+    old = now - sweep.STALE_AFTER - 1
+    assert sweep._stale(running(worker={"host": there, "pid": 1, "started": old}), now)
+    assert not sweep._stale(running(worker={"host": there, "pid": 1, "started": old}, heartbeat=now - 5), now)
