@@ -566,11 +566,11 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
             row = [key, *(point.get(f) for f in spec.fields), run["model"], run["label"], run.get("macs_ratio"),
                    run.get("speedup"), *(run.get(m) for m in metrics)]
             if pareto is not None:
-                row.append("✓" if i in pareto else "")
+                row.append("yes" if i in pareto else "")
             body.append(row)
     notes = [f"{missing} run(s) of the sweep are not in the store (not run yet, or skipped)."] if missing else []
     if pareto is not None:
-        notes.append("pareto ✓: no other trial is at least as good in every objective ("
+        notes.append("pareto yes: no other trial is at least as good in every objective ("
                      + ", ".join(f"{o.metric} {o.direction}" for o in objectives) + ") and better in one.")
     return report.Table(title=f"sweep {spec.sweep.name}", columns=columns, rows=body, notes=notes)
 

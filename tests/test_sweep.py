@@ -179,7 +179,7 @@ def test_two_workers_complete_n_trials_and_a_dead_workers_trial_is_asked_again(t
         assert _count(conn) == len(ratios)  # trials with the same parameters share one run row
     table = sweep.table(spec, store)
     assert [row[0] for row in table.rows] == ["0", "1", "2", "3", "4"]
-    pareto = [row[-1] == "✓" for row in table.rows]
+    pareto = [row[-1] == "yes" for row in table.rows]
     values = [[t.values[0], t.values[1]] for t in sorted(trials, key=lambda t: t.number)]
     assert pareto == sweep.pareto_mask(values, ["maximize", "minimize"]) and any(pareto)
     stored = {row[1]: row[6] for row in table.rows}  # psnr in the table is the trial's objective value
