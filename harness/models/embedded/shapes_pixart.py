@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import shapes as S
-from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, sample_in_batches
+from harness.models.embedded.common import (Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, native_bf16,
+                                            sample_in_batches)
 from harness.models.zoo import ModelBundle, Sampler, register
 
 NAME = "shapes-pixart"
@@ -585,7 +586,7 @@ def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed:
         log = Log(log_path)
         log(f"$ {command or 'train()'}")
         log(f"phase {phase}: torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, "
-            f"threads {torch.get_num_threads()}, bf16 autocast, args {args}")
+            f"threads {torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32 (no native bf16)'}, args {args}")
         t0 = time.time()
         result = fns[phase](out_dir, seed=seed, log=log, **args)
         result["wall_seconds"] = round(time.time() - t0, 1)
