@@ -155,12 +155,12 @@ def weights_fingerprint(pipeline) -> str:
 
 
 def lpips_to_teacher(student: torch.Tensor, teacher: torch.Tensor) -> float:
-    """Mean LPIPS (AlexNet, the evaluation metric) of images in [−1, 1]; images under 64 px are
-    upsampled (nearest) first, as AlexNet's strides need."""
+    """Mean LPIPS (AlexNet, the evaluation metric) of images in [−1, 1]; images under 32 px (test
+    pipelines) are upsampled (nearest) to 32 first, the smallest size AlexNet's strides accept."""
     from harness.metrics.fidelity import lpips_model
 
-    if min(student.shape[-2:]) < 64:
-        student, teacher = (F.interpolate(x, size=64, mode="nearest") for x in (student, teacher))
+    if min(student.shape[-2:]) < 32:
+        student, teacher = (F.interpolate(x, size=32, mode="nearest") for x in (student, teacher))
     with torch.no_grad():
         return float(lpips_model("alex")(student.float(), teacher.float()).mean())
 
