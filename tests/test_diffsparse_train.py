@@ -213,3 +213,17 @@ def test_bad_interval_and_val_seed_fail_before_work():
         main(["--model", "mnist-dit", "--out", "x", "--interval", "0.3"])
     with pytest.raises(ValueError, match="val_seed"):
         main(["--model", "mnist-dit", "--out", "x", "--val-conditions", "4", "--val-seed", "0"])
+
+
+def test_schedule_for_another_T_fails_before_sampling(tmp_path):
+    from methods.diffsparse.schedule import export_schedule
+    from methods.diffsparse.train import check_schedules
+
+    pipe = dit_pipeline()
+    space = LevelSpace.from_transformer(pipe, STEPS)
+    path = export_schedule(tmp_path / "s.json", space, np.full(space.n_cells, space.K))
+    check_schedules(pipe, STEPS, [path])
+    with pytest.raises(ValueError, match=f"trained for T={STEPS} steps .* this run has T={STEPS + 1}"):
+        check_schedules(pipe, STEPS + 1, [path])
+    with pytest.raises(ValueError, match="no such file"):
+        check_schedules(pipe, STEPS, [tmp_path / "missing.json"])
