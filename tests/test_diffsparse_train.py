@@ -227,3 +227,18 @@ def test_schedule_for_another_T_fails_before_sampling(tmp_path):
         check_schedules(pipe, STEPS + 1, [path])
     with pytest.raises(ValueError, match="no such file"):
         check_schedules(pipe, STEPS, [tmp_path / "missing.json"])
+
+
+def test_time_budget_is_shared_by_the_stages(tmp_path):
+    task = tiny_task("dit")
+    config = TrainConfig(ratio=0.2, mode="paper", loss="l2", conditions=2, batch=2, stages="two")
+    lines = []
+    trainer = Trainer(task, config, tmp_path, lines.append, minutes=1e-6)
+    if not trainer.toca_init():
+        pytest.skip("ToCa has no full step after step 0 on the tiny model: single stage only")
+    trainer.train()
+    shares = [line for line in lines if "share of the" in line]
+    assert [line.split(":")[0] for line in shares] == ["stage 1a", "stage 1b"]  # ended early, moved on
+    assert any("T_f = " in line for line in lines)  # 1b's end (step-DP, warm start) still ran
+    assert any("reached at stage 2 iteration 0" in line for line in lines)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["position"] == (2, 0)

@@ -45,6 +45,7 @@ from methods.diffsparse.selector import selector_spec
 from methods.diffsparse.space import LevelSpace, level_count, tokens_at
 
 SCHEDULE_FILE = "schedule.json"
+STAGE_SHARES = {"1a": 0.4, "1b": 0.2, "2": 0.4, "single": 1.0}  # of a --minutes budget [PD]
 INIT_FILE = "schedule_toca_init.json"  # the DP on the ToCa-initialised costs, same budget
 
 
@@ -398,8 +399,12 @@ class Trainer:
             self.log(f"validation {label}: LPIPS to teacher {value:.5f} on {len(self.val_conditions)} held-out "
                      f"conditions, macs_ratio {self.mac_ratio(levels):.4f}")
 
-        def out_of_time() -> bool:
-            return self.minutes is not None and time.monotonic() - started > 60 * self.minutes
+        # [PD] with a time budget each remaining stage may run until its cumulative share of it has
+        # passed (1a 0.4, 1b 0.2, 2 0.4; time a stage leaves unused carries over); the last stage's
+        # deadline is the budget itself, where the run stops resumably
+        shares = [STAGE_SHARES[stage] for stage in stages[position[0]:]]
+        deadlines = {position[0] + j: started + 60 * self.minutes * sum(shares[:j + 1]) / sum(shares)
+                     for j in range(len(shares))} if self.minutes is not None else {}
 
         stopped = False
         with frozen(self.task.pipeline), methods.attach(self.task.pipeline, policy):
@@ -417,10 +422,14 @@ class Trainer:
                     opt.load_state_dict(state["optimizer"])
                 total = per_epoch * cfg.epochs
                 for it in tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total):
-                    if out_of_time():
-                        stopped = True
-                        self.log(f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
-                                 "checkpointed: run again with the same config to resume")
+                    if deadlines and time.monotonic() > deadlines[s]:
+                        if s == len(stages) - 1:
+                            stopped = True
+                            self.log(f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
+                                     "checkpointed: run again with the same config to resume")
+                        else:
+                            self.log(f"stage {stage}: its share of the {self.minutes} min budget is used after "
+                                     f"{it} iterations; next stage")
                         break
                     batch = [(it % per_epoch) * cfg.batch + j for j in range(cfg.batch)]
                     batch = [j for j in batch if j < len(self.conditions)]
@@ -442,7 +451,7 @@ class Trainer:
                             and it + 1 < total and stage != "1b"):  # 1b leaves P (the exported costs) alone
                         validate(f"stage {stage} epoch {epoch}")
                     save((s, it + 1), opt.state_dict())
-                else:
+                if not stopped:
                     if stage == "1b":  # T_f = step-DP(C_f), then the warm start (Eq. 9)
                         mask = dp.step_dp(step_costs.C.detach().numpy(), len(tf0))
                         full_steps = [int(i) + 1 for i in np.flatnonzero(mask)]
