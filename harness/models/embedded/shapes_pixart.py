@@ -508,7 +508,7 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
         ci = cap_idx[idx]
         drop = torch.rand(batch_size, generator=gen) < caption_drop
-        e = torch.where(drop[:, None, None], null_emb, emb[ci])
+        e = torch.where(drop[:, None, None], null_emb, emb[ci]).float()  # stored bf16 to save memory
         m = torch.where(drop[:, None], null_mask, mask[ci])
         t = torch.randint(0, len(alphas), (batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
