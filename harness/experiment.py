@@ -178,10 +178,41 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
                 raise ValueError(f"{where}.params': {entry.name}.{tuned} is tuned to meet the budget "
                                  f"(budget.macs_ratio = {exp.budget.macs_ratio}); remove it or remove the budget")
             try:
-                methods.build(entry.name, **entry.params_for(model))
+                methods.base.config(entry.name, **entry.params_for(model))
             except ValueError as err:
-                field_name = "params" if model not in entry.models else f"models.{model}"
-                raise ValueError(f"{where}.{field_name}' (model {model}): {err}") from None
+                raise ValueError(f"{where}.{_params_field(entry, model)}' (model {model}): {err}") from None
+
+
+def _params_field(entry: MethodEntry, model: str) -> str:
+    return "params" if model not in entry.models else f"models.{model}"
+
+
+# file-valued method parameters → the command that writes the file
+TRAIN_COMMANDS = {("diffsparse", "schedule"): "python -m methods.diffsparse.train --model {model} --out {folder}"}
+
+
+def check_inputs(exp: Experiment) -> None:
+    """Build every method as it will run: the files it reads (a learned schedule) must exist and fit. Validation does not read them, so an experiment for models trained elsewhere (the paper
+    tables) validates here; the runner calls this before any sampling. ValueError naming the field and the
+    command that writes a missing file."""
+    import methods
+
+    if exp.methods == "all":
+        return  # defaults only: a method that cannot run on a model is skipped at run time with its reason
+    for i, entry in enumerate(exp.methods):
+        for model in exp.models:
+            params = entry.params_for(model)
+            where = f"experiment {exp.name}: field 'methods[{i}].{_params_field(entry, model)}"
+            for (name, field_name), command in TRAIN_COMMANDS.items():
+                path = params.get(field_name)
+                if entry.name == name and isinstance(path, str) and not Path(path).is_file():
+                    train = command.format(model=model, folder=Path(path).parent)
+                    raise ValueError(f"{where}.{field_name}' (model {model}): {path} does not exist; make it first "
+                                     f"with `{train}` (and the options of this variant; see the experiment file)")
+            try:
+                methods.build(entry.name, **params)
+            except ValueError as err:
+                raise ValueError(f"{where}' (model {model}): {err}") from None
 
 
 def parse(data: Any, source: str = "<experiment>", default_name: str | None = None) -> Experiment:

@@ -62,10 +62,15 @@ def _conditions(family: str):
 
 
 def _sampler_call(pipe, family: str, sampler: Sampler):
-    def sample(conditions: list, seed: int, steps: int | None = None) -> torch.Tensor:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        kw = dict(num_inference_steps=steps or sampler.steps, guidance_scale=sampler.guidance_scale,
-                  generator=g, output_type="pt", **sampler.extra)
+    def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
+               start: int = 0) -> torch.Tensor:
+        """One call for all ``conditions``; image i draws its noise from the generator of (seed, start + i),
+        so a shard of the evaluation set (``start``: its first index) gives the images of one process."""
+        from harness.models.embedded.common import generators
+
+        kw = dict(num_inference_steps=steps or sampler.steps,
+                  guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
+                  generator=generators(seed, start, len(conditions)), output_type="pt", **sampler.extra)
         if family == "dit":
             out = pipe(class_labels=conditions, **kw).images
         else:
