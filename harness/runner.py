@@ -68,9 +68,14 @@ def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
     can skip a run before its budget search."""
     payload = {"model": model, "sampler": exp.sampler, "steps": exp.steps, "guidance": exp.guidance,
                "method": entry.name, "params": entry.params_for(model),
-               "budget_macs_ratio": exp.budget.macs_ratio if exp.budget else None,
+               "budget_macs_ratio": _budget_ratio(exp, entry),
                "eval": exp.eval.model_dump(), "seed": seed, "code_version": code_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _budget_ratio(exp: Experiment, entry: MethodEntry) -> float | None:
+    budget = exp.budget_for(entry)
+    return budget.macs_ratio if budget is not None else None
 
 
 def run_label(method: str, config: dict, given: dict, seed: int | None = None) -> str:
@@ -421,20 +426,21 @@ def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
 def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry, params: dict) -> dict:
     """{"tuned": {field: value}, "note": budget note or None}, or {"skip": reason} when the method cannot run
     on the model (family, unreachable budget): a skip, not fatal."""
-    field = methods.base.method_class(entry.name).budget_field if exp.budget is not None else None
+    budget = _budget_ratio(exp, entry)
+    field = methods.base.method_class(entry.name).budget_field if budget is not None else None
     tuned: dict = {}
     try:
         macs = ctx.macs_of(methods.build(entry.name, **params))
         result = None
         if field is not None:
-            result = tune(entry.name, params, field, exp.budget.macs_ratio * ctx.macs_full, ctx.macs_of, ctx.steps,
+            result = tune(entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps,
                           progress=ctx.progress)
             tuned, macs = {field: result["value"]}, result["macs"]
     except Exception as err:  # noqa: BLE001 — any failure to set the method up is the skip reason
         return {"skip": f"{type(err).__name__}: {err}"}
     note = None
-    if exp.budget is not None and entry.name != "full":
-        note = budget_note(entry.name, field, exp.budget.macs_ratio, macs / ctx.macs_full, result, ctx.macs_full)
+    if budget is not None and entry.name != "full":
+        note = budget_note(entry.name, field, budget, macs / ctx.macs_full, result, ctx.macs_full)
         if note:
             log.info("%s on %s is off budget: %s", entry.name, ctx.bundle.name, note)
     return {"tuned": tuned, "note": note}
@@ -478,7 +484,7 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
     return {
         "run_id": rid, "experiment": exp.name, "model": model, "family": ctx.bundle.family, "method": entry.name,
         "label": label, "params": params, "config": report["config"], "tuned": tuned,
-        "budget_macs_ratio": exp.budget.macs_ratio if exp.budget else None, "budget_note": setup["note"],
+        "budget_macs_ratio": _budget_ratio(exp, entry), "budget_note": setup["note"],
         "sampler": ctx.sampler,
         "steps": ctx.steps, "guidance": ctx.guidance, "eval_set": exp.eval.prompts or exp.eval.set,
         "n_samples": len(images), "seed": seed, "code_version": code_version(),
