@@ -202,9 +202,9 @@ TRAIN_COMMANDS = {("diffsparse", "schedule"): "python -m methods.diffsparse.trai
 
 def check_inputs(exp: Experiment) -> None:
     """Build every method as it will run, and check the files the run reads: the prompt set, the learned
-    schedules (which must exist and fit). Validation does not read them, so an experiment for models trained elsewhere (the paper
-    tables) validates here; the runner calls this before any sampling. ValueError naming the field and the
-    command that writes a missing file."""
+    schedules (which must exist and fit). Validation does not read them, so an experiment for models trained
+    elsewhere (the paper tables) validates here; the runner calls this before any sampling. ValueError naming
+    the field and the command that writes a missing file."""
     import methods
 
     if exp.eval.set == "prompts" and not Path(exp.eval.prompts).is_file():
