@@ -407,6 +407,9 @@ def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
     """Why a run's MAC ratio is more than :data:`BUDGET_TOLERANCE` off the budget (None when it is not):
     no budget field, a field whose steps jump over the budget, or one whose range cannot reach it.
     ``tuning``: the result of :func:`tune`, whose evaluations show the nearest reachable ratios."""
+    def shown(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     if abs(ratio / budget_ratio - 1) <= BUDGET_TOLERANCE:
         return None
     if field is None or tuning is None:
@@ -415,12 +418,12 @@ def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
     below = max((r for r in reached if r[1] <= budget_ratio), key=lambda r: r[1])
     above = [r for r in reached if r[1] > budget_ratio]
     if not above:
-        return (f"{field} cannot spend the budget: its most expensive accepted setting ({field}={_fmt(below[0])}) "
+        return (f"{field} cannot spend the budget: its most expensive accepted setting ({field}={shown(below[0])}) "
                 f"reaches {below[1]:.3f} of full")
     above = min(above, key=lambda r: r[1])
     why = f"{field} is an integer" if isinstance(below[0], int) else f"MACs move in steps as {field} changes"
-    return (f"{why}: nearest reachable {below[1]:.3f} ({field}={_fmt(below[0])}) / {above[1]:.3f} "
-            f"({field}={_fmt(above[0])}); the run takes the one within budget")
+    return (f"{why}: nearest reachable {below[1]:.3f} ({field}={shown(below[0])}) / {above[1]:.3f} "
+            f"({field}={shown(above[0])}); the run takes the one within budget")
 
 
 def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry, params: dict) -> dict:
