@@ -7,6 +7,8 @@ evaluation samples are drawn with the method attached, the metrics computed agai
 real references, latency timed interleaved with ``full`` (same process, after warm-up, median), peak
 memory measured, and the row written atomically with its artifacts (sample grid, per-(step, layer)
 decision map). Runs whose identity is already stored are skipped (resume); ``force`` reruns them.
+Under ``accelerate launch`` every sampling pass is split across the ranks (:mod:`harness.shard`); rank 0
+does everything else.
 
 MACs per image do not depend on the batch or on the conditions (the decisions of every method here are
 a function of step and layer only; token *indices* vary, token *counts* do not), so the budget search
@@ -146,12 +148,13 @@ class ModelContext:
         return self._macs_full
 
 
-def _load_model(exp: Experiment, name: str, progress: bool) -> ModelContext:
+def _load_model(exp: Experiment, name: str, progress: bool, shard: Shard) -> ModelContext:
     from diffusers import schedulers
 
     from harness.models import zoo
 
-    bundle = zoo.load(name)
+    device = shard.state.device  # under accelerate launch on GPUs: this rank's GPU
+    bundle = zoo.load(name, **({"device": device} if device.type == "cuda" else {}))
     needs_refs = any("references" in NEEDS[m] for m in exp.metrics)
     if needs_refs and bundle.references is None:
         wanted = [m for m in exp.metrics if "references" in NEEDS[m]]
@@ -362,7 +365,7 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
             if not todo:
                 continue
             bar.set_postfix_str(f"{model}: loading")
-            ctx = _load_model(exp, model, progress)
+            ctx = _load_model(exp, model, progress, shard)
             teachers: dict[int, torch.Tensor] = {}
             for seed, entry, rid in todo:
                 bar.set_postfix_str(f"{model} {entry.name} seed {seed}")
