@@ -148,13 +148,13 @@ class ModelContext:
         return self._macs_full
 
 
-def _load_model(exp: Experiment, name: str, progress: bool, shard: Shard) -> ModelContext:
+def _load_model(exp: Experiment, name: str, progress: bool, device: torch.device | None = None) -> ModelContext:
+    """``device``: where a GPU rank under ``accelerate launch`` puts the model (default: the bundle's own)."""
     from diffusers import schedulers
 
     from harness.models import zoo
 
-    device = shard.state.device  # under accelerate launch on GPUs: this rank's GPU
-    bundle = zoo.load(name, **({"device": device} if device.type == "cuda" else {}))
+    bundle = zoo.load(name, **({"device": device} if device is not None and device.type == "cuda" else {}))
     needs_refs = any("references" in NEEDS[m] for m in exp.metrics)
     if needs_refs and bundle.references is None:
         wanted = [m for m in exp.metrics if "references" in NEEDS[m]]
@@ -365,7 +365,7 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
             if not todo:
                 continue
             bar.set_postfix_str(f"{model}: loading")
-            ctx = _load_model(exp, model, progress, shard)
+            ctx = _load_model(exp, model, progress, shard.state.device)
             teachers: dict[int, torch.Tensor] = {}
             for seed, entry, rid in todo:
                 bar.set_postfix_str(f"{model} {entry.name} seed {seed}")
