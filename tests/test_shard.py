@@ -43,7 +43,9 @@ def _run(tmp_path: Path, name: str, launch: list[str]) -> tuple[dict, Path]:
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("**Leaderboard") == 1  # rank 0 alone reports
     with Store(folder / "db.sqlite") as store:
-        return {row["method"]: row for row in store.rows("shard")}, folder / "cache"
+        rows = store.rows("shard")
+    assert len(rows) == len(list((folder / "artifacts" / "shard").iterdir())) == 3  # one writer: rank 0
+    return {row["method"]: row for row in rows}, folder / "cache"
 
 
 def _teacher(cache: Path) -> torch.Tensor:
