@@ -32,6 +32,13 @@ DIT_S = dict(num_layers=12, num_attention_heads=6, attention_head_dim=64, sample
 DTYPES = ("bf16-autocast", "bf16", "fp32")
 
 
+def default_dtype() -> str:
+    """bf16 autocast where the CPU computes bf16 natively; fp32 elsewhere (emulated bf16 is ~8× slower)."""
+    from harness.models.embedded.common import native_bf16
+
+    return "bf16-autocast" if native_bf16() else "fp32"
+
+
 def build_model(dtype: str, seed: int = 0) -> torch.nn.Module:
     from diffusers import DiTTransformer2DModel
 
@@ -107,7 +114,7 @@ class Sampler:
                     c0 = time.perf_counter()
                     noise_pred = self.transformer(x, timestep=timesteps, class_labels=self.class_labels).sample
                     c1 = time.perf_counter()
-                    eps, rest = noise_pred[:, :latent_channels], noise_pred[:, latent_channels:]
+                    eps = noise_pred[:, :latent_channels]
                     cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
                     half_eps = uncond_eps + scale * (cond_eps - uncond_eps)
                     eps = torch.cat([half_eps, half_eps], dim=0)
@@ -174,7 +181,7 @@ def machine_lines(args) -> list[str]:
                               capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "harness", "methods"],
                                capture_output=True, text=True, timeout=10).stdout.split()
-        code = f"code: {head[:110]}" + (f"  [uncommitted changes in harness/ or methods/]" if dirty else "")
+        code = f"code: {head[:110]}" + ("  [uncommitted changes in harness/ or methods/]" if dirty else "")
     except Exception:  # no git
         code = "code: (git unavailable)"
     return [

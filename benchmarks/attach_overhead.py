@@ -27,7 +27,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import torch  # noqa: E402
 
 from _common import (DIT_S, DTYPES, Report, Sampler, attached, build_model, build_scheduler,  # noqa: E402
-                     dtype_line, machine_lines, median, spread, tune_malloc)
+                     default_dtype, dtype_line, machine_lines, median, spread, tune_malloc)
 
 GOAL = 1.03
 ARMS = ("plain", "attached")
@@ -42,7 +42,8 @@ def parse_args():
                    help="phase 2: transformer calls per arm, alternated call by call between two copies of "
                         "the model with identical weights (one attached); 0 skips it")
     p.add_argument("--batch", type=int, default=8, help="images per call (CFG doubles the rows)")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16-autocast")
+    p.add_argument("--dtype", choices=DTYPES, default=default_dtype(),
+                   help="default: bf16-autocast on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on this shared 2-core machine 2 threads are "
                         "slower and several times noisier; 0 = torch default)")
@@ -184,8 +185,8 @@ def extra_work(out, sampler: Sampler, args) -> dict:
             bookkeeping[f"{Path(f).name}:{line}({func})"] = tottime / steps
     total = sum(bookkeeping.values())
     out("")
-    out(f"Phase 3 — extra work of an attached call (timing-free): tensor ops per transformer call that differ "
-        f"(attached − plain calls, torch.profiler counts):")
+    out("Phase 3 — extra work of an attached call (timing-free): tensor ops per transformer call that differ "
+        "(attached − plain calls, torch.profiler counts):")
     out("  " + (", ".join(f"{k} {d:+.0f}" for d, k in extra[:14]) or "none"))
     out(f"  executor bookkeeping in Python (cProfile own time of harness/engine.py, accounting.py, scores.py, "
         f"methods/): {1e3 * total:.2f} ms per call (under cProfile), "

@@ -30,7 +30,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import torch  # noqa: E402
 
 from _common import (DIT_S, DTYPES, Report, Sampler, attached, build_model, build_scheduler,  # noqa: E402
-                     dtype_line, machine_lines, median, spread, tune_malloc, usage)
+                     default_dtype, dtype_line, machine_lines, median, spread, tune_malloc, usage)
 
 GOAL = 0.85
 ARMS = ("full", "toca")
@@ -59,7 +59,8 @@ def parse_args():
     p.add_argument("--steps", type=int, default=20,
                    help="DDIM steps (protocol: 50; default 20 so the default run fits in ~6 min here)")
     p.add_argument("--batch", type=int, default=8, help="images per call (CFG doubles the rows)")
-    p.add_argument("--dtype", choices=DTYPES, default="bf16-autocast")
+    p.add_argument("--dtype", choices=DTYPES, default=default_dtype(),
+                   help="default: bf16-autocast on CPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on this shared 2-core machine 2 threads are "
                         "slower and several times noisier; 0 = torch default)")
@@ -299,7 +300,7 @@ def profile(out, sampler: Sampler, args) -> None:
     stats = pstats.Stats(pr, stream=s).sort_stats("cumulative")
     stats.print_stats(r"harness|methods", args.top)
     text = s.getvalue()
-    out(f"--- cProfile, toca: harness/ and methods/ functions by cumulative time ---")
+    out("--- cProfile, toca: harness/ and methods/ functions by cumulative time ---")
     out(text[text.find("ncalls"):].rstrip() if "ncalls" in text else text.rstrip())
     out("")
     return attention_microbench(out, sampler, args)

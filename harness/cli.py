@@ -157,12 +157,38 @@ def add_run_parsers(sub) -> None:
     p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
     p.set_defaults(func=cmd_quickstart)
 
+    p = sub.add_parser("sweep", help="a grid or an Optuna study over experiment fields (resumes; N workers)")
+    p.add_argument("file", help="sweep YAML (experiments/sweep_*.yaml)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default: %(default)s)")
+    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, else "
+                   "<store>-optuna.db next to the store)")
+    p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    """Run a sweep file (grid or Optuna study) into the store, resuming; print the sweep's table."""
+    from harness import report, sweep
+
+    spec = sweep.load(args.file)  # every validation error before any work
+    _run_logging()
+    sweep.run(spec, args.store, workers=args.workers, storage=args.storage, force=args.force, wandb=args.wandb)
+    print(report.write(sweep.table(spec, args.store, storage=args.storage), "md"))
+    return 0
+
 
 def cmd_table(args) -> int:
     from harness import report
     from harness.store import Store
 
-    table = report.table(Store(args.store).frame(), args.layout, experiment=args.experiment)
+    if args.sweep is not None:
+        from harness import sweep
+
+        table = sweep.table(sweep.load(args.sweep), args.store, storage=args.storage)
+    else:
+        table = report.table(Store(args.store).frame(), args.layout, experiment=args.experiment)
     text = report.write(table, args.format, args.out)
     print(text if args.out is None else f"wrote {args.out}")
     return 0
@@ -189,6 +215,9 @@ def add_report_parsers(sub) -> None:
     p = sub.add_parser("table", help="leaderboard or a DiffSparse paper table, from the results store")
     p.add_argument("--layout", default="leaderboard", choices=["leaderboard", *TABLES])
     p.add_argument("--experiment", default=None, help="only this experiment's runs")
+    p.add_argument("--sweep", default=None, metavar="FILE", help="the runs of this sweep file, one row per point "
+                   "(Optuna studies: per trial, Pareto-optimal ones marked)")
+    p.add_argument("--storage", default=None, help="with --sweep: Optuna storage URL (default: as `dsbench sweep`)")
     p.add_argument("--format", default="md", choices=["md", "tex", "csv"])
     p.add_argument("--out", default=None, help="write to this file instead of printing")
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")

@@ -375,7 +375,13 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
                 bar.update(1)
                 if row is None:
                     continue
-                store.put(row, replace=force)
+                try:
+                    store.put(row, replace=force)
+                except ValueError:  # another sweep worker stored this identity meanwhile: its row stands
+                    if not store.has(rid):
+                        raise
+                    outcome.resumed.append(rid)
+                    continue
                 outcome.stored.append(row)
                 log.info("stored %s %s: macs_ratio %.3f, speedup %.2f×", model, row["label"], row["macs_ratio"],
                          row["speedup"])

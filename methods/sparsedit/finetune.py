@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.models.embedded.common import Log, bf16_autocast
+from harness.models.embedded.common import Log, bf16_autocast, native_bf16
 from methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, save_weights, sparsify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
     log(f"sparsedit finetune {model}: layout {vars(layout)}, {n_params / 1e6:.3f}M params "
         f"(pretrained {sum(p.numel() for p in transformer.parameters()) / 1e6:.3f}M), r ∈ [{r_min}, {r_max}], "
         f"pieces (t_lo, t_hi, side) {spans}, batch {batch_size}, AdamW lr {lr} wd 0, EMA {ema_decay}, "
-        f"bf16 autocast, threads {torch.get_num_threads()}")
+        f"{'bf16 autocast' if native_bf16() else 'fp32'}, threads {torch.get_num_threads()}")
 
     def save_checkpoint() -> None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, sample_in_batches
+from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, native_bf16, sample_in_batches
 from harness.models.zoo import ModelBundle, Sampler, register
 
 # `python -m harness.models.embedded.mnist_dit` imports this module through its package first (which registers the
@@ -512,7 +512,7 @@ def train(out_dir: Path = WEIGHTS, phases=("vae", "classifier", "dit"), vae_step
     if threads:
         torch.set_num_threads(threads)
     log(f"torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, threads "
-        f"{torch.get_num_threads()}, bf16 autocast; phases {list(phases)}")
+        f"{torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32'}; phases {list(phases)}")
     t0 = time.time()
     summary: dict = {}
     if "vae" in phases:

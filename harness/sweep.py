@@ -1,0 +1,584 @@
+"""Sweeps (``dsbench sweep FILE``): many experiments from one base, as a grid or an Optuna study.
+
+A sweep file names a base experiment (a file, or the experiment inline) and either a grid or a study::
+
+    name: toca-ratio
+    experiment: quickstart.yaml               # relative to this file; or an inline mapping
+    grid:                                     # cartesian product: one experiment per point
+      methods.toca.ratio: [0.2, 0.4, 0.6]     # methods.<name>.<param> sets that method's params
+      seeds: [0, 1]                           # any experiment field by its dotted path
+    # or
+    optuna:
+      space: {methods.toca.ratio: {type: float, low: 0.1, high: 0.9}}
+      objectives: [{metric: lpips_alex, direction: minimize}, {metric: macs_ratio, direction: minimize}]
+      n_trials: 20
+      sampler: nsga2                          # tpe | random | nsga2
+      storage: null                           # default: SQLite file next to the results store
+      study_name: null                        # default: the sweep's name
+
+Every point (grid) or trial (study) is an ordinary experiment run by :func:`harness.runner.run_experiment`
+into the results store, so the run identity makes a rerun skip what is stored (``force`` reruns it).
+``workers`` processes share the work: grid points are dealt round-robin; study workers count COMPLETE
+and RUNNING trials and ask for a new one inside one cross-process lock, so together they finish exactly
+``n_trials``. A RUNNING trial whose worker died (its process is gone on this host, or its heartbeat is
+older than :data:`STALE_AFTER` on another host) is marked FAIL and its parameters enqueued again, so the
+study still ends with ``n_trials`` COMPLETE trials and the interrupted run is picked up where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import logging
+import math
+import os
+import socket
+import sqlite3
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+import yaml
+
+from harness import experiment
+
+log = logging.getLogger("dsbench.sweep")
+STALE_AFTER = 600.0  # seconds without heartbeat after which another host's RUNNING trial counts as dead
+HEARTBEAT = 30.0  # seconds between a running trial's heartbeats
+_LIST_FIELDS = ("models", "seeds", "metrics")  # a scalar swept into a list field means a one-element list
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = pydantic.Field(False, description="sample on a log scale (low > 0)")
+    step: float | None = pydantic.Field(None, gt=0, description="discretisation step > 0")
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = pydantic.Field(1, ge=1, description="step >= 1")
+    log: bool = pydantic.Field(False, description="sample on a log scale (low >= 1)")
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Any] = pydantic.Field(..., min_length=1, description="values to choose from")
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], pydantic.Field(discriminator="type")]
+
+
+class Objective(_Strict):
+    metric: str = pydantic.Field(..., min_length=1, description="a numeric column of the runs (lpips_alex, macs_ratio, speedup, ...)")
+    direction: Literal["minimize", "maximize"]
+
+
+class Study(_Strict):
+    space: dict[str, Param] = pydantic.Field(..., min_length=1, description="{field path: search space}")
+    objectives: list[Objective] = pydantic.Field(..., min_length=1, description="metrics to optimise")
+    n_trials: int = pydantic.Field(..., ge=1, description="COMPLETE trials the study ends with, >= 1")
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    seed: int = pydantic.Field(0, description="sampler seed")
+    storage: str | None = pydantic.Field(None, description="RDB URL (default: SQLite file next to the store)")
+    study_name: str | None = pydantic.Field(None, description="study name (default: the sweep's name)")
+
+
+class Sweep(_Strict):
+    name: str = pydantic.Field(..., min_length=1, description="sweep name (default: the file name)")
+    experiment: str | dict[str, Any] = pydantic.Field(..., description="base experiment file, or inline experiment")
+    grid: dict[str, list[Any]] | None = pydantic.Field(None, description="{field path: [values]}")
+    optuna: Study | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self):
+        if (self.grid is None) == (self.optuna is None):
+            raise ValueError("give exactly one of `grid` and `optuna`")
+        for path, values in (self.grid or {}).items():
+            if not values:
+                raise ValueError(f"grid.{path}: needs at least one value")
+        for path, p in (self.optuna.space if self.optuna else {}).items():
+            if p.type != "categorical" and p.low > p.high:
+                raise ValueError(f"optuna.space.{path}: low {p.low} is above high {p.high}")
+        return self
+
+
+class SweepSpec:
+    """A loaded sweep: the schema, the base experiment's data, and the experiment of each assignment."""
+
+    def __init__(self, sweep: Sweep, base: dict, source: str):
+        self.sweep, self.base, self.source = sweep, base, source
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.sweep.grid or self.sweep.optuna.space)
+
+    def experiment_for(self, assignment: dict[str, Any]) -> experiment.Experiment:
+        """The base experiment with ``assignment`` ({field path: value}) applied, validated."""
+        data = copy.deepcopy(self.base)
+        for path, value in assignment.items():
+            _assign(data, path, value, self.source)
+        data["name"] = self.sweep.name
+        point = ", ".join(f"{k}={v!r}" for k, v in assignment.items())
+        return experiment.parse(data, f"{self.source} (point {point})")
+
+    def points(self) -> list[dict[str, Any]]:
+        """Grid assignments in file order (the last field varies fastest)."""
+        grid = self.sweep.grid
+        return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+    def study_name(self) -> str:
+        return self.sweep.optuna.study_name or self.sweep.name
+
+    def storage_url(self, store_path: str | Path, storage: str | None = None) -> str:
+        """``storage`` (the command line's), else the file's, else ``<store>-optuna.db`` next to the store."""
+        url = storage or self.sweep.optuna.storage
+        if url is None:
+            store = Path(store_path)
+            url = f"sqlite:///{store.with_name(store.stem + '-optuna.db').resolve()}"
+        return url
+
+
+# -- loading and validation -------------------------------------------------------------------------------
+def _assign(data: dict, path: str, value: Any, source: str) -> None:
+    """Set the experiment field at dotted ``path``; ``methods.<name>.<param>`` is that method entry's param
+    (``methods.<name>.models.<model>.<param>`` its per-model override, ``methods.<i>...`` by position)."""
+    parts = path.split(".")
+    if parts[0] == "methods":
+        entries = data.get("methods")
+        if not isinstance(entries, list):
+            raise ValueError(f"{source}: field path {path!r}: the base experiment's methods must be a list of "
+                             f"entries (not {entries!r}) to sweep a method parameter")
+        if len(parts) < 3:
+            raise ValueError(f"{source}: field path {path!r}: write methods.<method>.<param>")
+        names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+        if parts[1].isdigit() and int(parts[1]) < len(entries):
+            index = int(parts[1])
+        elif names.count(parts[1]) == 1:
+            index = names.index(parts[1])
+        elif parts[1] in names:
+            raise ValueError(f"{source}: field path {path!r}: method {parts[1]!r} appears {names.count(parts[1])} "
+                             f"times; name the entry by position (methods.<index>.<param>)")
+        else:
+            raise ValueError(f"{source}: field path {path!r}: no method entry {parts[1]!r}; "
+                             f"allowed: {', '.join(map(str, names))} (or an index)")
+        entry = entries[index] = dict(entries[index])
+        rest = parts[2:] if parts[2] in ("params", "models") else ["params", *parts[2:]]
+        _set(entry, rest, value)
+        return
+    allowed = [*experiment.Experiment.model_fields, "model"]
+    if parts[0] not in allowed:
+        raise ValueError(f"{source}: field path {path!r}: unknown experiment field {parts[0]!r}; "
+                         f"allowed: {', '.join(allowed)}")
+    if len(parts) == 1 and parts[0] in _LIST_FIELDS and not isinstance(value, list):
+        value = [value]
+    _set(data, parts, value)
+
+
+def _set(data: dict, parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        child = data.get(part)
+        data[part] = child = dict(child) if isinstance(child, dict) else {}
+        data = child
+    data[parts[-1]] = value
+
+
+def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
+    sections = {"optuna": Study, "objectives": Objective}
+    lines = []
+    for e in err.errors():
+        loc = [p for p in e["loc"] if p not in ("float", "int", "categorical", "str", "dict[str,any]")]
+        where = ".".join(map(str, loc)) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            cls = next((sections[p] for p in reversed(loc[:-1]) if p in sections), Sweep)
+            if "space" in loc[:-1]:
+                cls = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}.get(
+                    e["loc"][-2] if len(e["loc"]) > 1 else "", FloatParam)
+            lines.append(f"{source}: unknown field {where!r}; allowed fields: {', '.join(cls.model_fields)}")
+        elif e["type"] == "union_tag_invalid":
+            lines.append(f"{source}: field {where!r}: type must be one of float, int, categorical "
+                         f"(got {e.get('input', {}).get('type')!r})")
+        else:
+            lines.append(f"{source}: field {where!r}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, root: Path | None = None) -> SweepSpec:
+    """A validated sweep from parsed YAML: the schema, the base experiment, and every point (grid) or both
+    ends of every range (study) turned into a valid experiment; ValueError naming file, field, allowed values."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a sweep file must be a mapping of fields; allowed fields: "
+                         f"{', '.join(Sweep.model_fields)}")
+    data = dict(data)
+    if default_name and "name" not in data:
+        data["name"] = default_name
+    try:
+        sweep = Sweep(**data)
+    except pydantic.ValidationError as err:
+        raise ValueError(_schema_errors(source, err)) from None
+    if isinstance(sweep.experiment, str):
+        path = Path(sweep.experiment)
+        candidates = [path] if path.is_absolute() else [(root or Path.cwd()) / path, path]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise ValueError(f"{source}: field 'experiment': experiment file {sweep.experiment} does not exist "
+                             f"(looked in {', '.join(str(c) for c in candidates)})")
+        base = yaml.safe_load(found.read_text())
+        experiment.parse(base, str(found), default_name=found.stem)
+    else:
+        base = dict(sweep.experiment)
+        experiment.parse({"name": sweep.name, **base}, f"{source}: field 'experiment'")
+    spec = SweepSpec(sweep, base, source)
+    if sweep.grid is not None:
+        for point in spec.points():
+            spec.experiment_for(point)
+    else:
+        for path, p in sweep.optuna.space.items():
+            for value in (p.choices if p.type == "categorical" else (p.low, p.high)):
+                spec.experiment_for({path: value})
+    return spec
+
+
+def load(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file (its name defaults to the file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    return parse(data, str(path), default_name=path.stem, root=path.parent)
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def run(spec: SweepSpec, store_path: str | Path, *, workers: int = 1, storage: str | None = None,
+        force: bool = False, wandb: bool = True, progress: bool = True) -> None:
+    """Run the sweep into the store at ``store_path`` with ``workers`` local processes (1: this process)."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    url = spec.storage_url(store_path, storage) if spec.sweep.optuna else None
+    if url is not None:
+        _study(spec, url)  # create it (and check it is this sweep's) before any worker starts
+    if workers == 1:
+        _work(spec, str(store_path), url, 0, 1, force, wandb, progress)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_worker_main, args=(spec, str(store_path), url, i, workers, force, wandb))
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"sweep {spec.sweep.name}: worker(s) {failed} failed (exit codes "
+                           f"{[procs[i].exitcode for i in failed]}); rerun the same command to resume")
+
+
+def _worker_main(spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool,
+                 wandb: bool) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the machine's cores
+    logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(message)s")
+    _work(spec, store_path, url, worker, workers, force, wandb, progress=False)
+
+
+def _work(spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool, wandb: bool,
+          progress: bool) -> None:
+    from harness import runner
+    from harness.store import Store
+    from harness.tracking import Tracker
+
+    store = Store(store_path)
+    tracker = Tracker(dir=Path(store_path).parent) if wandb else None
+    try:
+        if url is None:
+            for i, point in enumerate(spec.points()):
+                if i % workers == worker:
+                    log.info("point %d: %s", i, point)
+                    runner.run_experiment(spec.experiment_for(point), store, force=force, tracker=tracker,
+                                          progress=progress)
+            return
+        _optimise(spec, store, url, worker, force, tracker, progress)
+    finally:
+        store.close()
+
+
+def _distributions(study: Study) -> dict:
+    import optuna.distributions as d
+
+    out = {}
+    for path, p in study.space.items():
+        if p.type == "float":
+            out[path] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            out[path] = d.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        else:
+            out[path] = d.CategoricalDistribution(p.choices)
+    return out
+
+
+def _study(spec: SweepSpec, url: str, seed_offset: int = 0):
+    """The sweep's study in ``url`` (created when missing; a study of another sweep is an error)."""
+    import optuna
+
+    cfg = spec.sweep.optuna
+    seed = cfg.seed + seed_offset
+    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+               "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[cfg.sampler]()
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 600}}} if url.startswith("sqlite") else {}
+    storage = optuna.storages.RDBStorage(url, **kwargs)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name=spec.study_name(), sampler=sampler, load_if_exists=True,
+                                directions=[o.direction for o in cfg.objectives])
+    identity = json.loads(json.dumps({"space": {k: v.model_dump() for k, v in cfg.space.items()},
+                                      "objectives": [o.model_dump() for o in cfg.objectives]}, default=str))
+    stored = study.user_attrs.get("sweep")
+    if stored is None:
+        study.set_user_attr("sweep", identity)
+        with warnings.catch_warnings():  # experimental since optuna 3.2; only names the values in optuna's views
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.metric for o in cfg.objectives])
+    elif stored != identity:
+        raise ValueError(f"study {spec.study_name()!r} in {url} holds a different sweep ({stored}); "
+                         f"give optuna.study_name another name")
+    return study
+
+
+@contextlib.contextmanager
+def trial_lock(url: str, study_name: str):
+    """A cross-process lock around "count trials and create one": a write transaction (BEGIN IMMEDIATE) on a
+    SQLite file next to a SQLite storage (the storage's own file must stay writable for optuna); for other
+    databases ``SELECT ... FOR UPDATE`` on a row of a ``dsbench_sweep_lock`` table in the same database."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(f"{parsed.database}.lock", timeout=3600, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # released by COMMIT, or by the OS if this process dies
+            try:
+                yield
+            finally:
+                conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return
+    engine = sqlalchemy.create_engine(url)
+    lock = sqlalchemy.text("SELECT study FROM dsbench_sweep_lock WHERE study = :s FOR UPDATE")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("CREATE TABLE IF NOT EXISTS dsbench_sweep_lock (study VARCHAR(512) PRIMARY KEY)"))
+            if conn.execute(lock.bindparams(s=study_name)).first() is None:
+                conn.execute(sqlalchemy.text("INSERT INTO dsbench_sweep_lock (study) VALUES (:s)"), {"s": study_name})
+        with engine.begin() as conn:
+            conn.execute(lock.bindparams(s=study_name))
+            yield
+    finally:
+        engine.dispose()
+
+
+def _alive(pid: int) -> bool:
+    """A process of this host that runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _stale(trial, now: float) -> bool:
+    worker = trial.user_attrs.get("worker")
+    if worker is None:  # the worker died between creating the trial and naming itself (both under the lock)
+        return True
+    if worker["host"] == socket.gethostname():
+        return not _alive(worker["pid"])
+    return now - trial.user_attrs.get("heartbeat", worker["started"]) > STALE_AFTER
+
+
+def fail_stale_trials(study) -> list[int]:
+    """Mark RUNNING trials of dead workers FAIL and enqueue their parameters again; their numbers."""
+    import optuna
+
+    failed = []
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if _stale(trial, now):
+            study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            if trial.params:
+                study.enqueue_trial(trial.params)
+            failed.append(trial.number)
+    if failed:
+        log.warning("trials %s of a dead worker marked FAIL; their parameters are asked again", failed)
+    return failed
+
+
+@contextlib.contextmanager
+def _heartbeat(study, trial_id: int):
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT):
+            with contextlib.suppress(Exception):  # a missed beat only makes the trial look older
+                study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _optimise(spec: SweepSpec, store, url: str, worker: int, force: bool, tracker, progress: bool) -> None:
+    import optuna
+
+    from harness import runner
+
+    cfg = spec.sweep.optuna
+    study = _study(spec, url)
+    # a seed per worker and per resume, so workers and reruns do not replay one another's samples
+    study = _study(spec, url, seed_offset=1000 * worker + len(study.trials))
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    distributions = _distributions(cfg)
+    while True:
+        with trial_lock(url, study.study_name):
+            fail_stale_trials(study)
+            if len(study.get_trials(deepcopy=False, states=counted)) >= cfg.n_trials:
+                return
+            trial = study.ask(distributions)
+            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+        log.info("trial %d: %s", trial.number, trial.params)
+        try:
+            with _heartbeat(study, trial._trial_id):
+                exp = spec.experiment_for(trial.params)
+                runner.run_experiment(exp, store, force=force, tracker=tracker, progress=progress)
+                values = objective_values(spec, exp, store)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        study.tell(trial, values)
+
+
+def run_ids(exp: experiment.Experiment) -> list[tuple[str, str]]:
+    """(model, run id) of every run of ``exp``, in the runner's order."""
+    from harness import runner
+
+    return [(model, runner.run_id(exp, model, entry, seed))
+            for model in exp.models for seed in exp.seeds for entry in exp.method_entries()]
+
+
+def objective_values(spec: SweepSpec, exp: experiment.Experiment, store) -> list[float]:
+    """Each objective's mean over the runs of ``exp`` in the store (seeds, models, methods)."""
+    rows = [store.get(rid) for _, rid in run_ids(exp)]
+    if any(r is None for r in rows):
+        raise ValueError(f"{spec.source}: a run of {exp.name} is not in the store (its method was skipped on a model; "
+                         "see the log); a study needs every run of a trial")
+    values = []
+    for obj in spec.sweep.optuna.objectives:
+        got = [r.get(obj.metric) for r in rows]
+        if any(not isinstance(v, (int, float)) or math.isnan(v) for v in got):
+            numeric = sorted(k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise ValueError(f"{spec.source}: field 'optuna.objectives': metric {obj.metric!r} is not a number in "
+                             f"the runs; allowed: {', '.join(numeric)}")
+        values.append(sum(got) / len(got))
+    return values
+
+
+# -- the table ------------------------------------------------------------------------------------------------
+def pareto_mask(values: list[list[float]], directions: list[str]) -> list[bool]:
+    """True for the points no other point dominates (no worse in every objective, better in one)."""
+    signs = [1 if d == "minimize" else -1 for d in directions]
+    pts = [[s * v for s, v in zip(signs, row)] for row in values]
+    return [not any(all(o <= p for o, p in zip(other, point)) and any(o < p for o, p in zip(other, point))
+                    for other in pts) for point in pts]
+
+
+def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
+    """The sweep's runs from the store (and, for a study, its COMPLETE trials' parameters from the study
+    storage): one row per point and run, the swept fields as columns, costs and metrics; a study marks
+    its Pareto-optimal trials."""
+    import optuna
+
+    from harness import report
+    from harness.store import Store
+
+    with Store(store_path) as store:
+        if spec.sweep.grid is not None:
+            points = [(str(i), point) for i, point in enumerate(spec.points())]
+        else:
+            url = spec.storage_url(store_path, storage)
+            try:
+                study = optuna.load_study(study_name=spec.study_name(), storage=url)
+            except KeyError:
+                raise ValueError(f"no study {spec.study_name()!r} in {url}; run `dsbench sweep` first") from None
+            trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            points = [(str(t.number), t.params) for t in sorted(trials, key=lambda t: t.number)]
+        found = []
+        for key, point in points:
+            exp = spec.experiment_for(point)
+            runs = [store.get(rid) for _, rid in run_ids(exp)]
+            found.append((key, point, exp, [r for r in runs if r is not None]))
+    rows = [run for *_, runs in found for run in runs]
+    metrics = report.metric_columns(_frame(rows))
+    pareto = None
+    if spec.sweep.optuna is not None:
+        objectives = spec.sweep.optuna.objectives
+        complete = [i for i, (*_, runs) in enumerate(found) if runs and all(
+            isinstance(r.get(o.metric), (int, float)) for r in runs for o in objectives)]
+        means = [[sum(r[o.metric] for r in found[i][3]) / len(found[i][3]) for o in objectives] for i in complete]
+        mask = pareto_mask(means, [o.direction for o in objectives])
+        pareto = {complete[j] for j, on in enumerate(mask) if on}
+    columns = [report.Column("trial" if pareto is not None else "point", report.text)]
+    columns += [report.Column(f, report.text) for f in spec.fields]
+    columns += [report.Column(c, report.text) for c in ("model", "label")]
+    columns += [report.Column("macs_ratio", report.fixed(3)), report.Column("speedup", report.times)]
+    columns += [report.Column(m, report.fixed(4)) for m in metrics]
+    if pareto is not None:
+        columns.append(report.Column("pareto", report.text))
+    body, missing = [], 0
+    for i, (key, point, exp, runs) in enumerate(found):
+        missing += len(run_ids(exp)) - len(runs)
+        for run in runs:
+            row = [key, *(point.get(f) for f in spec.fields), run["model"], run["label"], run.get("macs_ratio"),
+                   run.get("speedup"), *(run.get(m) for m in metrics)]
+            if pareto is not None:
+                row.append("yes" if i in pareto else "")
+            body.append(row)
+    notes = [f"{missing} run(s) of the sweep are not in the store (not run yet, or skipped)."] if missing else []
+    if pareto is not None:
+        notes.append("pareto yes: no other trial is at least as good in every objective ("
+                     + ", ".join(f"{o.metric} {o.direction}" for o in objectives) + ") and better in one.")
+    return report.Table(title=f"sweep {spec.sweep.name}", columns=columns, rows=body, notes=notes)
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
+    from harness.store import COLUMNS
+
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS))
+    return pd.DataFrame([{c: r.get(c) for c in (*COLUMNS, *extra)} for r in rows], columns=[*COLUMNS, *extra])
