@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 import methods
 from harness import experiment, report, runner
@@ -16,8 +17,16 @@ FILES = sorted((ROOT / "experiments").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_every_experiment_file_validates(path):
-    exp = experiment.load(path)
-    assert exp.name == path.stem and exp.method_entries()
+    from harness import sweep
+
+    if "experiment" in yaml.safe_load(path.read_text()):  # a sweep file: a base experiment and its points
+        spec = sweep.load(path)
+        exps = [spec.experiment_for(point) for point in spec.points()] if spec.sweep.grid else []
+        assert spec.sweep.name == path.stem
+    else:
+        exps = [experiment.load(path)]
+        assert exps[0].name == path.stem
+    assert all(exp.method_entries() for exp in exps)
 
 
 @pytest.mark.parametrize("layout", sorted(TABLES))
