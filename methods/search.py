@@ -9,11 +9,23 @@ already evaluated, so an interrupted search ends exactly where an uninterrupted 
 
 ``fitness(levels) -> float`` is lower-is-better (FID, or LPIPS to the teacher:
 :func:`teacher_lpips_fitness`). Genomes are one level index per cell of a ``LevelSpace``.
+``minutes`` bounds a search by wall time as well (equal-time baselines against training).
+
+    python -m methods.search --model shapes-pixart --method ga --ratio 0.5 --minutes 10 --out DIR \
+        [--storage sqlite:///DIR/search.db --study ga] [--fitness lpips|fid]
+
+writes ``DIR/schedule.json`` (the trainer's export format; ``methods.build("diffsparse", schedule=...)``
+runs it) and ``DIR/search.json``; with ``--storage`` a rerun resumes the study.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import shlex
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,9 +78,10 @@ class _Search:
     """Shared bookkeeping: the study, the feasible space and replay of stored evaluations."""
 
     def __init__(self, kind: str, space: LevelSpace, fitness: Fitness, ratio: float, evaluations: int, seed: int,
-                 storage: str | None, study_name: str | None, settings: dict):
+                 storage: str | None, study_name: str | None, settings: dict, minutes: float | None = None):
         if evaluations < 1:
             raise ValueError(f"evaluations must be >= 1, got {evaluations}")
+        self.deadline = None if minutes is None else time.monotonic() + 60 * _check_minutes(minutes)
         self.space, self.fitness, self.seed = space, fitness, seed
         self.weights = space.weights
         self.budget = space.budget(ratio)
@@ -97,7 +110,7 @@ class _Search:
 
     @property
     def finished(self) -> bool:
-        return self.count >= self.limit
+        return self.count >= self.limit or (self.deadline is not None and time.monotonic() > self.deadline)
 
     def evaluate(self, generation: int, child: int, levels: np.ndarray) -> float:
         """Fitness of a genome: the stored one when this (generation, child) was evaluated before."""
@@ -123,23 +136,34 @@ class _Search:
                             study=self.study)
 
 
+def _check_minutes(minutes: float) -> float:
+    if not minutes > 0:
+        raise ValueError(f"minutes (wall-clock budget) must be > 0, got {minutes}")
+    return minutes
+
+
 def random_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 1000, seed: int = 0,
-                  storage: str | None = None, study_name: str | None = None) -> SearchResult:
-    """``evaluations`` random feasible genomes (uniform levels, repaired); the best one wins [P]."""
-    search = _Search("random", space, fitness, ratio, evaluations, seed, storage, study_name, {})
-    for i in range(evaluations):
+                  storage: str | None = None, study_name: str | None = None,
+                  minutes: float | None = None) -> SearchResult:
+    """``evaluations`` random feasible genomes (uniform levels, repaired); the best one wins [P].
+    ``minutes``: stop earlier when the wall time is up (at least one genome is evaluated)."""
+    search = _Search("random", space, fitness, ratio, evaluations, seed, storage, study_name, {}, minutes)
+    i = 0
+    while i == 0 or not search.finished:
         search.evaluate(0, i, search.random_genome(search.rng(i)))
+        i += 1
     return search.result()
 
 
 def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 1000,
                    population: int = 50, elites: int = 10, parents: int = 25, mutation: float = 0.01, seed: int = 0,
                    storage: str | None = None, study_name: str | None = None,
-                   initial: np.ndarray | None = None) -> SearchResult:
+                   initial: np.ndarray | None = None, minutes: float | None = None) -> SearchResult:
     """The GA of METHODS §1.11: a population of random feasible genomes; each generation keeps the
     elites and breeds the rest by uniform crossover of two parents drawn from the best ``parents``,
     per-gene mutation to a random level, repair. Stops after ``evaluations`` fitness evaluations
-    (elites carried over are not re-evaluated). ``initial``: one seed genome (e.g. ToCa's schedule)."""
+    (elites carried over are not re-evaluated) or after ``minutes`` of wall time (at least one
+    evaluation). ``initial``: one seed genome (e.g. ToCa's schedule)."""
     if population < 2 or not 0 <= elites < population or not 2 <= parents <= population:
         raise ValueError(f"need population >= 2, 0 <= elites < population and 2 <= parents <= population; got "
                          f"population={population}, elites={elites}, parents={parents}")
@@ -147,7 +171,7 @@ def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluat
         raise ValueError(f"mutation must be a probability in [0, 1], got {mutation}")
     settings = {"population": population, "elites": elites, "parents": parents, "mutation": mutation,
                 "initial": None if initial is None else np.asarray(initial).tolist()}
-    search = _Search("ga", space, fitness, ratio, evaluations, seed, storage, study_name, settings)
+    search = _Search("ga", space, fitness, ratio, evaluations, seed, storage, study_name, settings, minutes)
     K = space.K
     rng = search.rng(0)
     members = [search.random_genome(rng) for _ in range(population)]
@@ -155,7 +179,7 @@ def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluat
         members[0] = repair(np.asarray(initial), search.weights, search.budget, search.window, rng)
     scored = []
     for child, genome in enumerate(members):
-        if search.finished:
+        if child and search.finished:
             break
         scored.append((search.evaluate(0, child, genome), genome))
     generation = 0
@@ -179,12 +203,14 @@ def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluat
 
 def nsga2_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 2000,
                  population: int = 20, seed: int = 0, storage: str | None = None,
-                 study_name: str | None = None) -> SearchResult:
+                 study_name: str | None = None, minutes: float | None = None) -> SearchResult:
     """NSGA-II over (fitness, M_lin) with optuna's NSGAIISampler (METHODS §1.11 template): genomes are
     not repaired, so the front spans budgets; the result is the best fitness with M_lin within
-    the budget B_MAC at ``ratio`` (a ValueError if no evaluated genome is within it)."""
+    the budget B_MAC at ``ratio`` (a ValueError if no evaluated genome is within it). ``minutes``:
+    optuna's ``timeout``."""
     if evaluations < 1:
         raise ValueError(f"evaluations must be >= 1, got {evaluations}")
+    timeout = None if minutes is None else 60 * _check_minutes(minutes)
     limit = space.fixed_macs + space.budget_macs(ratio)
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     study = optuna.create_study(storage=storage, study_name=study_name or f"diffsparse-nsga2-{seed}",
@@ -198,7 +224,7 @@ def nsga2_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluatio
 
     remaining = evaluations - len(study.get_trials(deepcopy=False, states=complete))
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining)
+        study.optimize(objective, n_trials=remaining, timeout=timeout)
     feasible = [t for t in study.get_trials(deepcopy=False, states=complete) if t.values[1] <= limit]
     if not feasible:
         raise ValueError(f"nsga2: no evaluated genome is within the budget at ratio {ratio} "
@@ -233,3 +259,145 @@ def teacher_lpips_fitness(pipeline_call: Callable[[], np.ndarray], pipeline, spa
         return lpips_distance(student, teacher, net=net)
 
     return fitness
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+METHODS = ("ga", "random", "nsga2")
+FITNESSES = ("lpips", "fid")
+
+
+def bundle_space(bundle, interval: float = 0.25, mode: str = "weighted") -> LevelSpace:
+    """The trainer's level space for a zoo model (same steps, text length and MAC weights)."""
+    import methods
+
+    with methods.attach(bundle.pipeline, methods.build("full")) as handle:
+        bundle.sample(bundle.conditions(1, 0), 0)
+        run, _ = handle.engine.latest()
+    return LevelSpace.from_transformer(bundle.pipeline, bundle.sampler.steps, interval, mode,
+                                       text_tokens=max(run.n_text, 1))
+
+
+def bundle_fitness(bundle, space: LevelSpace, kind: str, n: int, seed: int) -> Fitness:
+    """Fitness on ``n`` fixed conditions and noise (``seed``): LPIPS (AlexNet) to the uncached model's
+    images, or FID (the bundle's domain features) against ``n`` real reference images."""
+    if kind not in FITNESSES:
+        raise ValueError(f"fitness must be one of {', '.join(FITNESSES)}, got {kind!r}")
+    conds = bundle.conditions(n, seed)
+    if kind == "lpips":
+        return teacher_lpips_fitness(lambda: bundle.sample(conds, seed), bundle.pipeline, space)
+    import methods
+    from harness.metrics import compute
+    from methods.diffsparse.schedule import export_schedule
+
+    if bundle.references is None:
+        raise ValueError(f"fitness fid needs reference images; {bundle.name} has none here (use --fitness lpips)")
+    references = bundle.references(n)
+    workdir = Path(tempfile.mkdtemp(prefix="dsbench-search-"))
+
+    def fitness(levels: np.ndarray) -> float:
+        path = export_schedule(workdir / "candidate.json", space, levels)
+        with methods.attach(bundle.pipeline, methods.build("diffsparse", schedule=str(path))):
+            student = bundle.sample(conds, seed)
+        return compute(student, references=references, bundle=bundle, metrics=("fid",))["fid"]
+
+    return fitness
+
+
+def check_search_args(method: str, ratio: float, minutes: float, fitness: str, fitness_n: int,
+                      evaluations: int | None, interval: float) -> None:
+    """Bad settings fail here, before a model is loaded."""
+    from methods.diffsparse.space import level_count
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if fitness not in FITNESSES:
+        raise ValueError(f"fitness must be one of {', '.join(FITNESSES)}, got {fitness!r}")
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio (fractional MAC reduction) must be in (0, 1), got {ratio}")
+    _check_minutes(minutes)
+    if fitness_n < (2 if fitness == "fid" else 1):
+        raise ValueError(f"fitness_n must be >= {2 if fitness == 'fid' else 1} for fitness {fitness}, got {fitness_n}")
+    if evaluations is not None and evaluations < 1:
+        raise ValueError(f"evaluations must be >= 1, got {evaluations}")
+    level_count(interval)
+
+
+def run_search(bundle, method: str, ratio: float, minutes: float, out: str | Path, *, fitness: str = "lpips",
+               fitness_n: int = 16, fitness_seed: int = 1, evaluations: int | None = None, seed: int = 0,
+               storage: str | None = None, study: str | None = None, interval: float = 0.25,
+               mode: str = "weighted", space: LevelSpace | None = None, log=print) -> SearchResult:
+    """One equal-wall-time search baseline: writes ``out/schedule.json`` (+ ``search.json``). The clock
+    starts before the fitness set's teacher images, as the trainer's starts before its own."""
+    check_search_args(method, ratio, minutes, fitness, fitness_n, evaluations, interval)
+    from methods.diffsparse.schedule import export_schedule
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    space = space or bundle_space(bundle, interval, mode)
+    space.budget(ratio)  # an unreachable ratio fails here, before any sampling
+    started = time.monotonic()
+    fit = bundle_fitness(bundle, space, fitness, fitness_n, fitness_seed)
+    left = max(minutes - (time.monotonic() - started) / 60, 1e-9)
+    name = study or f"diffsparse-{method}-{bundle.name}-{seed}"
+    common = dict(seed=seed, storage=storage, study_name=name, minutes=left)
+    limit = evaluations or 10**9
+    if method == "ga":
+        result = genetic_search(space, fit, ratio, evaluations=limit, **common)
+    elif method == "random":
+        result = random_search(space, fit, ratio, evaluations=limit, **common)
+    else:
+        result = nsga2_search(space, fit, ratio, evaluations=limit, **common)
+    seconds = time.monotonic() - started
+    config = {"task": bundle.name, "search": method, "ratio": ratio, "minutes": minutes, "fitness": fitness,
+              "fitness_n": fitness_n, "fitness_seed": fitness_seed, "seed": seed, "interval": interval, "mode": mode}
+    export_schedule(out / "schedule.json", space, result.levels, config=config, budget_ratio=ratio)
+    (out / "search.json").write_text(json.dumps(
+        {**config, "study": name, "storage": storage, "evaluations": result.evaluations, "best_fitness": result.fitness,
+         "macs_ratio": result.macs / space.base_macs, "seconds": seconds}, indent=1))
+    log(f"{method}: {result.evaluations} evaluations in {seconds:.0f} s, best {fitness} {result.fitness:.5f}, "
+        f"macs_ratio {result.macs / space.base_macs:.4f}; wrote {out / 'schedule.json'}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m methods.search``: one search baseline under a wall-time budget."""
+    parser = argparse.ArgumentParser(prog="python -m methods.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model zoo name with a dit or pixart pipeline")
+    parser.add_argument("--method", required=True, choices=METHODS, help="search: ga, random or nsga2")
+    parser.add_argument("--ratio", type=float, required=True, help="budget R: fractional M_lin reduction in (0, 1)")
+    parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget (> 0)")
+    parser.add_argument("--out", required=True, help="output folder: schedule.json, search.json, command.txt")
+    parser.add_argument("--fitness", default="lpips", choices=FITNESSES,
+                        help="lpips (AlexNet, to the uncached model) or fid (domain features, to real images)")
+    parser.add_argument("--fitness-n", type=int, default=16, help="conditions of the fitness set")
+    parser.add_argument("--fitness-seed", type=int, default=1, help="seed of the fitness set (evaluation uses 0)")
+    parser.add_argument("--evaluations", type=int, default=None, help="also stop after this many evaluations")
+    parser.add_argument("--storage", default=None, help="optuna storage URL (e.g. sqlite:///DIR/search.db): resumable")
+    parser.add_argument("--study", default=None, help="study name (default diffsparse-METHOD-MODEL-SEED)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--interval", type=float, default=0.25, help="level interval 1/K (0.25: |S| = 5)")
+    parser.add_argument("--mode", default="weighted", choices=("weighted", "paper"), help="budget weights")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    from harness.models import zoo
+
+    check_search_args(args.method, args.ratio, args.minutes, args.fitness, args.fitness_n, args.evaluations,
+                      args.interval)
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    bundle = zoo.load(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "command.txt").write_text("python -m methods.search " + shlex.join(sys.argv[1:] if argv is None else argv)
+                                     + "\n")
+    run_search(bundle, args.method, args.ratio, args.minutes, out, fitness=args.fitness, fitness_n=args.fitness_n,
+               fitness_seed=args.fitness_seed, evaluations=args.evaluations, seed=args.seed, storage=args.storage,
+               study=args.study, interval=args.interval, mode=args.mode)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -109,3 +109,30 @@ def test_no_dp_is_feasible_and_no_better_than_dp(seed):
     assert budget - window <= weights[rows, got].sum() <= budget
     best = solve(costs, weights, budget, window=window)
     assert costs[rows, best].sum() <= costs[rows, got].sum() + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_solve_in_budget_units_matches_brute_force(seed):
+    """Weights with a common divisor g (as LevelSpace's are): solved in units of g, same optimum."""
+    rng = np.random.default_rng(100 + seed)
+    g = int(rng.integers(2, 5))
+    costs, weights = random_instance(rng, int(rng.integers(1, 7)), 2)
+    weights = weights * g
+    window = int(rng.integers(0, 2 * g))
+    budget = int(rng.integers(weights.min(axis=1).sum(), weights.max(axis=1).sum() + 1))
+    expected = brute_force(costs, weights, budget, window)
+    if expected is None:
+        with pytest.raises(ValueError, match="infeasible budget"):
+            solve(costs, weights, budget, window=window)
+        return
+    got = solve(costs, weights, budget, window=window)
+    rows = np.arange(len(costs))
+    assert expected[1] == weights[rows, got].sum()  # the same (largest) total among equal costs
+    assert costs[rows, got].sum() == pytest.approx(expected[0])
+
+
+def test_budget_off_the_gcd_grid_is_infeasible():
+    weights = np.tile(np.array([0, 4, 8]), (3, 1))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        solve(np.zeros((3, 3)), weights, 10)
+    assert weights[np.arange(3), solve(np.zeros((3, 3)), weights, 10, window=2)].sum() == 8

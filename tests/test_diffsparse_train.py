@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,82 @@ def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():
         grads[name] = table.P.grad
     assert torch.allclose(grads["checkpoint"], grads["plain"], rtol=1e-5, atol=1e-9)
     assert grads["detach"].abs().sum() > 0 and not torch.allclose(grads["detach"], grads["plain"])
+
+
+def test_validation_selection_time_budget_resume_and_new_weights(tmp_path):
+    task = tiny_task("dit")
+    config = TrainConfig(ratio=0.2, mode="paper", loss="l2", conditions=2, batch=2, stages="single", epochs=2,
+                         val_conditions=2, lr_scale=0.03)
+    # out of time before the first iteration: the validated ToCa-init schedule is exported, checkpointed
+    lines = []
+    trainer = Trainer(task, config, tmp_path, lines.append, minutes=1e-6)
+    trainer.train()
+    assert any("time budget" in line for line in lines) and not [line for line in lines if " iter " in line]
+    validation = json.loads((tmp_path / "validation.json").read_text())
+    assert [h["label"] for h in validation["history"]] == ["ToCa init"] and validation["chosen"] == "ToCa init"
+    tables = np.load(tmp_path / "schedule.npz")
+    cells = lambda path: load_schedule(path).levels[1:, trainer.space.cell_layers].reshape(-1)  # noqa: E731
+    assert (cells(tmp_path / "schedule.json") == tables["levels_init"]).all()
+    # resumed: two iterations at lr 1.0 × 0.03, validated after epoch 1 and at the end, the best exported
+    lines.clear()
+    trainer.minutes = None
+    trainer.train()
+    assert len([line for line in lines if " iter " in line]) == 2 and not any("resumed after" in x for x in lines)
+    validation = json.loads((tmp_path / "validation.json").read_text())
+    history = validation["history"]
+    assert [h["label"] for h in history] == ["ToCa init", "stage single epoch 1", "end of stage single"]
+    best = min(history, key=lambda h: h["val_lpips"])
+    assert validation["chosen"] == best["label"]
+    tables = np.load(tmp_path / "schedule.npz")
+    moved = np.abs(tables["C"] - tables["C_init"]).max()
+    assert 0 < moved <= 2 * 2 * 0.03 + 1e-9  # AdamW moves each entry of P by at most ~lr per step
+    expected = tables["levels_init"] if best["label"] == "ToCa init" else None
+    if best["label"] == "end of stage single":
+        expected = tables["levels_final"]
+    if expected is not None:
+        assert (cells(tmp_path / "schedule.json") == expected).all()
+    # other model weights: the checkpoint and the teacher cache are not reused
+    with torch.no_grad():
+        next(task.pipeline.transformer.parameters()).add_(1e-3)
+    lines.clear()
+    fresh = Trainer(task, config, tmp_path, lines.append, minutes=1e-6)
+    assert fresh.fingerprint != trainer.fingerprint
+    fresh.train()
+    assert any("other model weights" in line for line in lines)
+    assert torch.load(tmp_path / "teacher.pt")["weights"] == fresh.fingerprint
+
+
+def test_bad_interval_and_val_seed_fail_before_work():
+    with pytest.raises(ValueError, match="--interval: .*interval must divide 1"):
+        main(["--model", "mnist-dit", "--out", "x", "--interval", "0.3"])
+    with pytest.raises(ValueError, match="val_seed"):
+        main(["--model", "mnist-dit", "--out", "x", "--val-conditions", "4", "--val-seed", "0"])
+
+
+def test_schedule_for_another_T_fails_before_sampling(tmp_path):
+    from methods.diffsparse.schedule import export_schedule
+    from methods.diffsparse.train import check_schedules
+
+    pipe = dit_pipeline()
+    space = LevelSpace.from_transformer(pipe, STEPS)
+    path = export_schedule(tmp_path / "s.json", space, np.full(space.n_cells, space.K))
+    check_schedules(pipe, STEPS, [path])
+    with pytest.raises(ValueError, match=f"trained for T={STEPS} steps .* this run has T={STEPS + 1}"):
+        check_schedules(pipe, STEPS + 1, [path])
+    with pytest.raises(ValueError, match="no such file"):
+        check_schedules(pipe, STEPS, [tmp_path / "missing.json"])
+
+
+def test_time_budget_is_shared_by_the_stages(tmp_path):
+    task = tiny_task("dit")
+    config = TrainConfig(ratio=0.2, mode="paper", loss="l2", conditions=2, batch=2, stages="two")
+    lines = []
+    trainer = Trainer(task, config, tmp_path, lines.append, minutes=1e-6)
+    if not trainer.toca_init():
+        pytest.skip("ToCa has no full step after step 0 on the tiny model: single stage only")
+    trainer.train()
+    shares = [line for line in lines if "share of the" in line]
+    assert [line.split(":")[0] for line in shares] == ["stage 1a", "stage 1b"]  # ended early, moved on
+    assert any("T_f = " in line for line in lines)  # 1b's end (step-DP, warm start) still ran
+    assert any("reached at stage 2 iteration 0" in line for line in lines)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["position"] == (2, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pytest
@@ -116,3 +118,32 @@ def test_teacher_lpips_fitness_runs_the_real_method(space):
     fitness = teacher_lpips_fitness(draw, pipe, space)
     assert fitness(np.full(space.n_cells, space.K)) == pytest.approx(0.0, abs=1e-6)  # all FULL = the teacher
     assert fitness(np.zeros(space.n_cells, dtype=int)) > 0.0
+
+
+def test_search_cli_writes_a_schedule_and_resumes(tmp_path):
+    from methods.diffsparse.schedule import load_schedule
+    from methods.search import main
+
+    out, storage = tmp_path / "ga", f"sqlite:///{tmp_path / 'ga.db'}"
+    args = ["--model", "mnist-dit", "--method", "ga", "--ratio", "0.5", "--minutes", "5", "--fitness-n", "2",
+            "--out", str(out), "--storage", storage, "--study", "ga"]
+    main(args + ["--evaluations", "2"])
+    first = json.loads((out / "search.json").read_text())
+    assert first["evaluations"] == 2 and first["macs_ratio"] == pytest.approx(0.5, abs=0.01)
+    schedule = load_schedule(out / "schedule.json")
+    assert schedule.meta["budget_ratio"] == 0.5 and schedule.meta["config"]["search"] == "ga"
+    main(args + ["--evaluations", "3"])  # resumed: two stored, one new
+    assert json.loads((out / "search.json").read_text())["evaluations"] == 3
+    assert (out / "command.txt").read_text().startswith("python -m methods.search --model mnist-dit")
+
+
+def test_search_cli_bad_settings_fail_before_loading():
+    from methods.search import main
+
+    base = ["--model", "mnist-dit", "--method", "random", "--out", "x"]
+    with pytest.raises(ValueError, match="minutes .* must be > 0"):
+        main(base + ["--ratio", "0.5", "--minutes", "0"])
+    with pytest.raises(ValueError, match=r"ratio .* must be in \(0, 1\)"):
+        main(base + ["--ratio", "1.5", "--minutes", "1"])
+    with pytest.raises(ValueError, match="fitness_n must be >= 2 for fitness fid"):
+        main(base + ["--ratio", "0.5", "--minutes", "1", "--fitness", "fid", "--fitness-n", "1"])

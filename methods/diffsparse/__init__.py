@@ -1,7 +1,11 @@
 """DiffSparse (METHODS §1.1): learned layer-wise token sparsity.
 
-space (cells, levels, MACs, budget), dp (solvers), selector (Eq. 5/10), schedule (export/import),
-cost + train (training), method (the ``diffsparse`` inference method, registered on import).
+space (cells, levels, MACs, budget), dp (solvers; ``solve`` is public here), selector (Eq. 5/10),
+schedule (export/import), cost + train (training), method (the ``diffsparse`` inference method,
+registered on import), compare (learned vs search baselines at equal wall time).
 """
 
 from methods.diffsparse import method  # noqa: F401  (registers "diffsparse")
+from methods.diffsparse.dp import solve
+
+__all__ = ["solve"]

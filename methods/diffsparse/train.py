@@ -7,16 +7,22 @@ STE gates G (forward value: the DP's hard level). Gradients flow through every s
 the scheduler updates and the frozen VAE decoder to the cost tables only.
 
     python -m methods.diffsparse.train --model mnist-dit --ratio 0.5 --out results/diffsparse/mnist-dit
-    python -m methods.diffsparse.train --model mnist-dit --evaluate results/diffsparse/mnist-dit
+    python -m methods.diffsparse.train --model mnist-dit --evaluate --out results/diffsparse/mnist-dit
 
 Stages (Algorithm 1): 1a layer costs with ToCa's full steps T_f⁰ forced (lr 1.0), 1b step costs C_f
-(lr 0.01, step-DP), warm start δ on the chosen full steps, 2 unified fine-tune (lr 0.1).
+(lr 0.01, step-DP), warm start δ on the chosen full steps, 2 unified fine-tune (lr 0.1). ``lr_scale``
+scales all three learning rates and δ together (the paper's values assume ~10³ iterations; a short
+CPU run needs a smaller step so a few AdamW updates do not scramble the ToCa initialisation).
+With ``val_conditions`` > 0 the exported schedule is the best one seen on held-out conditions
+(LPIPS to the teacher), the ToCa-initialised DP schedule included; ``minutes`` stops cleanly.
+Checkpoint and teacher cache carry a fingerprint of the model weights: new weights start over.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import shlex
 import sys
@@ -36,9 +42,10 @@ from methods.diffsparse import dp
 from methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
 from methods.diffsparse.schedule import config_hash, export_schedule
 from methods.diffsparse.selector import selector_spec
-from methods.diffsparse.space import LevelSpace, tokens_at
+from methods.diffsparse.space import LevelSpace, level_count, tokens_at
 
 SCHEDULE_FILE = "schedule.json"
+STAGE_SHARES = {"1a": 0.4, "1b": 0.2, "2": 0.4, "single": 1.0}  # of a --minutes budget [PD]
 INIT_FILE = "schedule_toca_init.json"  # the DP on the ToCa-initialised costs, same budget
 
 
@@ -67,6 +74,23 @@ class TrainConfig(MethodConfig):
     bf16: bool = pydantic.Field(False, description="bf16 autocast for the student")
     importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
         "attention", description="selector importance: attention, similarity, norm")
+    lr_scale: float = pydantic.Field(1.0, gt=0.0, description="multiplies every learning rate and δ (> 0; 1 = paper)")
+    val_conditions: int = pydantic.Field(0, ge=0, description="held-out validation conditions >= 0 (0: no selection)")
+    val_every: int = pydantic.Field(1, ge=1, description="validate every N epochs of each stage (N >= 1)")
+    val_seed: int = pydantic.Field(2, description="seed of the validation conditions and noise")
+
+    @pydantic.field_validator("interval")
+    @classmethod
+    def _interval_divides_one(cls, value: float) -> float:
+        level_count(value)  # S = {0, 1/K, ..., 1} must contain 0 and 1
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _seeds_differ(self) -> "TrainConfig":
+        if self.val_conditions and self.val_seed in (self.condition_seed, 0):
+            raise ValueError(f"val_seed ({self.val_seed}) must differ from condition_seed ({self.condition_seed}) "
+                             "and from the evaluation seed 0: validation conditions are held out")
+        return self
 
 
 # -------------------------------------------------------------------------------------- the task
@@ -115,6 +139,31 @@ def images(task: Task, conditions: list, seeds: list[int], *, grad: bool) -> tor
     with torch.set_grad_enabled(grad):
         out = call(task.pipeline, **kwargs, num_inference_steps=task.steps, output_type="pt").images
     return out.float() * 2 - 1
+
+
+def weights_fingerprint(pipeline) -> str:
+    """sha256 (16 hex) of every network weight of the pipeline (names, dtypes, shapes, bytes): the
+    checkpoint and the teacher cache are only reused for the exact weights they were made with."""
+    digest = hashlib.sha256()
+    for name, module in sorted(pipeline.components.items()):
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for key, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}.{key} {t.dtype} {tuple(t.shape)}\n".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def lpips_to_teacher(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Mean LPIPS (AlexNet, the evaluation metric) of images in [−1, 1]; images under 32 px (test
+    pipelines) are upsampled (nearest) to 32 first, the smallest size AlexNet's strides accept."""
+    from harness.metrics.fidelity import lpips_model
+
+    if min(student.shape[-2:]) < 32:
+        student, teacher = (F.interpolate(x, size=32, mode="nearest") for x in (student, teacher))
+    with torch.no_grad():
+        return float(lpips_model("alex")(student.float(), teacher.float()).mean())
 
 
 @contextlib.contextmanager
@@ -219,16 +268,24 @@ def distance(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 # --------------------------------------------------------------------------------------- the trainer
 
 class Trainer:
-    """Algorithm 1 over a task; state (tables, optimisers, position) is checkpointed after every iteration."""
+    """Algorithm 1 over a task; state (tables, optimisers, position, best validated schedule) is
+    checkpointed after every iteration. ``minutes``: wall-clock budget of ``train`` (teacher images
+    and validation included); when it runs out the run stops after the current iteration, exports
+    what it has, and a later call with the same config resumes from the checkpoint."""
 
-    def __init__(self, task: Task, config: TrainConfig, out: Path, log: Callable[[str], None] = print):
-        self.task, self.config, self.out, self.log = task, config, Path(out), log
+    def __init__(self, task: Task, config: TrainConfig, out: Path, log: Callable[[str], None] = print,
+                 minutes: float | None = None):
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"minutes (wall-clock budget) must be > 0, got {minutes}")
+        self.task, self.config, self.out, self.log, self.minutes = task, config, Path(out), log, minutes
         self.out.mkdir(parents=True, exist_ok=True)
         from harness.adapters import adapter_for
 
         family = adapter_for(task.pipeline.transformer).family
         self.conditions = task.conditions(config.conditions, config.condition_seed)
         self.seeds = seeds_for(config.noise_seed, len(self.conditions))
+        self.val_conditions = task.conditions(config.val_conditions, config.val_seed) if config.val_conditions else []
+        self.val_seeds = seeds_for(config.val_seed, len(self.val_conditions))
         self.toca, run = self.toca_run()
         self.space = LevelSpace.from_transformer(task.pipeline, task.steps, config.interval, config.mode,
                                                  text_tokens=max(run.n_text, 1))
@@ -237,7 +294,9 @@ class Trainer:
         self.weights = self.space.weights
         self.B = self.space.budget(config.ratio)
         self.window = self.space.window(self.B)
-        self.hash = config_hash({"task": task.name, "steps": task.steps, **config.model_dump()})
+        self.fingerprint = weights_fingerprint(task.pipeline)
+        self.config_hash = config_hash({"task": task.name, "steps": task.steps, **config.model_dump()})
+        self.hash = f"{self.config_hash}-{self.fingerprint}"
 
     # -- pieces ------------------------------------------------------------------------------
     def toca_run(self):
@@ -277,42 +336,101 @@ class Trainer:
         return self.space.macs(levels) / self.space.base_macs
 
     # -- the loop ----------------------------------------------------------------------------
+    def load_checkpoint(self, path: Path) -> dict | None:
+        """The checkpoint of this config and these weights; one of older weights is dropped (logged)."""
+        if not path.exists():
+            return None
+        state = torch.load(path, weights_only=False)
+        config_part, _, weights_part = str(state["hash"]).partition("-")
+        if config_part != self.config_hash:
+            raise ValueError(f"{path} belongs to a different training configuration; remove it or use another --out")
+        if weights_part != self.fingerprint:
+            self.log(f"{path} was made with other model weights ({weights_part or 'unknown'}, now "
+                     f"{self.fingerprint}): starting over")
+            return None
+        return state
+
     def train(self) -> Path:
         cfg = self.config
+        started = time.monotonic()
         ckpt = self.out / "checkpoint.pt"
-        state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
-        if state is not None and state["hash"] != self.hash:
-            raise ValueError(f"{ckpt} belongs to a different configuration; remove it or use another --out")
-        teacher = self.teacher_images()
+        state = self.load_checkpoint(ckpt)
+        teacher = self.teacher_images(self.conditions, self.seeds)
+        val_teacher = self.teacher_images(self.val_conditions, self.val_seeds) if self.val_conditions else None
         tf0 = self.toca_init()
         init_costs = self.table.costs()
+        init_levels = self.solve(init_costs)
         step_costs = StepCosts(self.space.steps, tf0)
         stages = ["1a", "1b", "2"] if cfg.stages == "two" and tf0 else ["single"]
         full_steps = tf0
         position = (0, 0)  # (stage index, iteration)
+        validated: list[dict] = []  # {"label", "val_lpips", "levels"} per validated schedule
         if state is not None:
             self.table.load_state_dict(state["table"])
             step_costs.load_state_dict(state["step_costs"])
             full_steps, position = state["full_steps"], tuple(state["position"])
+            validated = state.get("validated", [])
             self.log(f"resumed at stage {stages[position[0]]}, iteration {position[1]}" if position[0] < len(stages)
                      else "resumed after the last stage: exporting")
         policy = TrainingPolicy(self.space, self.score, cfg.detach_cache, cfg.checkpoint)
         loss_fn = distance(cfg.loss)
         per_epoch = -(-len(self.conditions) // cfg.batch)
+        lrs = {"1a": cfg.lr_layer, "single": cfg.lr_layer, "1b": cfg.lr_step, "2": cfg.lr_finetune}
         import methods
         from tqdm.auto import tqdm
 
+        def save(position_, optimizer=None):
+            torch.save({"hash": self.hash, "table": self.table.state_dict(), "step_costs": step_costs.state_dict(),
+                        "full_steps": full_steps, "position": position_, "optimizer": optimizer,
+                        "validated": validated}, ckpt)
+
+        def validate(label: str) -> None:
+            """LPIPS to the teacher of the schedule exported now (DP over the whole table, hard levels)."""
+            levels = init_levels if label == "ToCa init" else self.solve(self.table.costs())
+            known = next((v for v in validated if v["levels"] == levels.tolist()), None)
+            if known is None:
+                one_hot = torch.nn.functional.one_hot(torch.as_tensor(levels), self.space.K + 1).double()
+                policy.set_plan(levels, one_hot)
+                student = images(self.task, self.val_conditions, self.val_seeds, grad=False)
+                value = lpips_to_teacher(student, val_teacher)
+            else:
+                value = known["val_lpips"]
+            validated.append({"label": label, "val_lpips": value, "levels": levels.tolist()})
+            self.log(f"validation {label}: LPIPS to teacher {value:.5f} on {len(self.val_conditions)} held-out "
+                     f"conditions, macs_ratio {self.mac_ratio(levels):.4f}")
+
+        # [PD] with a time budget each remaining stage may run until its cumulative share of it has
+        # passed (1a 0.4, 1b 0.2, 2 0.4; time a stage leaves unused carries over); the last stage's
+        # deadline is the budget itself, where the run stops resumably
+        shares = [STAGE_SHARES[stage] for stage in stages[position[0]:]]
+        deadlines = {position[0] + j: started + 60 * self.minutes * sum(shares[:j + 1]) / sum(shares)
+                     for j in range(len(shares))} if self.minutes is not None else {}
+
+        stopped = False
         with frozen(self.task.pipeline), methods.attach(self.task.pipeline, policy):
+            if cfg.val_conditions and not validated:
+                validate("ToCa init")
+                save(position)
             for s in range(position[0], len(stages)):
+                if stopped:
+                    break
                 stage = stages[s]
                 param = step_costs.C if stage == "1b" else self.table.P
-                lr = {"1a": cfg.lr_layer, "single": cfg.lr_layer, "1b": cfg.lr_step, "2": cfg.lr_finetune}[stage]
-                opt = torch.optim.AdamW([param], lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+                opt = torch.optim.AdamW([param], lr=lrs[stage] * cfg.lr_scale, betas=(0.9, 0.999), weight_decay=0.0)
                 start = position[1] if s == position[0] else 0
                 if start and state is not None and state.get("optimizer"):
                     opt.load_state_dict(state["optimizer"])
                 total = per_epoch * cfg.epochs
                 for it in tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total):
+                    if deadlines and time.monotonic() > deadlines[s]:
+                        if s == len(stages) - 1:
+                            stopped = True
+                            self.log(f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
+                                     "checkpointed: run again with the same config to resume")
+                        else:
+                            self.log(f"stage {stage}: its share of the {self.minutes} min budget is used after "
+                                     f"{it} iterations; next stage")
+                        break
                     batch = [(it % per_epoch) * cfg.batch + j for j in range(cfg.batch)]
                     batch = [j for j in batch if j < len(self.conditions)]
                     t0 = time.perf_counter()
@@ -328,27 +446,39 @@ class Trainer:
                     self.log(f"stage {stage} iter {it + 1}/{total} loss {loss.item():.5f} "
                              f"macs_ratio {self.mac_ratio(levels):.4f} full_steps {full_steps} "
                              f"{time.perf_counter() - t0:.1f}s")
-                    torch.save({"hash": self.hash, "table": self.table.state_dict(),
-                                "step_costs": step_costs.state_dict(), "full_steps": full_steps,
-                                "position": (s, it + 1), "optimizer": opt.state_dict()}, ckpt)
-                if stage == "1b":  # T_f = step-DP(C_f), then the warm start (Eq. 9)
-                    mask = dp.step_dp(step_costs.C.detach().numpy(), len(tf0))
-                    full_steps = [int(i) + 1 for i in np.flatnonzero(mask)]
-                    self.table.warm_start(self.step_cells(full_steps), cfg.delta)
-                    self.log(f"T_f = {full_steps}; warm start δ = {cfg.delta}")
-                torch.save({"hash": self.hash, "table": self.table.state_dict(),
-                            "step_costs": step_costs.state_dict(), "full_steps": full_steps,
-                            "position": (s + 1, 0), "optimizer": None}, ckpt)
-        export_schedule(self.out / INIT_FILE, self.space, self.solve(init_costs), budget_ratio=cfg.ratio,
+                    epoch = (it + 1) // per_epoch
+                    if (cfg.val_conditions and (it + 1) % per_epoch == 0 and epoch % cfg.val_every == 0
+                            and it + 1 < total and stage != "1b"):  # 1b leaves P (the exported costs) alone
+                        validate(f"stage {stage} epoch {epoch}")
+                    save((s, it + 1), opt.state_dict())
+                if not stopped:
+                    if stage == "1b":  # T_f = step-DP(C_f), then the warm start (Eq. 9)
+                        mask = dp.step_dp(step_costs.C.detach().numpy(), len(tf0))
+                        full_steps = [int(i) + 1 for i in np.flatnonzero(mask)]
+                        self.table.warm_start(self.step_cells(full_steps), cfg.delta * cfg.lr_scale)
+                        self.log(f"T_f = {full_steps}; warm start δ = {cfg.delta * cfg.lr_scale:g}")
+                    if cfg.val_conditions:
+                        validate(f"end of stage {stage}")
+                    save((s + 1, 0))
+        export_schedule(self.out / INIT_FILE, self.space, init_levels, budget_ratio=cfg.ratio,
                         config={"task": self.task.name, "init": "toca", **cfg.model_dump()})
-        levels = self.solve(self.table.costs())
-        self.log(f"final schedule: macs_ratio {self.mac_ratio(levels):.4f} (target {1 - cfg.ratio:.4f})")
+        final = self.solve(self.table.costs())
+        levels, chosen = final, "the final costs"
+        if validated:
+            best = min(validated, key=lambda v: v["val_lpips"])  # first of equals: the earliest
+            levels, chosen = np.asarray(best["levels"], dtype=np.int64), f"best on validation: {best['label']}"
+            (self.out / "validation.json").write_text(json.dumps(
+                {"conditions": len(self.val_conditions), "seed": cfg.val_seed, "metric": "lpips_alex",
+                 "chosen": best["label"], "history": [{k: v[k] for k in ("label", "val_lpips")} for v in validated]},
+                indent=1))
+        self.log(f"exported schedule ({chosen}{'; stopped early' if stopped else ''}): "
+                 f"macs_ratio {self.mac_ratio(levels):.4f} (target {1 - cfg.ratio:.4f})")
         return export_schedule(
-            self.out / SCHEDULE_FILE, self.space, levels, config={"task": self.task.name, **cfg.model_dump()},
-            budget_ratio=cfg.ratio,
+            self.out / SCHEDULE_FILE, self.space, levels,
+            config={"task": self.task.name, "weights": self.fingerprint, **cfg.model_dump()}, budget_ratio=cfg.ratio,
             tables={"P": self.table.P.detach().numpy(), "C": self.table.costs(), "C_init": init_costs,
                     "C_f": step_costs.C.detach().numpy(), "T_f": np.asarray(full_steps, dtype=np.int64),
-                    "T_f0": np.asarray(tf0, dtype=np.int64), "levels_init": self.solve(init_costs)})
+                    "T_f0": np.asarray(tf0, dtype=np.int64), "levels_init": init_levels, "levels_final": final})
 
     def plan(self, stage: str, step_costs: StepCosts, full_steps: list[int]) -> tuple[np.ndarray, torch.Tensor]:
         """Hard levels and STE gate rows of one iteration (§1.1.5, §1.1.7)."""
@@ -378,22 +508,34 @@ class Trainer:
         gates = g_cell[:, :1] * eye[partial] + g_cell[:, 1:] * eye[K]
         return levels, gates
 
-    def teacher_images(self) -> torch.Tensor:
-        """The uncached pipeline's images, cached on disk per (condition, seed)."""
+    def teacher_images(self, conditions: list, seeds: list[int]) -> torch.Tensor:
+        """The uncached pipeline's images, cached on disk per (condition, seed) for these model weights."""
         path = self.out / "teacher.pt"
         cache = torch.load(path) if path.exists() else {}
-        keys = [f"{c!r}|{s}" for c, s in zip(self.conditions, self.seeds)]
-        missing = [j for j, key in enumerate(keys) if key not in cache]
+        if cache.get("weights") != self.fingerprint:
+            cache = {"weights": self.fingerprint, "images": {}}
+        stored = cache["images"]
+        keys = [f"{c!r}|{s}" for c, s in zip(conditions, seeds)]
+        missing = [j for j, key in enumerate(keys) if key not in stored]
         for a in range(0, len(missing), self.config.batch):
             chunk = missing[a:a + self.config.batch]
-            out = images(self.task, [self.conditions[j] for j in chunk], [self.seeds[j] for j in chunk], grad=False)
-            cache.update({keys[j]: img for j, img in zip(chunk, out)})
+            out = images(self.task, [conditions[j] for j in chunk], [seeds[j] for j in chunk], grad=False)
+            stored.update({keys[j]: img for j, img in zip(chunk, out)})
         if missing:
             torch.save(cache, path)
-        return torch.stack([cache[key] for key in keys])
+        return torch.stack([stored[key] for key in keys])
 
 
 # ---------------------------------------------------------------------------------------- evaluation
+
+def check_schedules(pipeline, steps: int, paths: list[Path]) -> None:
+    """Every schedule file must exist and be for this pipeline's (T, L): a clear error before any sampling."""
+    from methods.diffsparse.schedule import load_schedule
+
+    layers = [layer.name for layer in LevelSpace.from_transformer(pipeline, steps).layers]
+    for path in paths:
+        load_schedule(path).check_run(steps, layers)
+
 
 def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
     """LPIPS (AlexNet) and PSNR to the teacher on ``n`` held-out conditions (the evaluation seed) of the
@@ -403,14 +545,16 @@ def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
     from harness.metrics.fidelity import lpips_distance, psnr
 
     out = Path(out)
+    paths = [out / SCHEDULE_FILE, out / INIT_FILE]
+    check_schedules(bundle.pipeline, bundle.sampler.steps, paths)
     conds = bundle.conditions(n, seed)
     teacher = bundle.sample(conds, seed)
     rows = []
     with methods.attach(bundle.pipeline, methods.build("full")) as handle:
         bundle.sample(conds[:1], seed)
         base = handle.report()["macs_cfg_not_counted"]
-    candidates = [("learned (DiffSparse)", methods.build("diffsparse", schedule=str(out / SCHEDULE_FILE))),
-                  ("ToCa-initialised, DP at the same budget", methods.build("diffsparse", schedule=str(out / INIT_FILE))),
+    candidates = [("learned (DiffSparse)", methods.build("diffsparse", schedule=str(paths[0]))),
+                  ("ToCa-initialised, DP at the same budget", methods.build("diffsparse", schedule=str(paths[1]))),
                   ("ToCa (its default schedule)", methods.build("toca"))]
     for label, method in candidates:
         with methods.attach(bundle.pipeline, method) as handle:
@@ -426,6 +570,20 @@ def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+def parse_config(cls: type[pydantic.BaseModel], values: dict) -> Any:
+    """A validated config; errors name the command-line flag and what it allows."""
+    try:
+        return cls(**values)
+    except pydantic.ValidationError as err:
+        def one(e) -> str:
+            if not e["loc"]:
+                return e["msg"].removeprefix("Value error, ")
+            name = e["loc"][0]
+            return f"--{str(name).replace('_', '-')}: {e['msg']} ({cls.model_fields[name].description})"
+
+        raise ValueError("; ".join(one(e) for e in err.errors())) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m methods.diffsparse.train`` (and the ``dsbench train`` subcommand)."""
     parser = argparse.ArgumentParser(prog="dsbench train", description=__doc__.split("\n\n")[0])
@@ -435,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate the schedules in --out on --eval-n held-out conditions and write README.md")
     parser.add_argument("--eval-n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock budget: stop cleanly (checkpointed; rerun to resume) and export the best so far")
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
@@ -443,12 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument(flag, default=field.default, help=field.description)
     args = parser.parse_args(argv)
-    try:
-        config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.model_fields})
-    except pydantic.ValidationError as err:
-        raise ValueError("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']} "
-                                   f"({TrainConfig.model_fields[e['loc'][0]].description})"
-                                   for e in err.errors())) from None
+    config = parse_config(TrainConfig, {name: getattr(args, name) for name in TrainConfig.model_fields})
+    if args.minutes is not None and not args.minutes > 0:
+        raise ValueError(f"--minutes (wall-clock budget) must be > 0, got {args.minutes}")
     from harness.models import zoo
 
     torch.set_num_threads(args.threads)
@@ -472,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tqdm.write(line)
 
-    trainer = Trainer(task_from_bundle(bundle), config, out, log)
+    trainer = Trainer(task_from_bundle(bundle), config, out, log, minutes=args.minutes)
     path = trainer.train()
     log(f"wrote {path}")
     return 0
