@@ -126,6 +126,8 @@ def cmd_run(args) -> int:
     exp = experiment.load(args.file)  # every validation error before any work
     _run_logging()
     outcome, frame = quickstart.execute(exp, args.store, force=args.force, wandb=args.wandb)
+    if frame is None:  # not rank 0 of an `accelerate launch`: rank 0 reports
+        return 0
     print(quickstart.leaderboard_markdown(frame))
     for model, method, reason in outcome.skipped:
         print(f"skipped {method} on {model}: {reason}")

@@ -14,6 +14,8 @@ An experiment names models, the sampler settings, the evaluation set, seeds, met
       - name: toca
         params: {interval: 3}
         models: {shapes-pixart: {bonus_grid: 2}}   # per-model overrides of params
+      - name: duca
+        budget: {macs_ratio: 0.41}     # this entry's own budget (one file, several budgets)
     # or `methods: all`: every registered method with its defaults (those that cannot run are skipped)
 
 Every error names the file, the field and the allowed values.
@@ -74,6 +76,8 @@ class MethodEntry(_Strict):
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="method parameters")
     models: dict[str, dict[str, Any]] = pydantic.Field(
         default_factory=dict, description="per-model overrides of params: {model: {param: value}}")
+    budget: Budget | None = pydantic.Field(
+        None, description="this entry's compute budget, instead of the experiment's (several budgets in one file)")
 
     def params_for(self, model: str) -> dict[str, Any]:
         return {**self.params, **self.models.get(model, {})}
@@ -93,6 +97,10 @@ class Experiment(_Strict):
     methods: list[MethodEntry] | Literal["all"] = pydantic.Field(
         ..., description="method entries, or `all` (every registered method with its defaults)")
 
+    def budget_for(self, entry: MethodEntry) -> Budget | None:
+        """The budget ``entry`` runs at: its own, else the experiment's."""
+        return entry.budget or self.budget
+
     def method_entries(self) -> list[MethodEntry]:
         """The entries to run: ``all`` expands to every registered method with its defaults."""
         import methods
@@ -105,8 +113,8 @@ class Experiment(_Strict):
 def _allowed_fields(loc: tuple) -> list[str]:
     """The fields allowed where an unknown field ``loc`` was found (top level or one nested section)."""
     sections = {"eval": EvalSet, "budget": Budget, "latency": Latency, "methods": MethodEntry}
-    cls = sections.get(loc[0], Experiment) if len(loc) > 1 else Experiment
-    return list(cls.model_fields)
+    parent = next((p for p in reversed(loc[:-1]) if p in sections), None)  # methods[i].budget: Budget
+    return list(sections.get(parent, Experiment).model_fields)
 
 
 def _field_path(loc: tuple) -> str:
@@ -172,16 +180,52 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
             if model not in exp.models:
                 raise ValueError(f"{where}.models': override for {model!r}, which is not one of the experiment's "
                                  f"models; allowed: {', '.join(exp.models)}")
-        tuned = methods.base.method_class(entry.name).budget_field if exp.budget is not None else None
+        budget = exp.budget_for(entry)
+        tuned = methods.base.method_class(entry.name).budget_field if budget is not None else None
         for model in exp.models:
             if tuned is not None and tuned in entry.params_for(model):
                 raise ValueError(f"{where}.params': {entry.name}.{tuned} is tuned to meet the budget "
-                                 f"(budget.macs_ratio = {exp.budget.macs_ratio}); remove it or remove the budget")
+                                 f"(budget.macs_ratio = {budget.macs_ratio}); remove it or remove the budget")
             try:
-                methods.build(entry.name, **entry.params_for(model))
+                methods.base.config(entry.name, **entry.params_for(model))
             except ValueError as err:
-                field_name = "params" if model not in entry.models else f"models.{model}"
-                raise ValueError(f"{where}.{field_name}' (model {model}): {err}") from None
+                raise ValueError(f"{where}.{_params_field(entry, model)}' (model {model}): {err}") from None
+
+
+def _params_field(entry: MethodEntry, model: str) -> str:
+    return "params" if model not in entry.models else f"models.{model}"
+
+
+# file-valued method parameters → the command that writes the file
+TRAIN_COMMANDS = {("diffsparse", "schedule"): "python -m methods.diffsparse.train --model {model} --out {folder}"}
+
+
+def check_inputs(exp: Experiment) -> None:
+    """Build every method as it will run, and check the files the run reads: the prompt set, the learned
+    schedules (which must exist and fit). Validation does not read them, so an experiment for models trained
+    elsewhere (the paper tables) validates here; the runner calls this before any sampling. ValueError naming
+    the field and the command that writes a missing file."""
+    import methods
+
+    if exp.eval.set == "prompts" and not Path(exp.eval.prompts).is_file():
+        raise ValueError(f"experiment {exp.name}: field 'eval.prompts': {exp.eval.prompts} does not exist (a prompt "
+                         "set, one prompt per line; the experiment file's comments say where it comes from)")
+    if exp.methods == "all":
+        return  # defaults only: a method that cannot run on a model is skipped at run time with its reason
+    for i, entry in enumerate(exp.methods):
+        for model in exp.models:
+            params = entry.params_for(model)
+            where = f"experiment {exp.name}: field 'methods[{i}].{_params_field(entry, model)}"
+            for (name, field_name), command in TRAIN_COMMANDS.items():
+                path = params.get(field_name)
+                if entry.name == name and isinstance(path, str) and not Path(path).is_file():
+                    train = command.format(model=model, folder=Path(path).parent)
+                    raise ValueError(f"{where}.{field_name}' (model {model}): {path} does not exist; make it first "
+                                     f"with `{train}` (and the options of this variant; see the experiment file)")
+            try:
+                methods.build(entry.name, **params)
+            except ValueError as err:
+                raise ValueError(f"{where}' (model {model}): {err}") from None
 
 
 def parse(data: Any, source: str = "<experiment>", default_name: str | None = None) -> Experiment:

@@ -21,12 +21,19 @@ _SORT = (("lpips_alex", True), ("fid", True), ("psnr", False))
 
 def execute(exp: experiment.Experiment, store_path: str | Path, *, force: bool = False, wandb: bool = True,
             artifacts: str | Path | None = None, progress: bool = True):
-    """Run ``exp`` into the store at ``store_path`` (W&B files next to it); (outcome, the experiment's frame)."""
+    """Run ``exp`` into the store at ``store_path`` (W&B files next to it); (outcome, the experiment's frame).
+    Under ``accelerate launch`` only rank 0 opens the store and W&B; the other ranks draw their shards of the
+    samples and get (empty outcome, None)."""
+    from harness.shard import Shard
     from harness.tracking import Tracker
 
+    shard = Shard()
+    if not shard.is_main:
+        return runner.run_experiment(exp, None, force=force, progress=False, shard=shard), None
     store = Store(store_path)
     tracker = Tracker(dir=Path(store_path).parent) if wandb else None
-    outcome = runner.run_experiment(exp, store, force=force, artifacts=artifacts, tracker=tracker, progress=progress)
+    outcome = runner.run_experiment(exp, store, force=force, artifacts=artifacts, tracker=tracker, progress=progress,
+                                    shard=shard)
     log.info("%d runs stored, %d already in %s, %d skipped", len(outcome.stored), len(outcome.resumed), store_path,
              len(outcome.skipped))
     return outcome, store.frame(exp.name)
@@ -113,6 +120,8 @@ def main(out: str | Path = "results/quickstart", *, force: bool = False, wandb: 
     start = time.perf_counter()
     exp = experiment.load(QUICKSTART)
     outcome, frame = execute(exp, out / "dsbench.db", force=force, wandb=wandb, artifacts=out / "artifacts")
+    if frame is None:  # not rank 0 of an `accelerate launch`
+        return
     write_outputs(frame, out)
     print(leaderboard_markdown(frame))
     for model, method, reason in outcome.skipped:

@@ -70,12 +70,13 @@ def _steps(fraction: float) -> dict:
 
 def _diffsparse(model: str, tag: str) -> dict:
     """[PD] A DiffSparse variant is the trained schedule it runs (the ablations are separate trainings):
-    ``schedules/<model>/<tag>.json``, written by the DiffSparse trainer and named in the experiment file."""
+    ``schedules/<model>/<tag>/schedule.json``, written by ``python -m methods.diffsparse.train --out
+    schedules/<model>/<tag>`` and named in the experiment file."""
     return {"method": "diffsparse", "params": {"schedule": schedule_path(model, tag)}}
 
 
 def schedule_path(model: str, tag: str) -> str:
-    return f"schedules/{model}/{tag}.json"
+    return f"schedules/{model}/{tag}/schedule.json"
 
 
 TABLES: dict[str, PaperTable] = {t.id: t for t in (

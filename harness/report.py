@@ -194,6 +194,7 @@ def summarise(frame):
     for _, group in keyed.groupby("_group", sort=False):
         first = group.iloc[0]
         row = {c: first[c] for c in (*CONFIG_KEYS, "label", "tuned", "experiment", "artifacts", "run_id")}
+        row["budget_note"] = first.get("budget_note")  # absent from frames of rows stored before budget notes
         row.update({c: pd.to_numeric(group[c], errors="coerce").mean() for c in numeric})
         row["seeds"] = len(group)
         rows.append(row)
@@ -240,7 +241,20 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     notes = [f"Sorted by {sort_by} ({'higher' if direction(sort_by) == 'max' else 'lower'} is better) per model; "
              "means over seeds. MACs per image, whole run, CFG half not counted (METHODS §0.9); speedup = latency "
              "ratio to `full` measured interleaved in the same process (METHODS §2.3)."] if sort_by else []
-    return Table(title, columns, rows, notes)
+    return Table(title, columns, rows, notes + off_budget_notes(summary))
+
+
+def off_budget_notes(summary) -> list[str]:
+    """The "Off budget (> 2 %): why" section: one line per configuration whose MACs are more than 2 % from
+    its budget, with the runner's ``budget_note`` (why the budget field could not reach it)."""
+    if "budget_note" not in summary.columns:
+        return []
+    off = [r for _, r in summary.iterrows() if isinstance(r["budget_note"], str) and r["budget_note"]]
+    if not off:
+        return []
+    return ["", "Off budget (> 2 %): why", *(f"- {r['model']} {r['label'] or r['method']}: MAC ratio "
+                                         f"{r['macs_ratio']:.3f} for a budget of {r['budget_macs_ratio']:.2f}; "
+                                         f"{r['budget_note']}" for r in off)]
 
 
 # ------------------------------------------------------------------------------------------ paper tables

@@ -7,6 +7,8 @@ evaluation samples are drawn with the method attached, the metrics computed agai
 real references, latency timed interleaved with ``full`` (same process, after warm-up, median), peak
 memory measured, and the row written atomically with its artifacts (sample grid, per-(step, layer)
 decision map). Runs whose identity is already stored are skipped (resume); ``force`` reruns them.
+Under ``accelerate launch`` every sampling pass is split across the ranks (:mod:`harness.shard`); rank 0
+does everything else.
 
 MACs per image do not depend on the batch or on the conditions (the decisions of every method here are
 a function of step and layer only; token *indices* vary, token *counts* do not), so the budget search
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 import methods
 from harness.experiment import SAMPLERS, Experiment, MethodEntry
 from harness.metrics import NEEDS, cost
+from harness.shard import Shard
 from harness.store import Store
 
 log = logging.getLogger("dsbench.runner")
@@ -41,6 +44,8 @@ _RESULT_SOURCES = ("harness/engine.py", "harness/scores.py", "harness/accounting
                    "harness/teacher_cache.py", "harness/adapters", "harness/metrics", "methods")
 # short names of budget fields and common parameters in run labels (cache-dit style: toca_N3_R0.30)
 ABBREV = {"interval": "N", "ratio": "R", "fraction": "F", "num_steps": "S"}
+# a run whose MACs are further than this from the budget (relative) gets a budget_note saying why
+BUDGET_TOLERANCE = 0.02
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,9 +70,14 @@ def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
     can skip a run before its budget search."""
     payload = {"model": model, "sampler": exp.sampler, "steps": exp.steps, "guidance": exp.guidance,
                "method": entry.name, "params": entry.params_for(model),
-               "budget_macs_ratio": exp.budget.macs_ratio if exp.budget else None,
+               "budget_macs_ratio": _budget_ratio(exp, entry),
                "eval": exp.eval.model_dump(), "seed": seed, "code_version": code_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _budget_ratio(exp: Experiment, entry: MethodEntry) -> float | None:
+    budget = exp.budget_for(entry)
+    return budget.macs_ratio if budget is not None else None
 
 
 def run_label(method: str, config: dict, given: dict, seed: int | None = None) -> str:
@@ -104,16 +114,27 @@ class ModelContext:
     _macs_full: float | None = None
 
     def sample(self, conditions: list, seed: int, method: methods.Method | None = None,
-               desc: str | None = None) -> tuple[torch.Tensor, dict | None]:
-        """uint8 images of ``conditions`` (with ``method`` attached when given) and the engine's report."""
+               desc: str | None = None, start: int = 0) -> tuple[torch.Tensor, dict | None]:
+        """uint8 images of ``conditions`` (with ``method`` attached when given) and the engine's report;
+        ``start``: the index of ``conditions[0]`` in the evaluation set (it picks the images' noise)."""
         pipe = self.bundle.pipeline
         pipe.set_progress_bar_config(desc=desc, leave=False, disable=not (self.progress and desc))
-        kwargs = {"steps": self.steps, **({"guidance_scale": self.guidance} if self.guidance_given else {})}
+        kwargs = {"steps": self.steps, "start": start,
+                  **({"guidance_scale": self.guidance} if self.guidance_given else {})}
         if method is None:
             return self.bundle.sample(conditions, seed, **kwargs), None
         with torch.no_grad(), methods.attach(pipe, method, seed=seed) as handle:
             images = self.bundle.sample(conditions, seed, **kwargs)
             return images, handle.report()
+
+    def sample_sharded(self, seed: int, shard: Shard, method: methods.Method | None = None,
+                       desc: str | None = None) -> tuple[torch.Tensor | None, dict | None]:
+        """The evaluation conditions' images: this rank draws its slice, rank 0 gets them all (other ranks
+        None), with the report of rank 0's slice (MACs per image do not depend on the conditions)."""
+        start, stop = shard.span(len(self.conditions))
+        images, report = (self.sample(self.conditions[start:stop], seed, method, desc, start=start) if stop > start
+                          else (torch.zeros(0, dtype=torch.uint8), None))
+        return shard.gather(images), report
 
     def macs_of(self, method: methods.Method) -> float:
         """M_lin per image over the whole run (CFG not counted), from a one-image run through the engine."""
@@ -127,12 +148,13 @@ class ModelContext:
         return self._macs_full
 
 
-def _load_model(exp: Experiment, name: str, progress: bool) -> ModelContext:
+def _load_model(exp: Experiment, name: str, progress: bool, device: torch.device | None = None) -> ModelContext:
+    """``device``: where a GPU rank under ``accelerate launch`` puts the model (default: the bundle's own)."""
     from diffusers import schedulers
 
     from harness.models import zoo
 
-    bundle = zoo.load(name)
+    bundle = zoo.load(name, **({"device": device} if device is not None and device.type == "cuda" else {}))
     needs_refs = any("references" in NEEDS[m] for m in exp.metrics)
     if needs_refs and bundle.references is None:
         wanted = [m for m in exp.metrics if "references" in NEEDS[m]]
@@ -299,44 +321,57 @@ class Outcome:
     skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (model, method, reason)
 
 
-def run_experiment(exp: Experiment, store: Store, *, force: bool = False, artifacts: str | Path | None = None,
-                   tracker=None, teacher_cache=None, progress: bool = True) -> Outcome:
+def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
+                   artifacts: str | Path | None = None, tracker=None, teacher_cache=None, progress: bool = True,
+                   shard: Shard | None = None) -> Outcome:
     """Run every (model, method, seed) of ``exp`` not yet in ``store`` (all of them with ``force``).
 
     artifacts: folder of per-run artifact directories (default: ``artifacts/`` next to the store file).
     tracker: a :class:`harness.tracking.Tracker` (or None) mirroring each stored row.
+    shard: this process's rank under ``accelerate launch`` (default: accelerate's state). Every rank draws
+    its slice of the samples; only rank 0 needs ``store``, ``tracker`` and the teacher cache, and only it
+    writes (the other ranks pass ``store=None`` and return an empty Outcome).
     """
+    from harness.experiment import check_inputs
     from harness.teacher_cache import TeacherCache
 
-    if artifacts is None:
+    shard = shard or Shard()
+    main = shard.is_main
+    if main and store is None:
+        raise ValueError("store: rank 0 needs the results store")
+    check_inputs(exp)  # files the methods read (schedules, weights) exist: fail before any sampling
+    if main and artifacts is None:
         artifacts = (Path(tempfile.mkdtemp(prefix="dsbench-artifacts-")) if store.path == ":memory:"
                      else Path(store.path).parent / "artifacts")
-    artifacts = Path(artifacts)
-    cache = teacher_cache or TeacherCache()
+    artifacts = Path(artifacts) if main else None
+    cache = (teacher_cache or TeacherCache()) if main else None
     entries = exp.method_entries()
     outcome = Outcome()
     plan = [(model, seed, entry) for model in exp.models for seed in exp.seeds for entry in entries]
+    progress = progress and main
     bar = tqdm(total=len(plan), desc=exp.name, unit="run", disable=not progress)
     try:
         for model in exp.models:
             todo = []
-            for seed, entry in ((s, e) for m, s, e in plan if m == model):
-                rid = run_id(exp, model, entry, seed)
-                if store.has(rid) and not force:
-                    outcome.resumed.append(rid)
-                    bar.update(1)
-                else:
-                    todo.append((seed, entry, rid))
+            if main:  # rank 0 decides what is left to run; the other ranks follow its list
+                for seed, entry in ((s, e) for m, s, e in plan if m == model):
+                    rid = run_id(exp, model, entry, seed)
+                    if store.has(rid) and not force:
+                        outcome.resumed.append(rid)
+                        bar.update(1)
+                    else:
+                        todo.append((seed, entry, rid))
+            todo = shard.broadcast(todo)
             if not todo:
                 continue
             bar.set_postfix_str(f"{model}: loading")
-            ctx = _load_model(exp, model, progress)
+            ctx = _load_model(exp, model, progress, shard.state.device)
             teachers: dict[int, torch.Tensor] = {}
             for seed, entry, rid in todo:
                 bar.set_postfix_str(f"{model} {entry.name} seed {seed}")
                 if seed not in teachers:
-                    teachers[seed] = _teacher(cache, ctx, model, seed)
-                row = _run_one(exp, ctx, model, entry, seed, rid, teachers[seed], artifacts, bar, outcome)
+                    teachers[seed] = _teacher(cache, ctx, model, seed, shard)
+                row = _run_one(exp, ctx, model, entry, seed, rid, teachers[seed], artifacts, bar, outcome, shard)
                 bar.update(1)
                 if row is None:
                     continue
@@ -361,39 +396,88 @@ def run_experiment(exp: Experiment, store: Store, *, force: bool = False, artifa
     return outcome
 
 
-def _teacher(cache, ctx: ModelContext, model: str, seed: int) -> torch.Tensor:
+def _teacher(cache, ctx: ModelContext, model: str, seed: int, shard: Shard) -> torch.Tensor | None:
+    """The uncached samples (on rank 0; None elsewhere): from the cache, else drawn sharded and cached."""
     sampler = dataclasses.replace(ctx.bundle.sampler, scheduler=ctx.sampler, steps=ctx.steps,
                                   guidance_scale=ctx.guidance)
     fields = {"model": model, "sampler": sampler, "steps": ctx.steps, "seed": seed, "conditions": ctx.conditions}
-    return cache.get_or_create(fields, lambda: ctx.sample(ctx.conditions, seed, desc=f"{model} teacher")[0])
+    desc = f"{model} teacher"
+    if shard.count == 1:
+        return cache.get_or_create(fields, lambda: ctx.sample(ctx.conditions, seed, desc=desc)[0])
+    cached = cache.get(fields) if shard.is_main else None
+    if shard.broadcast(cached is not None):
+        return cached
+    images, _ = ctx.sample_sharded(seed, shard, desc=desc)
+    return cache.get_or_create(fields, lambda: images) if shard.is_main else None
+
+
+def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
+                tuning: dict | None = None, macs_full: float = 1.0) -> str | None:
+    """Why a run's MAC ratio is more than :data:`BUDGET_TOLERANCE` off the budget (None when it is not):
+    no budget field, a field whose steps jump over the budget, or one whose range cannot reach it.
+    ``tuning``: the result of :func:`tune`, whose evaluations show the nearest reachable ratios."""
+    def shown(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    if abs(ratio / budget_ratio - 1) <= BUDGET_TOLERANCE:
+        return None
+    if field is None or tuning is None:
+        return f"{name} has no budget field (its MACs are fixed by its config): it runs at {ratio:.3f} of full"
+    reached = [(value, macs / macs_full) for value, macs in tuning["evaluations"]]
+    below = max((r for r in reached if r[1] <= budget_ratio), key=lambda r: r[1])
+    above = [r for r in reached if r[1] > budget_ratio]
+    if not above:
+        return (f"{field} cannot spend the budget: its most expensive accepted setting ({field}={shown(below[0])}) "
+                f"reaches {below[1]:.3f} of full")
+    above = min(above, key=lambda r: r[1])
+    why = f"{field} is an integer" if isinstance(below[0], int) else f"MACs move in steps as {field} changes"
+    return (f"{why}: nearest reachable {below[1]:.3f} ({field}={shown(below[0])}) / {above[1]:.3f} "
+            f"({field}={shown(above[0])}); the run takes the one within budget")
+
+
+def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry, params: dict) -> dict:
+    """{"tuned": {field: value}, "note": budget note or None}, or {"skip": reason} when the method cannot run
+    on the model (family, unreachable budget): a skip, not fatal."""
+    budget = _budget_ratio(exp, entry)
+    field = methods.base.method_class(entry.name).budget_field if budget is not None else None
+    tuned: dict = {}
+    try:
+        macs = ctx.macs_of(methods.build(entry.name, **params))
+        result = None
+        if field is not None:
+            result = tune(entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps,
+                          progress=ctx.progress)
+            tuned, macs = {field: result["value"]}, result["macs"]
+    except Exception as err:  # noqa: BLE001 — any failure to set the method up is the skip reason
+        return {"skip": f"{type(err).__name__}: {err}"}
+    note = None
+    if budget is not None and entry.name != "full":
+        note = budget_note(entry.name, field, budget, macs / ctx.macs_full, result, ctx.macs_full)
+        if note:
+            log.info("%s on %s is off budget: %s", entry.name, ctx.bundle.name, note)
+    return {"tuned": tuned, "note": note}
 
 
 def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry, seed: int, rid: str,
-             teacher: torch.Tensor, artifacts: Path, bar, outcome: Outcome) -> dict | None:
-    """One measured run, or None (recorded in ``outcome.skipped``) when the method cannot run on the model."""
+             teacher: torch.Tensor | None, artifacts: Path | None, bar, outcome: Outcome,
+             shard: Shard) -> dict | None:
+    """One measured run (its row on rank 0), or None: on the other ranks, and when the method cannot run on
+    the model (recorded in ``outcome.skipped``). Rank 0 sets the method up and the ranks follow its answer."""
     from harness import metrics
 
     params = entry.params_for(model)
-    cls = methods.base.method_class(entry.name)
-    field = cls.budget_field if exp.budget is not None else None
-    tuned: dict = {}
-    try:  # a method that cannot run here (family, missing artifacts, unreachable budget) is skipped, not fatal
-        method = methods.build(entry.name, **params)
-        macs_probe = ctx.macs_of(method)
-        if field is not None:
-            result = tune(entry.name, params, field, exp.budget.macs_ratio * ctx.macs_full, ctx.macs_of, ctx.steps,
-                          progress=ctx.progress)
-            tuned = {field: result["value"]}
-            method = methods.build(entry.name, **params, **tuned)
-        elif exp.budget is not None and entry.name != "full":
-            log.info("%s has no budget field: it runs at its own MACs (%.3f of full)", entry.name,
-                     macs_probe / ctx.macs_full)
-    except Exception as err:  # noqa: BLE001 — any failure to set the method up is the skip reason
-        outcome.skipped.append((model, entry.name, f"{type(err).__name__}: {err}"))
+    setup = shard.broadcast(_setup(exp, ctx, entry, params) if shard.is_main else None)
+    if "skip" in setup:
+        if shard.is_main:
+            outcome.skipped.append((model, entry.name, setup["skip"]))
         return None
+    tuned = setup["tuned"]
+    method = methods.build(entry.name, **params, **tuned)
 
     bar.set_postfix_str(f"{model} {entry.name}: samples")
-    images, report = ctx.sample(ctx.conditions, seed, method, desc=f"{model} {entry.name} samples")
+    images, report = ctx.sample_sharded(seed, shard, method, desc=f"{model} {entry.name} samples")
+    if not shard.is_main:
+        return None
     bar.set_postfix_str(f"{model} {entry.name}: metrics")
     scores = metrics.compute(images, teacher=teacher, references=ctx.references, conditions=ctx.conditions,
                              bundle=ctx.bundle, metrics=exp.metrics)
@@ -412,7 +496,8 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
     return {
         "run_id": rid, "experiment": exp.name, "model": model, "family": ctx.bundle.family, "method": entry.name,
         "label": label, "params": params, "config": report["config"], "tuned": tuned,
-        "budget_macs_ratio": exp.budget.macs_ratio if exp.budget else None, "sampler": ctx.sampler,
+        "budget_macs_ratio": _budget_ratio(exp, entry), "budget_note": setup["note"],
+        "sampler": ctx.sampler,
         "steps": ctx.steps, "guidance": ctx.guidance, "eval_set": exp.eval.prompts or exp.eval.set,
         "n_samples": len(images), "seed": seed, "code_version": code_version(),
         "macs": macs["macs"], "macs_cfg_counted": macs["macs_cfg_counted"], "macs_full": ctx.macs_full,

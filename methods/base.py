@@ -280,14 +280,19 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method {name!r}; available methods: {', '.join(available())}") from None
 
 
-def build(name: str, **params: Any) -> Method:
-    """Build a method from validated parameters; a bad field raises ValueError naming it."""
+def config(name: str, **params: Any) -> MethodConfig:
+    """The validated config of method ``name`` without building the method (which may read files, e.g. a
+    learned schedule); a bad field raises ValueError naming it."""
     cls = method_class(name)
     try:
-        config = cls.Config(**params)
+        return cls.Config(**params)
     except pydantic.ValidationError as err:
         raise ValueError(_format_validation_error(name, cls.Config, err)) from None
-    return cls(config)
+
+
+def build(name: str, **params: Any) -> Method:
+    """Build a method from validated parameters; a bad field raises ValueError naming it."""
+    return method_class(name)(config(name, **params))
 
 
 def _format_validation_error(method: str, config_cls: type[MethodConfig], err: pydantic.ValidationError) -> str:

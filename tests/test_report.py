@@ -158,3 +158,17 @@ def test_decision_map_from_a_serialised_schedule(tmp_path):
     (tmp_path / "decisions.json").write_text(json.dumps(schedule))
     grid, layers = report.decision_map(tmp_path)
     assert grid.tolist() == [[1.0, 1.0], [0.25, 0.0]] and layers == ["main0.sa", "main0.mlp"]
+
+
+def test_leaderboard_explains_runs_off_budget(tmp_path):
+    with Store(tmp_path / "b.db") as store:
+        store.put(run_row("a", "full", 0, budget=0.5, lpips_alex=0.0))
+        store.put(run_row("b", "toca", 0, budget=0.5, macs_ratio=0.499, tuned={"ratio": 0.6}, lpips_alex=0.1))
+        store.put(run_row("c", "fora", 0, budget=0.5, macs_ratio=0.34, tuned={"interval": 3}, lpips_alex=0.2,
+                          budget_note="interval is an integer: nearest reachable 0.340 (interval=3) / 0.505 "
+                                      "(interval=2); the run takes the one within budget"))
+        table = report.leaderboard(store.frame())
+    text = report.write(table, "md")
+    section = text[text.index("Off budget (> 2 %): why"):]
+    assert "- pixart-alpha-256 fora: MAC ratio 0.340 for a budget of 0.50; interval is an integer" in section
+    assert "toca" not in section and "full" not in section  # within 2 %, and the reference

@@ -171,6 +171,8 @@ def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
     # fora's interval is an integer: the smallest interval within budget (one less is above it)
     interval = fora.tuned["interval"]
     assert fora.macs_ratio <= 0.5 and isinstance(interval, int) and interval >= 2
+    noted = {name: isinstance(run.budget_note, str) for name, run in (("toca", toca), ("fora", fora))}
+    assert noted == {"toca": False, "fora": fora.macs_ratio < 0.49}  # a note when more than 2 % under the budget
     ctx = runner._load_model(exp, "mnist-dit", progress=False)
     assert ctx.macs_of(methods.build("fora", interval=interval - 1)) / ctx.macs_full > 0.5
     assert ctx.macs_of(methods.build("fora", interval=interval)) == fora.macs
@@ -195,3 +197,18 @@ def test_quickstart_lists_every_registered_method():
 
     quickstart = experiment.load("experiments/quickstart.yaml")
     assert sorted(m.name for m in quickstart.methods) == methods.available()
+
+
+def test_budget_note_says_why_a_run_is_off_budget():
+    integer = {"evaluations": [(1, 100.0), (2, 55.0), (3, 40.0), (6, 30.0)]}
+    assert runner.budget_note("fora", "interval", 0.5, 0.40, integer, 100.0) == (
+        "interval is an integer: nearest reachable 0.400 (interval=3) / 0.550 (interval=2); the run takes the "
+        "one within budget")
+    assert runner.budget_note("fora", "interval", 0.5, 0.495, integer, 100.0) is None  # within 2 %
+    jump = {"evaluations": [(0.0, 100.0), (0.5, 60.0), (0.5001, 45.0), (1.0, 20.0)]}  # whole steps or tokens
+    assert runner.budget_note("steps", "fraction", 0.5, 0.45, jump, 100.0).startswith(
+        "MACs move in steps as fraction changes: nearest reachable 0.450 (fraction=0.5001) / 0.600 (fraction=0.5)")
+    cheap = {"evaluations": [(2, 60.0), (6, 30.0)]}  # every accepted setting is below the budget
+    assert runner.budget_note("fora", "interval", 0.8, 0.60, cheap, 100.0) == (
+        "interval cannot spend the budget: its most expensive accepted setting (interval=2) reaches 0.600 of full")
+    assert "has no budget field" in runner.budget_note("diffsparse", None, 0.5, 0.43)

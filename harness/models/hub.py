@@ -61,17 +61,28 @@ def _conditions(family: str):
     return conditions
 
 
+# [PD] conditions per pipeline call: the evaluation sets (30k prompts, 50k classes) do not fit one call
+BATCH = {"dit": 32, "pixart": 16, "flux": 4, "wan": 1}
+
+
 def _sampler_call(pipe, family: str, sampler: Sampler):
-    def sample(conditions: list, seed: int, steps: int | None = None) -> torch.Tensor:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        kw = dict(num_inference_steps=steps or sampler.steps, guidance_scale=sampler.guidance_scale,
-                  generator=g, output_type="pt", **sampler.extra)
-        if family == "dit":
-            out = pipe(class_labels=conditions, **kw).images
-        else:
-            out = pipe(prompt=conditions, height=sampler.resolution, width=sampler.resolution, **kw)
-            out = out.frames if family == "wan" else out.images  # videos: N×T×3×H×W
-        return (out.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
+               start: int = 0, batch_size: int = BATCH[family]) -> torch.Tensor:
+        """uint8 images (videos N×T×3×H×W) in batches; image i draws its noise from the generator of
+        (seed, start + i), so a shard of the evaluation set (``start``: its first index) gives the images
+        of one process."""
+        from harness.models.embedded.common import sample_in_batches
+
+        def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
+            kw = dict(num_inference_steps=steps or sampler.steps,
+                      guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
+                      generator=gens, output_type="pt", **sampler.extra)
+            if family == "dit":
+                return pipe(class_labels=batch, **kw).images
+            out = pipe(prompt=batch, height=sampler.resolution, width=sampler.resolution, **kw)
+            return out.frames if family == "wan" else out.images
+
+        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
 
     return sample
 

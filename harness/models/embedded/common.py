@@ -88,12 +88,14 @@ def generators(seed: int, start: int, count: int) -> list[torch.Generator]:
 
 
 def sample_in_batches(conditions: list, seed: int, batch_size: int, resolution: int,
-                      generate: Callable[[list, list[torch.Generator]], torch.Tensor]) -> torch.Tensor:
-    """uint8 N×3×H×W images: ``generate(batch_conditions, generators)`` returns float images in [0, 1] per
-    batch; each image gets the generator of its (seed, index), so batching does not change it."""
+                      generate: Callable[[list, list[torch.Generator]], torch.Tensor], start: int = 0) -> torch.Tensor:
+    """uint8 N×3×H×W images (N×T×3×H×W videos): ``generate(batch_conditions, generators)`` returns floats
+    in [0, 1] per batch; each image gets the generator of its (seed, index), so batching does not change it.
+    ``start`` is the index of ``conditions[0]`` in the whole evaluation set: a shard (one rank's slice) draws
+    the same noise for image i as a single process would."""
     out = []
     for i in range(0, len(conditions), batch_size):
         batch = conditions[i:i + batch_size]
-        images = generate(batch, generators(seed, i, len(batch)))
+        images = generate(batch, generators(seed, start + i, len(batch)))
         out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out) if out else torch.zeros(0, 3, resolution, resolution, dtype=torch.uint8)

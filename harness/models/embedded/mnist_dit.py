@@ -542,14 +542,14 @@ def conditions(n: int, seed: int) -> list[int]:
 
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
-               batch_size: int = batch_size) -> torch.Tensor:
+               batch_size: int = batch_size, start: int = 0) -> torch.Tensor:
         """uint8 N×3×32×32 images of the class ids ``conditions``, via the DiTPipeline (``batch_size`` per call)."""
         def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
             return pipe(class_labels=[int(c) for c in batch], num_inference_steps=steps or sampler.steps,
                         guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
                         generator=gens, output_type="pt", **sampler.extra).images
 
-        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate)
+        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
 
     return sample
 

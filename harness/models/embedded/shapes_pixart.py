@@ -625,7 +625,7 @@ def references(n: int, seed: int = 0) -> torch.Tensor:
 
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
-               batch_size: int = batch_size) -> torch.Tensor:
+               batch_size: int = batch_size, start: int = 0) -> torch.Tensor:
         """uint8 N×3×32×32 images of the captions ``conditions``, via ``pipe(prompt=...)`` (``batch_size`` per call)."""
         def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
             return pipe(prompt=[str(c) for c in batch], negative_prompt="", num_inference_steps=steps or sampler.steps,
@@ -633,7 +633,7 @@ def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
                         generator=gens, height=sampler.resolution, width=sampler.resolution, output_type="pt",
                         **sampler.extra).images
 
-        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate)
+        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
 
     return sample
 
