@@ -32,6 +32,20 @@ def random_instance(rng, n, K, integer_costs=False):
     return costs, weights
 
 
+def check_against_brute_force(costs, weights, budget, window):
+    """``solve`` raises "infeasible budget" exactly when brute force finds nothing, else reaches its
+    optimal cost; returns (brute-force result, solve's total weight), or None when infeasible."""
+    expected = brute_force(costs, weights, budget, window)
+    if expected is None:
+        with pytest.raises(ValueError, match="infeasible budget"):
+            solve(costs, weights, budget, window=window)
+        return None
+    got = solve(costs, weights, budget, window=window)
+    rows = np.arange(len(costs))
+    assert costs[rows, got].sum() == pytest.approx(expected[0])
+    return expected, weights[rows, got].sum()
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_solve_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
@@ -40,16 +54,10 @@ def test_solve_matches_brute_force(seed):
     costs, weights = random_instance(rng, n, K, integer_costs=seed % 2 == 0)
     window = int(rng.integers(0, 3))
     budget = int(rng.integers(weights.min(axis=1).sum(), weights.max(axis=1).sum() + 1))
-    expected = brute_force(costs, weights, budget, window)
-    if expected is None:
-        with pytest.raises(ValueError, match="infeasible budget"):
-            solve(costs, weights, budget, window=window)
-        return
-    got = solve(costs, weights, budget, window=window)
-    rows = np.arange(n)
-    total = weights[rows, got].sum()
-    assert budget - window <= total <= budget
-    assert costs[rows, got].sum() == pytest.approx(expected[0])
+    checked = check_against_brute_force(costs, weights, budget, window)
+    if checked is not None:
+        total = checked[1]
+        assert budget - window <= total <= budget
 
 
 def test_ties_prefer_smaller_level_and_are_deterministic():
@@ -120,15 +128,10 @@ def test_solve_in_budget_units_matches_brute_force(seed):
     weights = weights * g
     window = int(rng.integers(0, 2 * g))
     budget = int(rng.integers(weights.min(axis=1).sum(), weights.max(axis=1).sum() + 1))
-    expected = brute_force(costs, weights, budget, window)
-    if expected is None:
-        with pytest.raises(ValueError, match="infeasible budget"):
-            solve(costs, weights, budget, window=window)
-        return
-    got = solve(costs, weights, budget, window=window)
-    rows = np.arange(len(costs))
-    assert expected[1] == weights[rows, got].sum()  # the same (largest) total among equal costs
-    assert costs[rows, got].sum() == pytest.approx(expected[0])
+    checked = check_against_brute_force(costs, weights, budget, window)
+    if checked is not None:
+        expected, total = checked
+        assert expected[1] == total  # the same (largest) total among equal costs
 
 
 def test_budget_off_the_gcd_grid_is_infeasible():
