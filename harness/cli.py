@@ -167,6 +167,23 @@ def add_run_parsers(sub) -> None:
     p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("train", help="train what an experiment reads (DiffSparse schedules) from a training file")
+    p.add_argument("what", choices=["diffsparse"], help="what to train")
+    p.add_argument("file", help="training YAML (experiments/train_*.yaml)")
+    p.add_argument("--only", action="append", default=None, metavar="OUT",
+                   help="train only the entry with this 'out' folder (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    """Train every schedule of a training file (resuming; finished ones are only re-exported)."""
+    from methods.diffsparse import train_file
+
+    train_file.load(args.file)  # every validation error before any work
+    for path in train_file.run(args.file, only=args.only):
+        print(f"wrote {path}")
+    return 0
+
 
 def cmd_sweep(args) -> int:
     """Run a sweep file (grid or Optuna study) into the store, resuming; print the sweep's table."""

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
+
+from harness.validation import read_yaml, schema_errors
 
 # sampler name → (diffusers scheduler class, from_config overrides); null keeps the model's own sampler
 SAMPLERS = {
@@ -117,32 +118,22 @@ def _allowed_fields(loc: tuple) -> list[str]:
     return list(sections.get(parent, Experiment).model_fields)
 
 
-def _field_path(loc: tuple) -> str:
-    parts = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        elif p not in ("list[MethodEntry]",) and not str(p).startswith("literal["):
-            parts.append(("." if parts else "") + str(p))
-    return "".join(parts) or "(top level)"
+def _is_branch_label(part) -> bool:
+    return part == "list[MethodEntry]" or str(part).startswith("literal[")
+
+
+def _explain(e: dict, where: str) -> str | None:
+    loc = e["loc"]
+    if loc and loc[0] == "methods" and len(loc) > 1 and str(loc[1]).startswith("literal["):
+        return ""  # the `all` alternative of `methods`; the list alternative's error says more
+    if loc and loc[0] == "methods" and e["type"] == "list_type":
+        return (f"field 'methods': must be a list of method entries ({', '.join(MethodEntry.model_fields)}) "
+                f"or `all`; got {e.get('input')!r}")
+    return None
 
 
 def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = e["loc"]
-        if loc and loc[0] == "methods" and len(loc) > 1 and str(loc[1]).startswith("literal["):
-            continue  # the `all` alternative of `methods`; the list alternative's error says more
-        field_path = _field_path(loc)
-        if loc and loc[0] == "methods" and e["type"] == "list_type":
-            lines.append(f"{source}: field 'methods': must be a list of method entries "
-                         f"({', '.join(MethodEntry.model_fields)}) or `all`; got {e.get('input')!r}")
-        elif e["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_fields(loc))
-            lines.append(f"{source}: unknown field {field_path!r}; allowed fields: {allowed}")
-        else:
-            lines.append(f"{source}: field {field_path!r}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    return schema_errors(source, err, _allowed_fields, branch_labels=_is_branch_label, explain=_explain)
 
 
 def validate(exp: Experiment, source: str = "<experiment>") -> None:
@@ -251,10 +242,4 @@ def parse(data: Any, source: str = "<experiment>", default_name: str | None = No
 def load(path: str | Path) -> Experiment:
     """Read and validate an experiment file (its name defaults to the file's stem)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"experiment file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    return parse(data, str(path), default_name=path.stem)
+    return parse(read_yaml(path, "experiment"), str(path), default_name=path.stem)

@@ -46,6 +46,7 @@ import pydantic
 import yaml
 
 from harness import experiment
+from harness.validation import read_yaml, schema_errors
 
 log = logging.getLogger("dsbench.sweep")
 STALE_AFTER = 600.0  # seconds without heartbeat after which another host's RUNNING trial counts as dead
@@ -195,24 +196,26 @@ def _set(data: dict, parts: list[str], value: Any) -> None:
     data[parts[-1]] = value
 
 
-def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
+_BRANCH_LABELS = ("float", "int", "categorical", "str", "dict[str,any]")
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    """The fields allowed where an unknown field ``loc`` was found."""
+    if "space" in loc[:-1]:  # space.<name>.<type>.<field>: the parameter class of that type
+        kinds = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+        return list(kinds.get(loc[-2] if len(loc) > 1 else "", FloatParam).model_fields)
     sections = {"optuna": Study, "objectives": Objective}
-    lines = []
-    for e in err.errors():
-        loc = [p for p in e["loc"] if p not in ("float", "int", "categorical", "str", "dict[str,any]")]
-        where = ".".join(map(str, loc)) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            cls = next((sections[p] for p in reversed(loc[:-1]) if p in sections), Sweep)
-            if "space" in loc[:-1]:
-                cls = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}.get(
-                    e["loc"][-2] if len(e["loc"]) > 1 else "", FloatParam)
-            lines.append(f"{source}: unknown field {where!r}; allowed fields: {', '.join(cls.model_fields)}")
-        elif e["type"] == "union_tag_invalid":
-            lines.append(f"{source}: field {where!r}: type must be one of float, int, categorical "
-                         f"(got {e.get('input', {}).get('type')!r})")
-        else:
-            lines.append(f"{source}: field {where!r}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(dict.fromkeys(lines))
+    return list(next((sections[p] for p in reversed(loc[:-1]) if p in sections), Sweep).model_fields)
+
+
+def _explain(e: dict, where: str) -> str | None:
+    if e["type"] == "union_tag_invalid":
+        return f"field {where!r}: type must be one of float, int, categorical (got {e.get('input', {}).get('type')!r})"
+    return None
+
+
+def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
+    return schema_errors(source, err, _allowed_fields, branch_labels=lambda p: p in _BRANCH_LABELS, explain=_explain)
 
 
 def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, root: Path | None = None) -> SweepSpec:
@@ -254,13 +257,7 @@ def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, r
 def load(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file (its name defaults to the file's stem)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    return parse(data, str(path), default_name=path.stem, root=path.parent)
+    return parse(read_yaml(path, "sweep"), str(path), default_name=path.stem, root=path.parent)
 
 
 # -- running ------------------------------------------------------------------------------------------------

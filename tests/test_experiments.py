@@ -18,8 +18,14 @@ FILES = sorted((ROOT / "experiments").glob("*.yaml"))
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_every_experiment_file_validates(path):
     from harness import sweep
+    from methods.diffsparse import train_file
 
-    if "experiment" in yaml.safe_load(path.read_text()):  # a sweep file: a base experiment and its points
+    data = yaml.safe_load(path.read_text())
+    if "schedules" in data:  # a training file (dsbench train diffsparse): the schedules experiments read
+        spec, todo = train_file.load(path)
+        assert spec.name == path.stem and todo
+        return
+    if "experiment" in data:  # a sweep file: a base experiment and its points
         spec = sweep.load(path)
         exps = [spec.experiment_for(point) for point in spec.points()] if spec.sweep.grid else []
         assert spec.sweep.name == path.stem

@@ -60,7 +60,7 @@ def _columns(table, names=DETERMINISTIC) -> list[tuple]:
      ["bad.yaml", "optuna.space.methods.toca.ratio", "float, int, categorical", "'uniform'"]),
     ({"experiment": BASE, "optuna": {"space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}},
                                      "objectives": [{"metric": "psnr", "direction": "up"}], "n_trials": 2}},
-     ["bad.yaml", "optuna.objectives.0.direction", "'minimize' or 'maximize'"]),
+     ["bad.yaml", "optuna.objectives[0].direction", "'minimize' or 'maximize'"]),
     ({"experiment": BASE, "optuna": {"space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}},
                                      "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 2,
                                      "sampler": "cmaes"}},

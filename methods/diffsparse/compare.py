@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "val_conditions": args.val_conditions, "lr_scale": args.lr_scale,
                                         "epochs": args.epochs})
     from harness.models import zoo
+    from harness.models.embedded.common import Log
 
     torch.set_num_threads(args.threads)
     import optuna
@@ -154,13 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m methods.diffsparse.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     (out / "command.txt").write_text(command + "\n")
-    log_file = (out / "log.txt").open("w")
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}"
-        log_file.write(line + "\n")
-        log_file.flush()
-        print(line, flush=True)
+    (out / "log.txt").unlink(missing_ok=True)  # one comparison per log
+    log = Log(out / "log.txt")
 
     rows = compare(bundle, args.minutes, out, config=config, eval_n=args.eval_n, fitness_n=args.fitness_n,
                    seed=args.seed, log=log)

@@ -606,33 +606,44 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(TrainConfig, {name: getattr(args, name) for name in TrainConfig.model_fields})
     if args.minutes is not None and not args.minutes > 0:
         raise ValueError(f"--minutes (wall-clock budget) must be > 0, got {args.minutes}")
-    from harness.models import zoo
-
-    torch.set_num_threads(args.threads)
-    bundle = zoo.load(args.model)
-    out = Path(args.out)
     command = "python -m methods.diffsparse.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.evaluate:
-        table = evaluate(bundle, out, n=args.eval_n)
-        (out / "README.md").write_text(_readme(args.model, out, table, command))
-        print(table)
+        print(evaluate_to_readme(args.model, Path(args.out), n=args.eval_n, threads=args.threads, command=command))
         return 0
+    train_and_evaluate(args.model, Path(args.out), config, minutes=args.minutes, threads=args.threads,
+                       command=command)
+    return 0
+
+
+def train_and_evaluate(model: str, out: Path, config: TrainConfig, *, minutes: float | None = None,
+                       threads: int = 1, evaluate_n: int = 0, command: str) -> Path:
+    """Train (resuming from ``out``'s checkpoint) and export; with ``evaluate_n`` > 0 also write the
+    evaluation table to ``out/README.md``. ``command`` is what reproduces this call (recorded)."""
+    from harness.models import zoo
+    from harness.models.embedded.common import Log
+
+    torch.set_num_threads(threads)
+    bundle = zoo.load(model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_command.txt").write_text(command + "\n")
-    log_file = (out / "train_log.txt").open("a")
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}"
-        log_file.write(line + "\n")
-        log_file.flush()
-        from tqdm.auto import tqdm
-
-        tqdm.write(line)
-
-    trainer = Trainer(task_from_bundle(bundle), config, out, log, minutes=args.minutes)
-    path = trainer.train()
+    log = Log(out / "train_log.txt")
+    path = Trainer(task_from_bundle(bundle), config, out, log, minutes=minutes).train()
     log(f"wrote {path}")
-    return 0
+    if evaluate_n:
+        log("evaluation on held-out conditions:\n" + evaluate_to_readme(model, out, n=evaluate_n, threads=threads,
+                                                                        command=command, bundle=bundle))
+    return path
+
+
+def evaluate_to_readme(model: str, out: Path, *, n: int, threads: int, command: str, bundle=None) -> str:
+    """``evaluate`` and write ``out/README.md`` around its table; returns the table."""
+    from harness.models import zoo
+
+    torch.set_num_threads(threads)
+    bundle = bundle or zoo.load(model)
+    table = evaluate(bundle, out, n=n)
+    (out / "README.md").write_text(_readme(model, out, table, command))
+    return table
 
 
 def _readme(model: str, out: Path, table: str, command: str) -> str:

@@ -1,0 +1,122 @@
+"""Training files: the schedules an experiment needs, trained by one command.
+
+    dsbench train diffsparse experiments/train_embedded.yaml [--only OUT ...]
+
+A training file lists schedules; each is one ``methods.diffsparse.train`` run (model, output folder,
+``TrainConfig`` parameters, optional wall-clock budget) and, optionally, its evaluation against the
+teacher. ``defaults`` apply to every entry (an entry's ``params`` are merged over the defaults'). The
+whole file is validated before any training starts; a finished entry is not retrained (its checkpoint
+says so and the schedule is re-exported in seconds), an interrupted one resumes from its checkpoint.
+
+```yaml
+name: train_embedded
+threads: 2
+defaults: {minutes: 10, evaluate: 32, params: {ratio: 0.5, stages: single}}
+schedules:
+  - {model: mnist-dit, out: results/diffsparse/mnist-dit}
+  - {model: shapes-pixart, out: results/diffsparse/shapes-pixart, params: {lr_scale: 0.03}}
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from harness.validation import read_yaml, schema_errors
+from methods.diffsparse.train import TrainConfig
+
+
+class Entry(pydantic.BaseModel):
+    """One schedule: which model, where it goes, how it is trained and evaluated."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    model: str = pydantic.Field(description="model zoo name with a dit or pixart pipeline")
+    out: str = pydantic.Field(description="output folder (schedule.json, log, checkpoint)")
+    minutes: float | None = pydantic.Field(None, gt=0, description="wall-clock budget in minutes (> 0) or null")
+    evaluate: int = pydantic.Field(0, ge=0, description="held-out conditions for the evaluation table (0: none)")
+    params: dict[str, Any] = pydantic.Field(default_factory=dict, description="TrainConfig fields")
+
+
+class Defaults(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    model: str | None = None
+    minutes: float | None = pydantic.Field(None, gt=0)
+    evaluate: int = pydantic.Field(0, ge=0)
+    params: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    return list((Defaults if "defaults" in loc[:-1] else TrainFile).model_fields)
+
+
+class TrainFile(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    name: str
+    threads: int = pydantic.Field(2, ge=1, description="torch threads >= 1")
+    defaults: Defaults = pydantic.Field(default_factory=Defaults)
+    schedules: list[dict[str, Any]] = pydantic.Field(min_length=1, description="schedule entries")
+
+
+def entries(data: dict, source: str) -> tuple[TrainFile, list[tuple[Entry, TrainConfig]]]:
+    """The validated file and, per schedule, its entry and training config (all errors before any work)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a training file is a mapping with fields {', '.join(TrainFile.model_fields)}")
+    data = {"name": Path(source).stem, **data}
+    try:
+        spec = TrainFile(**data)
+    except pydantic.ValidationError as err:
+        raise ValueError(schema_errors(source, err, _allowed_fields)) from None
+    from harness.models import zoo
+
+    out, seen = [], {}
+    for j, raw in enumerate(spec.schedules):
+        where = f"{source}: schedules[{j}]"
+        base = spec.defaults.model_dump(exclude_none=True)
+        merged = {**base, **raw, "params": {**base.get("params", {}), **(raw.get("params") or {})}}
+        try:
+            entry = Entry(**merged)
+        except pydantic.ValidationError as err:
+            raise ValueError(schema_errors(where, err, lambda loc: list(Entry.model_fields))) from None
+        if entry.model not in zoo.available():
+            raise ValueError(f"{where}: field 'model': {entry.model!r} is not in the model zoo "
+                             f"(available: {', '.join(zoo.available())})")
+        try:
+            config = TrainConfig(**entry.params)
+        except pydantic.ValidationError as err:
+            raise ValueError(schema_errors(f"{where}: params", err, lambda loc: list(TrainConfig.model_fields))) from None
+        key = str(Path(entry.out).resolve())
+        if key in seen:
+            raise ValueError(f"{where}: field 'out': {entry.out} is also the output of schedules[{seen[key]}]")
+        seen[key] = j
+        out.append((entry, config))
+    return spec, out
+
+
+def load(path: str | Path) -> tuple[TrainFile, list[tuple[Entry, TrainConfig]]]:
+    return entries(read_yaml(path, "training"), str(path))
+
+
+def run(path: str | Path, only: list[str] | None = None) -> list[Path]:
+    """Train (or resume, or re-export) every schedule of the file, or those whose ``out`` is in ``only``."""
+    from methods.diffsparse.train import train_and_evaluate
+
+    spec, todo = load(path)
+    if only:
+        known = {e.out for e, _ in todo}
+        unknown = [o for o in only if o not in known]
+        if unknown:
+            raise ValueError(f"--only {', '.join(unknown)}: not an 'out' of {path} (its outputs: {', '.join(sorted(known))})")
+        todo = [(e, c) for e, c in todo if e.out in only]
+    written = []
+    for j, (entry, config) in enumerate(todo, 1):
+        print(f"[{j}/{len(todo)}] {entry.model} → {entry.out}", flush=True)
+        command = f"dsbench train diffsparse {path} --only {entry.out}"
+        written.append(train_and_evaluate(entry.model, Path(entry.out), config, minutes=entry.minutes,
+                                          threads=spec.threads, evaluate_n=entry.evaluate, command=command))
+    return written
