@@ -144,9 +144,28 @@ def test_tiny_training_run_changes_the_costs_and_exports_a_schedule(tmp_path, st
     assert load_schedule(path).levels.tolist() == schedule.levels.tolist()
 
 
+def test_the_selector_of_training_is_the_selector_of_inference(tmp_path):
+    """A schedule trained with another importance metric or without a score term ranks tokens the same way
+    at inference unless the method's config overrides it."""
+    task = tiny_task("dit")
+    config = TrainConfig(ratio=0.2, loss="l2", conditions=1, batch=1, stages="single",
+                         importance="norm", drop=("s3", "B"))
+    trainer = Trainer(task, config, tmp_path, lambda line: None)
+    assert trainer.score.importance == "norm" and trainer.score.staleness == 0 and trainer.score.bonus == 0
+    path = str(trainer.train())
+    for params, importance, drop in [({}, "norm", ["s3", "B"]),
+                                     ({"importance": "similarity", "drop": ()}, "similarity", [])]:
+        with methods.attach(task.pipeline, methods.build("diffsparse", schedule=path, **params)) as h:
+            images(task, [1], [0], grad=False)
+            resolved = h.report()["config"]
+        assert (resolved["importance"], resolved["drop"]) == (importance, drop)
+
+
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="loss"):
         main(["--model", "mnist-dit", "--out", "x", "--loss", "l1"])
+    with pytest.raises(ValueError, match=r"--drop: .*any of s1, s2, s3, B"):
+        main(["--model", "mnist-dit", "--out", "x", "--drop", "s3", "s7"])
 
 
 def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():

@@ -1,7 +1,8 @@
 """``diffsparse``: inference with a learned static schedule (METHODS §1.1, inference paragraph).
 
 Step 0 is FULL; every later (step, layer) runs at its learned level ρ: REUSE (ρ = 0), FULL
-(ρ = 1) or TOPK(⌊ρN⌋) with the DiffSparse selector. The DP is not run at inference. Levels are
+(ρ = 1) or TOPK(⌊ρN⌋) with the DiffSparse selector, ranking tokens as in training (the schedule
+records its importance metric and dropped terms; the config may override them). The DP is not run at inference. Levels are
 fractions, so a schedule trained at one resolution runs at any other of the same (T, L).
 """
 
@@ -20,10 +21,11 @@ class DiffSparseConfig(MethodConfig):
     schedule: str = pydantic.Field(
         ..., description="path of a schedule JSON written by methods.diffsparse.schedule.export_schedule "
         "(python -m methods.diffsparse.train ...)")
-    importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
-        "attention", description="token importance: attention (model default score), similarity or norm")
-    drop: tuple[Literal["s1", "s2", "s3", "B"], ...] = pydantic.Field(
-        (), description="score terms removed (ablation): any of s1, s2, s3, B")
+    importance: Literal["attention", "similarity", "norm"] | None = pydantic.Field(
+        None, description="token importance: attention (model default score), similarity or norm; "
+        "default: what the schedule was trained with")
+    drop: tuple[Literal["s1", "s2", "s3", "B"], ...] | None = pydantic.Field(
+        None, description="score terms removed (ablation): any of s1, s2, s3, B; default: the schedule's")
     cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
         None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
     pixart_lambda1: float | None = pydantic.Field(
@@ -46,8 +48,10 @@ class DiffSparse(Method):
     def reset(self, run: RunInfo) -> None:
         super().reset(run)
         self.learned.check_run(run.num_steps, [layer.name for layer in run.layers])
-        c = self.config
-        self.score = selector_spec(run.family, importance=c.importance, drop=c.drop, cfg_selection=c.cfg_selection,
+        c, trained = self.config, self.learned.meta.get("config", {})
+        self.drop = tuple(trained.get("drop", ())) if c.drop is None else c.drop
+        importance = c.importance or trained.get("importance", "attention")
+        self.score = selector_spec(run.family, importance=importance, drop=self.drop, cfg_selection=c.cfg_selection,
                                    pixart_lambda1=c.pixart_lambda1)
 
     def decide(self, i: int, layer: Layer) -> Decision:
@@ -58,6 +62,6 @@ class DiffSparse(Method):
         return {"schedule": str(self.learned.path), "config_hash": meta.get("config_hash"),
                 "budget_ratio": meta.get("budget_ratio"), "K": self.learned.K,
                 "levels": (self.learned.levels / self.learned.K).tolist(),
-                "importance": s.importance, "drop": list(self.config.drop), "cfg_selection": s.cfg_selection,
+                "importance": s.importance, "drop": list(self.drop), "cfg_selection": s.cfg_selection,
                 "lambda1": s.attention_received, "lambda2": s.cross_entropy, "lambda3": s.staleness,
                 "bonus": s.bonus, "bonus_grid": s.bonus_grid}

@@ -74,6 +74,8 @@ class TrainConfig(MethodConfig):
     bf16: bool = pydantic.Field(False, description="bf16 autocast for the student")
     importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
         "attention", description="selector importance: attention, similarity, norm")
+    drop: tuple[Literal["s1", "s2", "s3", "B"], ...] = pydantic.Field(
+        (), description="selector score terms removed while training and at inference: any of s1, s2, s3, B")
     lr_scale: float = pydantic.Field(1.0, gt=0.0, description="multiplies every learning rate and δ (> 0; 1 = paper)")
     val_conditions: int = pydantic.Field(0, ge=0, description="held-out validation conditions >= 0 (0: no selection)")
     val_every: int = pydantic.Field(1, ge=1, description="validate every N epochs of each stage (N >= 1)")
@@ -289,7 +291,7 @@ class Trainer:
         self.toca, run = self.toca_run()
         self.space = LevelSpace.from_transformer(task.pipeline, task.steps, config.interval, config.mode,
                                                  text_tokens=max(run.n_text, 1))
-        self.score = selector_spec(family, importance=config.importance)
+        self.score = selector_spec(family, importance=config.importance, drop=config.drop)
         self.table = CostTable(self.space.n_cells, self.space.K + 1)
         self.weights = self.space.weights
         self.B = self.space.budget(config.ratio)
@@ -600,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
                                 help=field.description)
+        elif isinstance(field.default, tuple):
+            parser.add_argument(flag, nargs="*", default=field.default, help=field.description)
         else:
             parser.add_argument(flag, default=field.default, help=field.description)
     args = parser.parse_args(argv)
