@@ -153,6 +153,21 @@ def test_domain_extractor_fid_and_isc():
     distribution.register_domain_extractor("dsbench-test-domain", TinyClassifier())  # re-registering replaces
 
 
+def test_domain_features_on_the_sphere_keep_kid_finite_for_large_activations():
+    """Raw activations of norm ~10³ made torch-fidelity's float32 KID cancel to large negative noise;
+    on the sphere (norm √D) real-vs-real KID is ~0 and an unrelated set scores far higher."""
+    classifier = TinyClassifier()
+    raw = classifier.features
+    classifier.features = lambda x: 1000.0 * raw(x)
+    distribution.register_domain_extractor("dsbench-test-loud", classifier)
+    bundle = SimpleNamespace(name="loud", feature_extractor="dsbench-test-loud", classifier=classifier, alignment=None)
+    features = distribution.sphere_features(classifier.features(natural(4)).float())
+    assert torch.allclose(features.norm(dim=1), torch.full((4,), features.shape[1] ** 0.5))
+    same = metrics.compute(natural(32, seed=2), references=natural(32, seed=3), bundle=bundle, metrics=("kid",))
+    other = metrics.compute(noise(32), references=natural(32, seed=3), bundle=bundle, metrics=("kid",))
+    assert abs(same["kid_mean"]) < 0.05 and other["kid_mean"] > 10 * max(abs(same["kid_mean"]), 1e-3)
+
+
 def test_register_domain_extractor_rules():
     with pytest.raises(ValueError, match="built-in"):
         distribution.register_domain_extractor("inception-v3-compat", TinyClassifier())
