@@ -126,5 +126,6 @@ def main(out: str | Path = "results/quickstart", *, force: bool = False, wandb: 
     print(leaderboard_markdown(frame))
     for model, method, reason in outcome.skipped:
         print(f"skipped {method} on {model}: {reason}")
-    print(f"\nquickstart: {len(frame)} runs in {out}/ (leaderboard.md, leaderboard.csv, grids/, dsbench.db"
+    runs = len(outcome.stored) + len(outcome.resumed)
+    print(f"\nquickstart: {runs} runs in {out}/ (leaderboard.md, leaderboard.csv, grids/, dsbench.db"
           f"{', wandb/' if wandb else ''}) in {time.perf_counter() - start:.0f} s")

@@ -182,8 +182,10 @@ def metric_columns(frame) -> list[str]:
 
 
 def summarise(frame):
-    """One row per configuration (the run identity minus the seed): numeric columns averaged over seeds,
-    ``seeds`` counting them, the first run's label, tuned value and artifacts kept."""
+    """One row per configuration (the run identity minus the seed and the code version): numeric columns
+    averaged over the seeds of its newest code version (older versions' rows stay in the store as history
+    but are never averaged with new ones), ``seeds`` counting them, the first run's label, tuned value and
+    artifacts kept."""
     import pandas as pd
 
     if frame.empty:
@@ -192,6 +194,8 @@ def summarise(frame):
     numeric = [c for c in (*COST_COLUMNS, *metric_columns(frame)) if c in frame.columns]
     rows = []
     for _, group in keyed.groupby("_group", sort=False):
+        newest = group.loc[group["created_at"].idxmax(), "code_version"]
+        group = group[group["code_version"] == newest]
         first = group.iloc[0]
         row = {c: first[c] for c in (*CONFIG_KEYS, "label", "tuned", "experiment", "artifacts", "run_id")}
         row["budget_note"] = first.get("budget_note")  # absent from frames of rows stored before budget notes

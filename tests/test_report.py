@@ -73,6 +73,19 @@ def test_leaderboard_rows_sorted_by_quality_with_mac_ratio_and_speedup(store):
     assert [r[1] for r in by_fid.rows][0].startswith("diffsparse")
 
 
+def test_leaderboard_averages_only_the_newest_code_version_of_a_configuration(store):
+    """Rows of an older code version stay in the store but are never averaged with the new ones."""
+    stale = run_row("old", "toca", 0, params={"ratio": 0.3}, budget=0.57, macs_ratio=0.57, lpips_alex=0.9)
+    store.put({**stale, "code_version": "older", "created_at": 1.0})
+    headers = [c.header for c in report.leaderboard(store.frame()).columns]
+    toca = next(r for r in report.leaderboard(store.frame()).rows if r[headers.index("Method")] == "toca_ratio0.3")
+    assert toca[headers.index("lpips_alex")] == pytest.approx(0.105) and toca[headers.index("Seeds")] == 2
+    newer = run_row("new", "toca", 0, params={"ratio": 0.3}, budget=0.57, macs_ratio=0.57, lpips_alex=0.4)
+    store.put({**newer, "code_version": "newer"})
+    toca = next(r for r in report.leaderboard(store.frame()).rows if r[headers.index("Method")] == "toca_ratio0.3")
+    assert toca[headers.index("lpips_alex")] == pytest.approx(0.4) and toca[headers.index("Seeds")] == 1
+
+
 def test_leaderboard_bad_metric_names_what_is_available(store):
     with pytest.raises(ValueError, match="metric 'nope'.*available: .*lpips_alex"):
         report.leaderboard(store.frame(), sort_by="nope")
