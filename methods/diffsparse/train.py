@@ -630,6 +630,8 @@ def train_and_evaluate(model: str, out: Path, config: TrainConfig, *, minutes: f
     bundle = zoo.load(model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_command.txt").write_text(command + "\n")
+    if not (out / "checkpoint.pt").exists():  # a fresh run starts a fresh log; a resumed one appends
+        (out / "train_log.txt").unlink(missing_ok=True)
     log = Log(out / "train_log.txt")
     path = Trainer(task_from_bundle(bundle), config, out, log, minutes=minutes).train()
     log(f"wrote {path}")
