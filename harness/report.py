@@ -236,7 +236,7 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
                                       na_position="last", kind="stable")
     columns = [Column("Model", text), Column("Method", text), Column("Budget (MAC ratio)", fixed(2)),
                Column("Tuned", text), Column("MACs", si), Column("MAC ratio", fixed(3)),
-               Column("Speedup", times), Column("Latency (s)", fixed(3)), Column("Peak mem (MB)", fixed(0)),
+               Column("Speedup", times), Column("Latency (s)", fixed(3)), Column("Peak mem (MB)", fixed(1)),
                *(Column(m, fixed(4)) for m in metrics), Column("Seeds", text)]
     rows = [[r["model"], r["label"] or r["method"], r["budget_macs_ratio"], _tuned_text(r["tuned"]), r["macs"],
              r["macs_ratio"], r["speedup"], r["latency_s"], r["peak_memory_mb"], *(r[m] for m in metrics),

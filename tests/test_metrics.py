@@ -444,6 +444,24 @@ def test_latency_and_interleaving():
     assert slow["latency_median"] >= 0.01
 
 
+def test_peak_memory_counts_memory_the_allocator_kept_resident():
+    """After a warm-up run glibc serves the next run from freed, still-resident heap pages; the peak must
+    count them anyway (a fresh process whose heap keeps everything, as after many large frees)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import ctypes, torch\n"
+        "from harness.metrics import cost\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "assert libc.mallopt(-3, 256 * 2**20) == 1 and libc.mallopt(-1, 2**30) == 1  # heap keeps big blocks\n"
+        "allocate = lambda: torch.ones(64 * 2**20 // 4).sum()\n"
+        "allocate()\n"
+        "print(cost.peak_memory(allocate)['peak_memory_bytes'])\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[-1]) >= 48 * 2**20
+
+
 def test_peak_memory_cpu_and_macs():
     def allocate():
         x = torch.ones(64 * 2**20 // 4)  # 64 MiB touched

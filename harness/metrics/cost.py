@@ -8,11 +8,16 @@ Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the call minus 
 (the tensors the call itself allocated at its peak). On CPU, the growth of the process's peak resident
 set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` before the call): real memory touched,
 including the allocator's and other threads' — tracemalloc would miss torch's tensors, which are not
-allocated through Python.
+allocated through Python. glibc keeps freed blocks resident for reuse (its mmap threshold grows with
+every large free), so after a warm-up run the call would reuse resident pages and read ≈ 0: ``malloc_trim``
+hands the free pages back to the OS first, and the call's touches show up in the peak again.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import statistics
 import time
@@ -89,6 +94,15 @@ def _vm_kib(field: str) -> int:
     raise OSError(f"{field} not in {_STATUS}")
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None on other C libraries, where nothing is trimmed)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") -> dict[str, float]:
     """Peak memory of one call of ``fn`` in bytes (``peak_memory_bytes``), measured as the module says."""
     device = torch.device(device)
@@ -99,6 +113,9 @@ def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") ->
         fn()
         torch.cuda.synchronize(device)
         return {"peak_memory_bytes": float(torch.cuda.max_memory_allocated(device) - before)}
+    gc.collect()
+    if _malloc_trim() is not None:
+        _malloc_trim()(0)  # free heap pages back to the OS, so reusing them counts again
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         before = _vm_kib("VmRSS")
