@@ -86,15 +86,17 @@ def run_label(method: str, config: dict, given: dict, seed: int | None = None) -
     for field, short in ABBREV.items():
         if config.get(field) is not None:
             parts.append(f"{short}{_fmt(config[field])}")
-    parts += [f"{k}{_fmt(v)}" for k, v in sorted(given.items()) if k not in ABBREV and v is not None]
+    parts += [f"{k}{_fmt(v, k)}" for k, v in sorted(given.items()) if k not in ABBREV and v is not None]
     if seed is not None:
         parts.append(f"s{seed}")
     return "_".join(parts)
 
 
-def _fmt(value) -> str:
-    if isinstance(value, str) and "/" in value:  # a file (a schedule, weights): its name, not its path
-        return "-" + Path(value).name
+def _fmt(value, name: str | None = None) -> str:
+    if isinstance(value, str) and "/" in value:  # a file (a schedule, weights): a short name, not its path
+        path = Path(value)
+        # a file named after its parameter (schedule=.../r43/schedule.json) is told apart by its folder
+        return "-" + (path.parent.name if path.stem == name and path.parent.name else path.name)
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 

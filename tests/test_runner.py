@@ -71,6 +71,11 @@ def test_run_label_encodes_config():
     assert runner.run_label("toca", {"interval": 3, "ratio": 0.3, "bonus": 0.4}, {"bonus": 0.4}) == \
         "toca_N3_R0.30_bonus0.40"
     assert runner.run_label("full", {}, {}, seed=2) == "full_s2"
+    # schedules all named schedule.json are told apart by their folder; other files by their name
+    assert runner.run_label("diffsparse", {}, {"schedule": "results/ablations/r43/schedule.json"}) == \
+        "diffsparse_schedule-r43"
+    assert runner.run_label("sparsedit", {}, {"weights": "results/sparsedit/tuned.safetensors"}) == \
+        "sparsedit_weights-tuned.safetensors"
 
 
 # -- runs, resume, force, W&B --------------------------------------------------------------------------------
