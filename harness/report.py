@@ -184,7 +184,8 @@ def metric_columns(frame) -> list[str]:
 def summarise(frame):
     """One row per configuration (the run identity minus the seed and the code version): numeric columns
     averaged over the seeds of its newest code version (older versions' rows stay in the store as history
-    but are never averaged with new ones), ``seeds`` counting them, the first run's label, tuned value and
+    but are never averaged with new ones; of several rows of one seed the newest counts), ``seeds`` counting
+    them, the first run's label, tuned value and
     artifacts kept."""
     import pandas as pd
 
@@ -194,8 +195,10 @@ def summarise(frame):
     numeric = [c for c in (*COST_COLUMNS, *metric_columns(frame)) if c in frame.columns]
     rows = []
     for _, group in keyed.groupby("_group", sort=False):
-        newest = group.loc[group["created_at"].idxmax(), "code_version"]
-        group = group[group["code_version"] == newest]
+        versions = group["code_version"].fillna("")
+        group = group[versions == versions.loc[group["created_at"].idxmax()]]
+        # one row per seed: the newest (a rerun with more metrics, or --force, supersedes the older row)
+        group = group.sort_values("created_at").drop_duplicates("seed", keep="last")
         first = group.iloc[0]
         row = {c: first[c] for c in (*CONFIG_KEYS, "label", "tuned", "experiment", "artifacts", "run_id")}
         row["budget_note"] = first.get("budget_note")  # absent from frames of rows stored before budget notes

@@ -22,7 +22,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,10 +34,11 @@ import torch
 from tqdm.auto import tqdm
 
 import methods
+from harness import machine
 from harness.experiment import SAMPLERS, Experiment, MethodEntry
 from harness.metrics import NEEDS, cost
 from harness.shard import Shard
-from harness.store import Store
+from harness.store import Store, StoreError, keep_pending, pending_dir
 
 log = logging.getLogger("dsbench.runner")
 
@@ -42,6 +46,7 @@ log = logging.getLogger("dsbench.runner")
 # which the teacher cache's code version covers). Reporting and IO modules are deliberately left out.
 _RESULT_SOURCES = ("harness/engine.py", "harness/scores.py", "harness/accounting.py", "harness/runner.py",
                    "harness/teacher_cache.py", "harness/adapters", "harness/metrics", "methods")
+CODE_VERSION_ENV = "DSBENCH_CODE_VERSION"
 # short names of budget fields and common parameters in run labels (cache-dit style: toca_N3_R0.30)
 ABBREV = {"interval": "N", "ratio": "R", "fraction": "F", "num_steps": "S"}
 # a run whose MACs are further than this from the budget (relative) gets a budget_note saying why
@@ -50,8 +55,12 @@ BUDGET_TOLERANCE = 0.02
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Hash of the sources that determine a run's samples and numbers, and of the models' code and weights."""
+    """Hash of the sources that determine a run's samples and numbers, and of the models' code and weights
+    (``$DSBENCH_CODE_VERSION`` when set: a sweep's workers take the version their parent started with)."""
     from harness.files import sha256_file
+
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     from harness.teacher_cache import code_version as models_version
 
     root = Path(__file__).resolve().parent.parent
@@ -65,13 +74,16 @@ def code_version() -> str:
 
 
 def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
-    """Identity (DESIGN §7): model, sampler, steps, guidance, method config and budget, eval set, seed, code.
+    """Identity (DESIGN §7): everything that determines a run's stored values — model, sampler, steps,
+    guidance, method config and budget, eval set, seed, the metric list, the latency protocol and the code —
+    and nothing else: the experiment's name is not part of it, so experiments share rows (the store's members).
     [PD] The identity holds the *requested* config (budget included), not the tuned value, so a resume
     can skip a run before its budget search."""
     payload = {"model": model, "sampler": exp.sampler, "steps": exp.steps, "guidance": exp.guidance,
                "method": entry.name, "params": entry.params_for(model),
                "budget_macs_ratio": _budget_ratio(exp, entry),
-               "eval": exp.eval.model_dump(), "seed": seed, "code_version": code_version()}
+               "eval": exp.eval.model_dump(), "seed": seed, "metrics": sorted(exp.metrics),
+               "latency": exp.latency.model_dump(), "code_version": code_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -320,13 +332,20 @@ def save_artifacts(folder: Path, images: torch.Tensor, report: dict, teacher: to
 class Outcome:
     stored: list[dict] = dataclasses.field(default_factory=list)  # rows written by this call
     resumed: list[str] = dataclasses.field(default_factory=list)  # run ids already in the store
+    pending: list[str] = dataclasses.field(default_factory=list)  # side files of rows the store could not take
     skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (model, method, reason)
 
 
 def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
                    artifacts: str | Path | None = None, tracker=None, teacher_cache=None, progress: bool = True,
                    shard: Shard | None = None) -> Outcome:
-    """Run every (model, method, seed) of ``exp`` not yet in ``store`` (all of them with ``force``).
+    """Run every (model, method, seed) of ``exp`` that ``store`` does not have (all of them with ``force``).
+
+    Everything that can fail without sampling is checked first: the inputs, the metrics' weights, the
+    artifacts folder, and every method set up on every model (its budget tuned, its schedule checked against
+    the model); only a method that cannot run on a model family at all is skipped. A run another experiment
+    already computed is reported by this one too, not recomputed. A row the store cannot take after sampling
+    (locked, full disk) is kept next to it and imported by the next run (:func:`harness.store.keep_pending`).
 
     artifacts: folder of per-run artifact directories (default: ``artifacts/`` next to the store file).
     tracker: a :class:`harness.tracking.Tracker` (or None) mirroring each stored row.
@@ -334,6 +353,7 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
     its slice of the samples; only rank 0 needs ``store``, ``tracker`` and the teacher cache, and only it
     writes (the other ranks pass ``store=None`` and return an empty Outcome).
     """
+    from harness import metrics
     from harness.experiment import check_inputs
     from harness.teacher_cache import TeacherCache
 
@@ -342,53 +362,56 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
     if main and store is None:
         raise ValueError("store: rank 0 needs the results store")
     check_inputs(exp)  # files the methods read (schedules, weights) exist: fail before any sampling
-    if main and artifacts is None:
-        artifacts = (Path(tempfile.mkdtemp(prefix="dsbench-artifacts-")) if store.path == ":memory:"
-                     else Path(store.path).parent / "artifacts")
-    artifacts = Path(artifacts) if main else None
+    if main:
+        if artifacts is None:
+            artifacts = (Path(tempfile.mkdtemp(prefix="dsbench-artifacts-")) if store.path == ":memory:"
+                         else Path(store.path).parent / "artifacts")
+        artifacts = Path(artifacts)
+        check_writable(artifacts, "artifacts")
+        imported = store.import_pending() if store.path != ":memory:" else 0
+        if imported:
+            log.info("imported %d run(s) kept in %s from an earlier run", imported, pending_dir(store.path))
     cache = (teacher_cache or TeacherCache()) if main else None
     entries = exp.method_entries()
     outcome = Outcome()
-    plan = [(model, seed, entry) for model in exp.models for seed in exp.seeds for entry in entries]
-    progress = progress and main
-    bar = tqdm(total=len(plan), desc=exp.name, unit="run", disable=not progress)
-    try:
+    todo: dict[str, list] = {}
+    if main:  # rank 0 decides what is left to run; the other ranks follow its list
         for model in exp.models:
-            todo = []
-            if main:  # rank 0 decides what is left to run; the other ranks follow its list
-                for seed, entry in ((s, e) for m, s, e in plan if m == model):
+            for seed in exp.seeds:
+                for index, entry in enumerate(entries):
                     rid = run_id(exp, model, entry, seed)
-                    if store.has(rid) and not force:
+                    if not force and (store.member(exp.name, rid) or store.adopt(exp.name, rid)):
                         outcome.resumed.append(rid)
-                        bar.update(1)
                     else:
-                        todo.append((seed, entry, rid))
-            todo = shard.broadcast(todo)
-            if not todo:
-                continue
-            bar.set_postfix_str(f"{model}: loading")
-            ctx = _load_model(exp, model, progress, shard.state.device)
+                        todo.setdefault(model, []).append((seed, index, rid))
+    todo = shard.broadcast(todo)
+    progress = progress and main
+    contexts, setups = {}, {}
+    for model, runs in todo.items():  # set every method up on every model before any evaluation sampling
+        contexts[model] = ctx = _load_model(exp, model, progress, shard.state.device)
+        if main:  # the metrics' weights installed (or a one-line error) before any sampling
+            metrics.prepare(exp.metrics, bundle=ctx.bundle)
+        for index in sorted({index for _, index, _ in runs}):
+            setups[model, index] = shard.broadcast(_setup(exp, ctx, entries[index]) if main else None)
+    bar = tqdm(total=sum(map(len, todo.values())), desc=exp.name, unit="run", disable=not progress)
+    try:
+        for model, runs in todo.items():
+            ctx = contexts[model]
             teachers: dict[int, torch.Tensor] = {}
-            for seed, entry, rid in todo:
+            for seed, index, rid in runs:
+                entry, setup = entries[index], setups[model, index]
                 bar.set_postfix_str(f"{model} {entry.name} seed {seed}")
+                if "skip" in setup:
+                    if main and seed == exp.seeds[0]:
+                        outcome.skipped.append((model, entry.name, setup["skip"]))
+                    bar.update(1)
+                    continue
                 if seed not in teachers:
                     teachers[seed] = _teacher(cache, ctx, model, seed, shard)
-                row = _run_one(exp, ctx, model, entry, seed, rid, teachers[seed], artifacts, bar, outcome, shard)
+                row = _run_one(exp, ctx, model, entry, setup, seed, rid, teachers[seed], artifacts, bar, shard)
                 bar.update(1)
-                if row is None:
-                    continue
-                try:
-                    store.put(row, replace=force)
-                except ValueError:  # another sweep worker stored this identity meanwhile: its row stands
-                    if not store.has(rid):
-                        raise
-                    outcome.resumed.append(rid)
-                    continue
-                outcome.stored.append(row)
-                log.info("stored %s %s: macs_ratio %.3f, speedup %.2f×", model, row["label"], row["macs_ratio"],
-                         row["speedup"])
-                if tracker is not None:
-                    tracker.log_run(row)
+                if row is not None:
+                    _store(store, row, force, outcome, tracker)
     finally:
         bar.close()
     if tracker is not None and outcome.stored:
@@ -396,6 +419,44 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
     for model, method, reason in outcome.skipped:
         log.warning("skipped %s on %s: %s", method, model, reason)
     return outcome
+
+
+def _store(store: Store, row: dict, force: bool, outcome: Outcome, tracker) -> None:
+    """Write a computed row; when the store cannot take it, keep it next to the store instead of losing it."""
+    try:
+        store.put(row, replace=force)
+    except StoreError:
+        raise
+    except ValueError:  # another sweep worker stored this identity meanwhile: its row stands, and is ours too
+        if not store.adopt(row["experiment"], row["run_id"]):
+            raise
+        outcome.resumed.append(row["run_id"])
+        return
+    except (sqlite3.Error, OSError) as err:
+        kept = keep_pending(store.path, row, replace=force)
+        outcome.pending.append(str(kept))
+        log.warning("the store %s could not take run %s (%s): kept in %s; the next run on this store imports it",
+                    store.path, row["label"], err, kept)
+        return
+    outcome.stored.append(row)
+    log.info("stored %s %s: macs_ratio %.3f, speedup %.2f×", row["model"], row["label"], row["macs_ratio"],
+             row["speedup"])
+    if tracker is not None:
+        tracker.log_run(row)
+
+
+def check_writable(folder: Path, field: str) -> None:
+    """A folder the run will write into exists (or can be made) and takes a file: checked before sampling."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{field}: cannot write into {folder}: {blocker} is a file, not a folder; move it or "
+                         "pass another output folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{field}: cannot write into {folder} ({err.strerror}); pass another output folder") from None
 
 
 def _teacher(cache, ctx: ModelContext, model: str, seed: int, shard: Shard) -> torch.Tensor | None:
@@ -437,21 +498,32 @@ def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
             f"({field}={shown(above[0])}); the run takes the one within budget")
 
 
-def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry, params: dict) -> dict:
+def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
     """{"tuned": {field: value}, "note": budget note or None}, or {"skip": reason} when the method cannot run
-    on the model (family, unreachable budget): a skip, not fatal."""
+    on this model family at all (or, for ``methods: all``, needs a parameter it has no default for). Any other
+    failure — an unreachable budget, a schedule that does not fit the model — stops the run here, before
+    sampling, as a ValueError naming model and method."""
+    params = entry.params_for(ctx.bundle.name)
     budget = _budget_ratio(exp, entry)
     field = methods.base.method_class(entry.name).budget_field if budget is not None else None
     tuned: dict = {}
     try:
-        macs = ctx.macs_of(methods.build(entry.name, **params))
+        method = methods.build(entry.name, **params)
+    except ValueError as err:
+        if exp.methods == "all":
+            return {"skip": f"{err} (methods: all runs each method with its defaults)"}
+        raise
+    try:
+        macs = ctx.macs_of(method)
         result = None
         if field is not None:
             result = tune(entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps,
                           progress=ctx.progress)
             tuned, macs = {field: result["value"]}, result["macs"]
-    except Exception as err:  # noqa: BLE001 — any failure to set the method up is the skip reason
-        return {"skip": f"{type(err).__name__}: {err}"}
+    except methods.base.NotApplicable as err:
+        return {"skip": str(err)}
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{entry.name} on {ctx.bundle.name}: {err}") from None
     note = None
     if budget is not None and entry.name != "full":
         note = budget_note(entry.name, field, budget, macs / ctx.macs_full, result, ctx.macs_full)
@@ -460,19 +532,12 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry, params: dict)
     return {"tuned": tuned, "note": note}
 
 
-def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry, seed: int, rid: str,
-             teacher: torch.Tensor | None, artifacts: Path | None, bar, outcome: Outcome,
-             shard: Shard) -> dict | None:
-    """One measured run (its row on rank 0), or None: on the other ranks, and when the method cannot run on
-    the model (recorded in ``outcome.skipped``). Rank 0 sets the method up and the ranks follow its answer."""
+def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry, setup: dict, seed: int,
+             rid: str, teacher: torch.Tensor | None, artifacts: Path | None, bar, shard: Shard) -> dict | None:
+    """One measured run with the method as set up by :func:`_setup`: its row on rank 0, None on the others."""
     from harness import metrics
 
     params = entry.params_for(model)
-    setup = shard.broadcast(_setup(exp, ctx, entry, params) if shard.is_main else None)
-    if "skip" in setup:
-        if shard.is_main:
-            outcome.skipped.append((model, entry.name, setup["skip"]))
-        return None
     tuned = setup["tuned"]
     method = methods.build(entry.name, **params, **tuned)
 
@@ -494,7 +559,13 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
     macs = cost.macs(report)
     label = run_label(entry.name, report["config"], params, seed if len(exp.seeds) > 1 else None)
     folder = artifacts / exp.name / f"{model}__{label}__{rid[:8]}"
-    save_artifacts(folder, images, report, teacher)
+    try:
+        save_artifacts(folder, images, report, teacher)
+        artifacts_note = None
+    except OSError as err:  # the numbers are computed: keep them, say what is missing
+        log.warning("artifacts of %s %s could not be written to %s (%s); the row is stored without them",
+                    model, label, folder, err)
+        folder, artifacts_note = None, f"not written: {err}"
     return {
         "run_id": rid, "experiment": exp.name, "model": model, "family": ctx.bundle.family, "method": entry.name,
         "label": label, "params": params, "config": report["config"], "tuned": tuned,
@@ -508,5 +579,7 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
         "latency_full_s": times["full"]["latency_median"],
         "speedup": times["full"]["latency_median"] / times["method"]["latency_median"],
         "latency_batch": lat.batch, "latency_repeats": lat.repeats,
-        "peak_memory_mb": memory["peak_memory_bytes"] / 2**20, "artifacts": str(folder), **scores,
+        "peak_memory_mb": memory["peak_memory_bytes"] / 2**20,
+        "artifacts": str(folder) if folder else None, "artifacts_note": artifacts_note,
+        "machine": machine.describe(), "created_at": time.time(), **scores,
     }

@@ -23,6 +23,11 @@ and RUNNING trials and ask for a new one inside one cross-process lock, so toget
 ``n_trials``. A RUNNING trial whose worker died (its process is gone on this host, or its heartbeat is
 older than :data:`STALE_AFTER` on another host) is marked FAIL and its parameters enqueued again, so the
 study still ends with ``n_trials`` COMPLETE trials and the interrupted run is picked up where it stopped.
+The parent reports a dead worker in one line; when the others still completed the sweep it prints the table,
+otherwise it ends with a one-line error saying to rerun the same command (every finished run is stored).
+The store, its folder and the study storage are opened before any worker starts, so a path or URL that
+cannot work (a parent that is a file, an unwritable folder, a damaged database, an in-memory database that
+would lose the study) is a one-line ValueError before any sampling.
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import pydantic
-import yaml
 
 from harness import experiment
 from harness.validation import read_yaml, schema_errors
@@ -60,10 +64,10 @@ class _Strict(pydantic.BaseModel):
 
 class FloatParam(_Strict):
     type: Literal["float"]
-    low: float
-    high: float
+    low: float = pydantic.Field(..., allow_inf_nan=False)
+    high: float = pydantic.Field(..., allow_inf_nan=False)
     log: bool = pydantic.Field(False, description="sample on a log scale (low > 0)")
-    step: float | None = pydantic.Field(None, gt=0, description="discretisation step > 0")
+    step: float | None = pydantic.Field(None, gt=0, allow_inf_nan=False, description="discretisation step > 0")
 
 
 class IntParam(_Strict):
@@ -92,9 +96,10 @@ class Study(_Strict):
     objectives: list[Objective] = pydantic.Field(..., min_length=1, description="metrics to optimise")
     n_trials: int = pydantic.Field(..., ge=1, description="COMPLETE trials the study ends with, >= 1")
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
-    seed: int = pydantic.Field(0, description="sampler seed")
-    storage: str | None = pydantic.Field(None, description="RDB URL (default: SQLite file next to the store)")
-    study_name: str | None = pydantic.Field(None, description="study name (default: the sweep's name)")
+    seed: int = pydantic.Field(0, ge=0, le=2**31 - 1, description="sampler seed, 0 <= seed < 2**31")
+    storage: str | None = pydantic.Field(None, min_length=1,
+                                         description="RDB URL (default: SQLite file next to the store)")
+    study_name: str | None = pydantic.Field(None, min_length=1, description="study name (default: the sweep's name)")
 
 
 class Sweep(_Strict):
@@ -109,10 +114,24 @@ class Sweep(_Strict):
             raise ValueError("give exactly one of `grid` and `optuna`")
         for path, values in (self.grid or {}).items():
             if not values:
-                raise ValueError(f"grid.{path}: needs at least one value")
+                raise ValueError(f"grid.{path!s:.200}: needs at least one value")
         for path, p in (self.optuna.space if self.optuna else {}).items():
-            if p.type != "categorical" and p.low > p.high:
-                raise ValueError(f"optuna.space.{path}: low {p.low} is above high {p.high}")
+            where = f"optuna.space.{path!s:.200}"
+            if p.type == "categorical":
+                bad = [c for c in p.choices if c is not None and not isinstance(c, (bool, int, float, str))]
+                if bad:  # optuna stores choices as JSON scalars
+                    raise ValueError(f"{where}: choices must be numbers, strings, booleans or null; "
+                                     f"got {bad[0]!r:.200}")
+                continue
+            if p.low > p.high:
+                raise ValueError(f"{where}: low {p.low} is above high {p.high}")
+            if p.log and p.low <= (0 if p.type == "float" else 0.5):
+                raise ValueError(f"{where}: log: true needs low {'> 0' if p.type == 'float' else '>= 1'}, got {p.low}")
+            if p.log and (p.step or 1) != 1:
+                raise ValueError(f"{where}: log: true does not combine with step {p.step}; remove one")
+            if p.step is not None and not math.isclose(round((p.high - p.low) / p.step) * p.step, p.high - p.low,
+                                                       rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(f"{where}: high - low ({p.high} - {p.low}) is not a multiple of step {p.step}")
         return self
 
 
@@ -218,17 +237,30 @@ def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
     return schema_errors(source, err, _allowed_fields, branch_labels=lambda p: p in _BRANCH_LABELS, explain=_explain)
 
 
+def _one_line(text: str) -> str:
+    """Error messages are one line: several problems are joined with "; "."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "invalid sweep"
+
+
 def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, root: Path | None = None) -> SweepSpec:
     """A validated sweep from parsed YAML: the schema, the base experiment, and every point (grid) or both
-    ends of every range (study) turned into a valid experiment; ValueError naming file, field, allowed values."""
+    ends of every range (study) turned into a valid experiment; a one-line ValueError naming file, field and
+    allowed values (also for errors of the base experiment or of one point)."""
+    try:
+        return _parse(data, source, default_name, root)
+    except (ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
+        raise ValueError(_one_line(str(err))) from None
+
+
+def _parse(data: Any, source: str, default_name: str | None, root: Path | None) -> SweepSpec:
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: a sweep file must be a mapping of fields; allowed fields: "
-                         f"{', '.join(Sweep.model_fields)}")
+        raise ValueError(f"{source}: a sweep file must be a mapping of fields, got {type(data).__name__}; "
+                         f"allowed fields: {', '.join(Sweep.model_fields)}")
     data = dict(data)
     if default_name and "name" not in data:
         data["name"] = default_name
     try:
-        sweep = Sweep(**data)
+        sweep = Sweep.model_validate(data)  # not Sweep(**data): a YAML key may be a number
     except pydantic.ValidationError as err:
         raise ValueError(_schema_errors(source, err)) from None
     if isinstance(sweep.experiment, str):
@@ -238,8 +270,12 @@ def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, r
         if found is None:
             raise ValueError(f"{source}: field 'experiment': experiment file {sweep.experiment} does not exist "
                              f"(looked in {', '.join(str(c) for c in candidates)})")
-        base = yaml.safe_load(found.read_text())
-        experiment.parse(base, str(found), default_name=found.stem)
+        try:
+            base = read_yaml(found, "experiment")
+        except ValueError as err:
+            raise ValueError(f"{source}: field 'experiment': {_one_line(str(err))}") from None
+        experiment.parse(base, f"{found} (the base experiment of {source})", default_name=found.stem)
+        base = dict(base)
     else:
         base = dict(sweep.experiment)
         experiment.parse({"name": sweep.name, **base}, f"{source}: field 'experiment'")
@@ -251,7 +287,19 @@ def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, r
         for path, p in sweep.optuna.space.items():
             for value in (p.choices if p.type == "categorical" else (p.low, p.high)):
                 spec.experiment_for({path: value})
+        _check_distributions(spec)
     return spec
+
+
+def _check_distributions(spec: SweepSpec) -> None:
+    """Optuna accepts every search space as given (a warning it would act on is an error here)."""
+    for path in spec.sweep.optuna.space:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                _distributions(spec.sweep.optuna, only=path)
+        except (ValueError, TypeError, UserWarning) as err:
+            raise ValueError(f"{spec.source}: field 'optuna.space.{path}': {_one_line(str(err))}") from None
 
 
 def load(path: str | Path) -> SweepSpec:
@@ -261,39 +309,189 @@ def load(path: str | Path) -> SweepSpec:
 
 
 # -- running ------------------------------------------------------------------------------------------------
+class SweepIncomplete(ValueError):
+    """Workers ended before the sweep was complete; every finished run is stored and the same command resumes."""
+
+
 def run(spec: SweepSpec, store_path: str | Path, *, workers: int = 1, storage: str | None = None,
         force: bool = False, wandb: bool = True, progress: bool = True) -> None:
-    """Run the sweep into the store at ``store_path`` with ``workers`` local processes (1: this process)."""
+    """Run the sweep into the store at ``store_path`` with ``workers`` local processes (1: this process).
+
+    The store and the study storage are opened here first, so a path or URL that cannot work is a one-line
+    ValueError before any sampling. A worker that dies is reported (one warning line each); if the others
+    completed the sweep anyway this returns normally, else :class:`SweepIncomplete` says to rerun."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    _open_store(store_path)
     url = spec.storage_url(store_path, storage) if spec.sweep.optuna else None
     if url is not None:
-        _study(spec, url)  # create it (and check it is this sweep's) before any worker starts
+        _open_storage(spec, url)  # create the study (and check it is this sweep's) before any worker starts
     if workers == 1:
         _work(spec, str(store_path), url, 0, 1, force, wandb, progress)
         return
     import multiprocessing
 
+    from harness import runner
+
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker_main, args=(spec, str(store_path), url, i, workers, force, wandb))
-             for i in range(workers)]
-    for p in procs:
-        p.start()
+    pipes = [context.Pipe(duplex=False) for _ in range(workers)]
+    procs = [context.Process(target=_worker_main, args=(spec, str(store_path), url, i, workers, force, wandb, send))
+             for i, (_, send) in enumerate(pipes)]
+    # the workers identify runs by the code the sweep started with, even if files change while it runs
+    before = os.environ.get(runner.CODE_VERSION_ENV)
+    os.environ[runner.CODE_VERSION_ENV] = runner.code_version()
+    try:
+        for p, (_, send) in zip(procs, pipes):
+            p.start()
+            send.close()  # the worker holds the only write end: a dead worker reads as end of file
+    finally:
+        if before is None:
+            os.environ.pop(runner.CODE_VERSION_ENV)
+        else:
+            os.environ[runner.CODE_VERSION_ENV] = before
     for p in procs:
         p.join()
-    failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"sweep {spec.sweep.name}: worker(s) {failed} failed (exit codes "
-                           f"{[procs[i].exitcode for i in failed]}); rerun the same command to resume")
+    failed, errors = [], []
+    for i, (p, (receive, _)) in enumerate(zip(procs, pipes)):
+        message = None
+        with contextlib.suppress(EOFError, OSError):
+            if receive.poll():
+                message = receive.recv()
+        receive.close()
+        if p.exitcode == 0:
+            continue
+        how = (f"was killed by signal {_signal_name(-p.exitcode)}" if p.exitcode < 0
+               else f"exited with code {p.exitcode}")
+        failed.append(f"worker {i} (pid {p.pid}) {how}")
+        log.warning("sweep %s: worker %d (pid %d) %s%s", spec.sweep.name, i, p.pid, how,
+                    f": {message}" if message else "")
+        if message and message not in errors:
+            errors.append(message)
+    if not failed:
+        return
+    if errors:  # an error of the sweep itself (every worker would meet it again): say what it is
+        more = f" (and {len(errors) - 1} other worker error(s) above)" if len(errors) > 1 else ""
+        raise ValueError(errors[0] + more)
+    done, total, unit = _progress(spec, store_path, url)
+    if done >= total:
+        log.warning("sweep %s: %s, but the sweep is complete (%d of %d %s); its table follows", spec.sweep.name,
+                    "a worker died" if len(failed) == 1 else f"{len(failed)} workers died", done, total, unit)
+        return
+    raise SweepIncomplete(f"sweep {spec.sweep.name}: {'; '.join(failed)}; {done} of {total} {unit} complete (every "
+                          f"finished run is in {store_path}); rerun the same command to resume")
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _progress(spec: SweepSpec, store_path: str | Path, url: str | None) -> tuple[int, int, str]:
+    """(done, total, unit): COMPLETE trials of a study, stored runs of a grid."""
+    from harness.store import Store
+
+    if url is not None:
+        import optuna
+
+        with _storage_errors(url):
+            study = optuna.load_study(study_name=spec.study_name(), storage=url)
+            done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        return done, spec.sweep.optuna.n_trials, "trials"
+    with Store(store_path) as store:
+        ids = [rid for point in spec.points() for _, rid in run_ids(spec.experiment_for(point))]
+        return sum(store.has(rid) for rid in ids), len(ids), "runs"
+
+
+def _open_store(store_path: str | Path) -> None:
+    """Create the store's folder and open it once: a path that cannot hold a store is a one-line ValueError."""
+    from harness.store import Store
+
+    if str(store_path) == ":memory:":
+        raise ValueError("--store :memory: would lose every run of the sweep (each process has its own); "
+                         "give a file, e.g. results/dsbench.db")
+    path = Path(store_path)
+    _make_folder(path.parent, f"--store {path}")
+    try:
+        Store(path).close()
+    except OSError as err:
+        raise ValueError(f"--store {path}: cannot create it ({err.strerror or err}); give a path in a writable "
+                         "folder") from None
+    except sqlite3.OperationalError as err:
+        raise ValueError(f"--store {path}: cannot open or write it ({err}); give a path in a writable folder") from None
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"--store {path}: not a results database ({err}); move it aside or give another "
+                         "--store") from None
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` (and its parents); one-line ValueError naming ``what`` when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (err.strerror or str(err))
+        raise ValueError(f"{what}: cannot create its folder {folder} ({why}); give a path in a writable "
+                         "folder") from None
+
+
+@contextlib.contextmanager
+def _storage_errors(url: str):
+    """Errors of the Optuna storage itself (unreachable, unwritable, not a database) as one-line ValueErrors."""
+    import optuna
+    import sqlalchemy
+
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.OptunaError, ImportError,
+            OSError, RuntimeError) as err:
+        cause = _one_line(str(getattr(err, "orig", None) or err))
+        raise ValueError(f"Optuna storage {url}: cannot use it ({cause}); give --storage (or optuna.storage) "
+                         "a writable database, or move a damaged file aside (the runs in the store are kept "
+                         "and skipped)") from None
+
+
+def _open_storage(spec: SweepSpec, url: str) -> None:
+    """Check the storage URL, create a SQLite file's folder, create the study and its lock."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ValueError(f"Optuna storage {url!r}: not a database URL; give e.g. sqlite:///results/study.db") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ValueError(f"Optuna storage {url!r} is in memory: the study would be lost (and workers could not "
+                             "share it); give a file, e.g. sqlite:///results/study.db")
+        _make_folder(Path(parsed.database).parent, f"Optuna storage {url}")
+    with _storage_errors(url):
+        _study(spec, url)
+        with trial_lock(url, spec.study_name()):
+            pass
 
 
 def _worker_main(spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool,
-                 wandb: bool) -> None:
+                 wandb: bool, errors=None) -> None:
+    """One worker process: an error of the sweep (ValueError, TypeError) goes to the parent as one line
+    through ``errors`` and ends the worker with exit code 2, with no traceback."""
     import torch
 
     torch.set_num_threads(1)  # the workers share the machine's cores
     logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(message)s")
-    _work(spec, store_path, url, worker, workers, force, wandb, progress=False)
+    try:
+        _work(spec, store_path, url, worker, workers, force, wandb, progress=False)
+    except (ValueError, TypeError) as err:
+        if errors is not None:
+            errors.send(_one_line(str(err))[:4000])
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the parent alone says how to resume
+        raise SystemExit(130) from None
+    finally:
+        if errors is not None:
+            errors.close()
 
 
 def _work(spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool, wandb: bool,
@@ -317,11 +515,13 @@ def _work(spec: SweepSpec, store_path: str, url: str | None, worker: int, worker
         store.close()
 
 
-def _distributions(study: Study) -> dict:
+def _distributions(study: Study, only: str | None = None) -> dict:
     import optuna.distributions as d
 
     out = {}
     for path, p in study.space.items():
+        if only is not None and path != only:
+            continue
         if p.type == "float":
             out[path] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
         elif p.type == "int":
@@ -529,10 +729,11 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
         else:
             url = spec.storage_url(store_path, storage)
             try:
-                study = optuna.load_study(study_name=spec.study_name(), storage=url)
+                with _storage_errors(url):
+                    study = optuna.load_study(study_name=spec.study_name(), storage=url)
+                    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             except KeyError:
                 raise ValueError(f"no study {spec.study_name()!r} in {url}; run `dsbench sweep` first") from None
-            trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             points = [(str(t.number), t.params) for t in sorted(trials, key=lambda t: t.number)]
         found = []
         for key, point in points:

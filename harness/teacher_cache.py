@@ -5,10 +5,13 @@ expensive thing fidelity metrics need and is the same for every method, so it is
 is a hash of everything that determines the images: model, sampler settings, steps, seed, conditions and
 the code version (the files of ``harness/models`` — code, configs and embedded weights — plus the torch
 and diffusers versions). An entry is a directory ``<root>/<key[:2]>/<key>/`` holding ``samples.safetensors``
-(uint8) and ``manifest.json`` (fields, shape, size, sha256). It is written in a temporary directory and
-renamed into place, so readers see a whole entry or none; an entry that fails any check (missing or
-unreadable manifest, truncated or altered file) is reported and regenerated. Generation of one key is
-serialised across threads and processes by a file lock, so concurrent workers generate it once.
+(uint8) and ``manifest.json`` (fields, shape, size, sha256). The samples file names its own entry in its
+safetensors metadata (the key and a hash of the fields), so a file moved or copied into another entry, even
+under a manifest rewritten to match it, is caught. It is written in a temporary directory and renamed into
+place, so readers see a whole entry or none; an entry that fails any check (missing or unreadable manifest,
+truncated or altered file, another entry's samples, an older format) is reported and regenerated.
+Generation of one key is serialised across threads and processes by a file lock, so concurrent workers
+generate it once.
 
 Root: ``$DSBENCH_CACHE/teachers``, default ``~/.cache/dsbench/teachers``.
 """
@@ -32,7 +35,7 @@ from harness.files import sha256_file
 
 ROOT_ENV = "DSBENCH_CACHE"
 REQUIRED_FIELDS = ("model", "sampler", "steps", "seed", "conditions")
-FORMAT = 1
+FORMAT = 2  # 2: the samples file carries its key and fields hash in its metadata
 SAMPLES, MANIFEST = "samples.safetensors", "manifest.json"
 
 
@@ -71,6 +74,11 @@ class TeacherCache:
         self.code = code  # None: code_version() of this checkout
         self.stats = {"hit": 0, "miss": 0, "corrupt": 0}
 
+    def fields_hash(self, fields: dict[str, Any]) -> str:
+        """sha256 of the canonical JSON of ``fields`` alone (stored in the samples file, checked on load)."""
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=_jsonable)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def key(self, fields: dict[str, Any]) -> str:
         """sha256 of the canonical JSON of ``fields`` plus the code version."""
         missing = [f for f in REQUIRED_FIELDS if f not in fields]
@@ -108,28 +116,37 @@ class TeacherCache:
             return samples
 
     def _load(self, key: str, report: bool = True) -> torch.Tensor | None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         entry = self.path(key)
         if not entry.exists():
             return None
         try:
             manifest = json.loads((entry / MANIFEST).read_text())
-            if manifest.get("format") != FORMAT or manifest.get("key") != key:
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest is not a mapping")
+            if manifest.get("format") != FORMAT:
+                raise ValueError(f"written in format {manifest.get('format')!r}, this version reads {FORMAT}")
+            if manifest.get("key") != key:
                 raise ValueError("manifest is not this entry's")
             file = entry / SAMPLES
             if file.stat().st_size != manifest["bytes"]:
                 raise ValueError(f"{SAMPLES} has {file.stat().st_size} bytes, manifest says {manifest['bytes']}")
             if sha256_file(file) != manifest["sha256"]:
                 raise ValueError(f"{SAMPLES} checksum differs from the manifest")
-            samples = load_file(file)["samples"]
+            with safe_open(str(file), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != key or meta.get("fields_sha256") != self.fields_hash(manifest["fields"]):
+                    raise ValueError(f"{SAMPLES} holds the samples of another entry (its key is "
+                                     f"{str(meta.get('key'))[:16]}..., not {key[:16]}...)")
+                samples = f.get_tensor("samples")
             if samples.dtype != torch.uint8 or list(samples.shape) != manifest["shape"]:
                 raise ValueError("stored tensor is not the manifest's uint8 shape")
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             if report:
                 self.stats["corrupt"] += 1
-                warnings.warn(f"teacher cache entry {entry} is corrupt or partial ({err}); regenerating", stacklevel=3)
+                warnings.warn(f"teacher cache entry {entry} is corrupt, partial or not this key's ({err}); "
+                              "regenerating", stacklevel=3)
             return None
         return samples
 
@@ -144,7 +161,8 @@ class TeacherCache:
         tmp = entry.parent / f".tmp-{key}-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            save_file({"samples": samples.detach().cpu().contiguous()}, str(tmp / SAMPLES))
+            identity = {"key": key, "fields_sha256": self.fields_hash(fields), "format": str(FORMAT)}
+            save_file({"samples": samples.detach().cpu().contiguous()}, str(tmp / SAMPLES), metadata=identity)
             manifest = {"format": FORMAT, "key": key, "fields": fields, "code_version": self.code or code_version(),
                         "shape": list(samples.shape), "dtype": "uint8", "bytes": (tmp / SAMPLES).stat().st_size,
                         "sha256": sha256_file(tmp / SAMPLES)}

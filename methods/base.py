@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pydantic
 
 from harness.scores import ScoreContext, ScoreSpec, select_tokens
+from harness.validation import StrictModel, one_line, show
 
 
 class Kind(enum.IntEnum):
@@ -176,10 +177,15 @@ def ratio_to_count(ratio: float, n: int) -> int:
     return int(np.float32(min(max(ratio, 0.0), 1.0)) * np.float32(n))
 
 
-class MethodConfig(pydantic.BaseModel):
-    """Base of every method's config: unknown fields are errors, values are checked on build."""
+class MethodConfig(StrictModel):
+    """Base of every method's config: unknown fields are errors, values are checked on build, numbers are
+    finite and never given as a bool or a string (``harness.validation.StrictModel``)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    @classmethod
+    def required_hint(cls, field_name: str) -> str:
+        """What to say when the required field ``field_name`` is missing (default: its description)."""
+        info = cls.model_fields.get(field_name)
+        return info.description if info is not None and info.description else ""
 
 
 class Method:
@@ -256,6 +262,11 @@ class Method:
         return f"{self.name}({params})"
 
 
+class NotApplicable(TypeError):
+    """The method cannot run on this model family at all (SparseDiT on PixArt): a listed skip, not a failure.
+    Every other error while a method is set up on a model is the user's to fix and stops the run."""
+
+
 _REGISTRY: dict[str, type[Method]] = {}
 
 
@@ -296,6 +307,7 @@ def build(name: str, **params: Any) -> Method:
 
 
 def _format_validation_error(method: str, config_cls: type[MethodConfig], err: pydantic.ValidationError) -> str:
+    """One line: every problem, joined by "; " (the CLI prints errors on one line)."""
     lines = []
     for e in err.errors():
         field_name = ".".join(str(p) for p in e["loc"]) or "(config)"
@@ -303,7 +315,11 @@ def _format_validation_error(method: str, config_cls: type[MethodConfig], err: p
             allowed = ", ".join(config_cls.model_fields) or "(none)"
             lines.append(f"{method}: unknown parameter {field_name!r}; allowed parameters: {allowed}")
             continue
+        if e["type"] == "missing":
+            hint = config_cls.required_hint(field_name)
+            lines.append(f"{method}: parameter {field_name!r} is required" + (f": {hint}" if hint else ""))
+            continue
         info = config_cls.model_fields.get(field_name)
         allowed = f" ({info.description})" if info is not None and info.description else ""
-        lines.append(f"{method}: parameter {field_name!r} = {e.get('input')!r} is invalid: {e['msg']}{allowed}")
-    return "\n".join(lines)
+        lines.append(f"{method}: parameter {field_name!r} = {show(e.get('input'))} is invalid: {e['msg']}{allowed}")
+    return one_line("; ".join(lines))

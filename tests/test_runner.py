@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import run_quietly
 from harness import experiment, runner
 from harness.cli import main as cli_main
 from harness.store import Store
-from harness.teacher_cache import TeacherCache
 from harness.tracking import Tracker
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -18,19 +17,8 @@ BASE = {"models": ["mnist-dit"], "steps": 6, "eval": {"size": 4}, "metrics": ["l
         "latency": {"repeats": 1, "warmup": 0}}
 
 
-@pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    torch.set_num_threads(1)
-    return TeacherCache(tmp_path_factory.mktemp("teachers"))
-
-
 def _exp(name, methods, **extra):
     return experiment.parse({"name": name, **BASE, "methods": methods, **extra}, f"{name}.yaml")
-
-
-def _run(exp, store, tmp_path, teachers, **kw):
-    return runner.run_experiment(exp, store, artifacts=tmp_path / "artifacts", teacher_cache=teachers,
-                                 progress=False, **kw)
 
 
 # -- validation --------------------------------------------------------------------------------------------
@@ -82,7 +70,7 @@ def test_run_label_encodes_config():
 def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
     exp = _exp("basic", [{"name": "full"}, {"name": "fora", "params": {"interval": 2}}])
     store = Store(tmp_path / "r.db")
-    out = _run(exp, store, tmp_path, teachers, tracker=Tracker(dir=tmp_path / "wb"))
+    out = run_quietly(exp, store, tmp_path, teachers, tracker=Tracker(dir=tmp_path / "wb"))
     assert len(out.stored) == 2 and len(store) == 2
     frame = store.frame("basic").set_index("method")
     full, fora = frame.loc["full"], frame.loc["fora"]
@@ -107,7 +95,7 @@ def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
     assert "fora_N2" in (tmp_path / "qs" / "leaderboard.csv").read_text()
     assert (tmp_path / "qs" / "grids" / "mnist-dit.png").is_file()
 
-    again = _run(exp, store, tmp_path, teachers)  # resume: everything is stored already
+    again = run_quietly(exp, store, tmp_path, teachers)  # resume: everything is stored already
     assert again.stored == [] and len(again.resumed) == 2 and len(store) == 2
 
     import wandb
@@ -118,46 +106,62 @@ def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", broken)  # wandb.init rebinds wandb.log to run.log
     before = store.get(fora.run_id)["created_at"]
     with pytest.warns(UserWarning, match="W&B mirror failed.*W&B is down"):
-        forced = _run(exp, store, tmp_path, teachers, force=True, tracker=Tracker(dir=tmp_path / "wb"))
+        forced = run_quietly(exp, store, tmp_path, teachers, force=True, tracker=Tracker(dir=tmp_path / "wb"))
     assert len(forced.stored) == 2 and len(store) == 2  # replaced, not duplicated, despite W&B failing
     assert store.get(fora.run_id)["created_at"] > before
 
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, teachers, monkeypatch):
-    from methods.fora import Fora
+    from harness import metrics
 
     exp = _exp("interrupt", [{"name": "full"}, {"name": "fora"}, {"name": "steps", "params": {"fraction": 0.5}}])
     store = Store(tmp_path / "r.db")
-    original, calls = Fora.decide, []
+    original, calls = metrics.compute, []
 
-    def interrupt_once(self, i, layer):
-        if not calls:
-            calls.append(1)
-            raise KeyboardInterrupt  # what Ctrl-C during the second method looks like
-        return original(self, i, layer)
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C while the second method is measured looks like
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(Fora, "decide", interrupt_once)
+    monkeypatch.setattr(metrics, "compute", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        _run(exp, store, tmp_path, teachers)
+        run_quietly(exp, store, tmp_path, teachers)
     assert list(store.frame()["method"]) == ["full"]
-    out = _run(exp, store, tmp_path, teachers)
+    out = run_quietly(exp, store, tmp_path, teachers)
     assert len(out.resumed) == 1 and [r["method"] for r in out.stored] == ["fora", "steps"]
     assert sorted(store.frame()["method"]) == ["fora", "full", "steps"]
 
 
 def test_method_that_cannot_run_is_skipped_with_reason(tmp_path, teachers, monkeypatch, caplog):
+    from methods.base import NotApplicable
     from methods.fora import Fora
 
     def unsupported(self, run):
-        raise NotImplementedError(f"fora does not support family {run.family}")
+        raise NotApplicable(f"fora does not support family {run.family}")
 
     monkeypatch.setattr(Fora, "reset", unsupported)
     store = Store(tmp_path / "r.db")
     with caplog.at_level("WARNING", logger="dsbench.runner"):
-        out = _run(_exp("skip", [{"name": "fora"}, {"name": "full"}]), store, tmp_path, teachers)
+        out = run_quietly(_exp("skip", [{"name": "fora"}, {"name": "full"}]), store, tmp_path, teachers)
     assert [r["method"] for r in out.stored] == ["full"]
-    assert out.skipped == [("mnist-dit", "fora", "NotImplementedError: fora does not support family dit")]
-    assert "skipped fora on mnist-dit: NotImplementedError" in caplog.text
+    assert out.skipped == [("mnist-dit", "fora", "fora does not support family dit")]
+    assert "skipped fora on mnist-dit: fora does not support family dit" in caplog.text
+
+
+def test_a_method_that_fails_to_set_up_stops_the_run_before_any_sampling(tmp_path, teachers, monkeypatch):
+    from harness import metrics
+    from methods.fora import Fora
+
+    def bad(self, run):
+        raise ValueError("this schedule was trained for T=10")
+
+    monkeypatch.setattr(Fora, "reset", bad)
+    monkeypatch.setattr(metrics, "compute", lambda *a, **k: pytest.fail("sampled and scored before the failure"))
+    store = Store(tmp_path / "r.db")
+    with pytest.raises(ValueError, match="fora on mnist-dit: this schedule was trained for T=10"):
+        run_quietly(_exp("fail", [{"name": "full"}, {"name": "fora"}]), store, tmp_path, teachers)
+    assert len(store) == 0
 
 
 # -- budget ----------------------------------------------------------------------------------------------------
@@ -167,7 +171,7 @@ def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
     exp = _exp("budget", [{"name": "toca", "params": {"interval": 3}}, {"name": "fora"}],
                steps=10, budget={"macs_ratio": 0.5})
     store = Store(tmp_path / "r.db")
-    _run(exp, store, tmp_path, teachers)
+    run_quietly(exp, store, tmp_path, teachers)
     frame = store.frame("budget").set_index("method")
     toca, fora = frame.loc["toca"], frame.loc["fora"]
     # toca's ratio is continuous: the MACs land just under the budget

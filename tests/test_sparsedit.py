@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import methods
+from methods.base import NotApplicable
 from conftest import dit_pipeline, pixart_pipeline, run_dit, tiny_dit
 from harness.accounting import MacCounter
 from methods.sparsedit import (PRESET_LAYOUTS, Layout, grid_side, load_weights, pieces, pruning_rate, resolve_layout,
                                save_weights, sparsify)
-from methods.sparsedit.model import Block
+from methods.sparsedit.model import Block, check_transformer
 
 C, GRID, N = 16, (4, 4), 16  # tiny_dit: 2 heads × 8, 8×8 latent, patch 2
 
@@ -261,5 +262,13 @@ def test_layout_that_does_not_fit_the_model_fails_at_attach():
     with pytest.raises(ValueError, match="sdtms"):
         methods.attach(dit_pipeline(num_layers=7), methods.build("sparsedit"))  # no preset for 7 blocks
     assert "forward" not in vars(pipe.transformer)
-    with pytest.raises(TypeError, match="DiTTransformer2DModel"):
+    # another family: the method cannot apply at all, a listed skip in the runner rather than a failure
+    with pytest.raises(NotApplicable, match="DiTTransformer2DModel"):
         methods.attach(pixart_pipeline(), methods.build("sparsedit"))
+
+
+def test_unsupported_attention_is_not_applicable():
+    pipe = dit_pipeline(num_layers=6)
+    pipe.transformer.transformer_blocks[2].attn1.rescale_output_factor = 2.0
+    with pytest.raises(NotApplicable, match=r"sparsedit: DiTTransformer2DModel.transformer_blocks\[2\]: unsupported"):
+        check_transformer(pipe.transformer)

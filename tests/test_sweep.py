@@ -1,7 +1,11 @@
-"""Sweeps on the embedded mnist-dit (4 steps, 2 samples): validation, a grid killed with SIGKILL and resumed,
-two Optuna workers on one SQLite study, stale trials of a dead worker."""
+"""Sweeps on the embedded mnist-dit (4 steps, 2 samples): validation (and fuzzed sweep files), a grid killed
+with SIGKILL and resumed, two Optuna workers on one SQLite study, stale trials of a dead worker, a worker
+killed with SIGKILL (reported in one line; the study completes or the same command resumes it), and stores
+or study storages that cannot work failing in one line before any sampling."""
 
+import copy
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -14,6 +18,8 @@ import optuna
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from harness import sweep
 from harness.cli import main as cli_main
@@ -213,3 +219,246 @@ def test_stale_trial_rules():
     old = now - sweep.STALE_AFTER - 1
     assert sweep._stale(running(worker={"host": there, "pid": 1, "started": old}), now)
     assert not sweep._stale(running(worker={"host": there, "pid": 1, "started": old}, heartbeat=now - 5), now)
+
+
+# -- user errors: one line, exit 2, before any work --------------------------------------------------------------
+STUDY = {"experiment": BASE, "optuna": {
+    "space": {"methods.toca.ratio": {"type": "categorical", "choices": [0.2, 0.4, 0.6, 0.8]}},
+    "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 3, "sampler": "random"}}
+
+
+def _one_line_error(capsys, argv: list[str], *expected: str) -> str:
+    """The CLI exits 2 with one line on stderr that holds every ``expected`` part (and no traceback)."""
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dsbench sweep: error: ") and "Traceback" not in err, err
+    for part in expected:
+        assert part in err, (part, err)
+    return err
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"this is not a SQLite database, just bytes " * 50)
+    return path
+
+
+@pytest.mark.parametrize("case", ["store under a file", "storage under a file", "not a url", "in-memory storage",
+                                  "unwritable storage", "corrupt storage", "corrupt lock", "in-memory store"])
+def test_store_and_storage_that_cannot_work_fail_in_one_line(tmp_path, capsys, case):
+    path = _write(tmp_path / "study.yaml", STUDY)
+    (tmp_path / "afile").write_text("x")
+    store, storage = str(tmp_path / "r.db"), None
+    if case == "store under a file":
+        store, expected = str(tmp_path / "afile" / "sub" / "r.db"), ["--store", "afile is a file, not a folder"]
+    elif case == "storage under a file":
+        storage, expected = f"sqlite:///{tmp_path}/afile/o.db", ["afile is a file, not a folder"]
+    elif case == "not a url":
+        storage, expected = "results.db", ["'results.db': not a database URL", "sqlite:///"]
+    elif case == "in-memory storage":
+        storage, expected = "sqlite://", ["in memory", "the study would be lost"]
+    elif case == "unwritable storage":  # /proc/self exists and nobody, root included, may create files in it
+        storage, expected = "sqlite:////proc/self/o.db", ["/proc/self/o.db", "unable to open database file"]
+    elif case == "corrupt storage":
+        _garbage(tmp_path / "r-optuna.db")
+        expected = ["r-optuna.db", "file is not a database", "move a damaged file aside"]
+    elif case == "corrupt lock":
+        _garbage(tmp_path / "r-optuna.db.lock")
+        expected = ["r-optuna.db", "file is not a database"]
+    else:
+        store, expected = ":memory:", ["--store :memory: would lose every run"]
+    argv = ["sweep", str(path), "--store", store, "--no-wandb"] + (["--storage", storage] if storage else [])
+    _one_line_error(capsys, argv, *expected)
+    assert not (tmp_path / "artifacts").exists()  # nothing ran
+
+
+def test_table_of_a_study_in_a_corrupt_storage_fails_in_one_line(tmp_path, capsys):
+    path = _write(tmp_path / "study.yaml", STUDY)
+    storage = f"sqlite:///{_garbage(tmp_path / 'o.db')}"
+    assert cli_main(["table", "--sweep", str(path), "--store", str(tmp_path / "r.db"), "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "o.db" in err and "file is not a database" in err, err
+
+
+def test_invalid_base_experiment_file_fails_in_one_line(tmp_path, capsys):
+    (tmp_path / "base.yaml").write_text("models: [mnist-dit\nmethods: [")
+    path = _write(tmp_path / "s.yaml", {"experiment": "base.yaml", "grid": {"steps": [2]}})
+    _one_line_error(capsys, ["sweep", str(path), "--store", str(tmp_path / "r.db")], "base.yaml", "not valid YAML")
+    _write(tmp_path / "base.yaml", {**BASE, "models": ["mnist-dt"], "stepz": 3})
+    _one_line_error(capsys, ["sweep", str(path), "--store", str(tmp_path / "r.db")],
+                    "base.yaml (the base experiment of", "s.yaml", "'stepz'", "; ")  # two problems, one line
+    (tmp_path / "base.yaml").write_bytes(b"\xff\xfe\x00binary")
+    _one_line_error(capsys, ["sweep", str(path), "--store", str(tmp_path / "r.db")], "base.yaml", "not UTF-8")
+
+
+def test_search_space_optuna_would_reject_or_alter_is_a_load_error(tmp_path):
+    def space(**param):
+        return {"experiment": BASE, "optuna": {**STUDY["optuna"], "space": {"steps": param}}}
+
+    cases = [({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "log: true needs low > 0"),
+             ({"type": "int", "low": 0, "high": 4, "log": True}, "log: true needs low >= 1"),
+             ({"type": "int", "low": 1, "high": 9, "log": True, "step": 2}, "does not combine with step"),
+             ({"type": "float", "low": 0.0, "high": 1.0, "step": 0.3}, "not a multiple of step 0.3"),
+             ({"type": "float", "low": 0.0, "high": float("nan")}, "finite number"),
+             ({"type": "categorical", "choices": [1, [2, 3]]}, "choices must be numbers, strings")]
+    for param, expected in cases:
+        with pytest.raises(ValueError) as err:
+            sweep.load(_write(tmp_path / "bad.yaml", space(**param)))
+        assert expected in str(err.value) and "\n" not in str(err.value), (param, str(err.value))
+
+
+def test_worker_error_of_the_sweep_is_one_line_from_every_worker(tmp_path):
+    """An error each worker meets at run time (a missing prompt file) ends the sweep with that one line."""
+    base = {**BASE, "eval": {"set": "prompts", "prompts": "missing-prompts.txt", "size": 2}}
+    path = _write(tmp_path / "grid.yaml", {"experiment": base, "grid": {"methods.toca.ratio": [0.2, 0.4]}})
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(path), "--workers", "2", "--store",
+                           str(tmp_path / "r.db"), "--no-wandb"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert sum("exited with code 2: experiment grid: field 'eval.prompts'" in line for line in lines) == 2, lines
+    assert lines[-1].startswith("dsbench sweep: error: experiment grid: field 'eval.prompts': missing-prompts.txt")
+
+
+# -- a worker killed with SIGKILL: reported in one line; complete study → table, incomplete → rerun ---------------
+def _running_workers(db: Path) -> tuple[dict[int, int], int]:
+    """({worker pid: RUNNING trial number}, COMPLETE trials) read from the study's SQLite file."""
+    import json as _json
+
+    try:
+        with sqlite3.connect(db, timeout=60) as conn:
+            rows = conn.execute("SELECT t.number, t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
+                                "ON a.trial_id = t.trial_id WHERE a.key = 'worker'").fetchall()
+            complete = conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet, or busy
+        return {}, 0
+    return {_json.loads(v)["pid"]: n for n, state, v in rows if state == "RUNNING"}, complete
+
+
+def _sweep_and_kill(cmd: list[str], db: Path, victims: int, cwd: Path,
+                    max_complete: int | None = 0) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """Run the sweep command; SIGKILL ``victims`` workers as soon as that many run a trial (and, unless
+    ``max_complete`` is None, at most that many trials are complete, so survivors cannot have finished)."""
+    out, err = cwd / "sweep.out", cwd / "sweep.err"  # files, not pipes: a full pipe would stall the workers
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=stdout,
+                                stderr=stderr, text=True)
+        killed = []
+        try:
+            while not killed and proc.poll() is None:
+                time.sleep(0.05)
+                running, complete = _running_workers(db)
+                if len(running) >= victims and (max_complete is None or complete <= max_complete):
+                    for pid in sorted(running)[:victims]:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert len(killed) == victims, "the workers finished before they could be killed"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text()), killed
+
+
+def test_killed_worker_is_reported_in_one_line_and_the_study_completes_or_resumes(tmp_path):
+    path = _write(tmp_path / "study.yaml", STUDY)
+    store = tmp_path / "new" / "deeper" / "r.db"  # folders that do not exist yet (the study storage sits there too)
+    db = store.with_name("r-optuna.db")
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "--workers", "2", "--store", str(store),
+           "--no-wandb"]
+
+    # one worker killed mid-trial: the other marks its trial FAIL, asks it again, and finishes the study
+    done, (pid,) = _sweep_and_kill(cmd, db, 1, tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "sweep study:" in line]
+    assert len(lines) == 2, done.stderr
+    assert f"(pid {pid}) was killed by signal SIGKILL" in lines[0]
+    assert "a worker died, but the sweep is complete (3 of 3 trials)" in lines[1]
+    assert "| trial |" in done.stdout and done.stdout.count("| mnist-dit |") == 3
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{db}")
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and states.count(optuna.trial.TrialState.FAIL) == 1
+
+    # both workers killed: incomplete, one line each and one error line (exit 2); the same command resumes
+    _write(path, {**STUDY, "optuna": {**STUDY["optuna"], "n_trials": 6}})
+    done, pids = _sweep_and_kill(cmd, db, 2, tmp_path, max_complete=None)  # both running: at most 4 complete
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "sweep study:" in line]
+    assert [f"(pid {p}) was killed by signal SIGKILL" in line for p, line in zip(pids, lines)] == [True, True]
+    assert lines[-1].startswith("dsbench sweep: error: sweep study: worker ")
+    assert lines[-1].endswith("rerun the same command to resume")
+    assert re.search(r"; [34] of 6 trials complete \(every finished run is in ", lines[-1]), lines[-1]
+    rerun = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 6 and rerun.stdout.count("| mnist-dit |") == 6
+
+
+# -- fuzzing: any sweep document loads or fails with a one-line ValueError ----------------------------------------
+SEEDS = [yaml.safe_load((ROOT / "experiments" / name).read_text())
+         for name in ("sweep_toca_ratio.yaml", "sweep_optuna_pareto.yaml")]
+SEEDS += [{"name": "g", "experiment": BASE, "grid": {"methods.toca.ratio": [0.2, 0.4]}}, {"name": "s", **STUDY}]
+NEAR = [0, 1, -1, 2, 0.5, 1.5, 1e9, -0.0, "", "x", "tpe", "nsga2", "float", "int", "categorical", "minimize",
+        "maximize", "psnr", "toca", "mnist-dit", "all", True, None, [], {}, [0.3], {"type": "float"}]
+PATHS = ["name", "steps", "seeds", "models", "model", "metrics", "eval.size", "eval", "methods", "methods.toca",
+         "methods.toca.ratio", "methods.0.ratio", "methods.9.ratio", "methods.toca.params", "methods.toca.models",
+         "methods.toca.models.mnist-dit.ratio", "methods.nope.ratio", "latency.repeats", "budget.macs_ratio", ""]
+VALUES = st.recursive(
+    st.one_of(st.sampled_from(NEAR), st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(),
+              st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6)
+
+
+def _slots(node, prefix=()):
+    """Every (container path, key) in a document: where a mutation can act."""
+    keys = list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else []
+    for k in keys:
+        yield prefix, k
+        yield from _slots(node[k], (*prefix, k))
+
+
+@st.composite
+def sweep_documents(draw):
+    """A valid sweep file mutated a few times: keys deleted or renamed (to field paths too), values replaced
+    by wrong types and out-of-range values, unknown fields added, or the whole document not a mapping."""
+    doc = copy.deepcopy(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 4))):
+        slots = list(_slots(doc))
+        op = draw(st.sampled_from(["delete", "replace", "replace", "rename", "add", "root"]))
+        if op == "root":
+            return draw(VALUES)
+        if not slots:
+            continue
+        prefix, key = draw(st.sampled_from(slots))
+        parent = doc
+        for part in prefix:
+            parent = parent[part]
+        if op == "delete":
+            del parent[key]
+        elif op == "replace":
+            parent[key] = draw(VALUES)
+        elif isinstance(parent, dict) and op == "rename":
+            parent[draw(st.one_of(st.sampled_from(PATHS), st.text(max_size=6), st.integers(0, 3)))] = parent.pop(key)
+        elif isinstance(parent, dict):
+            parent[draw(st.one_of(st.sampled_from(PATHS), st.text(max_size=6)))] = draw(VALUES)
+        else:
+            parent.append(draw(VALUES))
+    return doc
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(doc=sweep_documents())
+def test_fuzzed_sweep_files_load_or_fail_with_one_line_value_error(tmp_path, doc):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    try:
+        spec = sweep.load(path)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        assert message and "\n" not in message and "Traceback" not in message, message
+        event(f"{type(err).__name__}")  # --hypothesis-show-statistics: how often each outcome was drawn
+        return
+    event("loads")
+    assert spec.fields and all(spec.experiment_for(p) for p in (spec.points() if spec.sweep.grid else []))

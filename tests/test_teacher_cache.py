@@ -92,11 +92,57 @@ def test_corrupt_entry_is_detected_and_regenerated(cache, damage):
     good = cache.get_or_create(FIELDS, gen)
     entry = cache.path(cache.key(FIELDS))
     CORRUPTIONS[damage](entry)
-    with pytest.warns(UserWarning, match="corrupt or partial"):
+    with pytest.warns(UserWarning, match="corrupt, partial"):
         again = cache.get_or_create(FIELDS, gen)
     assert gen.calls == 2 and torch.equal(again, good) and cache.stats["corrupt"] == 1
     assert torch.equal(cache.get(FIELDS), good)  # the entry is whole again
     assert [p.name for p in entry.parent.iterdir()] == [entry.name]
+
+
+def _rewrite_manifest(entry, samples_file):
+    """Put ``samples_file`` into ``entry`` with a manifest that agrees with it (size, sha256, shape)."""
+    from safetensors.torch import load_file
+
+    from harness.files import sha256_file
+
+    (entry / SAMPLES).write_bytes(samples_file)
+    manifest = json.loads((entry / MANIFEST).read_text())
+    manifest.update(bytes=(entry / SAMPLES).stat().st_size, sha256=sha256_file(entry / SAMPLES),
+                    shape=list(load_file(entry / SAMPLES)["samples"].shape))
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_swapped_samples_under_consistent_manifests_are_detected_and_regenerated(cache):
+    """Only the samples file's own metadata (key, fields hash) tells that it is another entry's."""
+    other = FIELDS | {"seed": 1}
+    gen = Generator()
+    first = cache.get_or_create(FIELDS, lambda: gen(0))
+    second = cache.get_or_create(other, lambda: gen(1))
+    assert not torch.equal(first, second)
+    a, b = cache.path(cache.key(FIELDS)), cache.path(cache.key(other))
+    a_bytes, b_bytes = (a / SAMPLES).read_bytes(), (b / SAMPLES).read_bytes()
+    _rewrite_manifest(a, b_bytes)
+    _rewrite_manifest(b, a_bytes)
+
+    fresh = TeacherCache(cache.root, code="code-v1")
+    for fields, expected, seed in ((FIELDS, first, 0), (other, second, 1)):
+        with pytest.warns(UserWarning, match="samples of another entry"):
+            again = fresh.get_or_create(fields, lambda: gen(seed))
+        assert torch.equal(again, expected)  # the right images, regenerated
+        assert torch.equal(fresh.get(fields), expected)  # and stored: the next read is a clean hit
+    assert gen.calls == 4 and fresh.stats == {"hit": 0, "miss": 2, "corrupt": 2}
+
+
+def test_entry_of_an_older_format_is_regenerated(cache):
+    gen = Generator()
+    good = cache.get_or_create(FIELDS, gen)
+    entry = cache.path(cache.key(FIELDS))
+    manifest = json.loads((entry / MANIFEST).read_text())
+    (entry / MANIFEST).write_text(json.dumps(manifest | {"format": teacher_cache.FORMAT - 1}))
+    with pytest.warns(UserWarning, match="written in format 1"):
+        again = cache.get_or_create(FIELDS, gen)
+    assert gen.calls == 2 and torch.equal(again, good)
+    assert json.loads((entry / MANIFEST).read_text())["format"] == teacher_cache.FORMAT
 
 
 def test_concurrent_workers_generate_once(cache):

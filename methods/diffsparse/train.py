@@ -604,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
                                 help=field.description)
         elif isinstance(field.default, tuple):
             parser.add_argument(flag, nargs="*", default=field.default, help=field.description)
-        else:
-            parser.add_argument(flag, default=field.default, help=field.description)
+        else:  # numbers arrive as numbers: the config takes no text for a number (harness.validation)
+            kind = field.annotation if field.annotation in (int, float) else None
+            parser.add_argument(flag, type=kind, default=field.default, help=field.description)
     args = parser.parse_args(argv)
     config = parse_config(TrainConfig, {name: getattr(args, name) for name in TrainConfig.model_fields})
     if args.minutes is not None and not args.minutes > 0:

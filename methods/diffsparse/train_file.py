@@ -25,14 +25,14 @@ from typing import Any
 
 import pydantic
 
-from harness.validation import read_yaml, schema_errors
+from harness.validation import StrictModel, read_yaml, schema_errors
 from methods.diffsparse.train import TrainConfig
 
 
-class Entry(pydantic.BaseModel):
+class Entry(StrictModel):
     """One schedule: which model, where it goes, how it is trained and evaluated."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=False)
 
     model: str = pydantic.Field(description="model zoo name with a dit or pixart pipeline")
     out: str = pydantic.Field(description="output folder (schedule.json, log, checkpoint)")
@@ -41,8 +41,8 @@ class Entry(pydantic.BaseModel):
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="TrainConfig fields")
 
 
-class Defaults(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+class Defaults(StrictModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=False)
 
     model: str | None = None
     minutes: float | None = pydantic.Field(None, gt=0)
@@ -54,8 +54,8 @@ def _allowed_fields(loc: tuple) -> list[str]:
     return list((Defaults if "defaults" in loc[:-1] else TrainFile).model_fields)
 
 
-class TrainFile(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+class TrainFile(StrictModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=False)
 
     name: str
     threads: int = pydantic.Field(2, ge=1, description="torch threads >= 1")

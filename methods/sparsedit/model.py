@@ -289,18 +289,22 @@ class SparseDiT(nn.Module):
 
 
 def check_transformer(transformer) -> None:
-    """TypeError unless ``transformer`` is a DiT this transform supports."""
+    """NotApplicable unless ``transformer`` is a DiT this transform supports."""
     import diffusers
 
     from harness.adapters.basic import check_plain_attention
+    from methods.base import NotApplicable
 
     if not isinstance(transformer, diffusers.DiTTransformer2DModel):
-        raise TypeError(f"sparsedit transforms a DiTTransformer2DModel, got {type(transformer).__name__}")
+        raise NotApplicable(f"sparsedit transforms a DiTTransformer2DModel, got {type(transformer).__name__}")
     for i, block in enumerate(transformer.transformer_blocks):
         if (block.norm_type != "ada_norm_zero" or block.attn2 is not None or block.attn1.norm_q is not None
                 or block.attn1.norm_k is not None):
-            raise TypeError("sparsedit supports DiT blocks with ada_norm_zero, no cross-attention and no q/k norm")
-        check_plain_attention(block.attn1, f"DiTTransformer2DModel.transformer_blocks[{i}]")
+            raise NotApplicable("sparsedit supports DiT blocks with ada_norm_zero, no cross-attention and no q/k norm")
+        try:
+            check_plain_attention(block.attn1, f"DiTTransformer2DModel.transformer_blocks[{i}]")
+        except TypeError as err:  # an attention this transform cannot rebuild: the model is out of its reach
+            raise NotApplicable(f"sparsedit: {err}") from None
 
 
 def sparsify(transformer, layout: Layout, r_min: float = 0.61, r_max: float = 0.86, prune: bool = True,
