@@ -218,7 +218,11 @@ def cmd_table(args) -> int:
 
         table = sweep.table(sweep.load(args.sweep), args.store, storage=args.storage)
     else:
-        table = report.table(Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment)
+        if args.versus is not None and args.layout != "leaderboard":
+            raise ValueError("--versus compares methods on the leaderboard; drop --layout or --versus")
+        options = {"versus": args.versus} if args.versus else {}
+        table = report.table(Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment,
+                             **options)
     if args.out is not None:
         output_file(args.out, "--out")
     text = report.write(table, args.format, args.out)
@@ -270,6 +274,8 @@ def add_report_parsers(sub) -> None:
     p.add_argument("--sweep", default=None, metavar="FILE", help="the runs of this sweep file, one row per point "
                    "(Optuna studies: per trial, Pareto-optimal ones marked)")
     p.add_argument("--storage", default=None, help="with --sweep: Optuna storage URL (default: as `dsbench sweep`)")
+    p.add_argument("--versus", default=None, metavar="METHOD", help="leaderboard: add each method's paired "
+                   "difference to METHOD in the sort metric, with its 95 %% interval and a verdict (e.g. --versus toca)")
     p.add_argument("--format", default="md", choices=["md", "tex", "csv"])
     p.add_argument("--out", default=None, help="write to this file instead of printing")
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")

@@ -10,13 +10,11 @@ import logging
 import time
 from pathlib import Path
 
-from harness import experiment, machine, runner
-from harness.store import COLUMNS, Store
+from harness import experiment, machine, report, runner
+from harness.store import Store
 
 log = logging.getLogger("dsbench.quickstart")
 QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
-# quality metrics the fallback leaderboard sorts by, in order of preference, and their direction
-_SORT = (("lpips_alex", True), ("fid", True), ("psnr", False))
 
 
 def execute(exp: experiment.Experiment, store_path: str | Path, *, force: bool = False, wandb: bool = True,
@@ -39,59 +37,18 @@ def execute(exp: experiment.Experiment, store_path: str | Path, *, force: bool =
     return outcome, store.frame(exp.name)
 
 
-def metric_columns(frame) -> list[str]:
-    return [c for c in frame.columns if c not in COLUMNS and frame[c].dtype.kind == "f"
-            and c not in ("macs_cfg_counted",)]
-
-
-def simple_leaderboard(frame):
-    """Per model, one row per run: MAC ratio, speedup, latency and every metric, best quality first."""
-    metrics = [c for c in metric_columns(frame)]
-    table = frame[["model", "label", "macs_ratio", "speedup", "latency_s", *metrics]].copy()
-    sort = next(((c, asc) for c, asc in _SORT if c in table.columns), None)
-    by, ascending = (["model", sort[0]], [True, sort[1]]) if sort else (["model"], [True])
-    return table.sort_values(by, ascending=ascending).reset_index(drop=True)
-
-
-def _markdown(table) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def leaderboard_markdown(frame) -> str:
-    """The REPORT module's leaderboard when present, else :func:`simple_leaderboard`."""
-    if len(frame) == 0:
-        return "(no runs)"
-    try:
-        from harness import report
-
-        return report.write(report.leaderboard(frame), "md")
-    except (ImportError, AttributeError):
-        return _markdown(simple_leaderboard(frame))
+    return report.write(report.leaderboard(frame), "md") if len(frame) else "(no runs)"
 
 
 def write_outputs(frame, out: Path) -> None:
     """leaderboard.md/.csv, per-model sample grids (teacher row over each method's row), Pareto plot."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "leaderboard.md").write_text(leaderboard_markdown(frame) + "\n")
-    try:
-        from harness import report
-
-        report.write(report.leaderboard(frame), "csv", out / "leaderboard.csv")
-    except (ImportError, AttributeError):
-        simple_leaderboard(frame).to_csv(out / "leaderboard.csv", index=False)
+    report.write(report.leaderboard(frame), "csv", out / "leaderboard.csv")
     for model, runs in frame.groupby("model"):
         sample_grid(runs, out / "grids" / f"{model}.png")
-    try:
-        from harness import report
-
-        report.pareto_plot(frame, out / "pareto.png")
-    except (ImportError, AttributeError):
-        log.info("harness.report.pareto_plot is not available: no Pareto plot written")
+    report.pareto_plot(frame, out / "pareto.png")
 
 
 def sample_grid(runs, path: Path) -> None:
@@ -102,7 +59,9 @@ def sample_grid(runs, path: Path) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    runs = runs.sort_values("macs_ratio", ascending=False)
+    runs = runs[runs["artifacts"].notna()].sort_values("macs_ratio", ascending=False)
+    if runs.empty:
+        return
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.9 * len(runs)), squeeze=False)
     for ax, run in zip(axes[:, 0], runs.itertuples()):
         ax.imshow(Image.open(Path(run.artifacts) / "samples.png"))

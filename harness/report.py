@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness import stats
 from harness.reference_results import TABLES, PaperTable, Row
 
 # Quality metrics and which way is better. Alignment metrics of the embedded models end in "_accuracy".
@@ -53,8 +54,13 @@ def direction(metric: str) -> str | None:
 
 @dataclass
 class Column:
+    """``shown``: the formats the column appears in — a leaderboard keeps its detail (CI bounds, latency,
+    budget) to the CSV and shows intervals beside the values in Markdown and LaTeX."""
+
     header: str
     fmt: Callable[[Any], str]
+    shown: tuple[str, ...] = ("md", "tex", "csv")
+    key: str | None = None  # the CSV header (machine-readable), when it differs from ``header``
 
 
 @dataclass
@@ -66,12 +72,37 @@ class Table:
     rows: list[list[Any]]
     notes: list[str] = field(default_factory=list)
 
-    def formatted(self) -> list[list[str]]:
-        return [[MISSING if _missing(v) else c.fmt(v) for c, v in zip(self.columns, row)] for row in self.rows]
+    def formatted(self, fmt: str = "md") -> list[list[str]]:
+        return [[MISSING if _missing(v) else c.fmt(v) for c, v in zip(self.columns, row) if fmt in c.shown]
+                for row in self.rows]
+
+    def headers(self, fmt: str) -> list[str]:
+        return [(c.key or c.header) if fmt == "csv" else c.header for c in self.columns if fmt in c.shown]
+
+    def raw(self, fmt: str) -> list[list[Any]]:
+        return [[v for c, v in zip(self.columns, row) if fmt in c.shown] for row in self.rows]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as dicts keyed by the CSV headers (what scripts and tests read)."""
+        return [dict(zip(self.headers("csv"), row)) for row in self.raw("csv")]
 
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def with_interval(digits: int) -> Callable[[Any], str]:
+    """A (value, low, high) cell as ``0.0123 [0.0101, 0.0150]``; the value alone where the interval is unknown."""
+    number = fixed(digits)
+
+    def fmt(cell):
+        value, low, high = cell
+        if _missing(value):
+            return MISSING
+        if _missing(low) or _missing(high):
+            return number(value)
+        return f"{number(value)} [{number(low)}, {number(high)}]"
+    return fmt
 
 
 def fixed(digits: int) -> Callable[[Any], str]:
@@ -94,6 +125,10 @@ def si(v) -> str:
 
 
 def times(v) -> str:
+    if isinstance(v, tuple):
+        value, low, high = v
+        inner = "" if _missing(low) or _missing(high) else f" [{float(low):.2f}, {float(high):.2f}]"
+        return f"{float(value):.2f}×{inner}"
     return f"{float(v):.2f}×"
 
 
@@ -102,9 +137,9 @@ def text(v) -> str:
 
 
 def to_markdown(table: Table) -> str:
-    lines = [f"**{table.title}**", "", "| " + " | ".join(c.header for c in table.columns) + " |",
-             "|" + "|".join("---" for _ in table.columns) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.formatted()]
+    headers = table.headers("md")
+    lines = [f"**{table.title}**", "", "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.formatted("md")]
     if table.notes:
         lines += ["", *table.notes]
     return "\n".join(lines) + "\n"
@@ -121,11 +156,12 @@ def tex_escape(s: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs tabular inside a table float, caption = title, notes as a footnote-size paragraph."""
-    spec = "l" + "r" * (len(table.columns) - 1)
+    headers = table.headers("tex")
+    spec = "l" + "r" * (len(headers) - 1)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(tex_escape(c.header) for c in table.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex_escape(cell) for cell in row) + r" \\" for row in table.formatted()]
+             " & ".join(tex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_escape(cell) for cell in row) + r" \\" for row in table.formatted("tex")]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.notes:
         lines.append(r"\par\footnotesize " + tex_escape(" ".join(table.notes)))
@@ -136,8 +172,8 @@ def to_latex(table: Table) -> str:
 def to_csv(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([c.header for c in table.columns])
-    for row in table.rows:
+    writer.writerow(table.headers("csv"))
+    for row in table.raw("csv"):
         writer.writerow(["" if _missing(v) else v for v in row])
     return out.getvalue()
 
@@ -178,21 +214,63 @@ def metric_columns(frame) -> list[str]:
     import pandas as pd
 
     return [c for c in frame.columns if c not in COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
-            and not c.startswith(("macs_", "latency_", "peak_"))]
+            and not c.startswith(("macs_", "latency_", "peak_")) and not c.endswith(("_ci_low", "_ci_high"))]
+
+
+def _units(group, metric: str) -> tuple[list, np.ndarray, np.ndarray | None] | None:
+    """The evaluation units of ``metric`` over a configuration's seeds: (keys (seed, image), values, weights),
+    or None when a row lacks per-image values (stored before they were kept, or a set metric such as FID)."""
+    keys, values, weights = [], [], []
+    for _, run in group.iterrows():
+        kept = run.get("per_sample")
+        if not isinstance(kept, dict) or metric not in kept:
+            return None
+        v = kept[metric]["values"]
+        keys += [(run["seed"], i) for i in range(len(v))]
+        values += v
+        weights += kept[metric].get("weights") or [1.0] * len(v)
+    w = np.asarray(weights, dtype=float)
+    return keys, np.asarray(values, dtype=float), None if np.all(w == 1) else w
+
+
+def _stored_interval(group, metric: str) -> tuple[float, float]:
+    """The interval a run stored for a set metric (FID, KID, precision/recall: a bootstrap over its samples at
+    run time); over several seeds the union of their intervals, which is wider than the mean's (conservative)."""
+    import pandas as pd
+
+    columns = (f"{metric}_ci_low", f"{metric}_ci_high")
+    if not all(c in group.columns for c in columns):
+        return float("nan"), float("nan")
+    low, high = (pd.to_numeric(group[c], errors="coerce") for c in columns)
+    return float(low.min(skipna=False)), float(high.max(skipna=False))
+
+
+def _speedup_interval(group) -> tuple[float, float]:
+    """95 % interval of the speedup from the interleaved repeats of every seed, resampled as pairs."""
+    full, method = [], []
+    for _, run in group.iterrows():
+        a, b = run.get("latency_full_seconds"), run.get("latency_seconds")
+        if not isinstance(a, list) or not isinstance(b, list):
+            return float("nan"), float("nan")
+        full += a
+        method += b
+    return stats.ratio_of_medians_ci(full, method)
 
 
 def summarise(frame):
     """One row per configuration (the run identity minus the seed and the code version): numeric columns
     averaged over the seeds of its newest code version (older versions' rows stay in the store as history
     but are never averaged with new ones; of several rows of one seed the newest counts), ``seeds`` counting
-    them, the first run's label, tuned value and
-    artifacts kept."""
+    them, the first run's label, tuned value and artifacts kept. Every metric with per-image values gets
+    ``<metric>_ci_low`` / ``<metric>_ci_high`` (bootstrap over images × seeds), the speedup
+    ``speedup_ci_low`` / ``speedup_ci_high``; ``_units`` keeps the per-image values for paired comparisons."""
     import pandas as pd
 
     if frame.empty:
         return frame.assign(seeds=pd.Series(dtype=int))
     keyed = frame.assign(_group=frame[list(CONFIG_KEYS)].apply(lambda r: _key(list(r)), axis=1))
-    numeric = [c for c in (*COST_COLUMNS, *metric_columns(frame)) if c in frame.columns]
+    metrics = metric_columns(frame)
+    numeric = [c for c in (*COST_COLUMNS, *metrics) if c in frame.columns]
     rows = []
     for _, group in keyed.groupby("_group", sort=False):
         versions = group["code_version"].fillna("")
@@ -204,13 +282,68 @@ def summarise(frame):
         row["budget_note"] = first.get("budget_note")  # absent from frames of rows stored before budget notes
         row.update({c: pd.to_numeric(group[c], errors="coerce").mean() for c in numeric})
         row["seeds"] = len(group)
+        row["_units"] = {}
+        for metric in metrics:
+            units = _units(group, metric)
+            if units is not None:
+                row["_units"][metric] = units
+                low, high = stats.mean_ci(units[1], units[2])
+            else:  # a set metric: its run-time bootstrap interval (the union of the seeds' intervals)
+                low, high = _stored_interval(group, metric)
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+        row["speedup_ci_low"], row["speedup_ci_high"] = _speedup_interval(group)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def separable(upper: dict, lower: dict, metric: str) -> bool | None:
+    """Whether two configurations differ in ``metric`` at 95 %: the paired bootstrap interval of the difference
+    over their common (seed, image) units excludes 0. None when either lacks per-image values."""
+    a, b = upper["_units"].get(metric), lower["_units"].get(metric)
+    if a is None or b is None:
+        return None
+    common = sorted(set(a[0]) & set(b[0]))
+    if len(common) < 2:
+        return None
+    pick_a = [a[0].index(k) for k in common]
+    pick_b = [b[0].index(k) for k in common]
+    weights = [None if w is None else w[pick] for w, pick in ((a[2], pick_a), (b[2], pick_b))]
+    interval = stats.paired_difference_ci(a[1][pick_a], b[1][pick_b], weights[0], weights[1])
+    return stats.excludes_zero(interval)
+
+
+def ranked(summary, sort_by: str):
+    """``summary`` sorted per model best first by ``sort_by``, with a ``rank`` column in groups: a configuration
+    that cannot be told apart from the one above it (paired 95 % interval of the difference contains 0)
+    shares its rank (1, 2, 2, 4 …); without per-image values the order alone decides."""
+    import pandas as pd
+
+    parts = []
+    for _, part in summary.groupby("model", sort=True):
+        part = part.sort_values(sort_by, ascending=direction(sort_by) != "max", na_position="last", kind="stable")
+        records = part.to_dict("records")
+        apart = [separable(upper, lower, sort_by) is not False for upper, lower in zip(records, records[1:])]
+        parts.append(part.assign(rank=stats.rank_groups(apart)))
+    return pd.concat(parts, ignore_index=True) if parts else summary.assign(rank=pd.Series(dtype=int))
 
 
 def default_sort_metric(frame) -> str | None:
     present = set(metric_columns(frame))
     return next((m for m in SORT_PREFERENCE if m in present and frame[m].notna().any()), None)
+
+
+def shown_metrics(frame, sort_by: str | None) -> list[str]:
+    """The metrics the Markdown leaderboard shows: the sort metric, then up to three secondary metrics per
+    model — those its bundle declared (``report_metrics`` of the rows), else the first of
+    :data:`SORT_PREFERENCE` present. Every metric stays in the CSV."""
+    present = [m for m in metric_columns(frame) if frame[m].notna().any()]
+    chosen = [sort_by] if sort_by else []
+    for _, runs in frame.groupby("model", sort=True):
+        declared = next((r for r in runs.get("report_metrics", []) if isinstance(r, list)), None)
+        preferred = declared or [m for m in SORT_PREFERENCE if m in present]
+        have = [m for m in preferred if m in present and runs[m].notna().any() and m != sort_by][:3]
+        chosen += [m for m in have if m not in chosen]
+    return chosen
 
 
 def _tuned_text(tuned) -> str | None:
@@ -219,36 +352,103 @@ def _tuned_text(tuned) -> str | None:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items())
 
 
+def versus_column(summary, metric: str, reference: str) -> list[tuple[float, float, float, str]]:
+    """Per configuration: (mean difference in ``metric`` to the ``reference`` method of its model, interval low,
+    high, verdict) from a paired bootstrap over their common images × seeds; verdict "better", "worse" or
+    "not separable" (the interval contains 0)."""
+    out = []
+    for _, row in summary.iterrows():
+        ref = summary[(summary["model"] == row["model"]) & (summary["method"] == reference)]
+        if ref.empty or row["method"] == reference:
+            out.append((float("nan"), float("nan"), float("nan"), "reference" if not ref.empty else "no reference"))
+            continue
+        a, b = row["_units"].get(metric), ref.iloc[0]["_units"].get(metric)
+        common = sorted(set(a[0]) & set(b[0])) if a and b else []
+        if len(common) < 2:
+            out.append((float("nan"), float("nan"), float("nan"), "no per-image values"))
+            continue
+        pick_a, pick_b = [a[0].index(k) for k in common], [b[0].index(k) for k in common]
+        wa, wb = (None if w is None else w[pick] for w, pick in ((a[2], pick_a), (b[2], pick_b)))
+        low, high = stats.paired_difference_ci(a[1][pick_a], b[1][pick_b], wa, wb)
+        diff = float(np.average(a[1][pick_a], weights=wa) - np.average(b[1][pick_b], weights=wb))
+        lower_better = direction(metric) != "max"
+        verdict = ("not separable" if not stats.excludes_zero((low, high))
+                   else "better" if (diff < 0) == lower_better else "worse")
+        out.append((diff, low, high, verdict))
+    return out
+
+
 def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None, budget: float | None = None,
-                metrics: list[str] | None = None) -> Table:
-    """Methods × metrics at matched budget: one row per configuration, MAC ratio and speedup both shown,
-    per model sorted by ``sort_by`` (default: the first of :data:`SORT_PREFERENCE` present), best first.
-    ``budget`` keeps the runs of that MAC-ratio budget and the ``full`` baselines."""
+                metrics: list[str] | None = None, versus: str | None = None) -> Table:
+    """Methods at a matched budget, per model best first by ``sort_by`` (default: the models' primary metric,
+    else the first of :data:`SORT_PREFERENCE` present), ranked in groups that say what is separable.
+
+    Markdown/LaTeX show rank, method, tuned value, MAC ratio, speedup and the chosen metrics
+    (:func:`shown_metrics`, or ``metrics``) each with its 95 % interval; the CSV has every column —
+    budget, MACs, latency, memory, every metric with ``<metric>_ci_low`` / ``<metric>_ci_high``.
+    ``budget`` keeps the runs of that MAC-ratio budget and the ``full`` baselines. ``versus``: a method name;
+    adds the paired difference in the sort metric to that method, with its interval and a verdict."""
     frame = _select(frame, experiment)
+    if versus is not None and versus not in set(frame["method"]):
+        raise ValueError(f"versus: no runs of method {versus!r} in the selection; methods: "
+                         f"{', '.join(sorted(set(frame['method'])))}")
     if budget is not None:
         frame = frame[np.isclose(frame["budget_macs_ratio"].astype(float), budget) | (frame["method"] == "full")]
-    available = metric_columns(frame)
-    metrics = list(metrics) if metrics else [m for m in available if frame[m].notna().any()]
-    unknown = [m for m in [*metrics, *([sort_by] if sort_by else [])] if m not in available]
+    available = [m for m in metric_columns(frame) if frame[m].notna().any()]
+    unknown = [m for m in [*(metrics or []), *([sort_by] if sort_by else [])] if m not in available]
     if unknown:
         raise ValueError(f"metric {unknown[0]!r} is not in the store; available: {', '.join(available) or 'none'}")
+    primary = _primary(frame)
+    sort_by = sort_by or (primary if primary in available else None) or default_sort_metric(frame)
+    shown = list(metrics) if metrics else shown_metrics(frame, sort_by)
     summary = summarise(frame)
-    sort_by = sort_by or default_sort_metric(frame)
     if sort_by is not None and not summary.empty:
-        summary = summary.sort_values(["model", sort_by], ascending=[True, direction(sort_by) != "max"],
-                                      na_position="last", kind="stable")
-    columns = [Column("Model", text), Column("Method", text), Column("Budget (MAC ratio)", fixed(2)),
-               Column("Tuned", text), Column("MACs", si), Column("MAC ratio", fixed(3)),
-               Column("Speedup", times), Column("Latency (s)", fixed(3)), Column("Peak mem (MB)", fixed(1)),
-               *(Column(m, fixed(4)) for m in metrics), Column("Seeds", text)]
-    rows = [[r["model"], r["label"] or r["method"], r["budget_macs_ratio"], _tuned_text(r["tuned"]), r["macs"],
-             r["macs_ratio"], r["speedup"], r["latency_s"], r["peak_memory_mb"], *(r[m] for m in metrics),
-             r["seeds"]] for _, r in summary.iterrows()]
+        summary = ranked(summary, sort_by)
+    else:
+        summary = summary.assign(rank=None)
+    brief, detail = ("md", "tex"), ("csv",)
+    columns = [Column("Rank", text, key="rank"), Column("Model", text, key="model"),
+               Column("Method", text, key="method"), Column("budget_macs_ratio", fixed(2), detail),
+               Column("Tuned", text, key="tuned"), Column("macs", si, detail),
+               Column("MAC ratio", fixed(3), key="macs_ratio"), Column("Speedup", times, brief),
+               *(Column(f"speedup{suffix}", fixed(3), detail) for suffix in ("", "_ci_low", "_ci_high")),
+               Column("latency_s", fixed(3), detail), Column("peak_memory_mb", fixed(1), detail),
+               *(Column(m, with_interval(4), brief) for m in shown),
+               *(Column(f"{m}{suffix}", fixed(6), detail) for m in available for suffix in ("", "_ci_low", "_ci_high")),
+               Column("Seeds", text, key="seeds"), Column("images", text, detail)]
+    compared = versus_column(summary, sort_by, versus) if versus and sort_by else None
+    if compared is not None:
+        key = f"{sort_by}_vs_{versus}"
+        columns += [Column(f"Δ {sort_by} vs {versus}", with_interval(4), brief), Column("verdict", text, key=f"{key}_verdict"),
+                    *(Column(f"{key}{suffix}", fixed(6), detail) for suffix in ("", "_ci_low", "_ci_high"))]
+    rows = []
+    for i, (_, r) in enumerate(summary.iterrows()):
+        rows.append([r["rank"], r["model"], r["label"] or r["method"], r["budget_macs_ratio"], _tuned_text(r["tuned"]),
+                     r["macs"], r["macs_ratio"], (r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
+                     r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"], r["latency_s"], r["peak_memory_mb"],
+                     *((r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in shown),
+                     *(r[f"{m}{suffix}"] for m in available for suffix in ("", "_ci_low", "_ci_high")),
+                     r["seeds"], r["n_samples"],
+                     *((compared[i][:3], compared[i][3], *compared[i][:3]) if compared is not None else ())])
     title = f"Leaderboard{f' — {experiment}' if experiment else ''}"
-    notes = [f"Sorted by {sort_by} ({'higher' if direction(sort_by) == 'max' else 'lower'} is better) per model; "
-             "means over seeds. MACs per image, whole run, CFG half not counted (METHODS §0.9); speedup = latency "
-             "ratio to `full` measured interleaved in the same process (METHODS §2.3)."] if sort_by else []
+    notes = []
+    if sort_by:
+        better = "higher" if direction(sort_by) == "max" else "lower"
+        notes = [f"Per model, best {sort_by} first ({better} is better). Rank: a method whose paired 95 % interval "
+                 f"of the difference in {sort_by} to the method above it contains 0 shares that method's rank — "
+                 "they cannot be told apart at this sample size (paired bootstrap over images × seeds).",
+                 "[low, high]: 95 % bootstrap interval over images × seeds; speedup: latency ratio to `full` timed "
+                 "interleaved in the same process, interval over the timed repeats. MACs per image, whole run, CFG "
+                 "half not counted. Means over seeds."]
     return Table(title, columns, rows, notes + off_budget_notes(summary))
+
+
+def _primary(frame) -> str | None:
+    """The primary metric the models' bundles declared (the first of ``report_metrics``), when they agree."""
+    if "report_metrics" not in frame.columns:
+        return None
+    firsts = {r[0] for r in frame["report_metrics"] if isinstance(r, list) and r}
+    return firsts.pop() if len(firsts) == 1 else None
 
 
 def off_budget_notes(summary) -> list[str]:
@@ -384,37 +584,79 @@ def pareto_front(cost, quality, higher_is_better: bool) -> np.ndarray:
     return front
 
 
+def _spread_labels(ax, x, y, names, min_gap_px: float = 11.0) -> None:
+    """Annotate points so that labels do not overlap: labels of points close in x are pushed apart vertically
+    (in screen pixels), each joined to its point by a thin line when moved."""
+    fig = ax.figure
+    fig.canvas.draw()  # the axes' final limits and scales
+    shown = [(xi, yi, n) for xi, yi, n in zip(x, y, names) if np.isfinite(xi) and np.isfinite(yi)]
+    if not shown:
+        return
+    points = ax.transData.transform([(xi, yi) for xi, yi, _ in shown])
+    order = np.argsort(points[:, 1])
+    placed: list[tuple[float, float]] = []
+    for k in order:
+        px, py = points[k]
+        ly = py
+        while any(abs(ly - qy) < min_gap_px and abs(px - qx) < 120 for qx, qy in placed):
+            ly += min_gap_px
+        placed.append((px, ly))
+        target = ax.transData.inverted().transform((px + 5, ly + 3))
+        ax.annotate(str(shown[k][2]), (shown[k][0], shown[k][1]), xytext=target, textcoords="data", fontsize=7,
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if ly - py > 1 else None)
+
+
+def _interval_errors(values, low, high) -> np.ndarray | None:
+    """matplotlib's asymmetric error bars from interval columns (None when no row has an interval)."""
+    low, high = (np.asarray(v, dtype=float) for v in (low, high))
+    if np.all(np.isnan(low)) or np.all(np.isnan(high)):
+        return None
+    values = np.asarray(values, dtype=float)
+    return np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0, posinf=0.0).clip(min=0)
+
+
 def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: str | None = None) -> Path:
-    """Quality ``metric`` against MAC ratio (left) and latency (right), one row of panels per model, one point
-    per configuration; the Pareto front drawn as a line through its ringed points."""
+    """Quality ``metric`` against MAC ratio (left) and against the speedup measured interleaved with ``full``
+    (right), one row of panels per model, one point per configuration with its 95 % intervals as error bars;
+    the Pareto front drawn through its ringed points. The quality axis is logarithmic (symlog, so 0 stays on
+    it) where the values span more than a decade."""
     frame = _select(frame, experiment)
-    metric = metric or default_sort_metric(frame)
+    primary = _primary(frame)
+    metric = metric or (primary if primary in metric_columns(frame) else None) or default_sort_metric(frame)
     if metric is None or metric not in frame.columns:
         raise ValueError(f"metric: {metric!r} is not in the store; available: {', '.join(metric_columns(frame))}")
     summary = summarise(frame)
     models = sorted(summary["model"].unique())
-    fig = _figure(11, 4.2 * len(models))
+    fig = _figure(12, 4.6 * len(models))
     axes = fig.subplots(len(models), 2, squeeze=False)
     higher = direction(metric) == "max"
     for row, model in zip(axes, models):
         runs = summary[summary["model"] == model]
-        for ax, cost, xlabel in ((row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)"),
-                                 (row[1], "latency_s", "latency (s, median)")):
-            x, y = runs[cost].astype(float).to_numpy(), runs[metric].astype(float).to_numpy()
-            front = pareto_front(x, y, higher)
-            ax.scatter(x, y, s=28, color="tab:blue", zorder=2)
+        y = runs[metric].astype(float).to_numpy()
+        y_err = _interval_errors(y, runs[f"{metric}_ci_low"], runs[f"{metric}_ci_high"])
+        for ax, cost, xlabel, cheaper_is_lower in (
+                (row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)", True),
+                (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)", False)):
+            x = runs[cost].astype(float).to_numpy()
+            x_err = (_interval_errors(x, runs["speedup_ci_low"], runs["speedup_ci_high"]) if cost == "speedup"
+                     else None)
+            ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt="o", ms=4, color="tab:blue", ecolor="0.7", elinewidth=0.8,
+                        zorder=2)
+            front = pareto_front(x if cheaper_is_lower else -x, y, higher)
             ax.scatter(x[front], y[front], s=90, facecolors="none", edgecolors="tab:red", zorder=3,
                        label="Pareto front")
             order = np.argsort(x[front])
             ax.plot(x[front][order], y[front][order], color="tab:red", lw=1, zorder=1)
-            for xi, yi, name in zip(x, y, runs["label"].fillna(runs["method"])):
-                if not (np.isnan(xi) or np.isnan(yi)):
-                    ax.annotate(str(name), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            positive = y[np.isfinite(y) & (y > 0)]
+            if len(positive) and positive.max() / positive.min() > 10:
+                ax.set_yscale("symlog", linthresh=float(positive.min()))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
-            ax.set_title(model)
+            ax.set_title(f"{model} — {int(runs['n_samples'].max())} images × {int(runs['seeds'].max())} seed(s), "
+                         "bars: 95 % intervals", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
+            _spread_labels(ax, x, y, list(runs["label"].fillna(runs["method"])))
     return _save(fig, path)
 
 

@@ -547,7 +547,7 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
         return None
     bar.set_postfix_str(f"{model} {entry.name}: metrics")
     scores = metrics.compute(images, teacher=teacher, references=ctx.references, conditions=ctx.conditions,
-                             bundle=ctx.bundle, metrics=exp.metrics)
+                             bundle=ctx.bundle, metrics=exp.metrics, per_sample=True)
     bar.set_postfix_str(f"{model} {entry.name}: latency")
     lat = exp.latency
     timed = [ctx.conditions[i % len(ctx.conditions)] for i in range(lat.batch)]
@@ -579,7 +579,10 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
         "latency_full_s": times["full"]["latency_median"],
         "speedup": times["full"]["latency_median"] / times["method"]["latency_median"],
         "latency_batch": lat.batch, "latency_repeats": lat.repeats,
+        # the interleaved timings themselves, repeat by repeat: reports resample them for the speedup's interval
+        "latency_seconds": times["method"]["seconds"], "latency_full_seconds": times["full"]["seconds"],
         "peak_memory_mb": memory["peak_memory_bytes"] / 2**20,
         "artifacts": str(folder) if folder else None, "artifacts_note": artifacts_note,
-        "machine": machine.describe(), "created_at": time.time(), **scores,
+        "machine": machine.describe(), "report_metrics": list(ctx.bundle.report_metrics),
+        "created_at": time.time(), **scores,
     }

@@ -112,6 +112,8 @@ class Sweep(_Strict):
     def _one_kind(self):
         if (self.grid is None) == (self.optuna is None):
             raise ValueError("give exactly one of `grid` and `optuna`")
+        if self.grid is not None and not self.grid:
+            raise ValueError("`grid` needs at least one field path with its values")
         for path, values in (self.grid or {}).items():
             if not values:
                 raise ValueError(f"grid.{path!s:.200}: needs at least one value")

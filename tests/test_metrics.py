@@ -169,6 +169,22 @@ def test_domain_extractor_fid_and_isc():
     distribution.register_domain_extractor("dsbench-test-domain", TinyClassifier())  # re-registering replaces
 
 
+def test_set_metric_intervals_bootstrap_the_samples():
+    """With per_sample, FID/KID/PRC carry a bootstrap interval over resamples of the samples: it holds the
+    value, and a clearly different set's interval lies wholly above a matching set's."""
+    bundle = SimpleNamespace(name="tiny", feature_extractor="dsbench-test-domain-ci", classifier=TinyClassifier(),
+                             alignment=None)
+    real = natural(32, seed=0)
+    near = metrics.compute(natural(32, seed=1), references=real, bundle=bundle, metrics=("fid", "kid", "prc"),
+                           per_sample=True, set_resamples=60)
+    far = metrics.compute(noise(32), references=real, bundle=bundle, metrics=("fid",), per_sample=True,
+                          set_resamples=60)
+    for key in ("fid", "kid_mean", "precision", "recall"):
+        assert near[f"{key}_ci_low"] <= near[key] <= near[f"{key}_ci_high"]
+    assert far["fid_ci_low"] > near["fid_ci_high"]
+    assert near["per_sample"] == {}  # set metrics have no per-image values
+
+
 def test_domain_features_on_the_sphere_keep_kid_finite_for_large_activations():
     """Raw activations of norm ~10³ made torch-fidelity's float32 KID cancel to large negative noise;
     on the sphere (norm √D) real-vs-real KID is ~0 and an unrelated set scores far higher."""
@@ -373,7 +389,7 @@ def test_prepare_checks_image_reward_files(tiny_image_reward, tmp_path, monkeypa
 
 
 def test_bundle_alignment_hook():
-    bundle = SimpleNamespace(name="b", alignment=lambda images, conds: {"class_accuracy": sum(conds) / len(conds)})
+    bundle = SimpleNamespace(name="b", alignment=lambda images, conds, per_image=False: {"class_accuracy": sum(conds) / len(conds)})
     assert metrics.compute(noise(4), conditions=[1, 0, 1, 1], bundle=bundle, metrics=("alignment",)) == {
         "class_accuracy": 0.75}
 

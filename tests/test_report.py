@@ -61,29 +61,30 @@ def write_artifacts(folder, value):
 
 def test_leaderboard_rows_sorted_by_quality_with_mac_ratio_and_speedup(store):
     table = report.leaderboard(store.frame())
-    headers = [c.header for c in table.columns]
-    assert {"MAC ratio", "Speedup", "lpips_alex", "fid", "Seeds"} <= set(headers)
-    lpips = [row[headers.index("lpips_alex")] for row in table.rows]
-    assert lpips == sorted(lpips) and len(table.rows) == 6  # one row per configuration, best first
+    assert {"MAC ratio", "Speedup", "lpips_alex", "fid", "Seeds"} <= set(table.headers("md"))
+    records = table.records()
+    assert {"macs_ratio", "speedup", "speedup_ci_low", "lpips_alex", "lpips_alex_ci_low", "lpips_alex_ci_high",
+            "fid", "fid_ci_high", "rank", "seeds"} <= set(records[0])
+    lpips = [r["lpips_alex"] for r in records]
+    assert lpips == sorted(lpips) and len(records) == 6  # one row per configuration, best first
     assert lpips[0] == pytest.approx(0.005)  # mean over the two seeds
-    assert all(row[headers.index("Seeds")] == 2 for row in table.rows)
-    toca = next(row for row in table.rows if row[headers.index("Method")] == "toca_ratio0.3")
-    assert toca[headers.index("Speedup")] == pytest.approx(1.7) and toca[headers.index("MAC ratio")] == 0.57
+    assert all(r["seeds"] == 2 for r in records)
+    toca = next(r for r in records if r["method"] == "toca_ratio0.3")
+    assert toca["speedup"] == pytest.approx(1.7) and toca["macs_ratio"] == 0.57
     by_fid = report.leaderboard(store.frame(), sort_by="fid")
-    assert [r[1] for r in by_fid.rows][0].startswith("diffsparse")
+    assert by_fid.records()[0]["method"].startswith("diffsparse")
 
 
 def test_leaderboard_averages_only_the_newest_code_version_of_a_configuration(store):
     """Rows of an older code version stay in the store but are never averaged with the new ones."""
     stale = run_row("old", "toca", 0, params={"ratio": 0.3}, budget=0.57, macs_ratio=0.57, lpips_alex=0.9)
     store.put({**stale, "code_version": "older", "created_at": 1.0})
-    headers = [c.header for c in report.leaderboard(store.frame()).columns]
-    toca = next(r for r in report.leaderboard(store.frame()).rows if r[headers.index("Method")] == "toca_ratio0.3")
-    assert toca[headers.index("lpips_alex")] == pytest.approx(0.105) and toca[headers.index("Seeds")] == 2
+    toca = next(r for r in report.leaderboard(store.frame()).records() if r["method"] == "toca_ratio0.3")
+    assert toca["lpips_alex"] == pytest.approx(0.105) and toca["seeds"] == 2
     newer = run_row("new", "toca", 0, params={"ratio": 0.3}, budget=0.57, macs_ratio=0.57, lpips_alex=0.4)
     store.put({**newer, "code_version": "newer"})
-    toca = next(r for r in report.leaderboard(store.frame()).rows if r[headers.index("Method")] == "toca_ratio0.3")
-    assert toca[headers.index("lpips_alex")] == pytest.approx(0.4) and toca[headers.index("Seeds")] == 1
+    toca = next(r for r in report.leaderboard(store.frame()).records() if r["method"] == "toca_ratio0.3")
+    assert toca["lpips_alex"] == pytest.approx(0.4) and toca["seeds"] == 1
 
 
 def test_leaderboard_bad_metric_names_what_is_available(store):
@@ -140,7 +141,7 @@ def test_write_rejects_unknown_format_and_writes_file(store, tmp_path):
         report.write(table, "xls")
     out = tmp_path / "t" / "lb.csv"
     report.write(table, "csv", out)
-    assert out.read_text().startswith("Model,Method,")
+    assert out.read_text().startswith("rank,model,method,")
 
 
 def test_pareto_front_mask():

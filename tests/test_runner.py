@@ -84,6 +84,12 @@ def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
         kept = np.load(os.path.join(run.artifacts, "decisions.npy"))
         assert kept.shape == (6, 12)  # 6 steps × (6 blocks × sa, mlp)
         assert os.path.isfile(os.path.join(run.artifacts, "samples.png"))
+        # per-image values behind every per-image metric, and the timed repeats behind the speedup
+        for metric in ("lpips_alex", "lpips_vgg", "psnr", "ssim", "class_accuracy"):
+            values = run.per_sample[metric]["values"]
+            assert len(values) == 4 and np.mean(values) == pytest.approx(run[metric])
+        assert len(run.latency_seconds) == len(run.latency_full_seconds) == 1
+        assert run.machine and run.report_metrics[0] == "lpips_alex"
     assert np.load(os.path.join(fora.artifacts, "decisions.npy")).sum(axis=1).tolist() == [12, 12, 0, 12, 0, 12]
     assert 0 < fora.lpips_alex < 1
     assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "no offline W&B run directory"

@@ -39,7 +39,7 @@ NEEDS = {"lpips": ("teacher",), "psnr": ("teacher",), "ssim": ("teacher",), "fid
          "clip": ("conditions",), "image_reward": ("conditions",), "vbench": ("conditions",)}
 OPTIONS = {"device": "cpu", "batch_size": 32, "lpips_nets": ("alex", "vgg"), "feature_extractor": None,
            "feature_layer": None, "kid_subsets": 100, "kid_subset_size": None, "isc_splits": None,
-           "prc_neighborhood": 3, "seed": 2020,
+           "prc_neighborhood": 3, "seed": 2020, "set_resamples": 200,
            "clip_model": "openai/clip-vit-large-patch14", "clip_conventions": ("uint8", "legacy"),
            "image_reward_model": None, "image_reward_tokenizer": "bert-base-uncased", "vbench_workdir": None,
            "vbench_python": None, "vbench_dimensions": None, "vbench_mode": "vbench_standard", "vbench_fps": 8}
@@ -140,8 +140,13 @@ def _validate(samples, teacher, references, conditions, bundle, metrics, options
 
 
 def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, references: torch.Tensor | None = None,
-            conditions: list | None = None, bundle=None, metrics=DEFAULT_METRICS, **options) -> dict[str, float]:
+            conditions: list | None = None, bundle=None, metrics=DEFAULT_METRICS, per_sample: bool = False,
+            **options) -> dict:
     """The requested metrics of ``samples`` as one flat dict (see the module docstring for names and keys).
+
+    ``per_sample``: also return, under ``"per_sample"``, the per-image values behind every per-image metric
+    ({metric: {"values": [...]}}, plus ``"weights"`` where the metric pools a varying count per image, e.g.
+    objects per scene): what reports resample for confidence intervals without rerunning.
 
     ``teacher``: same-seed teacher images, pairwise with ``samples``; ``references``: real images;
     ``conditions``: class ids or prompts, one per sample; ``bundle``: the model's ModelBundle (feature
@@ -153,16 +158,21 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
     device, batch = opt["device"], opt["batch_size"]
     out: dict[str, float] = {}
 
+    per_image: dict[str, dict] = {}  # metric → {"values": [...], "weights": [...] or absent}
     if {"lpips", "psnr", "ssim"} & set(metrics):
         from harness.metrics import fidelity
 
+        values = {}
         if "lpips" in metrics:
             for net in opt["lpips_nets"]:
-                out[f"lpips_{net}"] = fidelity.lpips_distance(samples, teacher, net, device, batch)
+                values[f"lpips_{net}"] = fidelity.lpips_per_image(samples, teacher, net, device, batch)
         if "psnr" in metrics:
-            out["psnr"] = fidelity.psnr(samples, teacher)
+            values["psnr"] = fidelity.psnr_per_image(samples, teacher)
         if "ssim" in metrics:
-            out["ssim"] = fidelity.ssim(samples, teacher)
+            values["ssim"] = fidelity.ssim_per_image(samples, teacher)
+        for key, v in values.items():
+            out[key] = v.mean().item()
+            per_image[key] = {"values": v.tolist()}
 
     if {"fid", "kid", "prc", "isc"} & set(metrics):
         from harness.metrics import distribution
@@ -174,10 +184,13 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
             samples, references, fid="fid" in metrics, kid="kid" in metrics, prc="prc" in metrics,
             isc="isc" in metrics, feature_extractor=extractor, device=device, batch_size=batch,
             kid_subsets=opt["kid_subsets"], kid_subset_size=opt["kid_subset_size"], isc_splits=opt["isc_splits"],
-            prc_neighborhood=opt["prc_neighborhood"], feature_layer=opt["feature_layer"], seed=opt["seed"])
+            prc_neighborhood=opt["prc_neighborhood"], feature_layer=opt["feature_layer"], seed=opt["seed"],
+            resamples=opt["set_resamples"] if per_sample else 0)
 
     if "alignment" in metrics:
-        out |= {k: float(v) for k, v in bundle.alignment(samples, list(conditions)).items()}
+        scores = dict(bundle.alignment(samples, list(conditions), per_image=True))
+        per_image |= scores.pop("per_image", {})
+        out |= {k: float(v) for k, v in scores.items()}
 
     if "clip" in metrics:
         from harness.metrics import alignment
@@ -203,4 +216,6 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
         out |= video.run_vbench(samples, list(conditions), workdir,
                                 dimensions=opt["vbench_dimensions"] or video.DIMENSIONS, mode=opt["vbench_mode"],
                                 device=device, fps=opt["vbench_fps"], python=opt["vbench_python"])
+    if per_sample:
+        out["per_sample"] = per_image
     return out

@@ -53,9 +53,10 @@ def timed(fn: Callable[[], object], device: str | torch.device = "cpu") -> float
         gc.enable()
 
 
-def _summary(seconds: list[float]) -> dict[str, float]:
+def _summary(seconds: list[float]) -> dict:
+    """Median, min, max and count of the timed calls, and the calls themselves (``seconds``, in order)."""
     return {"latency_median": statistics.median(seconds), "latency_min": min(seconds),
-            "latency_max": max(seconds), "latency_n": len(seconds)}
+            "latency_max": max(seconds), "latency_n": len(seconds), "seconds": list(seconds)}
 
 
 def latency(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 3,

@@ -127,7 +127,7 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
                          feature_extractor: str = INCEPTION, device: str = "cpu", batch_size: int = 64,
                          kid_subsets: int = 100, kid_subset_size: int | None = None, isc_splits: int | None = None,
                          prc_neighborhood: int = 3, feature_layer: str | None = None,
-                         seed: int = 2020) -> dict[str, float]:
+                         seed: int = 2020, resamples: int = 0) -> dict[str, float]:
     """FID / KID / precision-recall of ``samples`` against ``references``, and ISC of ``samples``.
 
     Small sets get subset sizes that fit them: KID subsets of min(1000, N₁, N₂) images, ISC splits of
@@ -136,6 +136,12 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
     there, and its eigendecomposition alone takes seconds); values from different layers are not
     comparable. With the offline Inception on this machine ISC is NaN by design (its logits layer is not
     shipped; see harness/weights.py) — use a domain extractor's logits instead.
+
+    ``resamples`` > 0: also ``<metric>_ci_low`` / ``<metric>_ci_high`` for FID, KID and precision/recall — the
+    95 % bias-shifted percentile interval over that many bootstrap resamples of the samples (the references
+    stay fixed; see :func:`_shifted_interval`),
+    computed from features extracted once; at most 20 for features wider than 512 (Inception's 2048-d FID
+    needs seconds per resample on a CPU).
     """
     import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -149,7 +155,7 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
     if binary and references is None:
         raise ValueError("FID/KID/precision/recall need reference images")
     n = len(samples) if references is None else min(len(samples), len(references))
-    result = torch_fidelity.calculate_metrics(
+    options = dict(
         input1=ImageDataset(samples), input2=ImageDataset(references) if binary else None,
         fid=fid, kid=kid, prc=prc, isc=isc, feature_extractor=feature_extractor,
         cuda=torch.device(device).type == "cuda", batch_size=batch_size, cache=False, verbose=False,
@@ -157,4 +163,50 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size or min(1000, n),
         isc_splits=isc_splits or min(10, len(samples)), prc_neighborhood=prc_neighborhood, rng_seed=seed,
         feature_layer_fid=feature_layer, feature_layer_kid=feature_layer, feature_layer_prc=feature_layer)
-    return {_KEYS[k]: float(v) for k, v in result.items() if k in _KEYS}
+    result = torch_fidelity.calculate_metrics(**options)
+    out = {_KEYS[k]: float(v) for k, v in result.items() if k in _KEYS}
+    if resamples > 0 and binary:
+        for name, draws in _bootstrap_draws(options, fid, kid, prc, resamples, seed).items():
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = _shifted_interval(out[name], draws, name)
+    return out
+
+
+def _bootstrap_draws(options: dict, fid: bool, kid: bool, prc: bool, resamples: int, seed: int) -> dict:
+    """FID/KID/PRC of resamples of the samples' features (extracted once) against the references."""
+    import numpy as np
+    from torch_fidelity import metric_fid, metric_kid, metric_prc, utils
+
+    layer = utils.resolve_feature_layer_for_metric("fid", **options)
+    extractor = utils.create_feature_extractor(utils.resolve_feature_extractor(**options), [layer], **options)
+    samples, references = (utils.extract_featuresdict_from_input_id(i, extractor, **options)[layer] for i in (1, 2))
+    if samples.shape[1] > 512:  # Inception's 2048-d FID takes seconds per matrix square root: fewer resamples
+        resamples = min(resamples, 20)
+    reference_stats = metric_fid.fid_features_to_statistics(references) if fid else None
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        picked = samples[torch.as_tensor(rng.integers(0, len(samples), len(samples)))]
+        values = {}
+        if fid:
+            values |= metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(picked),
+                                                          reference_stats, False)
+        if kid:
+            values |= metric_kid.kid_features_to_metric(picked, references, **options)
+        if prc:
+            values |= metric_prc.prc_features_to_metric(picked, references, **options)
+        for key, value in values.items():
+            if key in _KEYS and _KEYS[key] != "kid_std":
+                draws.setdefault(_KEYS[key], []).append(float(value))
+    return draws
+
+
+def _shifted_interval(estimate: float, draws: list[float], name: str) -> tuple[float, float]:
+    """Percentile interval moved by the bootstrap's bias (mean of the draws − the estimate): a resample repeats
+    images, which alone raises FID, so the raw percentiles would sit above the estimate. Clipped to the metric's
+    range (FID ≥ 0, precision and recall in [0, 1])."""
+    import numpy as np
+
+    bias = float(np.mean(draws)) - estimate
+    low, high = (float(v) - bias for v in np.percentile(draws, [2.5, 97.5]))
+    floor, ceiling = {"fid": (0.0, np.inf), "precision": (0.0, 1.0), "recall": (0.0, 1.0)}.get(name, (-np.inf, np.inf))
+    return float(np.clip(low, floor, ceiling)), float(np.clip(high, floor, ceiling))

@@ -1,7 +1,8 @@
 """Fidelity to the same-seed teacher (METHODS §2.1): LPIPS, PSNR, SSIM on uint8 image pairs.
 
 Every function takes two uint8 tensors N×3×H×W of equal shape (image i of one is compared with image i
-of the other) and returns the mean over the N pairs.
+of the other) and returns the mean over the N pairs; the ``*_per_image`` functions return the N values the
+mean is taken of (what reports resample for confidence intervals).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import torch.nn.functional as F
 LPIPS_NETS = ("alex", "vgg")
 
 
+def psnr_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR of each image pair in dB on the uint8 scale (peak 255); identical images give inf."""
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean per-image PSNR in dB on the uint8 scale (peak 255); identical images give inf."""
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(255.0**2 / mse)).mean().item()
+    return psnr_per_image(a, b).mean().item()
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -29,10 +35,15 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean SSIM (Wang et al. 2004): 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255.
+    """Mean SSIM over the image pairs (:func:`ssim_per_image`)."""
+    return ssim_per_image(a, b).mean().item()
+
+
+def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM of each image pair (Wang et al. 2004): 11×11 Gaussian window, σ = 1.5, K1 = 0.01, K2 = 0.03, L = 255.
 
     Statistics are taken over 'valid' windows (no padding, as the reference MATLAB code), averaged over the
-    map, then over RGB, then over images. Images must be at least 11×11.
+    map, then over RGB. Images must be at least 11×11.
     """
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11×11 pixels, got {tuple(a.shape[-2:])}")
@@ -48,7 +59,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(2, 3)).mean().item()  # per channel → per image → mean
+    return ssim_map.mean(dim=(2, 3)).mean(1)  # per channel → per image
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,13 +83,19 @@ def lpips_model(net: str, device: str = "cpu") -> torch.nn.Module:
     return model.eval().requires_grad_(False).to(device)
 
 
-def lpips_distance(a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu",
-                   batch_size: int = 32) -> float:
-    """Mean LPIPS distance; uint8 images are mapped to [−1, 1] as LPIPS expects."""
+def lpips_per_image(a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu",
+                    batch_size: int = 32) -> torch.Tensor:
+    """LPIPS distance of each image pair; uint8 images are mapped to [−1, 1] as LPIPS expects."""
     model = lpips_model(net, str(device))
-    total = 0.0
+    out = []
     with torch.no_grad():
         for i in range(0, len(a), batch_size):
             x, y = (t[i:i + batch_size].to(device).float() / 127.5 - 1 for t in (a, b))
-            total += model(x, y).sum().item()
-    return total / len(a)
+            out.append(model(x, y).flatten().double().cpu())
+    return torch.cat(out)
+
+
+def lpips_distance(a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu",
+                   batch_size: int = 32) -> float:
+    """Mean LPIPS distance over the image pairs (:func:`lpips_per_image`)."""
+    return lpips_per_image(a, b, net, device, batch_size).mean().item()

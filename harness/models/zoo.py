@@ -45,8 +45,12 @@ class ModelBundle:
     # the domain classifier of an embedded model: an nn.Module with features(uint8 N×3×H×W) → float N×D
     # and logits(uint8 N×3×H×W) → float N×K; registered with torch-fidelity as ``feature_extractor``
     classifier: torch.nn.Module | None = None
-    # (images, conditions) → alignment metrics, e.g. {"class_accuracy": 0.97}
-    alignment: Callable[[torch.Tensor, list], dict[str, float]] | None = None
+    # (images, conditions, per_image=False) → alignment metrics, e.g. {"class_accuracy": 0.97}; with per_image
+    # also "per_image": {metric: {"values": [...], "weights": [...] (where a metric pools counts)}}
+    alignment: Callable[..., dict] | None = None
+    # the metrics a leaderboard shows for this model, primary first (fidelity to the teacher), then at most
+    # three secondary ones; every other metric stays in the CSV
+    report_metrics: tuple[str, ...] = ("lpips_alex", "psnr", "fid", "clip_score")
     info: dict[str, Any] = field(default_factory=dict)
 
 

