@@ -39,7 +39,7 @@ NEEDS = {"lpips": ("teacher",), "psnr": ("teacher",), "ssim": ("teacher",), "fid
          "clip": ("conditions",), "image_reward": ("conditions",), "vbench": ("conditions",)}
 OPTIONS = {"device": "cpu", "batch_size": 32, "lpips_nets": ("alex", "vgg"), "feature_extractor": None,
            "feature_layer": None, "kid_subsets": 100, "kid_subset_size": None, "isc_splits": None,
-           "prc_neighborhood": 3, "seed": 2020, "set_resamples": 200,
+           "prc_neighborhood": 3, "seed": 2020, "set_resamples": 50,
            "clip_model": "openai/clip-vit-large-patch14", "clip_conventions": ("uint8", "legacy"),
            "image_reward_model": None, "image_reward_tokenizer": "bert-base-uncased", "vbench_workdir": None,
            "vbench_python": None, "vbench_dimensions": None, "vbench_mode": "vbench_standard", "vbench_fps": 8}

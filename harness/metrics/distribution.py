@@ -190,8 +190,9 @@ def _bootstrap_draws(options: dict, fid: bool, kid: bool, prc: bool, resamples: 
         if fid:
             values |= metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(picked),
                                                           reference_stats, False)
-        if kid:
-            values |= metric_kid.kid_features_to_metric(picked, references, **options)
+        if kid:  # 20 subsets per resample: the resamples, not the subsets, carry the interval
+            values |= metric_kid.kid_features_to_metric(picked, references,
+                                                        **{**options, "kid_subsets": min(options["kid_subsets"], 20)})
         if prc:
             values |= metric_prc.prc_features_to_metric(picked, references, **options)
         for key, value in values.items():
