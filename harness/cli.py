@@ -257,6 +257,8 @@ def cmd_plot(args) -> int:
     frame, out = Store(args.store, readonly=True).frame(), output_folder(args.out, "--out")
     if args.kind == "pareto":
         paths = [report.pareto_plot(frame, out / "pareto.png", metric=args.metric, experiment=args.experiment)]
+    elif args.kind == "curves":
+        paths = [report.curves_plot(frame, out / "curves.png", metric=args.metric, experiment=args.experiment)]
     elif args.kind == "heatmap":
         paths = report.heatmaps(frame, out, experiment=args.experiment, runs=args.runs)
     else:
@@ -281,8 +283,11 @@ def add_report_parsers(sub) -> None:
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("plot", help="Pareto plot, step×layer heatmaps or sample grids, from the results store")
-    p.add_argument("--kind", default="pareto", choices=["pareto", "heatmap", "grids"])
+    p = sub.add_parser("plot", help="Pareto plot, quality–compute curves, step×layer heatmaps or sample grids, from "
+                       "the results store")
+    p.add_argument("--kind", default="pareto", choices=["pareto", "curves", "heatmap", "grids"],
+                   help="pareto: quality vs MACs and speedup; curves: one line per method across budgets; "
+                   "heatmap: step × layer decisions; grids: samples side by side")
     p.add_argument("--experiment", default=None, help="only this experiment's runs")
     p.add_argument("--runs", nargs="*", default=None, help="run ids or labels (heatmap, grids)")
     p.add_argument("--metric", default=None, help="quality metric of the Pareto plot (default: the first measured)")
@@ -291,10 +296,17 @@ def add_report_parsers(sub) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, pointing to --help (exit code 2, as argparse's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.models.architectures import ARCHITECTURES
 
-    parser = argparse.ArgumentParser(prog="dsbench", description=__doc__)
+    parser = Parser(prog="dsbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list the registered methods and their parameters")

@@ -80,7 +80,24 @@ class EvalSet(_Strict):
 
 
 class Budget(_Strict):
-    macs_ratio: float = pydantic.Field(..., gt=0.0, le=1.0, description="target MACs / MACs of full, in (0, 1]")
+    macs_ratio: float | list[float] = pydantic.Field(
+        ..., description="target MACs / MACs of full, in (0, 1]; a list runs every method with a budget field at "
+                         "each (a quality–compute curve)")
+
+    @pydantic.field_validator("macs_ratio")
+    @classmethod
+    def _in_range(cls, value):
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("give at least one MAC ratio")
+        if any(not 0.0 < v <= 1.0 for v in values):
+            raise ValueError(f"every MAC ratio must be in (0, 1], got {value}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"MAC ratios repeat: {value}")
+        return sorted(values) if isinstance(value, list) else value
+
+    def ratios(self) -> list[float]:
+        return self.macs_ratio if isinstance(self.macs_ratio, list) else [self.macs_ratio]
 
 
 class Latency(_Strict):
@@ -98,6 +115,8 @@ class MethodEntry(_Strict):
         default_factory=dict, description="per-model overrides of params: {model: {param: value}}")
     budget: Budget | None = pydantic.Field(
         None, description="this entry's compute budget, instead of the experiment's (several budgets in one file)")
+
+    _curve_point: bool = pydantic.PrivateAttr(False)
 
     def params_for(self, model: str) -> dict[str, Any]:
         return {**self.params, **self.models.get(model, {})}
@@ -131,16 +150,30 @@ class Experiment(_Strict):
         return name
 
     def budget_for(self, entry: MethodEntry) -> Budget | None:
-        """The budget ``entry`` runs at: its own, else the experiment's."""
-        return entry.budget or self.budget
+        """The one budget ``entry`` runs at: its own, else the experiment's; None where that is a list (the
+        entries of :meth:`method_entries` carry one ratio each; a method without a budget field runs once)."""
+        budget = entry.budget or self.budget
+        return None if budget is None or isinstance(budget.macs_ratio, list) else budget
 
     def method_entries(self) -> list[MethodEntry]:
         """The entries to run: ``all`` expands to every registered method with its defaults."""
         import methods
 
-        if self.methods == "all":
-            return [MethodEntry(name=name) for name in methods.available()]
-        return list(self.methods)
+        entries = ([MethodEntry(name=name) for name in methods.available()] if self.methods == "all"
+                   else list(self.methods))
+        out = []
+        for entry in entries:  # a list of budgets: one entry per budget for a method with a budget field
+            budget = entry.budget or self.budget
+            if budget is None or not isinstance(budget.macs_ratio, list):
+                out.append(entry)
+            elif methods.base.method_class(entry.name).budget_field is None:
+                out.append(entry.model_copy(update={"budget": None}))
+            else:
+                for ratio in budget.ratios():
+                    point = entry.model_copy(update={"budget": Budget(macs_ratio=ratio)})
+                    point._curve_point = True  # one point of a curve: a budget it cannot reach is a skip
+                    out.append(point)
+        return out
 
 
 def _allowed_fields(loc: tuple) -> list[str]:
@@ -233,7 +266,7 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
             if model not in exp.models:
                 raise ValueError(f"{where}.models': override for {show(model)}, which is not one of the experiment's "
                                  f"models; allowed: {', '.join(exp.models)}")
-        budget = exp.budget_for(entry)
+        budget = entry.budget or exp.budget
         tuned = methods.base.method_class(entry.name).budget_field if budget is not None else None
         for model in exp.models:
             if tuned is not None and tuned in entry.params_for(model):

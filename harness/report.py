@@ -32,7 +32,7 @@ HIGHER_IS_BETTER = ("psnr", "ssim", "class_accuracy", "attribute_accuracy", "sce
 SORT_PREFERENCE = ("lpips_alex", "fid", "psnr", "class_accuracy", "attribute_accuracy", "image_reward",
                    "clip_score", "vbench_total")
 # Configuration identity for averaging over seeds: everything of a run's identity except the seed.
-CONFIG_KEYS = ("model", "method", "params", "budget_macs_ratio", "sampler", "steps", "guidance", "eval_set",
+CONFIG_KEYS = ("model", "method", "params", "budget_macs_ratio", "bracket", "sampler", "steps", "guidance", "eval_set",
                "n_samples")
 COST_COLUMNS = ("macs", "macs_full", "macs_ratio", "macs_attention", "latency_s", "latency_full_s", "speedup",
                 "peak_memory_mb")
@@ -296,6 +296,57 @@ def summarise(frame):
     return pd.DataFrame(rows)
 
 
+def _interpolate(low: dict, high: dict, t: float, metrics: list[str]) -> dict:
+    """``low`` moved to the fraction ``t`` of the way to ``high``: per-image values interpolated image by image
+    (so the interval and paired comparisons still hold), other numbers and bounds linearly."""
+    row = dict(low)
+    row["_units"] = dict(low["_units"])
+    for column in (*COST_COLUMNS, "speedup_ci_low", "speedup_ci_high", *metrics,
+                   *(f"{m}{s}" for m in metrics for s in ("_ci_low", "_ci_high"))):
+        if column in low and column in high:
+            row[column] = (1 - t) * float(low[column]) + t * float(high[column])
+    for metric in metrics:
+        a, b = low["_units"].get(metric), high["_units"].get(metric)
+        if a is None or b is None or a[0] != b[0]:
+            continue
+        values = (1 - t) * a[1] + t * b[1]
+        row["_units"][metric] = (a[0], values, a[2])
+        row[metric] = float(np.average(values, weights=a[2]))
+        row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = stats.mean_ci(values, a[2])
+    return row
+
+
+def at_budget(summary):
+    """Every configuration at its budget where it can be: a configuration off its budget (an integer budget
+    field, MACs that move in steps) that has a bracketing run just above the budget is replaced by its quality
+    interpolated linearly in MAC ratio between the two (monotone), marked "interpolated"; the bracketing rows
+    themselves leave the table. ``at_budget`` says "yes", "interpolated", "off" (no bracket: see the budget
+    note) or "—" (no budget)."""
+    import pandas as pd
+
+    if summary.empty or "bracket" not in summary.columns:
+        return summary.assign(at_budget=None)
+    metrics = [c for c in summary.columns if f"{c}_ci_low" in summary.columns and c != "speedup"]
+    above = summary[summary["bracket"] == "above"]
+    rows = []
+    for _, run in summary[summary["bracket"] != "above"].iterrows():
+        row, budget = run.to_dict(), run["budget_macs_ratio"]
+        off = isinstance(run.get("budget_note"), str) and bool(run["budget_note"])
+        row["at_budget"] = "—" if _missing(budget) else "off" if off else "yes"
+        match = above[(above["model"] == run["model"]) & (above["method"] == run["method"])
+                      & (above["params"].map(_key) == _key(run["params"]))
+                      & (above["budget_macs_ratio"].map(_key) == _key(budget))] if off else above.iloc[:0]
+        if not match.empty:
+            high = match.iloc[0].to_dict()
+            r0, r1 = float(run["macs_ratio"]), float(high["macs_ratio"])
+            if r0 < budget < r1:
+                row = _interpolate(row, high, (budget - r0) / (r1 - r0), metrics)
+                row["macs_ratio"], row["at_budget"] = float(budget), "interpolated"
+                row["label"] = f"{run['label'] or run['method']} ↔ {_tuned_text(high['tuned'])}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def separable(upper: dict, lower: dict, metric: str) -> bool | None:
     """Whether two configurations differ in ``metric`` at 95 %: the paired bootstrap interval of the difference
     over their common (seed, image) units excludes 0. None when either lacks per-image values."""
@@ -401,7 +452,7 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     primary = _primary(frame)
     sort_by = sort_by or (primary if primary in available else None) or default_sort_metric(frame)
     shown = list(metrics) if metrics else shown_metrics(frame, sort_by)
-    summary = summarise(frame)
+    summary = at_budget(summarise(frame))
     if sort_by is not None and not summary.empty:
         summary = ranked(summary, sort_by)
     else:
@@ -410,7 +461,8 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     columns = [Column("Rank", text, key="rank"), Column("Model", text, key="model"),
                Column("Method", text, key="method"), Column("budget_macs_ratio", fixed(2), detail),
                Column("Tuned", text, key="tuned"), Column("macs", si, detail),
-               Column("MAC ratio", fixed(3), key="macs_ratio"), Column("Speedup", times, brief),
+               Column("MAC ratio", fixed(3), key="macs_ratio"), Column("At budget", text, key="at_budget"),
+               Column("Speedup", times, brief),
                *(Column(f"speedup{suffix}", fixed(3), detail) for suffix in ("", "_ci_low", "_ci_high")),
                Column("latency_s", fixed(3), detail), Column("peak_memory_mb", fixed(1), detail),
                *(Column(m, with_interval(4), brief) for m in shown),
@@ -424,7 +476,8 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     rows = []
     for i, (_, r) in enumerate(summary.iterrows()):
         rows.append([r["rank"], r["model"], r["label"] or r["method"], r["budget_macs_ratio"], _tuned_text(r["tuned"]),
-                     r["macs"], r["macs_ratio"], (r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
+                     r["macs"], r["macs_ratio"], r["at_budget"],
+                     (r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
                      r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"], r["latency_s"], r["peak_memory_mb"],
                      *((r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in shown),
                      *(r[f"{m}{suffix}"] for m in available for suffix in ("", "_ci_low", "_ci_high")),
@@ -657,6 +710,51 @@ def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
             _spread_labels(ax, x, y, list(runs["label"].fillna(runs["method"])))
+    return _save(fig, path)
+
+
+def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: str | None = None) -> Path:
+    """Quality–compute curves: ``metric`` against MAC ratio (left) and against the speedup timed interleaved
+    with ``full`` (right), one row per model, one line per method through all its measured configurations
+    (every budget, and the runs that bracket a budget from above) with its 95 % interval as a band; the
+    quality axis is symlog where values span more than a decade. Methods are told apart by a legend."""
+    import matplotlib
+
+    frame = _select(frame, experiment)
+    primary = _primary(frame)
+    metric = metric or (primary if primary in metric_columns(frame) else None) or default_sort_metric(frame)
+    if metric is None or metric not in frame.columns:
+        raise ValueError(f"metric: {metric!r} is not in the store; available: {', '.join(metric_columns(frame))}")
+    summary = summarise(frame)
+    models = sorted(summary["model"].unique())
+    methods = sorted(summary["method"].unique())
+    colours = {m: matplotlib.colormaps["tab20"](i % 20) for i, m in enumerate(methods)}
+    fig = _figure(13, 4.6 * len(models))
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    for row, model in zip(axes, models):
+        runs = summary[summary["model"] == model]
+        values = runs[metric].astype(float).to_numpy()
+        for ax, cost, xlabel in ((row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)"),
+                                 (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)")):
+            for method, points in runs.groupby("method"):
+                points = points.sort_values(cost)
+                x = points[cost].astype(float).to_numpy()
+                y = points[metric].astype(float).to_numpy()
+                low = points[f"{metric}_ci_low"].astype(float).to_numpy()
+                high = points[f"{metric}_ci_high"].astype(float).to_numpy()
+                ax.plot(x, y, "o-", ms=4, lw=1.2, color=colours[method], label=f"{method} ({len(points)})")
+                if np.isfinite(low).any():
+                    ax.fill_between(x, low, high, color=colours[method], alpha=0.15, lw=0)
+            positive = values[np.isfinite(values) & (values > 0)]
+            if len(positive) and positive.max() / positive.min() > 10:
+                ax.set_yscale("symlog", linthresh=float(positive.min()))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{metric} ({'higher' if direction(metric) == 'max' else 'lower'} is better)")
+            ax.set_title(f"{model} — {int(runs['n_samples'].max())} images × {int(runs['seeds'].max())} seed(s) per "
+                         "point, bands: 95 % intervals", fontsize=9)
+            ax.grid(alpha=0.3)
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method (points)",
+                      title_fontsize=7)
     return _save(fig, path)
 
 

@@ -409,6 +409,11 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
                 if seed not in teachers:
                     teachers[seed] = _teacher(cache, ctx, model, seed, shard)
                 row = _run_one(exp, ctx, model, entry, setup, seed, rid, teachers[seed], artifacts, bar, shard)
+                if setup.get("above"):  # off budget: the setting just above it too, stored first (resume-safe)
+                    above = _run_one(exp, ctx, model, entry, {"tuned": setup["above"], "note": None}, seed,
+                                     bracket_id(rid), teachers[seed], artifacts, bar, shard)
+                    if above is not None:
+                        _store(store, {**above, "bracket": "above"}, force, outcome, tracker)
                 bar.update(1)
                 if row is not None:
                     _store(store, row, force, outcome, tracker)
@@ -499,8 +504,9 @@ def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
 
 
 def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
-    """{"tuned": {field: value}, "note": budget note or None}, or {"skip": reason} when the method cannot run
-    on this model family at all (or, for ``methods: all``, needs a parameter it has no default for). Any other
+    """{"tuned": {field: value}, "note": budget note or None, "above": the setting just above an off budget or
+    None}, or {"skip": reason} when the method cannot run on this model family at all (or, for ``methods:
+    all``, needs a parameter it has no default for; or cannot reach one budget of a list). Any other
     failure — an unreachable budget, a schedule that does not fit the model — stops the run here, before
     sampling, as a ValueError naming model and method."""
     params = entry.params_for(ctx.bundle.name)
@@ -522,14 +528,26 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
             tuned, macs = {field: result["value"]}, result["macs"]
     except methods.base.NotApplicable as err:
         return {"skip": str(err)}
+    except BudgetUnreachable as err:
+        if entry._curve_point:  # one budget of a curve this method cannot reach: the curve goes without it
+            return {"skip": f"budget {budget}: {err}"}
+        raise ValueError(f"{entry.name} on {ctx.bundle.name}: {err}") from None
     except (ValueError, TypeError) as err:
         raise ValueError(f"{entry.name} on {ctx.bundle.name}: {err}") from None
-    note = None
+    note, above = None, None
     if budget is not None and entry.name != "full":
         note = budget_note(entry.name, field, budget, macs / ctx.macs_full, result, ctx.macs_full)
         if note:
             log.info("%s on %s is off budget: %s", entry.name, ctx.bundle.name, note)
-    return {"tuned": tuned, "note": note}
+        over = [(v, m) for v, m in (result or {}).get("evaluations", []) if m > budget * ctx.macs_full]
+        if note and over:  # the cheapest setting above the budget: reports interpolate between the two
+            above = {field: min(over, key=lambda e: e[1])[0]}
+    return {"tuned": tuned, "note": note, "above": above}
+
+
+def bracket_id(rid: str) -> str:
+    """Identity of the run that brackets run ``rid`` from above its budget."""
+    return hashlib.sha256(f"{rid}:above".encode()).hexdigest()[:24]
 
 
 def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry, setup: dict, seed: int,

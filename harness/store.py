@@ -17,6 +17,7 @@ from typing import Any
 
 # The columns every frame has (None where a run has no value); metric columns are added as found.
 COLUMNS = ("run_id", "experiment", "model", "method", "label", "params", "tuned", "budget_macs_ratio", "budget_note",
+           "bracket",
            "sampler", "steps", "guidance", "eval_set", "n_samples", "seed", "code_version", "macs", "macs_full",
            "macs_ratio", "macs_attention", "latency_s", "latency_full_s", "speedup", "peak_memory_mb", "artifacts",
            "created_at")

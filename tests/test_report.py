@@ -157,10 +157,11 @@ def test_plots_are_written(store, tmp_path):
 
     frame = store.frame()
     pareto = report.pareto_plot(frame, tmp_path / "plots" / "pareto.png")
+    curves = report.curves_plot(frame, tmp_path / "plots" / "curves.png")
     grids = report.grid_compare(frame, tmp_path / "plots" / "grids.png")
     maps = report.heatmaps(frame, tmp_path / "plots", runs=["r4s0", "toca_ratio0.3"])
     assert len(maps) == 3  # one run_id, and both seeds of the label
-    for path in (pareto, grids, *maps):
+    for path in (pareto, curves, grids, *maps):
         assert Image.open(path).size[0] > 100
 
 

@@ -178,7 +178,9 @@ def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
                steps=10, budget={"macs_ratio": 0.5})
     store = Store(tmp_path / "r.db")
     run_quietly(exp, store, tmp_path, teachers)
-    frame = store.frame("budget").set_index("method")
+    frame = store.frame("budget")
+    brackets = frame[frame["bracket"] == "above"]
+    frame = frame[frame["bracket"] != "above"].set_index("method")
     toca, fora = frame.loc["toca"], frame.loc["fora"]
     # toca's ratio is continuous: the MACs land just under the budget
     assert 0.49 <= toca.macs_ratio <= 0.5 and toca.budget_macs_ratio == 0.5
@@ -191,6 +193,27 @@ def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
     ctx = runner._load_model(exp, "mnist-dit", progress=False)
     assert ctx.macs_of(methods.build("fora", interval=interval - 1)) / ctx.macs_full > 0.5
     assert ctx.macs_of(methods.build("fora", interval=interval)) == fora.macs
+    # off budget: the setting just above it ran too, and the leaderboard interpolates fora at the budget
+    assert noted["fora"] and list(brackets["method"]) == ["fora"]  # at 10 steps no interval lands within 2 %
+    above = brackets.iloc[0]
+    assert above.tuned == {"interval": interval - 1} and above.macs_ratio > 0.5
+    from harness import report
+
+    record = next(r for r in report.leaderboard(store.frame("budget")).records() if r["method"].startswith("fora"))
+    assert record["at_budget"] == "interpolated" and record["macs_ratio"] == 0.5
+    t = (0.5 - fora.macs_ratio) / (above.macs_ratio - fora.macs_ratio)
+    assert record["psnr"] == pytest.approx((1 - t) * fora.psnr + t * above.psnr)
+
+
+def test_a_budget_list_skips_the_budgets_a_method_cannot_reach(tmp_path, teachers):
+    exp = _exp("curve", [{"name": "toca"}], budget={"macs_ratio": [0.02, 0.6]})
+    store = Store(tmp_path / "r.db")
+    out = run_quietly(exp, store, tmp_path, teachers)
+    assert [(r["method"], r["budget_macs_ratio"]) for r in out.stored] == [("toca", 0.6)]
+    assert len(out.skipped) == 1 and "budget" in out.skipped[0][2] and "cheapest setting" in out.skipped[0][2]
+    single = _exp("point", [{"name": "toca"}], budget={"macs_ratio": 0.02})  # one budget: the user's, an error
+    with pytest.raises(ValueError, match="toca on mnist-dit: .*cheapest setting"):
+        run_quietly(single, store, tmp_path, teachers)
 
 
 def test_unreachable_budget_is_a_skip_not_a_crash():

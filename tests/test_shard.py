@@ -45,8 +45,8 @@ def _run(tmp_path: Path, name: str, launch: list[str]) -> tuple[dict, Path]:
     assert done.stdout.count("**Leaderboard") == 1  # rank 0 alone reports
     with Store(folder / "db.sqlite") as store:
         rows = store.rows("shard")
-    assert len(rows) == len(list((folder / "artifacts" / "shard").iterdir())) == 3  # one writer: rank 0
-    return {row["method"]: row for row in rows}, folder / "cache"
+    assert len(rows) == len(list((folder / "artifacts" / "shard").iterdir())) == 4  # one writer: rank 0
+    return {row["method"] + ("_above" if row.get("bracket") else ""): row for row in rows}, folder / "cache"
 
 
 def _teacher(cache: Path) -> torch.Tensor:
@@ -74,7 +74,7 @@ def test_two_processes_give_the_rows_of_one(tmp_path):
     two, two_cache = _run(tmp_path, "two", [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
                                             "2", "--num_machines", "1", "--mixed_precision", "no",
                                             "--dynamo_backend", "no", "--cpu"])
-    assert sorted(one) == sorted(two) == ["fora", "full", "toca"]
+    assert sorted(one) == sorted(two) == ["fora", "fora_above", "full", "toca"]  # fora off budget: bracketed
     # the teacher was drawn sharded in one run and whole in the other
     assert torch.equal(_teacher(one_cache), _teacher(two_cache)) and len(_teacher(one_cache)) == 5
     for method in one:

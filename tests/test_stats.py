@@ -113,3 +113,31 @@ def test_versus_gives_the_paired_difference_and_a_verdict(tmp_path, capsys):
     assert "Δ lpips_alex vs toca" in capsys.readouterr().out
     assert cli_main(["table", "--store", str(tmp_path / "r.db"), "--versus", "duca"]) == 2
     assert "no runs of method 'duca'" in capsys.readouterr().err
+
+
+def test_interpolation_at_the_budget_is_exact_on_linear_data(tmp_path):
+    """Quality linear in MAC ratio: the leaderboard's value at the budget is the line's, image by image."""
+    rng = np.random.default_rng(6)
+    intercept, slope = rng.uniform(0.1, 0.2, size=16), rng.uniform(-0.2, -0.1, size=16)
+    store = Store(tmp_path / "r.db")
+    for ratio, bracket in ((0.40, None), (0.60, "above")):
+        store.put(_row(f"f{ratio}", "fora", intercept + slope * ratio, macs_ratio=ratio, budget_macs_ratio=0.5,
+                       bracket=bracket, budget_note=None if bracket else "interval is an integer",
+                       tuned={"interval": 3 if bracket is None else 2}, label="fora_N3" if bracket is None else "fora_N2"))
+    record = report.leaderboard(store.frame()).records()[0]
+    assert record["at_budget"] == "interpolated" and record["macs_ratio"] == 0.5
+    assert record["lpips_alex"] == pytest.approx(float(np.mean(intercept + slope * 0.5)), abs=1e-12)
+    assert record["method"] == "fora_N3 ↔ interval=2" and len(report.leaderboard(store.frame()).rows) == 1
+
+
+def test_a_budget_list_runs_each_budgeted_method_at_every_budget():
+    from harness import experiment
+
+    exp = experiment.parse({"name": "curves", "models": ["mnist-dit"], "budget": {"macs_ratio": [0.6, 0.3]},
+                            "methods": [{"name": "toca"}, {"name": "full"}]}, "curves.yaml")
+    entries = exp.method_entries()
+    assert [(e.name, exp.budget_for(e) and exp.budget_for(e).macs_ratio) for e in entries] == \
+        [("toca", 0.3), ("toca", 0.6), ("full", None)]
+    with pytest.raises(ValueError, match="budget.macs_ratio"):
+        experiment.parse({"name": "x", "models": ["mnist-dit"], "budget": {"macs_ratio": [0.5, 1.5]},
+                          "methods": [{"name": "toca"}]}, "x.yaml")
