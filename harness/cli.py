@@ -220,7 +220,9 @@ def cmd_table(args) -> int:
     else:
         if args.versus is not None and args.layout != "leaderboard":
             raise ValueError("--versus compares methods on the leaderboard; drop --layout or --versus")
-        options = {"versus": args.versus} if args.versus else {}
+        if args.budget is not None and args.layout != "leaderboard":
+            raise ValueError("--budget selects leaderboard runs; drop --layout or --budget")
+        options = {key: getattr(args, key) for key in ("versus", "budget") if getattr(args, key) is not None}
         table = report.table(Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment,
                              **options)
     if args.out is not None:
@@ -278,6 +280,8 @@ def add_report_parsers(sub) -> None:
     p.add_argument("--storage", default=None, help="with --sweep: Optuna storage URL (default: as `dsbench sweep`)")
     p.add_argument("--versus", default=None, metavar="METHOD", help="leaderboard: add each method's paired "
                    "difference to METHOD in the sort metric, with its 95 %% interval and a verdict (e.g. --versus toca)")
+    p.add_argument("--budget", type=float, default=None, metavar="RATIO", help="leaderboard: only the runs at "
+                   "this MAC-ratio budget (with full and fixed-cost runs within 2 %% of it), e.g. --budget 0.5")
     p.add_argument("--format", default="md", choices=["md", "tex", "csv"])
     p.add_argument("--out", default=None, help="write to this file instead of printing")
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")

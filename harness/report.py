@@ -342,6 +342,8 @@ def at_budget(summary):
             if r0 < budget < r1:
                 row = _interpolate(row, high, (budget - r0) / (r1 - r0), metrics)
                 row["macs_ratio"], row["at_budget"] = float(budget), "interpolated"
+                row["budget_note"] = (f"interpolated at {budget:.2f} between its runs at MAC ratio {r0:.3f} "
+                                      f"({_tuned_text(run['tuned'])}) and {r1:.3f} ({_tuned_text(high['tuned'])})")
                 row["label"] = f"{run['label'] or run['method']} ↔ {_tuned_text(high['tuned'])}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -363,14 +365,17 @@ def separable(upper: dict, lower: dict, metric: str) -> bool | None:
     return stats.excludes_zero(interval)
 
 
-def ranked(summary, sort_by: str):
-    """``summary`` sorted per model best first by ``sort_by``, with a ``rank`` column in groups: a configuration
-    that cannot be told apart from the one above it (paired 95 % interval of the difference contains 0)
-    shares its rank (1, 2, 2, 4 …); without per-image values the order alone decides."""
+def ranked(summary, sort_by: str, by_budget: bool = True):
+    """``summary`` sorted per model (and budget, ``by_budget``) best first by ``sort_by``, with a ``rank`` column
+    in groups: a configuration that cannot be told apart from the one above it (paired 95 % interval of the
+    difference contains 0) shares its rank (1, 2, 2, 4 …); without per-image values the order alone decides."""
     import pandas as pd
 
     parts = []
-    for _, part in summary.groupby("model", sort=True):
+    budgets = summary["budget_macs_ratio"].map(lambda v: "null" if _missing(v) else _key(v))
+    if not by_budget or budgets[budgets != "null"].nunique() < 2:  # one budget: one ranking per model
+        budgets = summary["model"]
+    for _, part in summary.groupby([summary["model"], budgets], sort=True):
         part = part.sort_values(sort_by, ascending=direction(sort_by) != "max", na_position="last", kind="stable")
         records = part.to_dict("records")
         apart = [separable(upper, lower, sort_by) is not False for upper, lower in zip(records, records[1:])]
@@ -443,8 +448,12 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     if versus is not None and versus not in set(frame["method"]):
         raise ValueError(f"versus: no runs of method {versus!r} in the selection; methods: "
                          f"{', '.join(sorted(set(frame['method'])))}")
-    if budget is not None:
-        frame = frame[np.isclose(frame["budget_macs_ratio"].astype(float), budget) | (frame["method"] == "full")]
+    if budget is not None:  # that budget's runs, `full`, and runs without a budget that cost about as much
+        ratio = frame["budget_macs_ratio"].astype(float)
+        unbudgeted = ratio.isna() & ((frame["method"] == "full") | (abs(frame["macs_ratio"] / budget - 1) <= 0.02))
+        frame = frame[np.isclose(ratio, budget) | (frame["method"] == "full") | unbudgeted]
+        if frame.empty:
+            raise ValueError(f"budget: no runs at a MAC-ratio budget of {budget}")
     available = [m for m in metric_columns(frame) if frame[m].notna().any()]
     unknown = [m for m in [*(metrics or []), *([sort_by] if sort_by else [])] if m not in available]
     if unknown:
@@ -454,7 +463,7 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     shown = list(metrics) if metrics else shown_metrics(frame, sort_by)
     summary = at_budget(summarise(frame))
     if sort_by is not None and not summary.empty:
-        summary = ranked(summary, sort_by)
+        summary = ranked(summary, sort_by, by_budget=budget is None)
     else:
         summary = summary.assign(rank=None)
     brief, detail = ("md", "tex"), ("csv",)
@@ -506,15 +515,22 @@ def _primary(frame) -> str | None:
 
 def off_budget_notes(summary) -> list[str]:
     """The "Off budget (> 2 %): why" section: one line per configuration whose MACs are more than 2 % from
-    its budget, with the runner's ``budget_note`` (why the budget field could not reach it)."""
+    its budget, with the runner's ``budget_note`` (why the budget field could not reach it); and the list of
+    configurations interpolated at their budget, with the two runs each is interpolated between."""
     if "budget_note" not in summary.columns:
         return []
-    off = [r for _, r in summary.iterrows() if isinstance(r["budget_note"], str) and r["budget_note"]]
-    if not off:
-        return []
-    return ["", "Off budget (> 2 %): why", *(f"- {r['model']} {r['label'] or r['method']}: MAC ratio "
-                                         f"{r['macs_ratio']:.3f} for a budget of {r['budget_macs_ratio']:.2f}; "
-                                         f"{r['budget_note']}" for r in off)]
+    off = [r for _, r in summary.iterrows() if isinstance(r["budget_note"], str) and r["budget_note"]
+           and r.get("at_budget") != "interpolated"]
+    between = [r for _, r in summary.iterrows() if r.get("at_budget") == "interpolated"]
+    lines = []
+    if off:
+        lines += ["", "Off budget (> 2 %): why", *(f"- {r['model']} {r['label'] or r['method']}: MAC ratio "
+                                                   f"{r['macs_ratio']:.3f} for a budget of {r['budget_macs_ratio']:.2f}; "
+                                                   f"{r['budget_note']}" for r in off)]
+    if between:
+        lines += ["", "Interpolated at the budget (no setting lands within 2 %): per image, linearly in MAC ratio",
+                  *(f"- {r['model']} {r['method']}: {r['budget_note']}" for r in between)]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------ paper tables
@@ -668,16 +684,40 @@ def _interval_errors(values, low, high) -> np.ndarray | None:
     return np.nan_to_num(np.vstack([values - low, high - values]), nan=0.0, posinf=0.0).clip(min=0)
 
 
+def _plot_metric(frame, metric: str | None) -> str:
+    """The quality metric a plot shows: the one asked for, else the models' primary one, else the first of
+    :data:`SORT_PREFERENCE` measured."""
+    primary = _primary(frame)
+    metric = metric or (primary if primary in metric_columns(frame) else None) or default_sort_metric(frame)
+    if metric is None or metric not in frame.columns:
+        raise ValueError(f"metric: {metric!r} is not in the store; available: {', '.join(metric_columns(frame))}")
+    return metric
+
+
+def _sample_size(runs) -> str:
+    return f"{int(runs['n_samples'].max())} images × {int(runs['seeds'].max())} seed(s)"
+
+
+def _quality_axes(ax, values, metric: str, xlabel: str, title: str) -> None:
+    """Labels, title and grid of a quality-vs-cost panel; symlog quality (0 stays on it) where values span
+    more than a decade."""
+    values = np.asarray(values, dtype=float)
+    positive = values[np.isfinite(values) & (values > 0)]
+    if len(positive) and positive.max() / positive.min() > 10:
+        ax.set_yscale("symlog", linthresh=float(positive.min()))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} ({'higher' if direction(metric) == 'max' else 'lower'} is better)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
 def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: str | None = None) -> Path:
     """Quality ``metric`` against MAC ratio (left) and against the speedup measured interleaved with ``full``
     (right), one row of panels per model, one point per configuration with its 95 % intervals as error bars;
     the Pareto front drawn through its ringed points. The quality axis is logarithmic (symlog, so 0 stays on
     it) where the values span more than a decade."""
     frame = _select(frame, experiment)
-    primary = _primary(frame)
-    metric = metric or (primary if primary in metric_columns(frame) else None) or default_sort_metric(frame)
-    if metric is None or metric not in frame.columns:
-        raise ValueError(f"metric: {metric!r} is not in the store; available: {', '.join(metric_columns(frame))}")
+    metric = _plot_metric(frame, metric)
     summary = summarise(frame)
     models = sorted(summary["model"].unique())
     fig = _figure(12, 4.6 * len(models))
@@ -700,14 +740,7 @@ def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: 
                        label="Pareto front")
             order = np.argsort(x[front])
             ax.plot(x[front][order], y[front][order], color="tab:red", lw=1, zorder=1)
-            positive = y[np.isfinite(y) & (y > 0)]
-            if len(positive) and positive.max() / positive.min() > 10:
-                ax.set_yscale("symlog", linthresh=float(positive.min()))
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
-            ax.set_title(f"{model} — {int(runs['n_samples'].max())} images × {int(runs['seeds'].max())} seed(s), "
-                         "bars: 95 % intervals", fontsize=9)
-            ax.grid(alpha=0.3)
+            _quality_axes(ax, y, metric, xlabel, f"{model} — {_sample_size(runs)}, bars: 95 % intervals")
             ax.legend(fontsize=7, loc="best")
             _spread_labels(ax, x, y, list(runs["label"].fillna(runs["method"])))
     return _save(fig, path)
@@ -721,14 +754,13 @@ def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: 
     import matplotlib
 
     frame = _select(frame, experiment)
-    primary = _primary(frame)
-    metric = metric or (primary if primary in metric_columns(frame) else None) or default_sort_metric(frame)
-    if metric is None or metric not in frame.columns:
-        raise ValueError(f"metric: {metric!r} is not in the store; available: {', '.join(metric_columns(frame))}")
+    metric = _plot_metric(frame, metric)
     summary = summarise(frame)
     models = sorted(summary["model"].unique())
     methods = sorted(summary["method"].unique())
-    colours = {m: matplotlib.colormaps["tab20"](i % 20) for i, m in enumerate(methods)}
+    # the strong tab20 colours first, the pale ones only past ten methods; markers tell neighbours apart too
+    colours = {m: matplotlib.colormaps["tab20"]((2 * i) % 20 + (2 * i) // 20) for i, m in enumerate(methods)}
+    markers = {m: "osD^vPX*<>"[i % 10] for i, m in enumerate(methods)}
     fig = _figure(13, 4.6 * len(models))
     axes = fig.subplots(len(models), 2, squeeze=False)
     for row, model in zip(axes, models):
@@ -742,17 +774,11 @@ def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: 
                 y = points[metric].astype(float).to_numpy()
                 low = points[f"{metric}_ci_low"].astype(float).to_numpy()
                 high = points[f"{metric}_ci_high"].astype(float).to_numpy()
-                ax.plot(x, y, "o-", ms=4, lw=1.2, color=colours[method], label=f"{method} ({len(points)})")
+                ax.plot(x, y, "-", marker=markers[method], ms=4, lw=1.2, color=colours[method],
+                        label=f"{method} ({len(points)})")
                 if np.isfinite(low).any():
                     ax.fill_between(x, low, high, color=colours[method], alpha=0.15, lw=0)
-            positive = values[np.isfinite(values) & (values > 0)]
-            if len(positive) and positive.max() / positive.min() > 10:
-                ax.set_yscale("symlog", linthresh=float(positive.min()))
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{metric} ({'higher' if direction(metric) == 'max' else 'lower'} is better)")
-            ax.set_title(f"{model} — {int(runs['n_samples'].max())} images × {int(runs['seeds'].max())} seed(s) per "
-                         "point, bands: 95 % intervals", fontsize=9)
-            ax.grid(alpha=0.3)
+            _quality_axes(ax, values, metric, xlabel, f"{model} — {_sample_size(runs)} per point, bands: 95 % intervals")
         row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method (points)",
                       title_fontsize=7)
     return _save(fig, path)

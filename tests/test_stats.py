@@ -141,3 +141,21 @@ def test_a_budget_list_runs_each_budgeted_method_at_every_budget():
     with pytest.raises(ValueError, match="budget.macs_ratio"):
         experiment.parse({"name": "x", "models": ["mnist-dit"], "budget": {"macs_ratio": [0.5, 1.5]},
                           "methods": [{"name": "toca"}]}, "x.yaml")
+
+
+def test_ranks_are_per_budget_and_one_budget_keeps_full_and_fixed_cost_runs(tmp_path):
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.05, 0.2, size=16)
+    store = Store(tmp_path / "r.db")
+    store.put(_row("t3", "toca", base + 0.05, budget_macs_ratio=0.3, macs_ratio=0.3))
+    store.put(_row("t6", "toca", base + 0.01, budget_macs_ratio=0.6, macs_ratio=0.6))
+    store.put(_row("s6", "steps", base + 0.03, budget_macs_ratio=0.6, macs_ratio=0.6))
+    store.put(_row("d", "diffsparse", base + 0.02, budget_macs_ratio=None, macs_ratio=0.595))
+    store.put(_row("f", "full", base * 0, budget_macs_ratio=None, macs_ratio=1.0))
+    every = report.leaderboard(store.frame()).records()
+    assert {(r["method"], r["budget_macs_ratio"]): r["rank"] for r in every if r["budget_macs_ratio"] > 0} == \
+        {("toca", 0.3): 1, ("toca", 0.6): 1, ("steps", 0.6): 2}  # ranked within each budget
+    at_06 = report.leaderboard(store.frame(), budget=0.6).records()
+    assert [r["method"] for r in at_06] == ["full", "toca", "diffsparse", "steps"]
+    with pytest.raises(ValueError, match="no runs at a MAC-ratio budget of 0.45"):
+        report.leaderboard(store.frame().query("method != 'full'"), budget=0.45)
