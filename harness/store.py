@@ -90,7 +90,8 @@ class Store:
             if not readonly:
                 if not memory:
                     self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.executescript(_SCHEMA)
+                if not {"runs", "members"} <= tables:
+                    self._conn.executescript(_SCHEMA)
                 self._migrate()
                 tables = self._tables()
         except sqlite3.OperationalError as err:
@@ -110,10 +111,12 @@ class Store:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def _migrate(self) -> None:
-        """Stores written before experiments shared rows: every row is a member of the experiment that ran it."""
-        self._conn.execute("INSERT OR IGNORE INTO members (experiment, identity, run_id) "
-                           "SELECT experiment, run_id, run_id FROM runs WHERE experiment IS NOT NULL AND run_id NOT IN "
-                           "(SELECT run_id FROM members)")
+        """Stores written before experiments shared rows: every row is a member of the experiment that ran it.
+        Looked for first, so that opening a current store takes no write lock (workers open it concurrently)."""
+        orphans = "FROM runs WHERE experiment IS NOT NULL AND run_id NOT IN (SELECT run_id FROM members)"
+        if self._conn.execute(f"SELECT 1 {orphans} LIMIT 1").fetchone() is not None:
+            self._conn.execute(f"INSERT OR IGNORE INTO members (experiment, identity, run_id) "
+                               f"SELECT experiment, run_id, run_id {orphans}")
 
     def close(self) -> None:
         self._conn.close()

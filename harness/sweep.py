@@ -725,7 +725,7 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
     from harness import report
     from harness.store import Store
 
-    with Store(store_path) as store:
+    with Store(store_path, readonly=True) as store:  # a report never creates a store
         if spec.sweep.grid is not None:
             points = [(str(i), point) for i, point in enumerate(spec.points())]
         else:

@@ -127,23 +127,33 @@ def test_blocked_artifacts_folder_fails_before_sampling(tmp_path, teachers, monk
         run_quietly(_exp("blocked", [{"name": "full"}]), Store(tmp_path / "r.db"), tmp_path, teachers)
 
 
+def _rows(path: Path) -> int:
+    """Rows committed so far, read without a write lock (0 while the file or its table is not there yet)."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def test_kill_9_during_store_writes_leaves_a_whole_database(tmp_path):
     """A writer killed at random points inside its transactions: every row that is there is whole."""
     path = tmp_path / "r.db"
     code = ("import sys; from harness.store import Store\n"
-            "s = Store(sys.argv[1])\n"
+            "s, attempt = Store(sys.argv[1]), sys.argv[2]\n"
             "for i in range(100000):\n"
-            "    s.put({'run_id': f'r{i}', 'experiment': 'k', 'blob': 'x' * 20000, 'i': i})\n")
+            "    s.put({'run_id': f'r{attempt}-{i}', 'experiment': 'k', 'blob': 'x' * 20000, 'i': i, 'a': attempt})\n")
     for attempt in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(attempt)], cwd=ROOT)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not path.exists() or len(Store(path)) < 20 * (attempt + 1)):
+        while time.monotonic() < deadline and proc.poll() is None and _rows(path) < 20 * (attempt + 1):
             time.sleep(0.05)
+        assert proc.poll() is None, "the writer ended before it was killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     store = Store(path)
     rows = store.rows("k")
-    assert len(rows) >= 60 and all(r["blob"] == "x" * 20000 and r["run_id"] == f"r{r['i']}" for r in rows)
+    assert len(rows) >= 60 and all(r["blob"] == "x" * 20000 and r["run_id"] == f"r{r['a']}-{r['i']}" for r in rows)
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 

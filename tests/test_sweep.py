@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from harness import sweep
 from harness.cli import main as cli_main
+from harness.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"models": ["mnist-dit"], "steps": 4, "eval": {"size": 2}, "metrics": ["psnr", "ssim"],
@@ -278,6 +279,7 @@ def test_store_and_storage_that_cannot_work_fail_in_one_line(tmp_path, capsys, c
 def test_table_of_a_study_in_a_corrupt_storage_fails_in_one_line(tmp_path, capsys):
     path = _write(tmp_path / "study.yaml", STUDY)
     storage = f"sqlite:///{_garbage(tmp_path / 'o.db')}"
+    Store(tmp_path / "r.db").close()  # the results store exists; the study storage is damaged
     assert cli_main(["table", "--sweep", str(path), "--store", str(tmp_path / "r.db"), "--storage", storage]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "o.db" in err and "file is not a database" in err, err
