@@ -157,16 +157,11 @@ def usage():
 
 
 def machine_lines(args) -> list[str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import diffusers
 
+    from harness.machine import cpu_name
+
+    cpu = cpu_name()
     flags = ""
     try:
         info = Path("/proc/cpuinfo").read_text()
