@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("macs", help="MACs of a method on a real architecture (meta device, no weights)")
     p.add_argument("--model", choices=sorted(ARCHITECTURES))
     p.add_argument("--method")
-    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model's, METHODS §0.1)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps, >= 1 (default: the model's published setting)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
     p.add_argument("--cfg-counted", dest="cfg_counted", action=argparse.BooleanOptionalAction, default=None,
                    help="count both CFG halves per image (default: the model's published convention)")

@@ -349,20 +349,27 @@ def at_budget(summary):
     return pd.DataFrame(rows)
 
 
+def _paired_difference(a, b) -> tuple[float, float, float] | None:
+    """Mean difference a − b in one metric over the (seed, image) units both configurations measured, with the
+    paired bootstrap 95 % interval; None when either lacks per-image values or they share fewer than 2 units.
+    ``a``, ``b``: a summary row's ``_units[metric]`` — (unit keys, values, weights or None)."""
+    if a is None or b is None:
+        return None
+    where_b = {key: i for i, key in enumerate(b[0])}
+    pairs = sorted((key, i, where_b[key]) for i, key in enumerate(a[0]) if key in where_b)
+    if len(pairs) < 2:
+        return None
+    pick_a, pick_b = [i for _, i, _ in pairs], [j for _, _, j in pairs]
+    wa, wb = (None if w is None else w[pick] for w, pick in ((a[2], pick_a), (b[2], pick_b)))
+    low, high = stats.paired_difference_ci(a[1][pick_a], b[1][pick_b], wa, wb)
+    return float(np.average(a[1][pick_a], weights=wa) - np.average(b[1][pick_b], weights=wb)), low, high
+
+
 def separable(upper: dict, lower: dict, metric: str) -> bool | None:
     """Whether two configurations differ in ``metric`` at 95 %: the paired bootstrap interval of the difference
     over their common (seed, image) units excludes 0. None when either lacks per-image values."""
-    a, b = upper["_units"].get(metric), lower["_units"].get(metric)
-    if a is None or b is None:
-        return None
-    common = sorted(set(a[0]) & set(b[0]))
-    if len(common) < 2:
-        return None
-    pick_a = [a[0].index(k) for k in common]
-    pick_b = [b[0].index(k) for k in common]
-    weights = [None if w is None else w[pick] for w, pick in ((a[2], pick_a), (b[2], pick_b))]
-    interval = stats.paired_difference_ci(a[1][pick_a], b[1][pick_b], weights[0], weights[1])
-    return stats.excludes_zero(interval)
+    paired = _paired_difference(upper["_units"].get(metric), lower["_units"].get(metric))
+    return None if paired is None else stats.excludes_zero(paired[1:])
 
 
 def ranked(summary, sort_by: str, by_budget: bool = True):
@@ -418,15 +425,11 @@ def versus_column(summary, metric: str, reference: str) -> list[tuple[float, flo
         if ref.empty or row["method"] == reference:
             out.append((float("nan"), float("nan"), float("nan"), "reference" if not ref.empty else "no reference"))
             continue
-        a, b = row["_units"].get(metric), ref.iloc[0]["_units"].get(metric)
-        common = sorted(set(a[0]) & set(b[0])) if a and b else []
-        if len(common) < 2:
+        paired = _paired_difference(row["_units"].get(metric), ref.iloc[0]["_units"].get(metric))
+        if paired is None:
             out.append((float("nan"), float("nan"), float("nan"), "no per-image values"))
             continue
-        pick_a, pick_b = [a[0].index(k) for k in common], [b[0].index(k) for k in common]
-        wa, wb = (None if w is None else w[pick] for w, pick in ((a[2], pick_a), (b[2], pick_b)))
-        low, high = stats.paired_difference_ci(a[1][pick_a], b[1][pick_b], wa, wb)
-        diff = float(np.average(a[1][pick_a], weights=wa) - np.average(b[1][pick_b], weights=wb))
+        diff, low, high = paired
         lower_better = direction(metric) != "max"
         verdict = ("not separable" if not stats.excludes_zero((low, high))
                    else "better" if (diff < 0) == lower_better else "worse")

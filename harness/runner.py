@@ -74,7 +74,7 @@ def code_version() -> str:
 
 
 def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
-    """Identity (DESIGN §7): everything that determines a run's stored values — model, sampler, steps,
+    """A run's identity: everything that determines a run's stored values — model, sampler, steps,
     guidance, method config and budget, eval set, seed, the metric list, the latency protocol and the code —
     and nothing else: the experiment's name is not part of it, so experiments share rows (the store's members).
     [PD] The identity holds the *requested* config (budget included), not the tuned value, so a resume

@@ -34,6 +34,14 @@ def _resample(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def _paired(a: Sequence[float], b: Sequence[float], mismatch: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two per-unit sequences as float arrays, refused when they do not cover the same number of units."""
+    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if va.shape != vb.shape:
+        raise ValueError(f"{mismatch}, got {len(va)} and {len(vb)}")
+    return va, vb
+
+
 def _percentiles(estimates: np.ndarray, level: float) -> tuple[float, float]:
     finite = estimates[~np.isnan(estimates)]
     if len(finite) == 0:
@@ -59,9 +67,7 @@ def paired_difference_ci(a: Sequence[float], b: Sequence[float], weights_a: Sequ
                          weights_b: Sequence[float] | None = None, *, level: float = LEVEL,
                          resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """Interval of mean(a) − mean(b) over the same units, resampled together (a[i] and b[i]: unit i)."""
-    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if va.shape != vb.shape:
-        raise ValueError(f"paired values need the same units, got {len(va)} and {len(vb)}")
+    va, vb = _paired(a, b, "paired values need the same units")
     if len(va) < 2:
         return float("nan"), float("nan")
     index = _resample(len(va), resamples, seed)
@@ -75,9 +81,7 @@ def ratio_of_medians_ci(numerator: Sequence[float], denominator: Sequence[float]
                         resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """Interval of median(numerator) / median(denominator), repeat pairs resampled together — the speedup
     of interleaved timings (numerator: the full model's seconds, denominator: the method's)."""
-    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
-    if num.shape != den.shape:
-        raise ValueError(f"paired timings need the same repeats, got {len(num)} and {len(den)}")
+    num, den = _paired(numerator, denominator, "paired timings need the same repeats")
     if len(num) < 2:
         return float("nan"), float("nan")
     index = _resample(len(num), resamples, seed)

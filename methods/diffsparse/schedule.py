@@ -173,7 +173,7 @@ class _Fields:
 
 
 def validate_body(path: Path, body: Any) -> LearnedSchedule:
-    """Check a parsed schedule file as a whole (METHODS §0.6 Schedule JSON plus the DiffSparse ``meta``)."""
+    """Check a parsed schedule file as a whole (the Schedule JSON of ``methods.schedule`` plus the DiffSparse ``meta``)."""
     from methods.diffsparse.selector import IMPORTANCES, LAMBDAS, TERMS
     from methods.diffsparse.space import MODES
 
