@@ -222,7 +222,12 @@ def cmd_table(args) -> int:
             raise ValueError("--versus compares methods on the leaderboard; drop --layout or --versus")
         if args.budget is not None and args.layout != "leaderboard":
             raise ValueError("--budget selects leaderboard runs; drop --layout or --budget")
-        options = {key: getattr(args, key) for key in ("versus", "budget") if getattr(args, key) is not None}
+        if args.metric is not None and args.layout.startswith("table"):
+            raise ValueError("--metric: a paper table shows the paper's metrics; drop --metric or choose --layout "
+                             "leaderboard, ablations or sample-size")
+        options = {key: getattr(args, key) for key in ("versus", "budget", "metric") if getattr(args, key) is not None}
+        if args.layout == "leaderboard" and "metric" in options:
+            options["sort_by"] = options.pop("metric")
         table = report.table(Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment,
                              **options)
     if args.out is not None:
@@ -270,10 +275,16 @@ def cmd_plot(args) -> int:
 
 
 def add_report_parsers(sub) -> None:
-    from harness.reference_results import TABLES
+    from harness.report import LAYOUTS
 
     p = sub.add_parser("table", help="leaderboard or a DiffSparse paper table, from the results store")
-    p.add_argument("--layout", default="leaderboard", choices=["leaderboard", *TABLES])
+    p.add_argument("--layout", default="leaderboard", choices=LAYOUTS,
+                   help="leaderboard: methods ranked in groups with intervals; ablations: the DiffSparse paper's "
+                   "ablation claims decided over training seeds; sample-size: images needed to separate neighbours "
+                   "of the ranking; table1..table10: the paper's tables, published numbers beside ours "
+                   "(%(choices)s)")
+    p.add_argument("--metric", default=None, help="leaderboard: sort metric; ablations, sample-size: the metric "
+                   "compared (default: the model's primary metric, e.g. lpips_alex)")
     p.add_argument("--experiment", default=None, help="only this experiment's runs")
     p.add_argument("--sweep", default=None, metavar="FILE", help="the runs of this sweep file, one row per point "
                    "(Optuna studies: per trial, Pareto-optimal ones marked)")

@@ -192,3 +192,40 @@ TEXT_NUMBERS: tuple[tuple[str, str, float], ...] = (
     ("genetic algorithm (1,000 iterations, 500 images), PixArt-α FID", f"{PAPER}, §A.5.4", 27.94),
     ("DiffSparse speedup on FLUX.1-schnell", f"{PAPER}, §A.6", 1.81),
 )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One conclusion of the paper's ablations: the paper's setting of one training field beats the others.
+    ``published``: the paper's FID per setting (as :func:`setting_text` writes it), the chosen one included."""
+
+    field: str  # the DiffSparse training field (TrainConfig) the ablation changes
+    chosen: Any  # the paper's setting, the base every variant is compared with
+    source: str
+    text: str
+    published: dict[str, float]
+
+
+def setting_text(value: Any) -> str:
+    """A training setting as the ablations table writes it: 0.25, lpips, s2+B ([] → none)."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# The paper's ablation conclusions on PixArt-α 256² (Tables 5-8 and 10, and two- vs single-stage in §4.3).
+CLAIMS: tuple[Claim, ...] = (
+    Claim("importance", "attention", f"{PAPER}, Table 5", "attention importance beats norm and similarity",
+          {"norm": 28.89, "similarity": 28.07, "attention": 26.91}),
+    Claim("loss", "lpips", f"{PAPER}, Table 6", "the LPIPS distillation loss beats L2 and SSIM",
+          {"l2": 27.68, "ssim": 27.46, "lpips": 26.91}),
+    Claim("interval", 0.25, f"{PAPER}, Table 7", "level interval 0.25 (|S| = 5) beats coarser and finer level sets",
+          {"0.1": 27.96, "0.125": 27.91, "0.25": 26.91, "0.5": 27.54, "1": 28.22}),
+    Claim("delta", 10.0, f"{PAPER}, Table 8", "warm start δ = 10 beats δ = 0, 5 and 20",
+          {"0": 27.40, "5": 27.01, "10": 26.91, "20": 26.95}),
+    Claim("drop", [], f"{PAPER}, Table 10", "every score term helps: removing s1, s2, s3 or B is worse",
+          {"s1": 27.11, "s2": 27.48, "s3": 27.23, "B": 27.05, "none": 26.91}),
+    Claim("stages", "two", f"{PAPER}, §4.3", "two-stage training beats single-stage training",
+          {"single": 27.40, "two": 26.91}),
+)
+

@@ -3,7 +3,9 @@
 * :func:`leaderboard` — methods × metrics, one row per configuration (mean over seeds), MAC ratio and
   latency speedup both shown, sorted by a quality metric.
 * :func:`paper_table` — the layouts of the DiffSparse paper's Tables 1-10 with the published numbers
-  (:mod:`harness.reference_results`) beside ours, "—" where we have no run.
+  (:mod:`harness.reference_results`) beside ours with their intervals, "—" where we have no run.
+* :func:`ablations` — the paper's ablation claims decided over training seeds: reproduces, does not, or
+  cannot be separated. :func:`sample_size` — how many images would separate neighbouring methods.
 * :func:`write` — Markdown, LaTeX (booktabs) or CSV for any :class:`Table`.
 * :func:`pareto_plot`, :func:`heatmaps`, :func:`grid_compare` — PNG figures (matplotlib, Agg canvas).
 """
@@ -22,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness import stats
-from harness.reference_results import TABLES, PaperTable, Row
+from harness.reference_results import CLAIMS, TABLES, Claim, PaperTable, Row, setting_text
 
 # Quality metrics and which way is better. Alignment metrics of the embedded models end in "_accuracy".
 LOWER_IS_BETTER = ("lpips_alex", "lpips_vgg", "fid", "kid_mean", "sfid")
@@ -36,7 +38,7 @@ CONFIG_KEYS = ("model", "method", "params", "budget_macs_ratio", "bracket", "sam
                "n_samples")
 COST_COLUMNS = ("macs", "macs_full", "macs_ratio", "macs_attention", "latency_s", "latency_full_s", "speedup",
                 "peak_memory_mb")
-LAYOUTS = ("leaderboard", *TABLES)
+LAYOUTS = ("leaderboard", "ablations", "sample-size", *TABLES)
 FORMATS = ("md", "tex", "csv")
 MISSING = "—"
 
@@ -245,6 +247,17 @@ def _stored_interval(group, metric: str) -> tuple[float, float]:
     return float(low.min(skipna=False)), float(high.max(skipna=False))
 
 
+def run_interval(run: dict, metric: str) -> tuple[float, float]:
+    """95 % interval of one stored run's ``metric``: the bootstrap over its images when it kept per-image values,
+    else the interval it stored at run time (set metrics), else (nan, nan)."""
+    kept = (run.get("per_sample") or {}).get(metric)
+    if isinstance(kept, dict):
+        return stats.mean_ci(kept["values"], kept.get("weights"))
+    low, high = run.get(f"{metric}_ci_low"), run.get(f"{metric}_ci_high")
+    return (float(low), float(high)) if isinstance(low, (int, float)) and isinstance(high, (int, float)) \
+        else (float("nan"), float("nan"))
+
+
 def _speedup_interval(group) -> tuple[float, float]:
     """95 % interval of the speedup from the interleaved repeats of every seed, resampled as pairs."""
     full, method = [], []
@@ -372,6 +385,20 @@ def separable(upper: dict, lower: dict, metric: str) -> bool | None:
     return None if paired is None else stats.excludes_zero(paired[1:])
 
 
+def _rankings(summary, by_budget: bool = True):
+    """The groups ranked separately: per model and budget (per model alone when there is one budget, or
+    ``by_budget`` is False); yields ((model, budget or None), rows)."""
+    budgets = summary["budget_macs_ratio"].map(lambda v: "null" if _missing(v) else _key(v))
+    distinct = budgets[budgets != "null"].unique()
+    if not by_budget or len(distinct) < 2:  # one budget: one ranking per model
+        only = json.loads(distinct[0]) if len(distinct) == 1 and by_budget else None
+        for model, part in summary.groupby("model", sort=True):
+            yield (model, only), part
+        return
+    for (model, budget), part in summary.groupby([summary["model"], budgets], sort=True):
+        yield (model, None if budget == "null" else json.loads(budget)), part
+
+
 def ranked(summary, sort_by: str, by_budget: bool = True):
     """``summary`` sorted per model (and budget, ``by_budget``) best first by ``sort_by``, with a ``rank`` column
     in groups: a configuration that cannot be told apart from the one above it (paired 95 % interval of the
@@ -379,10 +406,7 @@ def ranked(summary, sort_by: str, by_budget: bool = True):
     import pandas as pd
 
     parts = []
-    budgets = summary["budget_macs_ratio"].map(lambda v: "null" if _missing(v) else _key(v))
-    if not by_budget or budgets[budgets != "null"].nunique() < 2:  # one budget: one ranking per model
-        budgets = summary["model"]
-    for _, part in summary.groupby([summary["model"], budgets], sort=True):
+    for _, part in _rankings(summary, by_budget):
         part = part.sort_values(sort_by, ascending=direction(sort_by) != "max", na_position="last", kind="stable")
         records = part.to_dict("records")
         apart = [separable(upper, lower, sort_by) is not False for upper, lower in zip(records, records[1:])]
@@ -586,13 +610,23 @@ def _table_frame(frame, spec: PaperTable, experiment: str | None, model: str | N
     return frame[frame["model"] == model], experiment, model
 
 
-def _measured(runs, row: Row, column) -> float | None:
+def _measured(runs, row: Row, column) -> tuple[float, float, float] | None:
+    """Our value of one published cell in the paper's unit, with its 95 % interval when one configuration
+    measures it (over several, their mean alone): (value, low, high), None where no run matches."""
     match = row.column_match.get(column.key, row.match)
     if column.metric is None or column.metric not in runs.columns:
         return None
-    hits = [r for _, r in runs.iterrows() if matches(r, match)]
-    values = [float(r[column.metric]) for r in hits if not _missing(r[column.metric])]
-    return float(np.mean(values)) * column.scale if values else None
+    hits = runs[[matches(r, match) for _, r in runs.iterrows()]]
+    hits = hits[hits[column.metric].notna()]
+    if hits.empty:
+        return None
+    summary = summarise(hits)
+    value = float(summary[column.metric].mean()) * column.scale
+    low, high = f"{column.metric}_ci_low", f"{column.metric}_ci_high"
+    if len(summary) != 1 or low not in summary.columns:
+        return value, float("nan"), float("nan")
+    first = summary.iloc[0]
+    return value, float(first[low]) * column.scale, float(first[high]) * column.scale
 
 
 def paper_table(frame, layout: str, experiment: str | None = None, model: str | None = None) -> Table:
@@ -604,23 +638,192 @@ def paper_table(frame, layout: str, experiment: str | None = None, model: str | 
     runs, experiment, model = _table_frame(frame, spec, experiment, model)
     columns = [Column("Method", text)]
     for c in spec.columns:
-        fmt = times if c.key == "speedup" else fixed(c.digits)
-        columns += [Column(f"{c.header} (paper)", fmt), Column(f"{c.header} (ours)", fmt)]
+        published, ours = (times, times) if c.key == "speedup" else (fixed(c.digits), with_interval(c.digits))
+        key = f"{c.key}_ours"
+        columns += [Column(f"{c.header} (paper)", published, key=f"{c.key}_paper"),
+                    Column(f"{c.header} (ours)", ours, ("md", "tex")),
+                    *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high"))]
     rows = []
     for row in spec.rows:
         cells = [row.label]
         for c in spec.columns:
-            cells += [row.published.get(c.key), _measured(runs, row, c)]
+            ours = _measured(runs, row, c)
+            cells += [row.published.get(c.key), ours, *(ours or (None, None, None))]
         rows.append(cells)
     notes = [f"Paper: {spec.source}. Ours: experiment {experiment!r}, model {model!r}, {len(runs)} runs in the "
-             "store.", *([spec.note] if spec.note else [])]
+             "store; [low, high]: 95 % bootstrap interval over images × seeds (FID: over the sample set).",
+             *([spec.note] if spec.note else [])]
     return Table(f"{spec.title} ({spec.id})", columns, rows, notes)
 
 
+# ------------------------------------------------------------------------------------ ablations decided
+
+TRAINING_SEEDS = ("condition_seed", "noise_seed")  # what a retraining with another seed changes
+
+
+def _training_config(schedule: Any) -> dict:
+    """The training settings a DiffSparse schedule file records (``meta.config``, written by the trainer)."""
+    path = Path(str(schedule))
+    try:
+        return dict(json.loads(path.read_text())["meta"]["config"])
+    except FileNotFoundError:
+        raise ValueError(f"schedule: {path} is not there; the ablations layout reads each schedule's training "
+                         "settings (run it from the folder the experiment ran in)") from None
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"schedule: {path} records no training settings (meta.config); only schedules written "
+                         "by `dsbench train diffsparse` can be grouped into ablations") from None
+
+
+def _claim_for(settings: dict, bases: list[dict]) -> tuple[Claim, dict] | None:
+    """The paper claim a trained configuration tests, and the base it is compared with: the base (the paper's
+    choice of every claimed field) it differs from in exactly one claimed field and nothing else."""
+    for base in bases:
+        differing = [k for k in set(settings) | set(base) if settings.get(k) != base.get(k)]
+        claim = next((c for c in CLAIMS if differing == [c.field]), None)
+        if claim is not None:
+            return claim, base
+    return None
+
+
+def _signed(value: float) -> str:
+    """+0.0035, -2.1e-05, 0: a difference with its sign, small ones in three significant digits."""
+    return "0" if value == 0 else f"{value:+.4f}" if abs(value) >= 1e-4 else f"{value:+.2e}"
+
+
+def _ablation_verdict(differences: list[float], interval: tuple[float, float], lower_better: bool) -> str:
+    if all(d == 0 for d in differences):
+        return "cannot be separated (identical outputs)"
+    if not stats.excludes_zero(interval):
+        return "cannot be separated at this size"
+    worse = (np.mean(differences) > 0) == lower_better
+    return "reproduces" if worse else "does not reproduce (the variant is better)"
+
+
+def ablations(frame, experiment: str | None = None, metric: str | None = None) -> Table:
+    """The DiffSparse ablations decided, one row per (paper claim, variant): the variant's difference to the
+    paper's setting in ``metric`` (default: the model's primary metric) per training seed — a paired bootstrap
+    over the evaluation images × sampling seeds of the two schedules trained with the same seed — and over the
+    training seeds the mean with its Student-t 95 % interval, which decides the verdict. Schedules are grouped
+    by the training settings they record, so any store of DiffSparse runs works."""
+    frame = _select(frame, experiment)
+    runs = frame[frame["method"] == "diffsparse"]
+    if runs.empty:
+        raise ValueError("layout ablations: no diffsparse runs in the selection")
+    available = [m for m in metric_columns(runs) if runs[m].notna().any()]
+    metric = metric or _primary(runs) or default_sort_metric(runs)
+    if metric not in available:
+        raise ValueError(f"metric {metric!r} is not in the store; available: {', '.join(available) or 'none'}")
+    trained: dict[str, dict] = {}  # settings without seeds → {"settings", "seeds": {seed: summary row}}
+    for row in summarise(runs).to_dict("records"):
+        config = _training_config((row["params"] or {}).get("schedule"))
+        settings = {k: v for k, v in config.items() if k not in TRAINING_SEEDS}
+        seed = tuple(config.get(k) for k in TRAINING_SEEDS)
+        trained.setdefault(_key(settings), {"settings": settings, "seeds": {}})["seeds"][seed] = row
+    bases = [g["settings"] for g in trained.values()
+             if all(g["settings"].get(c.field) == c.chosen for c in CLAIMS)]
+    lower_better = direction(metric) != "max"
+    rows, unmatched, stale = [], [], False
+    for group in trained.values():
+        if group["settings"] in bases:
+            continue
+        found = _claim_for(group["settings"], bases)
+        if found is None:
+            unmatched.append(group)
+            continue
+        claim, base_settings = found
+        base = trained[_key(base_settings)]["seeds"]
+        seeds = sorted(set(group["seeds"]) & set(base), key=str)
+        paired = [_paired_difference(group["seeds"][s]["_units"].get(metric), base[s]["_units"].get(metric))
+                  for s in seeds]
+        if not seeds or any(p is None for p in paired):
+            unmatched.append(group)
+            stale |= bool(seeds)
+            continue
+        differences = [p[0] for p in paired]
+        interval = stats.replicate_mean_ci(differences) if len(paired) > 1 else paired[0][1:]
+        value = setting_text(group["settings"][claim.field])
+        published = (f"{claim.published.get(setting_text(claim.chosen), float('nan')):.2f} → "
+                     f"{claim.published.get(value, float('nan')):.2f}")
+        macs = np.mean([group["seeds"][s]["macs_ratio"] for s in seeds])
+        rows.append([claim.source.split(", ")[-1], claim.text, f"{claim.field} = {value}", published, len(seeds),
+                     macs, (float(np.mean(differences)), *interval), float(np.mean(differences)), *interval,
+                     ", ".join(map(_signed, differences)),
+                     _ablation_verdict(differences, interval, lower_better)])
+    if not rows:
+        why = (f"their rows have no per-image {metric} values (stored before they were kept: rerun with --force)"
+               if stale else "no run differs from the paper's setting in exactly one ablated field "
+               f"({', '.join(c.field for c in CLAIMS)}) with the same training seed")
+        raise ValueError(f"layout ablations: nothing to decide: {why}")
+    key = f"{metric}_difference"
+    columns = [Column("Paper", text, key="source"), Column("Claim", text, key="claim"),
+               Column("Variant", text, key="variant"), Column("Paper FID (chosen → variant)", text, key="paper_fid"),
+               Column("Training seeds", text, key="training_seeds"), Column("MAC ratio", fixed(3), key="macs_ratio"),
+               Column(f"Δ {metric} (variant − chosen)", with_interval(4), ("md", "tex")),
+               *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
+               Column("Δ per training seed", text, key="per_seed"), Column("Verdict", text, key="verdict")]
+    better = "higher" if direction(metric) == "max" else "lower"
+    notes = [f"Each variant changes one training setting of the paper's choice ({better} {metric} is better). "
+             "Δ per training seed: the two schedules trained with that seed, evaluated on the same images and "
+             "sampling seeds; Δ [low, high]: mean over the training seeds with its Student-t 95 % interval "
+             "(one training seed: the paired bootstrap over images × sampling seeds).",
+             "reproduces: the paper's choice is better at 95 %; cannot be separated: the interval contains 0."]
+    chosen = [str(r["label"]) for g in trained.values() if g["settings"] in bases for r in g["seeds"].values()]
+    notes.append(f"The paper's choice (every ablated field as the paper sets it): {', '.join(sorted(chosen))}.")
+    others = sorted(str(r["label"]) for g in unmatched for r in g["seeds"].values())
+    if others:
+        notes.append(f"Not a paper ablation, or no training seed shared with the paper's choice: {', '.join(others)}.")
+    return Table(f"DiffSparse ablations decided{f' — {experiment}' if experiment else ''}", columns, rows, notes)
+
+
+# ---------------------------------------------------------------------------------------- sample sizes
+
+def _count(value: float) -> str:
+    return "∞" if value == float("inf") else f"{value:,.0f}"
+
+
+def sample_size(frame, experiment: str | None = None, metric: str | None = None) -> Table:
+    """How many evaluation images (× seeds) would separate each pair of neighbours of the leaderboard ranking:
+    their paired difference in ``metric`` with its interval now, and n × (half-width / |difference|)² — the
+    size at which the interval would exclude 0 if the difference stayed as measured. What eval sizes and seeds
+    are chosen from."""
+    frame = _select(frame, experiment)
+    available = [m for m in metric_columns(frame) if frame[m].notna().any()]
+    metric = metric or _primary(frame) or default_sort_metric(frame)
+    if metric not in available:
+        raise ValueError(f"metric {metric!r} is not in the store; available: {', '.join(available) or 'none'}")
+    summary = ranked(at_budget(summarise(frame)), metric)
+    rows = []
+    for (model, budget), part in _rankings(summary):
+        part = part.sort_values(["rank", metric], ascending=[True, direction(metric) != "max"], kind="stable")
+        records = part.to_dict("records")
+        for upper, lower in zip(records, records[1:]):
+            paired = _paired_difference(lower["_units"].get(metric), upper["_units"].get(metric))
+            if paired is None:
+                continue
+            units = len(lower["_units"][metric][0])
+            needed = stats.units_to_separate(paired[0], paired[1:], units)
+            rows.append([model, budget, upper["label"] or upper["method"], lower["label"] or lower["method"],
+                         paired, *paired, units, "yes" if stats.excludes_zero(paired[1:]) else "no", needed])
+    key = f"{metric}_difference"
+    columns = [Column("Model", text, key="model"), Column("Budget", fixed(2), key="budget_macs_ratio"),
+               Column("Better", text, key="better"), Column("Next", text, key="next"),
+               Column(f"Δ {metric} (next − better)", with_interval(4), ("md", "tex")),
+               *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
+               Column("Units now", text, key="units"), Column("Separated", text, key="separated"),
+               Column("Units to separate (≈)", _count, key="units_needed")]
+    notes = [f"Neighbours of the {metric} ranking per model and budget. Units: images × seeds. The estimate assumes "
+             "the measured difference is the true one; a difference that is really 0 is never separated."]
+    return Table(f"Sample size to separate neighbours{f' — {experiment}' if experiment else ''}", columns, rows, notes)
+
+
 def table(frame, layout: str = "leaderboard", **options) -> Table:
-    """``dsbench table``: the leaderboard or one paper layout."""
+    """``dsbench table``: the leaderboard, the ablations decided, the sample-size plan or one paper layout."""
     if layout == "leaderboard":
         return leaderboard(frame, **options)
+    if layout == "ablations":
+        return ablations(frame, **options)
+    if layout == "sample-size":
+        return sample_size(frame, **options)
     return paper_table(frame, layout, **options)
 
 
@@ -824,8 +1027,9 @@ def _module_of(layer: str) -> str:
 
 
 def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -> Path:
-    """One panel per module (sa, ca, mlp, ...): layer (block) × step kept fraction, step 0 omitted as in the
-    paper's Figure 3 (it is always computed in full)."""
+    """One panel per module (sa, ca, mlp, ...): layer (block) × step sparsity — the fraction of tokens reused
+    from the cache, 1 − the kept fraction — the scale of the paper's Figure 3, step 0 omitted as there (it is
+    always computed in full)."""
     from matplotlib.ticker import MaxNLocator
 
     modules = list(dict.fromkeys(_module_of(name) for name in layers))
@@ -834,14 +1038,15 @@ def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -
     steps = np.arange(1, grid.shape[0])
     for ax, module in zip(axes, modules):
         columns = [i for i, name in enumerate(layers) if _module_of(name) == module]
-        image = ax.imshow(grid[1:, columns].T, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
+        sparsity = 1.0 - grid[1:, columns].T
+        image = ax.imshow(sparsity, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
                           extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(columns) - 0.5) if len(steps) else None)
         ax.set_title(module)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step i")
         ax.set_ylabel("block")
-    fig.colorbar(image, ax=list(axes), label="kept (computed) fraction of tokens")
+    fig.colorbar(image, ax=list(axes), label="sparsity (fraction of tokens reused)")
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -857,7 +1062,7 @@ def _pick(frame, experiment: str | None, runs: list[str] | None):
 
 
 def heatmaps(frame, out_dir: str | Path, experiment: str | None = None, runs: list[str] | None = None) -> list[Path]:
-    """Per-module step×layer kept-fraction maps (the paper's Figure 3) of every selected run that has a
+    """Per-module step×layer sparsity maps (the paper's Figure 3) of every selected run that has a
     decisions map; one PNG per run, named by its label and run_id."""
     paths = []
     for _, run in _pick(frame, experiment, runs).iterrows():

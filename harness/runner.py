@@ -75,16 +75,37 @@ def code_version() -> str:
 
 def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
     """A run's identity: everything that determines a run's stored values — model, sampler, steps,
-    guidance, method config and budget, eval set, seed, the metric list, the latency protocol and the code —
-    and nothing else: the experiment's name is not part of it, so experiments share rows (the store's members).
+    guidance, method config and budget, eval set, seed, the metric list, the latency protocol, the code and
+    the content of the files the method's params name — and nothing else: the experiment's name is not part of
+    it, so experiments share rows (the store's members).
     [PD] The identity holds the *requested* config (budget included), not the tuned value, so a resume
     can skip a run before its budget search."""
     payload = {"model": model, "sampler": exp.sampler, "steps": exp.steps, "guidance": exp.guidance,
                "method": entry.name, "params": entry.params_for(model),
                "budget_macs_ratio": _budget_ratio(exp, entry),
                "eval": exp.eval.model_dump(), "seed": seed, "metrics": sorted(exp.metrics),
-               "latency": exp.latency.model_dump(), "code_version": code_version()}
+               "latency": exp.latency.model_dump(), "code_version": code_version(),
+               "inputs": input_files(entry.params_for(model))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def input_files(params: dict[str, Any]) -> dict[str, str]:
+    """Content hashes of the files a method's params name (a learned schedule, fine-tuned weights): a file
+    retrained at the same path makes a new run instead of reusing the rows of the old one."""
+    out = {}
+    for key, value in sorted(params.items()):
+        if isinstance(value, str) and Path(value).is_file():
+            stat = Path(value).stat()
+            out[key] = _digest(str(Path(value).resolve()), stat.st_mtime_ns, stat.st_size)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, computed once per (path, modification time, size)."""
+    from harness.files import sha256_file
+
+    return sha256_file(Path(path))
 
 
 def _budget_ratio(exp: Experiment, entry: MethodEntry) -> float | None:

@@ -88,6 +88,31 @@ def ratio_of_medians_ci(numerator: Sequence[float], denominator: Sequence[float]
     return _percentiles(np.median(num[index], axis=1) / np.median(den[index], axis=1), level)
 
 
+def replicate_mean_ci(values: Sequence[float], *, level: float = LEVEL) -> tuple[float, float]:
+    """Student-t interval of the mean of a few independent replicates (e.g. one paired difference per training
+    seed): with 3 replicates a bootstrap has only 10 distinct resamples and is far too narrow, the t interval
+    (T − 1 degrees of freedom) is exact for normal replicates. (nan, nan) below 2 replicates."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    half = float(t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def units_to_separate(difference: float, interval: tuple[float, float], units: int) -> float:
+    """About how many evaluation units (images × seeds) would make a paired difference's interval exclude 0,
+    if the difference stayed as measured: the half-width shrinks as 1/√n, so n × (half-width / |difference|)².
+    inf for a zero difference; below ``units`` when the interval already excludes 0."""
+    half = (interval[1] - interval[0]) / 2
+    if not np.isfinite(half) or units < 1:
+        return float("nan")
+    if difference == 0:
+        return float("inf")
+    return float(units * (half / abs(difference)) ** 2)
+
+
 def rank_groups(separable: Sequence[bool]) -> list[int]:
     """Competition ranks (1, 2, 2, 4, …) of items already sorted best first; ``separable[k]`` says whether item
     k + 1 is told apart from item k (their difference interval excludes 0). An item not separable from the

@@ -756,19 +756,27 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
     columns += [report.Column(f, report.text) for f in spec.fields]
     columns += [report.Column(c, report.text) for c in ("model", "label")]
     columns += [report.Column("macs_ratio", report.fixed(3)), report.Column("speedup", report.times)]
-    columns += [report.Column(m, report.fixed(4)) for m in metrics]
+    brief, detail = ("md", "tex"), ("csv",)
+    for m in metrics:
+        columns += [report.Column(m, report.with_interval(4), brief),
+                    *(report.Column(f"{m}{suffix}", report.fixed(6), detail) for suffix in ("", "_ci_low", "_ci_high"))]
     if pareto is not None:
         columns.append(report.Column("pareto", report.text))
     body, missing = [], 0
     for i, (key, point, exp, runs) in enumerate(found):
         missing += len(run_ids(exp)) - len(runs)
         for run in runs:
+            values = []
+            for m in metrics:
+                low, high = report.run_interval(run, m)
+                values += [(run.get(m), low, high), run.get(m), low, high]
             row = [key, *(point.get(f) for f in spec.fields), run["model"], run["label"], run.get("macs_ratio"),
-                   run.get("speedup"), *(run.get(m) for m in metrics)]
+                   run.get("speedup"), *values]
             if pareto is not None:
                 row.append("yes" if i in pareto else "")
             body.append(row)
-    notes = [f"{missing} run(s) of the sweep are not in the store (not run yet, or skipped)."] if missing else []
+    notes = ["[low, high]: 95 % bootstrap interval over the run's images (set metrics: over its sample set)."]
+    notes += [f"{missing} run(s) of the sweep are not in the store (not run yet, or skipped)."] if missing else []
     if pareto is not None:
         notes.append("pareto yes: no other trial is at least as good in every objective ("
                      + ", ".join(f"{o.metric} {o.direction}" for o in objectives) + ") and better in one.")

@@ -17,6 +17,24 @@ from harness.scores import ScoreSpec
 from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo, ratio_to_count, register, topk
 
 
+
+def refresh_interval(family: str, interval: int, num_steps: int, counter: int) -> int:
+    """θ, the number of steps until the next full step, set at a full step: round(N / step factor), the factor
+    linear in the counter s (DiT: 1.4 − 0.8·s/T, counting down, θ = 2 for s in [0.2 T, 0.4 T); PixArt and the
+    others: 0.8 + 0.4·s/T; FLUX: N). As in the authors' code the factor is computed in float64 and converted
+    to float32 once, the division is float32 and rounds half to even: on exact .5 ties (DiT, N = 2, T = 20,
+    s = 15) a factor computed in float32 throughout would round the other way."""
+    if family == "flux":
+        return interval
+    if family == "dit":
+        if int(0.2 * num_steps) <= counter < int(0.4 * num_steps):
+            return 2
+        factor = 1 + 0.4 - 2 * 0.4 * counter / num_steps
+    else:
+        factor = 1 - 0.2 + 2 * 0.2 * counter / num_steps
+    return max(1, int(np.round(np.float32(interval) / np.float32(factor))))
+
+
 class TocaConfig(MethodConfig):
     ratio: float | None = pydantic.Field(
         None, ge=0.0, le=1.0, description="base fresh ratio R in [0, 1] (default per model: DiT 0.07, "
@@ -91,19 +109,7 @@ class Toca(Method):
         return i == 0 or self.counter(i) % self.theta == 0
 
     def _update_theta(self, i: int) -> None:
-        """θ = round(N / step-dependent factor), float32 and round-half-even as in the reference."""
-        T, s, N = self.run.num_steps, self.counter(i), self.interval
-        f32 = np.float32
-        if self.run.family == "dit":
-            if int(0.2 * T) <= s < int(0.4 * T):
-                self.theta = 2
-                return
-            denom = f32(1.4) - f32(0.8) * f32(s) / f32(T)
-        elif self.run.family == "flux":
-            return  # θ ≡ N
-        else:
-            denom = f32(0.8) + f32(0.4) * f32(i) / f32(T)
-        self.theta = max(1, int(np.round(f32(N) / denom)))
+        self.theta = refresh_interval(self.run.family, self.interval, self.run.num_steps, self.counter(i))
 
     def begin_step(self, i: int):
         self._block = -1

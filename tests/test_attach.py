@@ -95,6 +95,28 @@ def test_dit_toca_ddim50_per_layer_rule():
     assert rep["config"]["cfg_selection"] == "per_half"
 
 
+def test_toca_refresh_interval_rounds_as_the_reference_does():
+    """θ = round(N / factor): the authors build the factor as a Python float (float64), convert it once with
+    torch.tensor (float32) and divide and round in float32 (half to even). Every N in 2..6, T in {20, 50, 100,
+    250} and step counter agree with that arithmetic, including the exact .5 ties."""
+    from methods.toca import refresh_interval
+
+    for family in ("dit", "pixart"):
+        for N in range(2, 7):
+            for T in (20, 50, 100, 250):
+                for s in range(T):
+                    if family == "dit" and int(0.2 * T) <= s < int(0.4 * T):
+                        assert refresh_interval(family, N, T, s) == 2  # the reference's forced window
+                        continue
+                    factor = 1 + 0.4 - 2 * 0.4 * s / T if family == "dit" else 1 - 0.2 + 2 * 0.2 * s / T
+                    expected = max(1, int(torch.round(N / torch.tensor(factor))))
+                    assert refresh_interval(family, N, T, s) == expected, (family, N, T, s)
+    # DiT, N = 2, T = 20, s = 15: N / factor is 2.5 up to rounding; float32 throughout would give 3
+    f32 = np.float32
+    assert int(np.round(f32(2) / (f32(1.4) - f32(0.8) * f32(15) / f32(20)))) == 3
+    assert refresh_interval("dit", 2, 20, 15) == 2 and refresh_interval("flux", 4, 20, 3) == 4
+
+
 def test_fora_full_steps():
     pipe = dit_pipeline()
     with methods.attach(pipe, methods.build("fora")) as handle:

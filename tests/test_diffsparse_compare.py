@@ -26,6 +26,8 @@ def test_compare_tiny_run_writes_the_table(tmp_path):
     for label in LABELS[2:]:  # every searched or learned schedule sits at ToCa's MACs (budget window Δ)
         assert rows[label]["macs_ratio"] == pytest.approx(1 - ratio, abs=0.01)
         assert rows[label]["lpips_alex"] > 0 and rows[label]["fid"] > 0
+        low, high = rows[label]["lpips_alex_ci"]
+        assert low <= rows[label]["lpips_alex"] <= high and len(rows[label]["fid_ci"]) == 2  # 95 % intervals
     assert rows["uncached model (teacher)"]["lpips_alex"] == pytest.approx(0.0, abs=1e-6)
     for arm in ("diffsparse", "ga", "random"):
         assert load_schedule(out / arm / "schedule.json").meta["budget_ratio"] == pytest.approx(ratio)

@@ -198,6 +198,11 @@ def test_validation_selection_time_budget_resume_and_new_weights(tmp_path):
     tables = np.load(tmp_path / "schedule.npz")
     cells = lambda path: load_schedule(path).levels[1:, trainer.space.cell_layers].reshape(-1)  # noqa: E731
     assert (cells(tmp_path / "schedule.json") == tables["levels_init"]).all()
+    # the same budget again: it was used by the first call, so nothing trains and the schedule is re-exported
+    lines.clear()
+    trainer.train()
+    assert any("used by earlier calls" in line for line in lines) and not [x for x in lines if " iter " in x]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["seconds"] > 1e-6 * 60
     # resumed: two iterations at lr 1.0 × 0.03, validated after epoch 1 and at the end, the best exported
     lines.clear()
     trainer.minutes = None

@@ -72,6 +72,7 @@ def test_train_file_trains_evaluates_then_only_reexports(tmp_path, capsys):
     assert (out / "train_command.txt").read_text().strip() == f"dsbench train diffsparse {path} --only {out}"
     rows = json.loads((out / "eval.json").read_text())["rows"]
     assert [r["schedule"] for r in rows][0] == "learned (DiffSparse)" and rows[0]["macs_ratio"] < 0.51
+    assert all(r["lpips_alex_ci"][0] <= r["lpips_alex"] <= r["lpips_alex_ci"][1] for r in rows)  # 95 % intervals
     assert "| learned (DiffSparse) |" in (out / "README.md").read_text()
     log = (out / "train_log.txt").read_text()
     assert "stage single iter 1/1" in log

@@ -48,6 +48,22 @@ def test_each_paper_table_has_a_file_whose_entries_measure_its_rows(layout):
                 assert any(report.matches(run, match) for run in runs), (layout, row.label, match)
 
 
+def test_paper_table_files_run_duca_at_the_ratio_whose_macs_are_the_papers():
+    """DuCa's public default R counts fewer MACs than the paper's rows; the calibration tunes R to the published
+    MACs (test_accounting pins them) and the table files must run that R, not the default."""
+    from harness.accounting import CALIBRATION
+
+    tuned = {model: params for model, method, params, *_ in CALIBRATION if method == "duca"}
+    checked = 0
+    for spec in TABLES.values():
+        if spec.model in tuned and any(row.match.get("method") == "duca" for row in spec.rows):
+            exp = experiment.load(ROOT / "experiments" / f"{spec.experiment}.yaml")
+            entries = [e for e in exp.method_entries() if e.name == "duca"]
+            assert entries and all(e.params_for(spec.model) == tuned[spec.model] for e in entries), spec.id
+            checked += 1
+    assert checked == 2  # Tables 1 (PixArt-α) and 2 (DiT-XL/2)
+
+
 def test_missing_prompt_set_and_schedule_fail_check_inputs_naming_field_and_command(tmp_path, monkeypatch):
     exp = experiment.load(ROOT / "experiments" / "table1_pixart.yaml")
     monkeypatch.chdir(tmp_path)

@@ -267,14 +267,16 @@ def test_clip_conventions(tiny_clip):
     assert torch.allclose(pixels["uint8"], images.float() / 255, atol=1e-5)
     assert torch.allclose(pixels["legacy"], images.float() / 255**2, atol=1e-6)
 
-    out = metrics.compute(images, conditions=PROMPTS, metrics=("clip",), clip_model=tiny_clip, batch_size=3)
-    assert set(out) == {"clip_score", "clip_score_legacy"}
+    out = metrics.compute(images, conditions=PROMPTS, metrics=("clip",), clip_model=tiny_clip, batch_size=3,
+                          per_sample=True)
+    assert set(out) == {"clip_score", "clip_score_legacy", "per_sample"}
     cos = {}
     for convention, key in (("uint8", "clip_score"), ("legacy", "clip_score_legacy")):
         with torch.no_grad():
             o = clip(**alignment.clip_inputs(processor, images, PROMPTS, convention))
         cos[key] = F.cosine_similarity(o.image_embeds, o.text_embeds)
         assert out[key] == pytest.approx((100 * cos[key].clamp(min=0)).mean().item(), abs=1e-4)
+        assert out["per_sample"][key]["values"] == pytest.approx((100 * cos[key].clamp(min=0)).tolist(), abs=1e-4)
         assert 0 <= out[key] <= 100
     assert not torch.allclose(cos["clip_score"], cos["clip_score_legacy"])
 
@@ -346,7 +348,7 @@ def test_image_reward_path(tiny_image_reward):
     path, reference = tiny_image_reward
     images = natural(4)
     out = metrics.compute(images, conditions=PROMPTS, metrics=("image_reward",), image_reward_model=str(path),
-                          image_reward_tokenizer=str(path))
+                          image_reward_tokenizer=str(path), per_sample=True)
     scorer, tok = alignment.load_image_reward(str(path), str(path))
     assert scorer.vision.config.image_size == 32 and scorer.vision.config.num_hidden_layers == 2
     for key, value in reference.state_dict().items():
@@ -355,13 +357,14 @@ def test_image_reward_path(tiny_image_reward):
     with torch.no_grad():
         rewards = reference.eval()(alignment.image_reward_pixels(images, 32), text.input_ids, text.attention_mask)
     assert out["image_reward"] == pytest.approx(rewards.mean().item(), abs=1e-5) and math.isfinite(out["image_reward"])
+    assert out["per_sample"]["image_reward"]["values"] == pytest.approx(rewards.flatten().tolist(), abs=1e-5)
 
 
 def test_image_reward_missing_weights_fail_clearly(tmp_path, monkeypatch):
     import huggingface_hub
 
     with pytest.raises(MetricUnavailable, match="ImageReward.pt"):
-        alignment.image_reward(natural(1), ["a"], model=str(tmp_path / "nowhere"))
+        alignment.image_reward_per_image(natural(1), ["a"], model=str(tmp_path / "nowhere"))
 
     def offline(*args, **kwargs):
         raise OSError("offline")
@@ -369,7 +372,7 @@ def test_image_reward_missing_weights_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(alignment, "IMAGE_REWARD_DIR", tmp_path)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(MetricUnavailable, match="THUDM/ImageReward"):
-        alignment.image_reward(natural(1), ["a"])
+        alignment.image_reward_per_image(natural(1), ["a"])
 
 
 def test_prepare_checks_image_reward_files(tiny_image_reward, tmp_path, monkeypatch):

@@ -96,19 +96,35 @@ def test_table1_layout_published_numbers_and_ours(store):
     table = report.paper_table(store.frame(), "table1")
     spec = TABLES["table1"]
     assert [row[0] for row in table.rows] == [r.label for r in spec.rows]
-    headers = [c.header for c in table.columns]
-    assert headers[:3] == ["Method", "MACs (T) (paper)", "MACs (T) (ours)"]
-    rows = {row[0]: dict(zip(headers, row)) for row in table.rows}
-    assert rows["DiffSparse (R=43%)"]["FID-30k (paper)"] == 26.91  # published, from reference_results
-    assert rows["DiffSparse (R=43%)"]["FID-30k (ours)"] == pytest.approx(20.0)  # mean of 19.5 and 20.5
-    assert rows["ToCa"]["CLIP (ours)"] == pytest.approx(0.164)  # Convention A / 100
-    assert rows["ToCa"]["MACs (T) (ours)"] == pytest.approx(0.57 * 2.86)
-    assert rows["FORA (N=2)"]["Speedup (ours)"] == pytest.approx(1.6)
-    assert rows["DuCa"]["FID-30k (ours)"] is None  # no run: "—"
+    assert table.headers("md")[:3] == ["Method", "MACs (T) (paper)", "MACs (T) (ours)"]
+    rows = {r["Method"]: r for r in table.records()}
+    assert rows["DiffSparse (R=43%)"]["fid_paper"] == 26.91  # published, from reference_results
+    assert rows["DiffSparse (R=43%)"]["fid_ours"] == pytest.approx(20.0)  # mean of 19.5 and 20.5
+    assert rows["ToCa"]["clip_ours"] == pytest.approx(0.164)  # Convention A / 100
+    assert rows["ToCa"]["macs_ours"] == pytest.approx(0.57 * 2.86)
+    assert rows["FORA (N=2)"]["speedup_ours"] == pytest.approx(1.6)
+    assert rows["DuCa"]["fid_ours"] is None  # no run: "—"
     assert "| DuCa | 1.630 | — |" in report.write(table, "md")
     # Table 5's "base" column is a ToCa run whose importance (the default, attention) matches
-    table5 = report.paper_table(store.frame(), "table5", experiment="table1_pixart")
-    assert table5.rows[2][:3] == ["Attention", 28.35, pytest.approx(21.5)] and table5.rows[0][2] is None
+    table5 = report.paper_table(store.frame(), "table5", experiment="table1_pixart").records()
+    assert (table5[2]["Method"], table5[2]["base_paper"], table5[2]["base_ours"]) == ("Attention", 28.35,
+                                                                                     pytest.approx(21.5))
+    assert table5[0]["base_ours"] is None
+
+
+def test_paper_table_cells_carry_the_interval_of_their_runs(tmp_path):
+    """Ours beside the paper's number with its 95 % interval: per-image bootstrap, or the stored set-metric one."""
+    rng = np.random.default_rng(0)
+    with Store(tmp_path / "r.db") as store:
+        for seed in (0, 1):
+            values = list(rng.uniform(0.1, 0.2, size=16))
+            store.put(run_row(f"t{seed}", "toca", seed, fid=20.0 + seed, fid_ci_low=18.0 + seed, fid_ci_high=23.0 + seed,
+                              lpips_alex=float(np.mean(values)), per_sample={"lpips_alex": {"values": values}}))
+    toca = next(r for r in report.paper_table(Store(tmp_path / "r.db").frame(), "table1").records()
+                if r["Method"] == "ToCa")
+    assert toca["fid_ours"] == pytest.approx(20.5)
+    assert (toca["fid_ours_ci_low"], toca["fid_ours_ci_high"]) == (18.0, 24.0)  # union over the seeds
+    assert "20.50 [18.00, 24.00]" in report.write(report.paper_table(Store(tmp_path / "r.db").frame(), "table1"), "md")
 
 
 def test_every_paper_layout_renders_with_published_numbers_in_all_formats(store):
@@ -117,7 +133,7 @@ def test_every_paper_layout_renders_with_published_numbers_in_all_formats(store)
         assert len(table.rows) == len(spec.rows)
         md, tex, text = (report.write(table, fmt) for fmt in ("md", "tex", "csv"))
         parsed = list(csv.reader(io.StringIO(text)))
-        assert parsed[0] == [c.header for c in table.columns]
+        assert parsed[0] == table.headers("csv")
         assert len(parsed) == len(spec.rows) + 1 and all(len(r) == len(parsed[0]) for r in parsed)
         for row, published in zip(parsed[1:], spec.rows):
             for key, value in published.published.items():

@@ -66,6 +66,19 @@ def test_run_label_encodes_config():
         "sparsedit_weights-tuned.safetensors"
 
 
+def test_a_retrained_schedule_at_the_same_path_is_a_new_run(tmp_path):
+    """The identity holds the content of the files params name: rows of an older schedule are not reused."""
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text('{"version": 1}')
+    exp = experiment.parse({"name": "e", "models": ["shapes-pixart"],
+                            "methods": [{"name": "diffsparse", "params": {"schedule": str(schedule)}}]}, "e.yaml")
+    entry = exp.method_entries()[0]
+    before = runner.run_id(exp, "shapes-pixart", entry, 0)
+    assert runner.run_id(exp, "shapes-pixart", entry, 0) == before  # stable while the file is unchanged
+    schedule.write_text('{"version": 2, "retrained": true}')
+    assert runner.run_id(exp, "shapes-pixart", entry, 0) != before
+
+
 # -- runs, resume, force, W&B --------------------------------------------------------------------------------
 def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
     exp = _exp("basic", [{"name": "full"}, {"name": "fora", "params": {"interval": 2}}])

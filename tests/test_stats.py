@@ -1,6 +1,8 @@
 """Intervals reach their nominal coverage, paired comparisons see what unpaired ones miss, rank groups follow
 the intervals, and per-image values round-trip through the store into the leaderboard."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -159,3 +161,83 @@ def test_ranks_are_per_budget_and_one_budget_keeps_full_and_fixed_cost_runs(tmp_
     assert [r["method"] for r in at_06] == ["full", "toca", "diffsparse", "steps"]
     with pytest.raises(ValueError, match="no runs at a MAC-ratio budget of 0.45"):
         report.leaderboard(store.frame().query("method != 'full'"), budget=0.45)
+
+
+def test_replicate_interval_covers_the_true_mean_over_three_training_seeds():
+    """Three replicates (training seeds): the Student-t interval keeps its 95 %, where a bootstrap of 3 cannot."""
+    rng = np.random.default_rng(8)
+    hits = 0
+    for _ in range(400):
+        low, high = stats.replicate_mean_ci(rng.normal(0.5, 0.2, size=3))
+        hits += low <= 0.5 <= high
+    assert 0.92 <= hits / 400 <= 0.98, hits / 400
+    assert all(np.isnan(stats.replicate_mean_ci([0.1])))
+
+
+def test_units_to_separate_predicts_the_size_that_separates():
+    """The estimate is the size at which the expected half-width equals the difference; at 4× that size the
+    interval of a real difference excludes 0 in nearly every repetition."""
+    rng = np.random.default_rng(9)
+    pilot = rng.normal(0.1, 1.0, size=100)
+    interval = stats.paired_difference_ci(pilot, np.zeros(100))
+    needed = stats.units_to_separate(float(pilot.mean()), interval, 100)
+    assert needed == pytest.approx(100 * ((interval[1] - interval[0]) / 2 / abs(pilot.mean())) ** 2)
+    big = int(4 * 1.0 / 0.1 ** 2 * 1.96 ** 2)  # 4× the size whose half-width is the true difference
+    separated = sum(stats.excludes_zero(stats.mean_ci(rng.normal(0.1, 1.0, size=big), resamples=500, seed=k))
+                    for k in range(40))
+    assert separated >= 36  # 97.5 % expected
+    assert stats.units_to_separate(0.0, (-0.1, 0.1), 50) == float("inf")
+    assert stats.units_to_separate(0.2, (0.1, 0.3), 50) < 50  # already separated: fewer would do
+
+
+def _schedule(folder, **changes):
+    """A schedule file recording its training settings, as `dsbench train diffsparse` writes them."""
+    config = {"interval": 0.25, "delta": 10.0, "loss": "lpips", "importance": "attention", "drop": [],
+              "stages": "two", "ratio": 0.43, "condition_seed": 1, "noise_seed": 1, **changes}
+    folder.mkdir(parents=True)
+    (folder / "schedule.json").write_text(json.dumps({"meta": {"config": config}}))
+    return str(folder / "schedule.json")
+
+
+def test_ablations_decide_each_claim_over_training_seeds(tmp_path, capsys):
+    from harness.cli import main as cli_main
+
+    rng = np.random.default_rng(10)
+    shifts = {"base": [0, 0, 0], "no_s2": [0.010, 0.012, 0.009], "norm": [-0.005, -0.006, -0.004],
+              "delta_0": [0, 0, 0], "ssim": [0.010, -0.010, 0.002], "r54": [0.02, 0.02, 0.02]}
+    changes = {"base": {}, "no_s2": {"drop": ["s2"]}, "norm": {"importance": "norm"}, "delta_0": {"delta": 0.0},
+               "ssim": {"loss": "ssim"}, "r54": {"ratio": 0.54}}
+    with Store(tmp_path / "r.db") as store:
+        for t, seed in enumerate((1, 3, 4)):
+            images = rng.uniform(0.02, 0.08, size=24)  # each training seed's base has its own quality
+            for name, shift in shifts.items():
+                path = _schedule(tmp_path / f"{name}-t{seed}", condition_seed=seed, noise_seed=seed, **changes[name])
+                values = images + shift[t] + (0 if name in ("base", "delta_0") else rng.normal(0, 1e-4, size=24))
+                store.put(_row(f"{name}{seed}", "diffsparse", values, params={"schedule": path},
+                               label=f"diffsparse_{name}-t{seed}"))
+    table = report.ablations(Store(tmp_path / "r.db", readonly=True).frame())
+    records = {r["variant"]: r for r in table.records()}
+    assert records["drop = s2"]["verdict"] == "reproduces" and records["drop = s2"]["training_seeds"] == 3
+    assert records["drop = s2"]["lpips_alex_difference"] == pytest.approx(np.mean([0.010, 0.012, 0.009]), abs=1e-4)
+    assert records["importance = norm"]["verdict"] == "does not reproduce (the variant is better)"
+    assert records["delta = 0"]["verdict"] == "cannot be separated (identical outputs)"
+    assert records["loss = ssim"]["verdict"] == "cannot be separated at this size"
+    assert "ratio = 0.54" not in records and "diffsparse_r54-t1" in " ".join(table.notes)
+    assert records["loss = ssim"]["paper_fid"] == "26.91 → 27.46"
+    assert cli_main(["table", "--layout", "ablations", "--store", str(tmp_path / "r.db")]) == 0
+    assert "| Table 10 |" in capsys.readouterr().out
+    (tmp_path / "ssim-t3" / "schedule.json").unlink()
+    assert cli_main(["table", "--layout", "ablations", "--store", str(tmp_path / "r.db")]) == 2
+    assert "ssim-t3/schedule.json is not there" in capsys.readouterr().err
+
+
+def test_sample_size_table_says_how_many_images_separate_neighbours(tmp_path):
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0.05, 0.2, size=32)
+    with Store(tmp_path / "r.db") as store:
+        store.put(_row("a", "a", base))
+        store.put(_row("b", "b", base + 0.0005 + rng.normal(0, 0.002, size=32)))  # close: needs more images
+        store.put(_row("c", "c", base + 0.05 + rng.normal(0, 0.002, size=32)))  # clearly apart already
+    records = report.sample_size(Store(tmp_path / "r.db", readonly=True).frame()).records()
+    assert [(r["better"], r["next"], r["separated"]) for r in records] == [("a", "b", "no"), ("b", "c", "yes")]
+    assert records[0]["units"] == 32 and records[0]["units_needed"] > 32 > records[1]["units_needed"]

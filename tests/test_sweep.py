@@ -47,9 +47,8 @@ def _write(path: Path, data: dict) -> Path:
 def _columns(table, names=DETERMINISTIC) -> list[tuple]:
     """The named columns; floats to 12 significant digits (a conv summed in another thread order may differ
     in the last bit between processes)."""
-    index = [[c.header for c in table.columns].index(n) for n in names]
-    return [tuple(float(f"{row[i]:.12g}") if isinstance(row[i], float) else row[i] for i in index)
-            for row in table.rows]
+    return [tuple(float(f"{record[n]:.12g}") if isinstance(record[n], float) else record[n] for n in names)
+            for record in table.records()]
 
 
 # -- validation ----------------------------------------------------------------------------------------------
@@ -193,8 +192,9 @@ def test_two_workers_complete_n_trials_and_a_dead_workers_trial_is_asked_again(t
     pareto = [row[-1] == "yes" for row in table.rows]
     values = [[t.values[0], t.values[1]] for t in sorted(trials, key=lambda t: t.number)]
     assert pareto == sweep.pareto_mask(values, ["maximize", "minimize"]) and any(pareto)
-    stored = {row[1]: row[6] for row in table.rows}  # psnr in the table is the trial's objective value
+    stored = {r["methods.toca.ratio"]: r["psnr"] for r in table.records()}  # the trial's objective value
     assert all(stored[t.params["methods.toca.ratio"]] == t.values[0] for t in trials)
+    assert all(r["psnr_ci_low"] < r["psnr"] < r["psnr_ci_high"] for r in table.records())  # every run's interval
 
     # a worker killed mid-trial leaves a RUNNING trial behind (its process is gone)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -197,15 +197,19 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
 
         for convention in opt["clip_conventions"]:
             key = "clip_score" if convention == "uint8" else f"clip_score_{convention}"
-            out[key] = alignment.clip_score(samples, list(conditions), model=opt["clip_model"], convention=convention,
-                                            device=device, batch_size=batch)
+            values = alignment.clip_per_image(samples, list(conditions), model=opt["clip_model"],
+                                              convention=convention, device=device, batch_size=batch)
+            out[key] = values.mean().item()
+            per_image[key] = {"values": values.tolist()}
 
     if "image_reward" in metrics:
         from harness.metrics import alignment
 
-        out["image_reward"] = alignment.image_reward(samples, list(conditions), model=opt["image_reward_model"],
-                                                     tokenizer=opt["image_reward_tokenizer"], device=device,
-                                                     batch_size=batch)
+        values = alignment.image_reward_per_image(samples, list(conditions), model=opt["image_reward_model"],
+                                                  tokenizer=opt["image_reward_tokenizer"], device=device,
+                                                  batch_size=batch)
+        out["image_reward"] = values.mean().item()
+        per_image["image_reward"] = {"values": values.tolist()}
 
     if "vbench" in metrics:
         import tempfile

@@ -126,19 +126,19 @@ def clip_inputs(processor, images: torch.Tensor, prompts: list[str], convention:
                      max_length=max_length)
 
 
-def clip_score(images: torch.Tensor, prompts: list[str], *, model: str = DEFAULT_CLIP, convention: str = "uint8",
-               device: str = "cpu", batch_size: int = 32) -> float:
-    """Mean over images of 100·max(cos(image, prompt), 0) (torchmetrics' CLIPScore), each image scored once."""
+def clip_per_image(images: torch.Tensor, prompts: list[str], *, model: str = DEFAULT_CLIP, convention: str = "uint8",
+                   device: str = "cpu", batch_size: int = 32) -> torch.Tensor:
+    """100·max(cos(image, prompt), 0) of each image (torchmetrics' CLIPScore per pair), each image scored once."""
     clip, processor = load_clip(model, str(device))
     max_length = clip.config.text_config.max_position_embeddings
-    total = 0.0
+    scores = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             inputs = clip_inputs(processor, images[i:i + batch_size], prompts[i:i + batch_size], convention, max_length)
             out = clip(**{k: v.to(device) for k, v in inputs.items()})
             cos = nn.functional.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
-            total += (100 * cos.clamp(min=0)).sum().item()
-    return total / len(images)
+            scores.append((100 * cos.clamp(min=0)).double().cpu())
+    return torch.cat(scores)
 
 
 # ------------------------------------------------------------------------------------------- ImageReward
@@ -270,15 +270,17 @@ def image_reward_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([transform(Image.fromarray(im.permute(1, 2, 0).cpu().numpy())) for im in images])
 
 
-def image_reward(images: torch.Tensor, prompts: list[str], *, model: str | None = None,
-                 tokenizer: str = IMAGE_REWARD_TOKENIZER, device: str = "cpu", batch_size: int = 16) -> float:
-    """Mean ImageReward-v1.0 over (image, prompt) pairs; prompts padded/truncated to 35 tokens as the original."""
+def image_reward_per_image(images: torch.Tensor, prompts: list[str], *, model: str | None = None,
+                           tokenizer: str = IMAGE_REWARD_TOKENIZER, device: str = "cpu",
+                           batch_size: int = 16) -> torch.Tensor:
+    """ImageReward-v1.0 of each (image, prompt) pair; prompts padded/truncated to 35 tokens as the original."""
     scorer, tok = load_image_reward(None if model is None else str(model), tokenizer, str(device))
-    total = 0.0
+    rewards = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             text = tok(list(prompts[i:i + batch_size]), padding="max_length", truncation=True, max_length=35,
                        return_tensors="pt")
             pixels = image_reward_pixels(images[i:i + batch_size], scorer.image_size)
-            total += scorer(pixels.to(device), text.input_ids.to(device), text.attention_mask.to(device)).sum().item()
-    return total / len(images)
+            rewards.append(scorer(pixels.to(device), text.input_ids.to(device),
+                                  text.attention_mask.to(device)).double().flatten().cpu())
+    return torch.cat(rewards)

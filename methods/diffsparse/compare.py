@@ -45,8 +45,10 @@ def toca_ratio(bundle) -> float:
 
 def evaluate_all(bundle, candidates: dict[str, object], n: int, log) -> list[dict]:
     """LPIPS (AlexNet) to the teacher, FID (domain features) to ``n`` real images and M_lin ratio of
-    each candidate (a method instance) on ``n`` held-out conditions, evaluation seed 0."""
+    each candidate (a method instance) on ``n`` held-out conditions, evaluation seed 0; LPIPS with its 95 %
+    bootstrap interval over the images, FID with its bootstrap interval over the sample set."""
     import methods
+    from harness import stats
     from harness.metrics import compute
 
     conds = bundle.conditions(n, 0)
@@ -59,21 +61,28 @@ def evaluate_all(bundle, candidates: dict[str, object], n: int, log) -> list[dic
         with methods.attach(bundle.pipeline, method) as handle:
             student = bundle.sample(conds, 0)
             macs = handle.report()["macs_cfg_not_counted"]
-        row = {"schedule": label, "macs_ratio": macs / base,
-               "lpips_alex": compute(student, teacher=teacher, metrics=("lpips",), lpips_nets=("alex",))["lpips_alex"]}
+        lpips = compute(student, teacher=teacher, metrics=("lpips",), lpips_nets=("alex",), per_sample=True)
+        row = {"schedule": label, "macs_ratio": macs / base, "lpips_alex": lpips["lpips_alex"],
+               "lpips_alex_ci": list(stats.mean_ci(lpips["per_sample"]["lpips_alex"]["values"]))}
         if references is not None:
-            row["fid"] = compute(student, references=references, bundle=bundle, metrics=("fid",))["fid"]
+            fid = compute(student, references=references, bundle=bundle, metrics=("fid",), per_sample=True)
+            row |= {"fid": fid["fid"], "fid_ci": [fid["fid_ci_low"], fid["fid_ci_high"]]}
         rows.append(row)
-        log(f"evaluated {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "schedule"))
+        log(f"evaluated {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                              if isinstance(v, float)))
     return rows
+
+
+def _with_interval(value: float, interval: list[float], digits: int) -> str:
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 def table(rows: list[dict]) -> str:
     fid = all("fid" in r for r in rows)
-    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ |" + (" FID (domain) ↓ |" if fid else ""),
-             "|---|---|---|" + ("---|" if fid else "")]
-    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {r['lpips_alex']:.4f} |"
-              + (f" {r['fid']:.2f} |" if fid else "") for r in rows]
+    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ [95 % CI] |"
+             + (" FID (domain) ↓ [95 % CI] |" if fid else ""), "|---|---|---|" + ("---|" if fid else "")]
+    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {_with_interval(r['lpips_alex'], r['lpips_alex_ci'], 4)} |"
+              + (f" {_with_interval(r['fid'], r['fid_ci'], 2)} |" if fid else "") for r in rows]
     return "\n".join(lines)
 
 

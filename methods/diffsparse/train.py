@@ -270,10 +270,11 @@ def distance(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 # --------------------------------------------------------------------------------------- the trainer
 
 class Trainer:
-    """Algorithm 1 over a task; state (tables, optimisers, position, best validated schedule) is
-    checkpointed after every iteration. ``minutes``: wall-clock budget of ``train`` (teacher images
-    and validation included); when it runs out the run stops after the current iteration, exports
-    what it has, and a later call with the same config resumes from the checkpoint."""
+    """Algorithm 1 over a task; state (tables, optimisers, position, best validated schedule, seconds
+    spent) is checkpointed after every iteration. ``minutes``: wall-clock budget of the whole training
+    (teacher images and validation included), summed over calls: when it runs out the run stops after
+    the current iteration and exports what it has; a later call resumes an interrupted run with the time
+    that was left, re-exports a run that used its budget, and trains further only with larger ``minutes``."""
 
     def __init__(self, task: Task, config: TrainConfig, out: Path, log: Callable[[str], None] = print,
                  minutes: float | None = None):
@@ -367,6 +368,7 @@ class Trainer:
         full_steps = tf0
         position = (0, 0)  # (stage index, iteration)
         validated: list[dict] = []  # {"label", "val_lpips", "levels"} per validated schedule
+        spent = float(state.get("seconds", 0.0)) if state is not None else 0.0  # by earlier calls
         if state is not None:
             self.table.load_state_dict(state["table"])
             step_costs.load_state_dict(state["step_costs"])
@@ -384,7 +386,7 @@ class Trainer:
         def save(position_, optimizer=None):
             torch.save({"hash": self.hash, "table": self.table.state_dict(), "step_costs": step_costs.state_dict(),
                         "full_steps": full_steps, "position": position_, "optimizer": optimizer,
-                        "validated": validated}, ckpt)
+                        "validated": validated, "seconds": spent + time.monotonic() - started}, ckpt)
 
         def validate(label: str) -> None:
             """LPIPS to the teacher of the schedule exported now (DP over the whole table, hard levels)."""
@@ -405,10 +407,14 @@ class Trainer:
         # passed (1a 0.4, 1b 0.2, 2 0.4; time a stage leaves unused carries over); the last stage's
         # deadline is the budget itself, where the run stops resumably
         shares = [STAGE_SHARES[stage] for stage in stages[position[0]:]]
-        deadlines = {position[0] + j: started + 60 * self.minutes * sum(shares[:j + 1]) / sum(shares)
-                     for j in range(len(shares))} if self.minutes is not None else {}
+        left = None if self.minutes is None else 60 * self.minutes - spent
+        deadlines = {position[0] + j: started + left * sum(shares[:j + 1]) / sum(shares)
+                     for j in range(len(shares))} if left is not None else {}
 
-        stopped = False
+        stopped = left is not None and left <= 0 and position[0] < len(stages)
+        if stopped:
+            self.log(f"the time budget of {self.minutes} min was used by earlier calls ({spent / 60:.1f} min): "
+                     "exporting what they trained (give more minutes to train further)")
         with frozen(self.task.pipeline), methods.attach(self.task.pipeline, policy):
             if cfg.val_conditions and not validated:
                 validate("ToCa init")
@@ -428,7 +434,7 @@ class Trainer:
                         if s == len(stages) - 1:
                             stopped = True
                             self.log(f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
-                                     "checkpointed: run again with the same config to resume")
+                                     "checkpointed: a later call with more minutes trains further")
                         else:
                             self.log(f"stage {stage}: its share of the {self.minutes} min budget is used after "
                                      f"{it} iterations; next stage")
@@ -542,9 +548,11 @@ def check_schedules(pipeline, steps: int, paths: list[Path]) -> None:
 def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
     """LPIPS (AlexNet) and PSNR to the teacher on ``n`` held-out conditions (the evaluation seed) of the
     learned schedule, the ToCa-initialised schedule at the same budget (the DP on the initial costs) and
-    ToCa itself; writes ``eval.json`` and returns a Markdown table."""
+    ToCa itself, each with its 95 % bootstrap interval over the images; writes ``eval.json`` and returns a
+    Markdown table."""
     import methods
-    from harness.metrics.fidelity import lpips_distance, psnr
+    from harness import stats
+    from harness.metrics.fidelity import lpips_per_image, psnr_per_image
 
     out = Path(out)
     paths = [out / SCHEDULE_FILE, out / INIT_FILE]
@@ -562,11 +570,16 @@ def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
         with methods.attach(bundle.pipeline, method) as handle:
             student = bundle.sample(conds, seed)
             macs = handle.report()["macs_cfg_not_counted"]
-        rows.append({"schedule": label, "macs_ratio": macs / base, "lpips_alex": lpips_distance(teacher, student),
-                     "psnr_db": psnr(teacher, student)})
+        lpips, psnr = lpips_per_image(teacher, student).double().numpy(), psnr_per_image(teacher, student).numpy()
+        rows.append({"schedule": label, "macs_ratio": macs / base,
+                     "lpips_alex": float(lpips.mean()), "lpips_alex_ci": list(stats.mean_ci(lpips)),
+                     "psnr_db": float(psnr.mean()), "psnr_db_ci": list(stats.mean_ci(psnr))})
     (out / "eval.json").write_text(json.dumps({"n": n, "seed": seed, "rows": rows}, indent=1))
-    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ | PSNR to teacher (dB) ↑ |", "|---|---|---|---|"]
-    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {r['lpips_alex']:.4f} | {r['psnr_db']:.2f} |" for r in rows]
+    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ [95 % CI] "
+             "| PSNR to teacher (dB) ↑ [95 % CI] |", "|---|---|---|---|"]
+    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {r['lpips_alex']:.4f} [{r['lpips_alex_ci'][0]:.4f}, "
+              f"{r['lpips_alex_ci'][1]:.4f}] | {r['psnr_db']:.2f} [{r['psnr_db_ci'][0]:.2f}, {r['psnr_db_ci'][1]:.2f}] |"
+              for r in rows]
     return "\n".join(lines)
 
 

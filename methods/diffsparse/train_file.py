@@ -5,8 +5,10 @@
 A training file lists schedules; each is one ``methods.diffsparse.train`` run (model, output folder,
 ``TrainConfig`` parameters, optional wall-clock budget) and, optionally, its evaluation against the
 teacher. ``defaults`` apply to every entry (an entry's ``params`` are merged over the defaults'). The
-whole file is validated before any training starts; a finished entry is not retrained (its checkpoint
-says so and the schedule is re-exported in seconds), an interrupted one resumes from its checkpoint.
+whole file is validated before any training starts; a finished entry — all its epochs done, or its
+``minutes`` used (the budget counts every call's time) — is not retrained: its checkpoint says so and the
+schedule is re-exported in seconds. An interrupted one resumes from its checkpoint with the time it had left;
+raising an entry's ``minutes`` trains it further.
 
 ```yaml
 name: train_embedded
