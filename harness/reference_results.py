@@ -228,4 +228,3 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("stages", "two", f"{PAPER}, §4.3", "two-stage training beats single-stage training",
           {"single": 27.40, "two": 26.91}),
 )
-
