@@ -219,6 +219,21 @@ def metric_columns(frame) -> list[str]:
             and not c.startswith(("macs_", "latency_", "peak_")) and not c.endswith(("_ci_low", "_ci_high"))]
 
 
+def measured_metrics(frame) -> list[str]:
+    """The metric columns with at least one value in ``frame``."""
+    return [m for m in metric_columns(frame) if frame[m].notna().any()]
+
+
+def _compared_metric(frame, metric: str | None) -> str:
+    """``metric``, or the models' primary metric, or the first of :data:`SORT_PREFERENCE` measured; a metric
+    the frame does not have is refused naming those it has."""
+    available = measured_metrics(frame)
+    metric = metric or _primary(frame) or default_sort_metric(frame)
+    if metric not in available:
+        raise ValueError(f"metric {metric!r} is not in the store; available: {', '.join(available) or 'none'}")
+    return metric
+
+
 def _units(group, metric: str) -> tuple[list, np.ndarray, np.ndarray | None] | None:
     """The evaluation units of ``metric`` over a configuration's seeds: (keys (seed, image), values, weights),
     or None when a row lacks per-image values (stored before they were kept, or a set metric such as FID)."""
@@ -423,7 +438,7 @@ def shown_metrics(frame, sort_by: str | None) -> list[str]:
     """The metrics the Markdown leaderboard shows: the sort metric, then up to three secondary metrics per
     model — those its bundle declared (``report_metrics`` of the rows), else the first of
     :data:`SORT_PREFERENCE` present. Every metric stays in the CSV."""
-    present = [m for m in metric_columns(frame) if frame[m].notna().any()]
+    present = measured_metrics(frame)
     chosen = [sort_by] if sort_by else []
     for _, runs in frame.groupby("model", sort=True):
         declared = next((r for r in runs.get("report_metrics", []) if isinstance(r, list)), None)
@@ -481,7 +496,7 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
         frame = frame[np.isclose(ratio, budget) | (frame["method"] == "full") | unbudgeted]
         if frame.empty:
             raise ValueError(f"budget: no runs at a MAC-ratio budget of {budget}")
-    available = [m for m in metric_columns(frame) if frame[m].notna().any()]
+    available = measured_metrics(frame)
     unknown = [m for m in [*(metrics or []), *([sort_by] if sort_by else [])] if m not in available]
     if unknown:
         raise ValueError(f"metric {unknown[0]!r} is not in the store; available: {', '.join(available) or 'none'}")
@@ -610,9 +625,10 @@ def _table_frame(frame, spec: PaperTable, experiment: str | None, model: str | N
     return frame[frame["model"] == model], experiment, model
 
 
-def _measured(runs, row: Row, column) -> tuple[float, float, float] | None:
+def _measured(runs, row: Row, column, summaries: dict) -> tuple[float, float, float] | None:
     """Our value of one published cell in the paper's unit, with its 95 % interval when one configuration
-    measures it (over several, their mean alone): (value, low, high), None where no run matches."""
+    measures it (over several, their mean alone): (value, low, high), None where no run matches.
+    ``summaries``: the summary of each set of matching runs already made (the cells of a row share theirs)."""
     match = row.column_match.get(column.key, row.match)
     if column.metric is None or column.metric not in runs.columns:
         return None
@@ -620,7 +636,10 @@ def _measured(runs, row: Row, column) -> tuple[float, float, float] | None:
     hits = hits[hits[column.metric].notna()]
     if hits.empty:
         return None
-    summary = summarise(hits)
+    key = tuple(hits["run_id"])
+    if key not in summaries:
+        summaries[key] = summarise(hits)
+    summary = summaries[key]
     value = float(summary[column.metric].mean()) * column.scale
     low, high = f"{column.metric}_ci_low", f"{column.metric}_ci_high"
     if len(summary) != 1 or low not in summary.columns:
@@ -643,11 +662,11 @@ def paper_table(frame, layout: str, experiment: str | None = None, model: str | 
         columns += [Column(f"{c.header} (paper)", published, key=f"{c.key}_paper"),
                     Column(f"{c.header} (ours)", ours, ("md", "tex")),
                     *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high"))]
-    rows = []
+    rows, summaries = [], {}
     for row in spec.rows:
         cells = [row.label]
         for c in spec.columns:
-            ours = _measured(runs, row, c)
+            ours = _measured(runs, row, c, summaries)
             cells += [row.published.get(c.key), ours, *(ours or (None, None, None))]
         rows.append(cells)
     notes = [f"Paper: {spec.source}. Ours: experiment {experiment!r}, model {model!r}, {len(runs)} runs in the "
@@ -709,10 +728,7 @@ def ablations(frame, experiment: str | None = None, metric: str | None = None) -
     runs = frame[frame["method"] == "diffsparse"]
     if runs.empty:
         raise ValueError("layout ablations: no diffsparse runs in the selection")
-    available = [m for m in metric_columns(runs) if runs[m].notna().any()]
-    metric = metric or _primary(runs) or default_sort_metric(runs)
-    if metric not in available:
-        raise ValueError(f"metric {metric!r} is not in the store; available: {', '.join(available) or 'none'}")
+    metric = _compared_metric(runs, metric)
     trained: dict[str, dict] = {}  # settings without seeds → {"settings", "seeds": {seed: summary row}}
     for row in summarise(runs).to_dict("records"):
         config = _training_config((row["params"] or {}).get("schedule"))
@@ -787,15 +803,10 @@ def sample_size(frame, experiment: str | None = None, metric: str | None = None)
     size at which the interval would exclude 0 if the difference stayed as measured. What eval sizes and seeds
     are chosen from."""
     frame = _select(frame, experiment)
-    available = [m for m in metric_columns(frame) if frame[m].notna().any()]
-    metric = metric or _primary(frame) or default_sort_metric(frame)
-    if metric not in available:
-        raise ValueError(f"metric {metric!r} is not in the store; available: {', '.join(available) or 'none'}")
-    summary = ranked(at_budget(summarise(frame)), metric)
+    metric = _compared_metric(frame, metric)
     rows = []
-    for (model, budget), part in _rankings(summary):
-        part = part.sort_values(["rank", metric], ascending=[True, direction(metric) != "max"], kind="stable")
-        records = part.to_dict("records")
+    for (model, budget), part in _rankings(ranked(at_budget(summarise(frame)), metric)):
+        records = part.to_dict("records")  # best first, as ranked sorted them
         for upper, lower in zip(records, records[1:]):
             paired = _paired_difference(lower["_units"].get(metric), upper["_units"].get(metric))
             if paired is None:
