@@ -1,5 +1,5 @@
 """The fault suite: what a user can do wrong, and what can go wrong under a run, ends in a one-line error (exit
-code != 0) or in the correct result — never a traceback, never a lost row. The README's "Guarantees" section
+code != 0) or in the correct result — never a traceback, never a lost row. The "Guarantees" page (docs/guarantees.md)
 names these tests."""
 
 import json
