@@ -46,6 +46,7 @@ MAX_SEED = 2**32 - 1  # numpy and torch take every seed in [0, 2³² − 1]
 MAX_SEEDS = 100  # runs per (model, method)
 MAX_STEPS = 1000  # the training timesteps of every model in the zoo
 MAX_GUIDANCE = 100.0
+DIT_LATENT_CHANNELS = 4  # guidance_channels guides at most these
 MAX_BATCH, MAX_REPEATS, MAX_WARMUP = 1024, 1000, 100
 # distribution metrics → the fewest samples (and reference images) they are defined for: FID/KID need a
 # covariance (2), precision/recall the 3 nearest neighbours of a sample (4)
@@ -131,6 +132,10 @@ class Experiment(_Strict):
                                        description=f"sampler steps in [1, {MAX_STEPS}] (default: the model's)")
     guidance: float | None = pydantic.Field(None, ge=0.0, le=MAX_GUIDANCE,
                                             description=f"CFG scale in [0, {MAX_GUIDANCE:g}] (default: the model's)")
+    guidance_channels: int | None = pydantic.Field(
+        None, ge=1, le=DIT_LATENT_CHANNELS,
+        description=f"DiT models only: guide the first N latent channels, N in [1, {DIT_LATENT_CHANNELS}] (3: the "
+        "original DiT sampler), or null (the pipeline's default: all)")
     eval: EvalSet = pydantic.Field(default_factory=EvalSet)
     seeds: list[Seed] = pydantic.Field([0], min_length=1, max_length=MAX_SEEDS,
                                        description=f"sampling seeds, each in [0, {MAX_SEED}], at most {MAX_SEEDS}, "
@@ -229,6 +234,12 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
             raise ValueError(f"{source}: field 'models[{i}]': unknown model {show(model)}; allowed: {', '.join(models)}")
     if len(set(exp.models)) != len(exp.models):
         raise ValueError(f"{source}: field 'models' lists a model twice: {show(exp.models)}")
+    if exp.guidance_channels is not None:
+        for model in exp.models:
+            if model_family(model) != "dit":
+                raise ValueError(f"{source}: field 'guidance_channels': model {model} is not a DiT model; only DiT "
+                                 "models take it (the original DiT sampler's guidance on some latent channels); "
+                                 "remove the field or the model")
     if exp.sampler is not None and exp.sampler not in SAMPLERS:
         raise ValueError(f"{source}: field 'sampler': unknown sampler {show(exp.sampler)}; "
                          f"allowed: {', '.join(SAMPLERS)} (or omit it for the model's own)")
@@ -276,6 +287,14 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
                 methods.base.config(entry.name, **entry.params_for(model))
             except ValueError as err:
                 raise ValueError(f"{where}.{_params_field(entry, model)}' (model {model}): {err}") from None
+
+
+def model_family(model: str) -> str | None:
+    """A zoo model's family without loading it (None for an embedded model not in ``FAMILIES``)."""
+    from harness.models.embedded import FAMILIES
+    from harness.models.hub import HUB_MODELS
+
+    return HUB_MODELS[model][2] if model in HUB_MODELS else FAMILIES.get(model)
 
 
 def _params_field(entry: MethodEntry, model: str) -> str:

@@ -2,8 +2,9 @@
 
 * :func:`leaderboard` — methods × metrics, one row per configuration (mean over seeds), MAC ratio and
   latency speedup both shown, sorted by a quality metric.
-* :func:`paper_table` — the layouts of the DiffSparse paper's Tables 1-10 with the published numbers
-  (:mod:`harness.reference_results`) beside ours with their intervals, "—" where we have no run.
+* :func:`paper_table` — the layouts of the DiffSparse paper's Tables 1-10 (and its two-stage and search
+  comparisons) with the published numbers (:mod:`harness.reference_results`) beside ours with their
+  intervals — from the GPU experiment, or from the embedded analogue — "—" where we have no run.
 * :func:`ablations` — the paper's ablation claims decided over training seeds: reproduces, does not, or
   cannot be separated. :func:`sample_size` — how many images would separate neighbouring methods.
 * :func:`write` — Markdown, LaTeX (booktabs) or CSV for any :class:`Table`.
@@ -24,7 +25,8 @@ from typing import Any, Callable
 import numpy as np
 
 from harness import stats
-from harness.reference_results import CLAIMS, TABLES, Claim, PaperTable, Row, setting_text
+from harness.reference_results import CLAIMS, TABLES, Analogue, Claim, PaperTable, Row, setting_text
+from harness.reference_results import Column as PaperColumn
 
 # Quality metrics and which way is better. Alignment metrics of the embedded models end in "_accuracy".
 LOWER_IS_BETTER = ("lpips_alex", "lpips_vgg", "fid", "kid_mean", "sfid")
@@ -609,28 +611,41 @@ def matches(run, match: dict) -> bool:
 
 
 def _table_frame(frame, spec: PaperTable, experiment: str | None, model: str | None):
-    """The runs of the table's experiment and model; ``model`` defaults to the table's when present, else
-    to the experiment's only model."""
-    experiment = experiment or spec.experiment
+    """The runs that fill the table: those of its GPU experiment when the store has them (or ``experiment``
+    names it), else those of its embedded analogue. → (runs, experiment, model, the analogue or None).
+    ``model`` defaults to the table's (or the analogue's) when present, else to the experiment's only model."""
+    analogue = spec.analogue
+    on_gpu = spec.experiment is not None and bool((frame["experiment"] == spec.experiment).any())
+    if analogue is not None and (experiment == analogue.experiment or (experiment is None and not on_gpu)):
+        experiment, default = analogue.experiment, analogue.model
+    else:
+        analogue, experiment, default = None, experiment or spec.experiment, spec.model
     frame = frame[frame["experiment"] == experiment]
     models = sorted(frame["model"].dropna().unique())
     if model is None:
-        if spec.model in models or not models:
-            model = spec.model
+        if default in models or not models:
+            model = default
         elif len(models) == 1:
             model = models[0]
         else:
             raise ValueError(f"model: experiment {experiment!r} has runs of {', '.join(models)}; "
                              f"choose one (the paper's {spec.id} is about {spec.model})")
-    return frame[frame["model"] == model], experiment, model
+    return frame[frame["model"] == model], experiment, model, analogue
 
 
-def _measured(runs, row: Row, column, summaries: dict) -> tuple[float, float, float] | None:
-    """Our value of one published cell in the paper's unit, with its 95 % interval when one configuration
-    measures it (over several, their mean alone): (value, low, high), None where no run matches.
-    ``summaries``: the summary of each set of matching runs already made (the cells of a row share theirs)."""
-    match = row.column_match.get(column.key, row.match)
-    if column.metric is None or column.metric not in runs.columns:
+def paper_match(row: Row, column: PaperColumn, analogue: Analogue | None) -> dict:
+    """Which runs measure one cell: the column's own match (Table 5's ToCa base), the analogue's for the row
+    on the embedded model, else the row's."""
+    if column.match or column.key in row.column_match:
+        return row.column_match[column.match or column.key]
+    return (analogue.match if analogue else {}).get(row.label, row.match)
+
+
+def paper_cell(runs, match: dict, column: PaperColumn, summaries: dict) -> tuple[float, float, float] | None:
+    """Our value of one cell in the paper's unit, with its 95 % interval when one configuration measures it
+    (over several, their mean alone): (value, low, high), None where no run matches. ``summaries``: the
+    summary of each set of matching runs already made (the cells of a row share theirs)."""
+    if column.metric is None or column.metric not in runs.columns or runs.empty:
         return None
     hits = runs[[matches(r, match) for _, r in runs.iterrows()]]
     hits = hits[hits[column.metric].notna()]
@@ -648,30 +663,54 @@ def _measured(runs, row: Row, column, summaries: dict) -> tuple[float, float, fl
     return value, float(first[low]) * column.scale, float(first[high]) * column.scale
 
 
+def _published_macs_ratio(spec: PaperTable) -> dict[str, float]:
+    """Each row's published MACs over the first row's (the uncached model): comparable with an analogue's."""
+    full = spec.rows[0].published.get("macs")
+    return {r.label: r.published["macs"] / full for r in spec.rows if full and "macs" in r.published}
+
+
 def paper_table(frame, layout: str, experiment: str | None = None, model: str | None = None) -> Table:
-    """The DiffSparse paper's table ``layout`` ("table1" ... "table10"): every published row with its
-    numbers, and ours measured from the store beside each (mean over seeds; "—" where we have no run)."""
+    """The DiffSparse paper's table ``layout`` (table1 ... table10, stages, search): every published row with
+    its numbers, and ours beside them — measured on the table's own model by its GPU experiment, or on the
+    embedded model of the same family by its analogue (the default when the store has no GPU runs). "—" where
+    no run matches; CSV columns ``paper_<key>`` and ``ours_<key>`` (with ``_ci_low`` / ``_ci_high``)."""
     if layout not in TABLES:
         raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
     spec = TABLES[layout]
-    runs, experiment, model = _table_frame(frame, spec, experiment, model)
+    runs, experiment, model, analogue = _table_frame(frame, spec, experiment, model)
+    ratios = _published_macs_ratio(spec) if analogue else {}
     columns = [Column("Method", text)]
     for c in spec.columns:
-        published, ours = (times, times) if c.key == "speedup" else (fixed(c.digits), with_interval(c.digits))
-        key = f"{c.key}_ours"
-        columns += [Column(f"{c.header} (paper)", published, key=f"{c.key}_paper"),
-                    Column(f"{c.header} (ours)", ours, ("md", "tex")),
+        columns.append(Column(f"{c.header} (paper)", times if c.key == "speedup" else fixed(c.digits),
+                              key=f"paper_{c.key}"))
+    if ratios:
+        columns.append(Column("MAC ratio (paper)", fixed(3), key="paper_macs_ratio"))
+    ours = analogue.columns if analogue else spec.columns
+    for c in ours:
+        key = f"ours_{c.key}"
+        shown = times if c.key == "speedup" else with_interval(c.digits)
+        columns += [Column(f"{c.header} (ours)", shown, ("md", "tex")),
                     *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high"))]
     rows, summaries = [], {}
+    absent = analogue.absent if analogue else {}
     for row in spec.rows:
-        cells = [row.label]
-        for c in spec.columns:
-            ours = _measured(runs, row, c, summaries)
-            cells += [row.published.get(c.key), ours, *(ours or (None, None, None))]
+        cells = [row.label, *(row.published.get(c.key) for c in spec.columns)]
+        if ratios:
+            cells.append(ratios.get(row.label))
+        for c in ours:
+            value = None if row.label in absent else paper_cell(runs, paper_match(row, c, analogue), c, summaries)
+            cells += [value, *(value or (None, None, None))]
         rows.append(cells)
-    notes = [f"Paper: {spec.source}. Ours: experiment {experiment!r}, model {model!r}, {len(runs)} runs in the "
-             "store; [low, high]: 95 % bootstrap interval over images × seeds (FID: over the sample set).",
-             *([spec.note] if spec.note else [])]
+    where = (f"the embedded analogue: experiment {experiment!r} on {model!r}, the same comparison measured against "
+             "the uncached model" if analogue else f"experiment {experiment!r}, model {model!r}")
+    notes = [f"Paper: {spec.source}. Ours: {where}; {len(runs)} runs in the store; [low, high]: 95 % bootstrap "
+             "interval over images × seeds (FID: over the sample set).",
+             *([spec.note] if spec.note and not analogue else []),
+             *(f"{label}: {why}." for label, why in absent.items())]
+    if not analogue and spec.no_analogue:
+        notes.append(f"No embedded analogue: {spec.no_analogue}.")
+    elif not analogue and spec.analogue and runs.empty:
+        notes.append(f"No GPU runs here; the embedded analogue fills this table: dsbench reproduce --only {spec.id}.")
     return Table(f"{spec.title} ({spec.id})", columns, rows, notes)
 
 

@@ -85,7 +85,9 @@ def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
                "budget_macs_ratio": _budget_ratio(exp, entry),
                "eval": exp.eval.model_dump(), "seed": seed, "metrics": sorted(exp.metrics),
                "latency": exp.latency.model_dump(), "code_version": code_version(),
-               "inputs": input_files(entry.params_for(model))}
+               "inputs": input_files(entry.params_for(model)),
+               # only when set: the runs of files without it keep the identity they had before the field existed
+               **({"guidance_channels": exp.guidance_channels} if exp.guidance_channels is not None else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -143,6 +145,7 @@ class ModelContext:
     steps: int
     guidance: float
     guidance_given: bool  # pass guidance_scale to bundle.sample only when the experiment sets it
+    guidance_channels: int | None  # DiT: guide only the first N latent channels (None: the sampler's default)
     conditions: list
     references: torch.Tensor | None
     progress: bool
@@ -155,7 +158,8 @@ class ModelContext:
         pipe = self.bundle.pipeline
         pipe.set_progress_bar_config(desc=desc, leave=False, disable=not (self.progress and desc))
         kwargs = {"steps": self.steps, "start": start,
-                  **({"guidance_scale": self.guidance} if self.guidance_given else {})}
+                  **({"guidance_scale": self.guidance} if self.guidance_given else {}),
+                  **({"guidance_channels": self.guidance_channels} if self.guidance_channels is not None else {})}
         if method is None:
             return self.bundle.sample(conditions, seed, **kwargs), None
         with torch.no_grad(), methods.attach(pipe, method, seed=seed) as handle:
@@ -211,7 +215,8 @@ def _load_model(exp: Experiment, name: str, progress: bool, device: torch.device
     references = bundle.references(exp.eval.references or exp.eval.size) if needs_refs else None
     return ModelContext(bundle=bundle, sampler=sampler, steps=exp.steps or bundle.sampler.steps,
                         guidance=bundle.sampler.guidance_scale if exp.guidance is None else exp.guidance,
-                        guidance_given=exp.guidance is not None, conditions=conditions, references=references,
+                        guidance_given=exp.guidance is not None, guidance_channels=exp.guidance_channels,
+                        conditions=conditions, references=references,
                         progress=progress)
 
 
@@ -489,7 +494,8 @@ def _teacher(cache, ctx: ModelContext, model: str, seed: int, shard: Shard) -> t
     """The uncached samples (on rank 0; None elsewhere): from the cache, else drawn sharded and cached."""
     sampler = dataclasses.replace(ctx.bundle.sampler, scheduler=ctx.sampler, steps=ctx.steps,
                                   guidance_scale=ctx.guidance)
-    fields = {"model": model, "sampler": sampler, "steps": ctx.steps, "seed": seed, "conditions": ctx.conditions}
+    fields = {"model": model, "sampler": sampler, "steps": ctx.steps, "seed": seed, "conditions": ctx.conditions,
+              **({"guidance_channels": ctx.guidance_channels} if ctx.guidance_channels is not None else {})}
     desc = f"{model} teacher"
     if shard.count == 1:
         return cache.get_or_create(fields, lambda: ctx.sample(ctx.conditions, seed, desc=desc)[0])

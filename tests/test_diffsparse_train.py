@@ -161,11 +161,45 @@ def test_the_selector_of_training_is_the_selector_of_inference(tmp_path):
         assert (resolved["importance"], resolved["drop"]) == (importance, drop)
 
 
+def test_pixart_lambda1_reaches_the_training_selector_and_the_schedule(tmp_path):
+    """Table 10's −s1 row needs a PixArt schedule trained with λ1 > 0 (A.5.1's default is 0): the trainer's
+    selector uses it, the schedule records it, inference reads it back unless its config overrides it."""
+    task = tiny_task("pixart")
+    config = TrainConfig(ratio=0.2, loss="l2", conditions=1, batch=1, stages="single", pixart_lambda1=0.5)
+    trainer = Trainer(task, config, tmp_path, lambda line: None)
+    assert trainer.score.attention_received == 0.5 and trainer.score.cross_entropy == 1.0
+    path = trainer.train()
+    assert load_schedule(path).meta["config"]["pixart_lambda1"] == 0.5
+    for params, lambda1 in [({}, 0.5), ({"pixart_lambda1": 0.0}, 0.0)]:
+        with methods.attach(task.pipeline, methods.build("diffsparse", schedule=str(path), **params)) as h:
+            images(task, [1], [0], grad=False)
+            assert h.report()["config"]["lambda1"] == lambda1
+
+
+def test_unset_pixart_lambda1_keeps_the_committed_schedules_config_hash():
+    """A field added to TrainConfig must not change the hash of configs that do not set it: the committed
+    schedules re-export (and their checkpoints resume) under the hash they were made with."""
+    from pathlib import Path
+
+    from methods.diffsparse.schedule import config_hash
+
+    for model in ("mnist-dit", "shapes-pixart"):
+        meta = json.loads((Path(__file__).parents[1] / "results" / "diffsparse" / model / "schedule.json")
+                          .read_text())["meta"]
+        trained = meta["config"]
+        config = TrainConfig(**{k: v for k, v in trained.items() if k in TrainConfig.model_fields})
+        assert "pixart_lambda1" not in config.recorded()
+        assert config_hash({"task": trained["task"], "weights": trained["weights"], **config.recorded()}) \
+            == meta["config_hash"]
+
+
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="loss"):
         main(["--model", "mnist-dit", "--out", "x", "--loss", "l1"])
     with pytest.raises(ValueError, match=r"--drop: .*any of s1, s2, s3, B"):
         main(["--model", "mnist-dit", "--out", "x", "--drop", "s3", "s7"])
+    with pytest.raises(ValueError, match=r"--pixart-lambda1: .*greater than or equal to 0"):
+        main(["--model", "shapes-pixart", "--out", "x", "--pixart-lambda1", "-1"])
 
 
 def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():

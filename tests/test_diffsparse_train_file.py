@@ -37,6 +37,8 @@ def test_committed_training_files_validate_and_the_quickstart_reads_their_schedu
      r"schedules\[0\]: unknown field 'colour'; allowed fields: model, out, minutes, evaluate, params"),
     ({"schedules": [{"model": "mnist-dit", "out": "x", "params": {"ratio": 1.5}}]},
      r"schedules\[0\]: params: field 'ratio': .*less than 1"),
+    ({"schedules": [{"model": "shapes-pixart", "out": "x", "params": {"pixart_lambda1": -1}}]},
+     r"schedules\[0\]: params: field 'pixart_lambda1': .*greater than or equal to 0"),
     ({"schedules": [{"model": "mnist-dit", "out": "x", "params": {"lr": 1}}]},
      r"params: unknown field 'lr'; allowed fields: ratio, interval"),
     ({"schedules": [{"model": "no-such-model", "out": "x"}]}, r"'no-such-model' is not in the model zoo"),
@@ -53,6 +55,15 @@ def test_bad_training_files_fail_before_work(tmp_path, data, message):
         train_file.load(path)
     assert dsbench(["train", "diffsparse", str(path)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.yaml"]
+
+
+def test_train_file_passes_pixart_lambda1_to_the_trainer(tmp_path):
+    """A −s1 ablation base is trained from a training file like any other TrainConfig field."""
+    path = write(tmp_path, {"defaults": {"params": {"pixart_lambda1": 1.0}},
+                            "schedules": [{"model": "shapes-pixart", "out": "a"},
+                                          {"model": "shapes-pixart", "out": "b", "params": {"drop": ["s1"]}}]})
+    _, todo = train_file.load(path)
+    assert [(c.pixart_lambda1, c.drop) for _, c in todo] == [(1.0, ()), (1.0, ("s1",))]
 
 
 def test_train_file_trains_evaluates_then_only_reexports(tmp_path, capsys):

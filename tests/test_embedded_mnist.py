@@ -130,3 +130,76 @@ def test_fidelity_to_teacher_is_zero_with_full_and_grows_as_toca_ratio_falls(bun
              for r in (0.3, 0.15, 0.05, 0.0)]
     assert 0.0 < lpips[0]  # DiT ToCa reuses self-attention on every partial step, whatever the ratio
     assert all(a < b for a, b in zip(lpips, lpips[1:])), lpips
+
+
+# -- guidance on the first latent channels (the original DiT sampler), shared with the hub DiT's sampler -------------
+def _recorded(pipe, channels, scale=4.0):
+    """The transformer's own outputs and the guided predictions the scheduler steps with, per step."""
+    from conftest import run_dit
+    from harness.models.embedded.common import guided_channels
+
+    raw, guided = [], []
+    handle = pipe.transformer.register_forward_hook(lambda _m, _a, out: raw.append(out.sample.clone()))
+    step = pipe.scheduler.step
+    pipe.scheduler.step = lambda output, *a, **k: (guided.append(output.clone()), step(output, *a, **k))[1]
+    try:
+        with guided_channels(pipe, channels, scale):
+            run_dit(pipe, steps=3)
+    finally:
+        handle.remove()
+        del pipe.scheduler.step
+    return raw, guided
+
+
+def test_guided_channels_is_the_original_dit_forward_with_cfg():
+    """facebookresearch/DiT guides eps channels 0..2 (u + s·(c − u)) and keeps channel 3 at each half's own
+    output; the sample is the cond half. With guidance_channels 3 the cond half the scheduler steps with is
+    exactly that; without it diffusers guides channel 3 too."""
+    from conftest import dit_pipeline
+
+    pipe = dit_pipeline()
+    for channels in (3, None):
+        raw, guided = _recorded(pipe, channels)
+        assert len(raw) == len(guided) == 3
+        for out, pred in zip(raw, guided):
+            half = len(out) // 2
+            c, u = out[:half, :4], out[half:, :4]
+            expected = u + 4.0 * (c - u)
+            if channels == 3:
+                expected[:, 3] = c[:, 3]
+            assert torch.allclose(pred[:half], expected, atol=1e-6)
+        assert (channels == 3) == torch.allclose(guided[-1][:half, 3], raw[-1][:half, 3])
+
+
+def test_guided_channels_hook_leaves_learned_sigma_and_unbatched_calls_alone():
+    from conftest import dit_pipeline
+    from harness.models.embedded.common import guided_channels
+
+    pipe = dit_pipeline()  # out_channels 8: 4 eps + 4 learned-σ channels
+    kw = dict(hidden_states=torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+              timestep=torch.full((4,), 500), class_labels=torch.tensor([1, 2, 1000, 1000]))
+    with torch.no_grad():
+        plain = pipe.transformer(**kw).sample
+        with guided_channels(pipe, 3, 4.0):
+            hooked = pipe.transformer(**kw).sample
+        with guided_channels(pipe, 3, 1.0):  # no CFG batch to split
+            unguided = pipe.transformer(**kw).sample
+    assert torch.equal(hooked[:, :3], plain[:, :3]) and torch.equal(hooked[:, 4:], plain[:, 4:])
+    assert torch.equal(hooked[2:, 3], plain[:2, 3]) and torch.equal(hooked[:2, 3], plain[:2, 3])
+    assert torch.equal(unguided, plain) and torch.equal(pipe.transformer(**kw).sample, plain)  # hook removed
+
+
+def test_samplers_take_guidance_channels(bundle):
+    """The mnist-dit and hub DiT samplers pass it on (4 = all channels = the default); others refuse it."""
+    from conftest import dit_pipeline
+    from harness.models.hub import _sampler_call
+    from harness.models.zoo import Sampler
+
+    conds = [3, 7]
+    plain = bundle.sample(conds, seed=0, steps=4)
+    assert not torch.equal(bundle.sample(conds, seed=0, steps=4, guidance_channels=3), plain)
+    assert torch.equal(bundle.sample(conds, seed=0, steps=4, guidance_channels=4), plain)
+    hub = _sampler_call(dit_pipeline(), "dit", Sampler("ddim-linspace", 3, 4.0, 8))
+    assert not torch.equal(hub(conds, 0, guidance_channels=3), hub(conds, 0))
+    with pytest.raises(ValueError, match="guidance_channels"):
+        _sampler_call(None, "pixart", Sampler("dpm-solver++", 3, 4.5, 8))(["a"], 0, guidance_channels=3)

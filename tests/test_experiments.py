@@ -35,17 +35,37 @@ def test_every_experiment_file_validates(path):
     assert all(exp.method_entries() for exp in exps)
 
 
-@pytest.mark.parametrize("layout", sorted(TABLES))
+def _entry_runs(exp, model: str) -> list[dict]:
+    return [{"method": e.name, "params": e.params_for(model), "tuned": {},
+             "budget_macs_ratio": runner._budget_ratio(exp, e)} for e in exp.method_entries()]
+
+
+@pytest.mark.parametrize("layout", sorted(t for t, spec in TABLES.items() if spec.experiment))
 def test_each_paper_table_has_a_file_whose_entries_measure_its_rows(layout):
     spec = TABLES[layout]
     exp = experiment.load(ROOT / "experiments" / f"{spec.experiment}.yaml")
     assert spec.model in exp.models
-    runs = [{"method": e.name, "params": e.params_for(spec.model), "tuned": {},
-             "budget_macs_ratio": runner._budget_ratio(exp, e)} for e in exp.method_entries()]
+    runs = _entry_runs(exp, spec.model)
     for row in spec.rows:
         for match in (row.match, *row.column_match.values()):
             if match["method"] in methods.available():  # DiCache (Table 1) is not implemented
                 assert any(report.matches(run, match) for run in runs), (layout, row.label, match)
+
+
+@pytest.mark.parametrize("layout", sorted(t for t, spec in TABLES.items() if spec.analogue))
+def test_each_embedded_analogue_file_measures_every_row_it_does_not_explain_away(layout):
+    spec = TABLES[layout]
+    analogue = spec.analogue
+    exp = experiment.load(ROOT / "experiments" / f"{analogue.experiment}.yaml")
+    assert exp.models == [analogue.model]
+    runs = _entry_runs(exp, analogue.model)
+    for row in spec.rows:
+        if row.label in analogue.absent:
+            continue
+        for column in analogue.columns:
+            match = report.paper_match(row, column, analogue)
+            assert any(report.matches(run, match) for run in runs), (layout, row.label, match)
+    assert not any(spec.no_analogue for spec in TABLES.values() if spec.analogue)
 
 
 def test_paper_table_files_run_duca_at_the_ratio_whose_macs_are_the_papers():
@@ -102,3 +122,44 @@ def test_entries_may_carry_their_own_budget():
     with pytest.raises(ValueError, match=r"methods\[0\].params.*duca.ratio is tuned.*0.41"):
         experiment.parse({"name": "x", "models": ["mnist-dit"],
                           "methods": [{"name": "duca", "params": {"ratio": 0.3}, "budget": {"macs_ratio": 0.41}}]})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"models": ["shapes-pixart"], "guidance_channels": 3},
+     r"^x.yaml: field 'guidance_channels': model shapes-pixart is not a DiT model; only DiT models take it"),
+    ({"models": ["mnist-dit", "wan2.1-1.3b"], "guidance_channels": 3}, r"model wan2.1-1.3b is not a DiT model"),
+    ({"models": ["mnist-dit"], "guidance_channels": 5},
+     r"field 'guidance_channels': Input should be less than or equal to 4 .*allowed: DiT models only: .*N in \[1, 4\]"
+     r".* or null"),
+    ({"models": ["mnist-dit"], "guidance_channels": 0}, r"field 'guidance_channels': Input should be greater"),
+])
+def test_guidance_channels_is_dit_only_and_in_range(data, message):
+    with pytest.raises(ValueError, match=message) as err:
+        experiment.parse({**data, "methods": [{"name": "full"}]}, "x.yaml", default_name="x")
+    assert "\n" not in str(err.value)
+
+
+def test_guidance_channels_makes_new_runs_and_leaves_other_identities_as_they_were(monkeypatch):
+    """Set, the field is part of the identity; unset, the identity is the one computed before the field existed
+    (pinned here for a fixed code version)."""
+    monkeypatch.setattr(runner, "code_version", lambda: "pinned")  # as $DSBENCH_CODE_VERSION=pinned
+    data = {"name": "x", "models": ["mnist-dit"], "methods": [{"name": "toca"}]}
+    plain = experiment.parse(data, "x.yaml")
+    three = experiment.parse({**data, "guidance_channels": 3}, "x.yaml")
+    assert plain.guidance_channels is None and three.guidance_channels == 3
+    assert runner.run_id(plain, "mnist-dit", plain.methods[0], 0) == "aa772e683bc1a4ebbd3b644c"
+    assert runner.run_id(three, "mnist-dit", three.methods[0], 0) != "aa772e683bc1a4ebbd3b644c"
+    assert experiment.load(ROOT / "experiments" / "table2_dit.yaml").guidance_channels == 3
+
+
+def test_the_runner_passes_guidance_channels_to_the_sampler_only_when_set():
+    from types import SimpleNamespace
+
+    calls = []
+    bundle = SimpleNamespace(pipeline=SimpleNamespace(set_progress_bar_config=lambda **kw: None),
+                             sample=lambda conditions, seed, **kw: calls.append(kw))
+    for channels in (3, None):
+        ctx = runner.ModelContext(bundle=bundle, sampler="ddim", steps=4, guidance=1.5, guidance_given=False,
+                                  guidance_channels=channels, conditions=[1], references=None, progress=False)
+        ctx.sample([1], 0)
+    assert calls == [{"steps": 4, "start": 0, "guidance_channels": 3}, {"steps": 4, "start": 0}]

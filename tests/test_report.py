@@ -96,20 +96,21 @@ def test_table1_layout_published_numbers_and_ours(store):
     table = report.paper_table(store.frame(), "table1")
     spec = TABLES["table1"]
     assert [row[0] for row in table.rows] == [r.label for r in spec.rows]
-    assert table.headers("md")[:3] == ["Method", "MACs (T) (paper)", "MACs (T) (ours)"]
+    assert table.headers("md")[:3] == ["Method", "MACs (T) (paper)", "Speedup (paper)"]
+    assert table.headers("md")[5] == "MACs (T) (ours)"
     rows = {r["Method"]: r for r in table.records()}
-    assert rows["DiffSparse (R=43%)"]["fid_paper"] == 26.91  # published, from reference_results
-    assert rows["DiffSparse (R=43%)"]["fid_ours"] == pytest.approx(20.0)  # mean of 19.5 and 20.5
-    assert rows["ToCa"]["clip_ours"] == pytest.approx(0.164)  # Convention A / 100
-    assert rows["ToCa"]["macs_ours"] == pytest.approx(0.57 * 2.86)
-    assert rows["FORA (N=2)"]["speedup_ours"] == pytest.approx(1.6)
-    assert rows["DuCa"]["fid_ours"] is None  # no run: "—"
-    assert "| DuCa | 1.630 | — |" in report.write(table, "md")
+    assert rows["DiffSparse (R=43%)"]["paper_fid"] == 26.91  # published, from reference_results
+    assert rows["DiffSparse (R=43%)"]["ours_fid"] == pytest.approx(20.0)  # mean of 19.5 and 20.5
+    assert rows["ToCa"]["ours_clip"] == pytest.approx(0.164)  # Convention A / 100
+    assert rows["ToCa"]["ours_macs"] == pytest.approx(0.57 * 2.86)
+    assert rows["FORA (N=2)"]["ours_speedup"] == pytest.approx(1.6)
+    assert rows["DuCa"]["ours_fid"] is None  # no run: "—"
+    assert "| DuCa | 1.630 | 1.78× | 27.98 | 0.164 | — | — | — | — |" in report.write(table, "md")
     # Table 5's "base" column is a ToCa run whose importance (the default, attention) matches
     table5 = report.paper_table(store.frame(), "table5", experiment="table1_pixart").records()
-    assert (table5[2]["Method"], table5[2]["base_paper"], table5[2]["base_ours"]) == ("Attention", 28.35,
+    assert (table5[2]["Method"], table5[2]["paper_base"], table5[2]["ours_base"]) == ("Attention", 28.35,
                                                                                      pytest.approx(21.5))
-    assert table5[0]["base_ours"] is None
+    assert table5[0]["ours_base"] is None
 
 
 def test_paper_table_cells_carry_the_interval_of_their_runs(tmp_path):
@@ -122,8 +123,8 @@ def test_paper_table_cells_carry_the_interval_of_their_runs(tmp_path):
                               lpips_alex=float(np.mean(values)), per_sample={"lpips_alex": {"values": values}}))
     toca = next(r for r in report.paper_table(Store(tmp_path / "r.db").frame(), "table1").records()
                 if r["Method"] == "ToCa")
-    assert toca["fid_ours"] == pytest.approx(20.5)
-    assert (toca["fid_ours_ci_low"], toca["fid_ours_ci_high"]) == (18.0, 24.0)  # union over the seeds
+    assert toca["ours_fid"] == pytest.approx(20.5)
+    assert (toca["ours_fid_ci_low"], toca["ours_fid_ci_high"]) == (18.0, 24.0)  # union over the seeds
     assert "20.50 [18.00, 24.00]" in report.write(report.paper_table(Store(tmp_path / "r.db").frame(), "table1"), "md")
 
 
@@ -203,3 +204,35 @@ def test_leaderboard_explains_runs_off_budget(tmp_path):
     section = text[text.index("Off budget (> 2 %): why"):]
     assert "- pixart-alpha-256 fora: MAC ratio 0.340 for a budget of 0.50; interval is an integer" in section
     assert "toca" not in section and "full" not in section  # within 2 %, and the reference
+
+
+def test_paper_table_falls_back_to_its_embedded_analogue(tmp_path):
+    """No GPU runs of Table 1: the layout reads the analogue experiment on shapes-pixart instead, published MACs as
+    ratios to the uncached model beside ours, DiffSparse rows matched by the folder of their schedule."""
+    rng = np.random.default_rng(1)
+    with Store(tmp_path / "r.db") as store:
+        for run_id, method, params, ratio, lpips in (
+                ("f", "full", None, 1.0, 0.0), ("t", "toca", None, 0.568, 0.010),
+                ("d", "diffsparse", {"schedule": "results/paper/schedules/shapes-pixart/r43/schedule.json"}, 0.568,
+                 0.002)):
+            values = list(np.clip(rng.normal(lpips, 0.001, 16), 0, None)) if lpips else [0.0] * 16
+            store.put(run_row(run_id, method, 0, params=params, model="shapes-pixart", experiment="paper_table1",
+                              macs_ratio=ratio, lpips_alex=float(np.mean(values)),
+                              per_sample={"lpips_alex": {"values": values}}))
+        table = report.paper_table(store.frame(), "table1")
+    rows = {r["Method"]: r for r in table.records()}
+    assert rows["ToCa"]["paper_macs_ratio"] == pytest.approx(1.64 / 2.86)
+    assert rows["ToCa"]["ours_macs_ratio"] == pytest.approx(0.568)
+    assert rows["DiffSparse (R=43%)"]["ours_lpips_alex"] == pytest.approx(0.002, abs=5e-4)
+    low, high = rows["DiffSparse (R=43%)"]["ours_lpips_alex_ci_low"], rows["DiffSparse (R=43%)"]["ours_lpips_alex_ci_high"]
+    assert low < rows["DiffSparse (R=43%)"]["ours_lpips_alex"] < high
+    assert rows["DiffSparse (R=54%)"]["ours_lpips_alex"] is None and rows["DiCache"]["ours_lpips_alex"] is None
+    assert "paper_fid" in table.headers("csv") and "ours_fid" in table.headers("csv")
+    assert "embedded analogue: experiment 'paper_table1' on 'shapes-pixart'" in table.notes[0]
+    assert "DiCache: DiCache is not implemented in dsbench." in table.notes
+
+
+def test_paper_tables_without_analogue_say_why(store):
+    for layout in ("table3", "table9"):
+        notes = report.paper_table(store.frame(), layout).notes
+        assert any(n.startswith("No embedded analogue: the embedded model zoo has no") for n in notes)

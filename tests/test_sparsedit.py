@@ -272,3 +272,48 @@ def test_unsupported_attention_is_not_applicable():
     pipe.transformer.transformer_blocks[2].attn1.rescale_output_factor = 2.0
     with pytest.raises(NotApplicable, match=r"sparsedit: DiTTransformer2DModel.transformer_blocks\[2\]: unsupported"):
         check_transformer(pipe.transformer)
+
+
+# -- fine-tuning loss ------------------------------------------------------------------------------------
+def test_distillation_loss_is_zero_exactly_when_the_student_is_the_teacher():
+    """The dense equivalent reproduces the teacher, so its distillation loss is 0; the pruned student's is not,
+    and the ε-loss of either is not (the teacher does not predict the noise exactly)."""
+    from methods.sparsedit.finetune import finetune_loss, timestep_weights
+
+    dit = tiny_dit(num_layers=6).eval()
+    x = inputs(t=700, batch=3)
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    weight = timestep_weights(alphas)[x["timestep"]]
+    with torch.no_grad():
+        teacher = dit(**x).sample
+        same = sparsify(dit, resolve_layout(6), prune=False)(**x).sample
+        pruned = sparsify(dit, resolve_layout(6))(**x).sample
+    assert finetune_loss("distill", same, noise, teacher, weight) == 0
+    distill = finetune_loss("distill", pruned, noise, teacher, weight)
+    eps = finetune_loss("eps", pruned, noise, teacher, weight)
+    assert distill > 0 and finetune_loss("eps", same, noise, teacher, weight) > 0
+    torch.testing.assert_close(finetune_loss("both", pruned, noise, teacher, weight), eps + distill)
+    # only the ε channels count (tiny_dit learns σ in channels 4-7)
+    assert finetune_loss("distill", torch.cat([teacher[:, :4], teacher[:, 4:] + 1], 1), noise, teacher, weight) == 0
+
+
+def test_base_timestep_weights_favour_high_noise():
+    from methods.sparsedit.finetune import timestep_weights
+
+    weights = timestep_weights(torch.linspace(0.999, 0.01, 1000))
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[-1] > weights[500] > weights[0]
+
+
+@pytest.mark.parametrize("argv", [["finetune", "--loss", "kl"], ["finetune", "--loss", "distil"]])
+def test_bad_loss_is_a_one_line_error(argv, capsys):
+    from methods.sparsedit.finetune import finetune, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--loss" in errors[0] and "eps, distill, both" in errors[0].replace("'", "")
+    with pytest.raises(ValueError, match=r"^loss must be one of eps, distill, both, got 'kl'$"):
+        finetune(loss="kl", max_steps=1)

@@ -67,22 +67,27 @@ BATCH = {"dit": 32, "pixart": 16, "flux": 4, "wan": 1}
 
 def _sampler_call(pipe, family: str, sampler: Sampler):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
-               start: int = 0, batch_size: int = BATCH[family]) -> torch.Tensor:
+               start: int = 0, batch_size: int = BATCH[family], guidance_channels: int | None = None) -> torch.Tensor:
         """uint8 images (videos N×T×3×H×W) in batches; image i draws its noise from the generator of
         (seed, start + i), so a shard of the evaluation set (``start``: its first index) gives the images
-        of one process."""
-        from harness.models.embedded.common import sample_in_batches
+        of one process. ``guidance_channels`` (DiT): guide only the first that many latent channels, as the
+        original DiT sampler whose FIDs the paper reports (3)."""
+        from harness.models.embedded.common import guided_channels, sample_in_batches
+
+        if guidance_channels is not None and family != "dit":
+            raise ValueError(f"guidance_channels is the DiT sampler's; this is a {family} model")
+        scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
 
         def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
-            kw = dict(num_inference_steps=steps or sampler.steps,
-                      guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                      generator=gens, output_type="pt", **sampler.extra)
+            kw = dict(num_inference_steps=steps or sampler.steps, guidance_scale=scale, generator=gens,
+                      output_type="pt", **sampler.extra)
             if family == "dit":
                 return pipe(class_labels=batch, **kw).images
             out = pipe(prompt=batch, height=sampler.resolution, width=sampler.resolution, **kw)
             return out.frames if family == "wan" else out.images
 
-        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
+        with guided_channels(pipe, guidance_channels, scale):
+            return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
 
     return sample
 

@@ -27,20 +27,9 @@ from pathlib import Path
 import torch
 
 from methods.diffsparse.train import INIT_FILE, SCHEDULE_FILE, Trainer, TrainConfig, parse_config, task_from_bundle
+from methods.diffsparse.train_file import matched_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def toca_ratio(bundle) -> float:
-    """R of ToCa's default configuration on this model: 1 − M_lin(ToCa) / M_lin(full), one condition."""
-    import methods
-
-    macs = {}
-    for name in ("full", "toca"):
-        with methods.attach(bundle.pipeline, methods.build(name)) as handle:
-            bundle.sample(bundle.conditions(1, 0), 0)
-            macs[name] = handle.report()["macs_cfg_not_counted"]
-    return 1.0 - macs["toca"] / macs["full"]
 
 
 def evaluate_all(bundle, candidates: dict[str, object], n: int, log) -> list[dict]:
@@ -93,7 +82,7 @@ def compare(bundle, minutes: float, out: Path, *, config: TrainConfig, eval_n: i
     from methods.search import run_search
 
     out = Path(out)
-    ratio = toca_ratio(bundle)
+    ratio = matched_ratio(bundle, methods.build("toca"))
     config = config.model_copy(update={"ratio": ratio})
     log(f"{bundle.name}: ToCa default M_lin ratio {1 - ratio:.4f} → budget R = {ratio:.4f}; {minutes} min per arm")
     for arm in ("diffsparse", "ga", "random"):  # a clean start: no resumed checkpoint or cached teacher

@@ -2,8 +2,9 @@
 
 Step 0 is FULL; every later (step, layer) runs at its learned level ρ: REUSE (ρ = 0), FULL
 (ρ = 1) or TOPK(⌊ρN⌋) with the DiffSparse selector, ranking tokens as in training (the schedule
-records its importance metric and dropped terms; the config may override them). The DP is not run at inference. Levels are
-fractions, so a schedule trained at one resolution runs at any other of the same (T, L).
+records its importance metric, dropped terms and PixArt λ1; the config may override them). The DP
+is not run at inference. Levels are fractions, so a schedule trained at one resolution runs at any
+other of the same (T, L).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class DiffSparseConfig(MethodConfig):
     cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
         None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
     pixart_lambda1: float | None = pydantic.Field(
-        None, ge=0.0, description="PixArt λ1 (s1 weight) >= 0; default 0 as in the paper's A.5.1")
+        None, ge=0.0, description="PixArt λ1 (s1 weight) >= 0; default: the schedule's, else 0 as in the paper's "
+        "A.5.1")
 
     @classmethod
     def required_hint(cls, field_name: str) -> str:
@@ -70,8 +72,9 @@ class DiffSparse(Method):
         c, trained = self.config, self.learned.meta.get("config") or {}
         self.drop = tuple(trained.get("drop") or ()) if c.drop is None else c.drop
         importance = c.importance or trained.get("importance") or "attention"
+        lambda1 = trained.get("pixart_lambda1") if c.pixart_lambda1 is None else c.pixart_lambda1
         self.score = selector_spec(run.family, importance=importance, drop=self.drop, cfg_selection=c.cfg_selection,
-                                   pixart_lambda1=c.pixart_lambda1)
+                                   pixart_lambda1=lambda1)
 
     def decide(self, i: int, layer: Layer) -> Decision:
         return self.learned.decision(i, layer.index, self.run.n_tokens(layer))

@@ -76,10 +76,18 @@ class TrainConfig(MethodConfig):
         "attention", description="selector importance: attention, similarity, norm")
     drop: tuple[Literal["s1", "s2", "s3", "B"], ...] = pydantic.Field(
         (), description="selector score terms removed while training and at inference: any of s1, s2, s3, B")
+    pixart_lambda1: float | None = pydantic.Field(
+        None, ge=0.0, description="PixArt selector λ1 (s1 weight) >= 0 while training and at inference; "
+        "null: 0 as in the paper's A.5.1 (a nonzero base gives Table 10's −s1 row something to remove)")
     lr_scale: float = pydantic.Field(1.0, gt=0.0, description="multiplies every learning rate and δ (> 0; 1 = paper)")
     val_conditions: int = pydantic.Field(0, ge=0, description="held-out validation conditions >= 0 (0: no selection)")
     val_every: int = pydantic.Field(1, ge=1, description="validate every N epochs of each stage (N >= 1)")
     val_seed: int = pydantic.Field(2, description="seed of the validation conditions and noise")
+
+    def recorded(self) -> dict:
+        """The fields as hashed and written into the schedule. An unset optional field is left out, so a
+        config made before that field existed keeps its hash, its checkpoint and its schedule's identity."""
+        return self.model_dump(exclude_none=True)
 
     @pydantic.field_validator("interval")
     @classmethod
@@ -292,13 +300,14 @@ class Trainer:
         self.toca, run = self.toca_run()
         self.space = LevelSpace.from_transformer(task.pipeline, task.steps, config.interval, config.mode,
                                                  text_tokens=max(run.n_text, 1))
-        self.score = selector_spec(family, importance=config.importance, drop=config.drop)
+        self.score = selector_spec(family, importance=config.importance, drop=config.drop,
+                                   pixart_lambda1=config.pixart_lambda1)
         self.table = CostTable(self.space.n_cells, self.space.K + 1)
         self.weights = self.space.weights
         self.B = self.space.budget(config.ratio)
         self.window = self.space.window(self.B)
         self.fingerprint = weights_fingerprint(task.pipeline)
-        self.config_hash = config_hash({"task": task.name, "steps": task.steps, **config.model_dump()})
+        self.config_hash = config_hash({"task": task.name, "steps": task.steps, **config.recorded()})
         self.hash = f"{self.config_hash}-{self.fingerprint}"
 
     # -- pieces ------------------------------------------------------------------------------
@@ -469,7 +478,7 @@ class Trainer:
                         validate(f"end of stage {stage}")
                     save((s + 1, 0))
         export_schedule(self.out / INIT_FILE, self.space, init_levels, budget_ratio=cfg.ratio,
-                        config={"task": self.task.name, "init": "toca", **cfg.model_dump()})
+                        config={"task": self.task.name, "init": "toca", **cfg.recorded()})
         final = self.solve(self.table.costs())
         levels, chosen = final, "the final costs"
         if validated:
@@ -483,7 +492,7 @@ class Trainer:
                  f"macs_ratio {self.mac_ratio(levels):.4f} (target {1 - cfg.ratio:.4f})")
         return export_schedule(
             self.out / SCHEDULE_FILE, self.space, levels,
-            config={"task": self.task.name, "weights": self.fingerprint, **cfg.model_dump()}, budget_ratio=cfg.ratio,
+            config={"task": self.task.name, "weights": self.fingerprint, **cfg.recorded()}, budget_ratio=cfg.ratio,
             tables={"P": self.table.P.detach().numpy(), "C": self.table.costs(), "C_init": init_costs,
                     "C_f": step_costs.C.detach().numpy(), "T_f": np.asarray(full_steps, dtype=np.int64),
                     "T_f0": np.asarray(tf0, dtype=np.int64), "levels_init": init_levels, "levels_final": final})
@@ -618,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(field.default, tuple):
             parser.add_argument(flag, nargs="*", default=field.default, help=field.description)
         else:  # numbers arrive as numbers: the config takes no text for a number (harness.validation)
-            kind = field.annotation if field.annotation in (int, float) else None
+            kind = next((t for t in (int, float) if field.annotation in (t, t | None)), None)
             parser.add_argument(flag, type=kind, default=field.default, help=field.description)
     args = parser.parse_args(argv)
     config = parse_config(TrainConfig, {name: getattr(args, name) for name in TrainConfig.model_fields})

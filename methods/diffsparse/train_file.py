@@ -17,7 +17,12 @@ defaults: {minutes: 10, evaluate: 32, params: {ratio: 0.5, stages: single}}
 schedules:
   - {model: mnist-dit, out: results/diffsparse/mnist-dit}
   - {model: shapes-pixart, out: results/diffsparse/shapes-pixart, params: {lr_scale: 0.03}}
+  - {model: shapes-pixart, out: results/paper/r43, match: {method: toca}}   # ToCa's MACs, measured
 ```
+
+``match`` trains a schedule for exactly the MACs of the method it is compared with (the paper's rows put
+DiffSparse at the MACs of ToCa): the budget ``ratio`` becomes 1 − M_lin(method) / M_lin(full), counted on
+the model before training.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ from harness.validation import StrictModel, read_yaml, schema_errors
 from methods.diffsparse.train import TrainConfig
 
 
+class Match(StrictModel):
+    """The method whose counted MACs set the schedule's budget."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=False)
+
+    method: str = pydantic.Field(description="a registered method name")
+    params: dict[str, Any] = pydantic.Field(default_factory=dict, description="its parameters")
+
+
 class Entry(StrictModel):
     """One schedule: which model, where it goes, how it is trained and evaluated."""
 
@@ -41,6 +55,7 @@ class Entry(StrictModel):
     minutes: float | None = pydantic.Field(None, gt=0, description="wall-clock budget in minutes (> 0) or null")
     evaluate: int = pydantic.Field(0, ge=0, description="held-out conditions for the evaluation table (0: none)")
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="TrainConfig fields")
+    match: Match | None = pydantic.Field(None, description="train for this method's MACs (instead of params.ratio)")
 
 
 class Defaults(StrictModel):
@@ -50,6 +65,7 @@ class Defaults(StrictModel):
     minutes: float | None = pydantic.Field(None, gt=0)
     evaluate: int = pydantic.Field(0, ge=0)
     params: dict[str, Any] = pydantic.Field(default_factory=dict)
+    match: Match | None = None
 
 
 def _allowed_fields(loc: tuple) -> list[str]:
@@ -92,12 +108,50 @@ def entries(data: dict, source: str) -> tuple[TrainFile, list[tuple[Entry, Train
             config = TrainConfig(**entry.params)
         except pydantic.ValidationError as err:
             raise ValueError(schema_errors(f"{where}: params", err, lambda loc: list(TrainConfig.model_fields))) from None
+        if entry.match is not None:
+            _check_match(entry.match, raw, where)
         key = str(Path(entry.out).resolve())
         if key in seen:
             raise ValueError(f"{where}: field 'out': {entry.out} is also the output of schedules[{seen[key]}]")
         seen[key] = j
         out.append((entry, config))
     return spec, out
+
+
+def _check_match(match: Match, raw: dict, where: str) -> None:
+    import methods
+
+    if "ratio" in (raw.get("params") or {}):
+        raise ValueError(f"{where}: fields 'match' and 'params.ratio' both set the budget; keep one")
+    if match.method not in methods.available():
+        raise ValueError(f"{where}: field 'match.method': unknown method {match.method!r} "
+                         f"(available: {', '.join(methods.available())})")
+    methods.build(match.method, **match.params)  # its own one-line error for a bad parameter
+
+
+def matched_ratio(bundle, method) -> float:
+    """The budget R at which a schedule costs what ``method`` costs on this model: 1 − M_lin(method) /
+    M_lin(full), counted on one condition (the MACs of a run do not depend on the condition)."""
+    import methods
+
+    macs = {}
+    for name, instance in (("full", methods.build("full")), ("method", method)):
+        with methods.attach(bundle.pipeline, instance) as handle:
+            bundle.sample(bundle.conditions(1, 0), 0)
+            macs[name] = handle.report()["macs_cfg_not_counted"]
+    return 1.0 - macs["method"] / macs["full"]
+
+
+def _resolve_budget(entry: Entry, config: TrainConfig, log=print) -> TrainConfig:
+    """The entry's config with ``ratio`` set from its ``match`` method's MACs (unchanged without one)."""
+    if entry.match is None:
+        return config
+    import methods
+    from harness.models import zoo
+
+    ratio = matched_ratio(zoo.load(entry.model), methods.build(entry.match.method, **entry.match.params))
+    log(f"  budget: the MACs of {entry.match.method} {entry.match.params or ''} on {entry.model} → R = {ratio:.4f}")
+    return config.model_copy(update={"ratio": ratio})
 
 
 def load(path: str | Path) -> tuple[TrainFile, list[tuple[Entry, TrainConfig]]]:
@@ -119,6 +173,7 @@ def run(path: str | Path, only: list[str] | None = None) -> list[Path]:
     for j, (entry, config) in enumerate(todo, 1):
         print(f"[{j}/{len(todo)}] {entry.model} → {entry.out}", flush=True)
         command = f"dsbench train diffsparse {path} --only {entry.out}"
+        config = _resolve_budget(entry, config)
         written.append(train_and_evaluate(entry.model, Path(entry.out), config, minutes=entry.minutes,
                                           threads=spec.threads, evaluate_n=entry.evaluate, command=command))
     return written

@@ -1,11 +1,17 @@
 """SparseDiT fine-tuning recipe (METHODS §1.9) on an embedded model, and its class-accuracy check.
 
-Recipe [C], scaled to a CPU: the pretrained DiT is rebuilt by ``sparsify`` and trained with the standard
-DiT ε-loss (plain MSE, labels dropped to the null class with p = 0.1 for CFG), AdamW lr 1e-4, weight decay
-0, EMA of the weights, bf16 autocast. Each batch draws its timesteps inside one piece of constant grid side
-(``pieces``; piece chosen with probability ∝ its length, so t stays uniform over [0, T)) — the paper's "one
-piece per GPU" on one process. [PD] EMA decay 0.999 with DiT's warm-up min(decay, (1+k)/(10+k)) instead of
-0.9999: a run of a few thousand steps would otherwise keep the initial weights.
+Recipe [P/C], scaled to a CPU: the pretrained DiT is rebuilt by ``sparsify`` and trained the way the base model
+was trained ("all training settings follow their respective papers", §4) — for mnist-dit the ε-MSE weighted per
+timestep as ``mnist_dit.train_dit`` weights it (Min-SNR-5 × min(1 + 1/SNR, 20)), labels dropped to the null class
+with p = 0.1 for CFG — AdamW lr 1e-4, weight decay 0, EMA of the weights, bf16 autocast. Each batch draws its
+timesteps inside one piece of constant grid side (``pieces``; piece chosen with probability ∝ its length, so t
+stays uniform over [0, T)) — the paper's "one piece per GPU" on one process. [PD] EMA decay 0.999 with DiT's
+warm-up min(decay, (1+k)/(10+k)) instead of 0.9999: a run of a few thousand steps would otherwise keep the
+initial weights.
+
+``loss``: ``eps`` (the paper's: the base model's loss to the true noise), ``distill`` [PD] (the same weighted MSE
+to the frozen dense model's ε on the same noisy input, timestep and label: a noise-free target, so a short run
+learns from far fewer steps), ``both`` (their sum). The paper fine-tunes without a teacher.
 
     python -m methods.sparsedit finetune --model mnist-dit --minutes 14
     python -m methods.sparsedit check --model mnist-dit -n 200
@@ -29,6 +35,9 @@ from methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, s
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("mnist-dit",)
+LOSSES = ("eps", "distill", "both")
+# the per-timestep weighting of the ε-MSE that trained the base model (mnist_dit.train_dit's defaults)
+BASE_MIN_SNR_GAMMA, BASE_HIGH_NOISE_CAP = 5.0, 20.0
 
 
 def results_dir(model: str) -> Path:
@@ -40,11 +49,39 @@ def _check_model(model: str) -> None:
         raise ValueError(f"model must be one of {', '.join(MODELS)} (embedded DiTs with a training set), got {model!r}")
 
 
+def _check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+
+
+def timestep_weights(alphas: torch.Tensor) -> torch.Tensor:
+    """Per-timestep weights of the base model's ε-MSE, mean 1: Min-SNR-γ off the nearly noise-free steps,
+    min(1 + 1/SNR, cap) on the high-noise steps that decide a digit's class (see ``mnist_dit.train_dit``)."""
+    snr = alphas / (1 - alphas)
+    weights = snr.clamp(max=BASE_MIN_SNR_GAMMA) / snr * (1 + 1 / snr).clamp(max=BASE_HIGH_NOISE_CAP)
+    return weights / weights.mean()
+
+
+def finetune_loss(loss: str, pred: torch.Tensor, noise: torch.Tensor, teacher: torch.Tensor | None,
+                  weight: torch.Tensor) -> torch.Tensor:
+    """The fine-tuning loss of a batch: weighted MSE of the student's ε ``pred`` to the true ``noise`` (eps), to the
+    dense ``teacher``'s ε (distill), or their sum (both); ``weight`` is per sample."""
+    _check_loss(loss)
+    pred = pred[:, :noise.shape[1]].float()
+    terms = []
+    if loss in ("eps", "both"):
+        terms.append((pred - noise).pow(2).mean((1, 2, 3)))
+    if loss in ("distill", "both"):
+        terms.append((pred - teacher[:, :noise.shape[1]].float()).pow(2).mean((1, 2, 3)))
+    return (sum(terms) * weight).mean()
+
+
 def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: int | None = None, batch_size: int = 64,
              lr: float = 1e-4, ema_decay: float = 0.999, label_drop: float = 0.1, r_min: float = 0.61,
-             r_max: float = 0.86, seed: int = 0, resume: bool = True, checkpoint_every: int = 50,
-             out_dir: Path | None = None, log=None) -> dict:
-    """Fine-tune SparseDiT from the embedded model's transformer; writes ``transformer.safetensors`` (EMA)."""
+             r_max: float = 0.86, loss: str = "eps", seed: int = 0, resume: bool = True, checkpoint_every: int = 50,
+             log_every: int = 50, out_dir: Path | None = None, log=None) -> dict:
+    """Fine-tune SparseDiT from the embedded model's transformer; writes ``transformer.safetensors`` (EMA) and keeps
+    its resumable state in ``checkpoint.pt`` (git-ignored) in ``out_dir``."""
     from diffusers import DDIMScheduler
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from tqdm import tqdm
@@ -52,12 +89,13 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
     from harness.models.embedded import mnist_dit as md
 
     _check_model(model)
+    _check_loss(loss)
     if minutes is None and max_steps is None:
         raise ValueError("give minutes or max_steps (the fine-tuning budget)")
     out_dir = Path(out_dir or results_dir(model))
     out_dir.mkdir(parents=True, exist_ok=True)
     log = log or Log(out_dir / "finetune_log.txt")
-    ckpt = md.CACHE.parent / f"sparsedit-{model}" / "checkpoint.pt"  # resumable state (not committed)
+    ckpt = out_dir / "checkpoint.pt"
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
@@ -65,16 +103,18 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
     scaling = pipe.vae.config.scaling_factor
     mean, std, labels = md._encode_train_set(pipe.vae, md.WEIGHTS, log)
     alphas = DDIMScheduler(**md.SCHEDULER_CONFIG).alphas_cumprod.float()
+    loss_weights = timestep_weights(alphas)
     transformer = pipe.transformer
     layout = resolve_layout(len(transformer.transformer_blocks))
     net = sparsify(transformer, layout, r_min, r_max, num_train_timesteps=len(alphas))
+    teacher = transformer.eval().requires_grad_(False)  # frozen (sparsify copied the weights); --loss distill/both
     ema = copy.deepcopy(net).requires_grad_(False)
     n_tokens = (transformer.config.sample_size // transformer.config.patch_size) ** 2
     spans = pieces(r_min, r_max, n_tokens, len(alphas))
     weights = torch.tensor([hi - lo for lo, hi, _ in spans], dtype=torch.float)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     hparams = dict(model=model, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_drop=label_drop,
-                   r_min=r_min, r_max=r_max, seed=seed, layout=vars(layout), pieces=spans)
+                   r_min=r_min, r_max=r_max, loss=loss, seed=seed, layout=vars(layout), pieces=spans)
     hparams = json.loads(json.dumps(hparams))
     step = 0
     if resume and ckpt.exists():
@@ -92,7 +132,8 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
     n_params = sum(p.numel() for p in net.parameters())
     log(f"sparsedit finetune {model}: layout {vars(layout)}, {n_params / 1e6:.3f}M params "
         f"(pretrained {sum(p.numel() for p in transformer.parameters()) / 1e6:.3f}M), r ∈ [{r_min}, {r_max}], "
-        f"pieces (t_lo, t_hi, side) {spans}, batch {batch_size}, AdamW lr {lr} wd 0, EMA {ema_decay}, "
+        f"pieces (t_lo, t_hi, side) {spans}, loss {loss} (base model's timestep weights), batch {batch_size}, "
+        f"AdamW lr {lr} wd 0, EMA {ema_decay}, "
         f"{'bf16 autocast' if native_bf16() else 'fp32'}, threads {torch.get_num_threads()}")
 
     def save_checkpoint() -> None:
@@ -119,18 +160,20 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with sdpa_kernel(SDPBackend.MATH), bf16_autocast():  # the CPU flash backward is slow in bf16
             pred = net(xt, timestep=t, class_labels=y).sample
-        loss = (pred[:, :noise.shape[1]].float() - noise).pow(2).mean()
+            with torch.no_grad():
+                target = teacher(xt, timestep=t, class_labels=y).sample if loss != "eps" else None
+        value = finetune_loss(loss, pred, noise, target, loss_weights[t])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pm, 1 - decay)
-        losses[side].append(loss.item())
+        losses[side].append(value.item())
         step += 1
         bar.update(1)
-        if step % 50 == 0:
+        if step % log_every == 0:
             per_side = ", ".join(f"s={s}: {np.mean(v[-20:]):.4f}" for s, v in losses.items() if v)
             log(f"step {step:5d}  loss (last 20 per grid side) {per_side}  {time.time() - t0:.0f}s")
         if step % checkpoint_every == 0:
@@ -138,9 +181,9 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
     bar.close()
     save_checkpoint()
     save_weights(ema, out_dir / "transformer.safetensors", base_model=model, steps=step, lr=lr, ema_decay=ema_decay,
-                 batch_size=batch_size)
+                 batch_size=batch_size, loss=loss)
     summary = {"model": model, "steps": step, "seconds_this_run": round(time.time() - t0, 1), "layout": vars(layout),
-               "r_min": r_min, "r_max": r_max, "pieces": spans, "params": n_params,
+               "r_min": r_min, "r_max": r_max, "loss": loss, "pieces": spans, "params": n_params,
                "final_loss_by_side": {str(s): round(float(np.mean(v[-50:])), 5) for s, v in losses.items() if v}}
     (out_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"sparsedit finetune done: {summary}")
@@ -219,25 +262,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--r-min", type=float, default=0.61)
     p.add_argument("--r-max", type=float, default=0.86)
+    p.add_argument("--loss", default="eps", choices=LOSSES,
+                   help="eps: to the true noise (the paper); distill: to the frozen dense model's prediction; both")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-resume", action="store_true", help="ignore the checkpoint in ~/.cache/dsbench/train")
+    p.add_argument("--log-every", type=int, default=50, help="steps between loss lines in the log")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default results/sparsedit/MODEL)")
+    p.add_argument("--no-resume", action="store_true", help="ignore the checkpoint in the output folder")
     q = sub.add_parser("check", help="class accuracy + MACs, original vs SparseDiT → results/sparsedit/MODEL/check.md")
     q.add_argument("--model", default="mnist-dit", choices=MODELS)
     q.add_argument("-n", type=int, default=200)
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--weights", type=Path, default=None)
+    q.add_argument("--weights", type=Path, default=None, help="default OUT/transformer.safetensors")
     q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--out", type=Path, default=None, help="output folder (default results/sparsedit/MODEL)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m methods.sparsedit " + shlex.join(argv)
+    out = args.out or results_dir(args.model)
     if args.command == "finetune":
-        out = results_dir(args.model)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "finetune_command.txt", "a") as f:
             f.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n{command}\n")
         finetune(args.model, minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                 r_min=args.r_min, r_max=args.r_max, seed=args.seed, resume=not args.no_resume)
+                 r_min=args.r_min, r_max=args.r_max, loss=args.loss, seed=args.seed, resume=not args.no_resume,
+                 log_every=args.log_every, out_dir=out)
         return 0
-    check(args.model, n=args.n, seed=args.seed, weights=args.weights, command=command)
+    check(args.model, n=args.n, seed=args.seed, weights=args.weights, out_dir=out, command=command)
     return 0

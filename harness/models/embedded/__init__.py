@@ -4,3 +4,6 @@ Each module registers its bundle with ``harness.models.zoo.register``.
 """
 from harness.models.embedded import mnist_dit  # noqa: F401
 from harness.models.embedded import shapes_pixart  # noqa: F401
+
+# model → family, known without loading the model (experiment files are validated before any work)
+FAMILIES = {mnist_dit.NAME: "dit", shapes_pixart.NAME: "pixart", shapes_pixart.TRANSFER_NAME: "pixart"}

@@ -1,8 +1,10 @@
 """What the embedded models' training and loading code shares: atomic writes, offline loading of a
-diffusers model from its folder, a training log, bf16 autocast and per-image generators."""
+diffusers model from its folder, a training log, bf16 autocast, per-image generators and the original DiT
+sampler's guidance on some latent channels (the last two serve the hub models' samplers too)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -99,3 +101,31 @@ def sample_in_batches(conditions: list, seed: int, batch_size: int, resolution: 
         images = generate(batch, generators(seed, start + i, len(batch)))
         out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out) if out else torch.zeros(0, 3, resolution, resolution, dtype=torch.uint8)
+
+
+@contextlib.contextmanager
+def guided_channels(pipe, channels: int | None, guidance_scale: float):
+    """Classifier-free guidance on the first ``channels`` latent channels only, as the original DiT sampler
+    (``forward_with_cfg``: "for exact reproducibility reasons") does; diffusers' DiTPipeline guides all of them.
+
+    A forward hook on the transformer copies the cond rows of eps channels ``channels``… into the uncond rows of
+    the batched [cond; uncond] output, so the pipeline's u + s·(c − u) leaves them at the cond prediction, the
+    half the sample is taken from; the learned-σ channels after the latent ones are untouched. None, or a
+    guidance scale the pipeline does not batch (<= 1), changes nothing.
+    """
+    if channels is None or guidance_scale <= 1:
+        yield
+        return
+    latent = pipe.transformer.config.in_channels
+
+    def hook(_module, _args, output):
+        sample = (output[0] if isinstance(output, tuple) else output.sample).clone()  # may be a method's cache
+        half = len(sample) // 2
+        sample[half:, channels:latent] = sample[:half, channels:latent]
+        return (sample, *output[1:]) if isinstance(output, tuple) else type(output)(sample=sample)
+
+    handle = pipe.transformer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.embedded.common import Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, native_bf16, sample_in_batches
+from harness.models.embedded.common import (Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model,
+                                            guided_channels, native_bf16, sample_in_batches)
 from harness.models.zoo import ModelBundle, Sampler, register
 
 # `python -m harness.models.embedded.mnist_dit` imports this module through its package first (which registers the
@@ -542,14 +543,17 @@ def conditions(n: int, seed: int) -> list[int]:
 
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
     def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
-               batch_size: int = batch_size, start: int = 0) -> torch.Tensor:
-        """uint8 N×3×32×32 images of the class ids ``conditions``, via the DiTPipeline (``batch_size`` per call)."""
+               batch_size: int = batch_size, start: int = 0, guidance_channels: int | None = None) -> torch.Tensor:
+        """uint8 N×3×32×32 images of the class ids ``conditions``, via the DiTPipeline (``batch_size`` per call);
+        ``guidance_channels``: guide only the first that many latent channels, as the original DiT sampler."""
+        scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
+
         def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
             return pipe(class_labels=[int(c) for c in batch], num_inference_steps=steps or sampler.steps,
-                        guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                        generator=gens, output_type="pt", **sampler.extra).images
+                        guidance_scale=scale, generator=gens, output_type="pt", **sampler.extra).images
 
-        return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
+        with guided_channels(pipe, guidance_channels, scale):
+            return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
 
     return sample
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -56,6 +57,7 @@ from harness.models.embedded.common import (Log, atomic_dir, atomic_text, bf16_a
 from harness.models.zoo import ModelBundle, Sampler, register
 
 NAME = "shapes-pixart"
+TRANSFER_NAME = "shapes-pixart-64"  # the same model sampled at 64² (see load_transfer)
 WEIGHTS = Path(__file__).resolve().parent / "weights" / NAME
 REPO = Path(__file__).resolve().parents[3]
 RESULTS = REPO / "results" / "models" / NAME
@@ -661,13 +663,14 @@ def make_alignment(classifier: ShapesClassifier):
     return alignment
 
 
-def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | None = None) -> ModelBundle:
+def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | None = None,
+         sampler: Sampler = SAMPLER, name: str = NAME) -> ModelBundle:
     weights = Path(weights or WEIGHTS)
     pipe = load_pipeline(weights, device=device, dtype=dtype)
     classifier = load_classifier(weights, device=device)
     return ModelBundle(
-        name=NAME, family="pixart", kind="embedded", pipeline=pipe, sampler=SAMPLER, conditions=conditions,
-        sample=make_sample(pipe, SAMPLER), references=references, feature_extractor="shapes-classifier",
+        name=name, family="pixart", kind="embedded", pipeline=pipe, sampler=sampler, conditions=conditions,
+        sample=make_sample(pipe, sampler), references=references, feature_extractor="shapes-classifier",
         classifier=classifier, alignment=make_alignment(classifier),
         report_metrics=("lpips_alex", "psnr", "attribute_accuracy", "fid"),
         info={"weights": str(weights), "dataset": "procedural captioned scenes (harness.data.shapes), 32×32",
@@ -678,8 +681,18 @@ def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | N
                                    f"{', '.join(S.COLOURS)} | {', '.join(S.SIZES)}]"})
 
 
+def load_transfer(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | None = None) -> ModelBundle:
+    """The same weights sampled at twice the training resolution (64², 4× the tokens; PixArt's position
+    embedding is recomputed for the larger grid): the analogue of the DiffSparse paper's Table 4, a schedule
+    learned at 256² run at 512². Out of its training distribution the model draws blurrier scenes; what is
+    measured is how closely each method follows it there."""
+    return load(device, dtype, weights, sampler=dataclasses.replace(SAMPLER, resolution=2 * RESOLUTION),
+                name=TRANSFER_NAME)
+
+
 if __name__ != "__main__":  # `python -m` runs a second copy of this module as __main__: register once
     register(NAME, "embedded")(load)
+    register(TRANSFER_NAME, "embedded")(load_transfer)
 
 
 # -------------------------------------------------------------------------------------- grid, check
