@@ -20,7 +20,7 @@ METRIC = "lpips_alex"  # to the uncached model, per image: the analogues' primar
 def _summary(frame, table: str, label: str) -> dict | None:
     """The one configuration of the table's analogue that measures row ``label`` (None: none, or several)."""
     spec = TABLES[table]
-    runs, _, _, analogue = report._table_frame(frame, spec, None, None)
+    runs, _, _, analogue = report.table_runs(frame, spec, None, None)
     if analogue is None or label in analogue.absent:
         return None
     row = next(r for r in spec.rows if r.label == label)
@@ -46,18 +46,15 @@ def _beats_rows(frame, claim: Beats) -> list[list]:
     for other in claim.others:
         loser = _summary(frame, claim.table, other)
         paired = (None if winner is None or loser is None else
-                  report._paired_difference(winner["_units"].get(METRIC), loser["_units"].get(METRIC)))
-        paper = f"{published[other]['fid']:.2f} → {published[claim.winner]['fid']:.2f}"
+                  report.paired_difference(winner["_units"].get(METRIC), loser["_units"].get(METRIC)))
+        where = [spec.source.split(", ")[-1], claim.text, f"{claim.winner} − {other} in {METRIC} (claimed: < 0)",
+                 f"{published[other]['fid']:.2f} → {published[claim.winner]['fid']:.2f}"]
         if paired is None:
-            rows.append([spec.source.split(", ")[-1], claim.text, f"{claim.winner} − {other} in {METRIC} (claimed: < 0)",
-                     paper, "—", None, None, None,
-                         None, None, "not measured (run dsbench reproduce)"])
+            rows.append([*where, "—", None, None, None, None, None, "not measured (run dsbench reproduce)"])
             continue
         units = len(winner["_units"][METRIC][0])
-        macs = f"{winner['macs_ratio']:.3f} vs {loser['macs_ratio']:.3f}"
-        rows.append([spec.source.split(", ")[-1], claim.text, f"{claim.winner} − {other} in {METRIC} (claimed: < 0)",
-                     paper,
-                     f"1 schedule, {units} images × seeds", macs, paired, *paired, _verdict(paired)])
+        rows.append([*where, f"1 schedule, {units} images × seeds",
+                     f"{winner['macs_ratio']:.3f} vs {loser['macs_ratio']:.3f}", paired, *paired, _verdict(paired)])
     return rows
 
 
@@ -73,8 +70,7 @@ def _ablation_rows(frame) -> list[list]:
         paired = (-r[key], -r[f"{key}_ci_high"], -r[f"{key}_ci_low"])  # chosen − variant: < 0 as claimed
         paper = " → ".join(reversed(r["paper_fid"].split(" → ")))  # variant → the paper's choice
         rows.append([r["source"], r["claim"], f"paper's choice − {r['variant']} in {METRIC} (claimed: < 0)", paper,
-                     seeds, f"{r['macs_ratio']:.3f}",
-                     paired, *paired, r["verdict"]])
+                     seeds, f"{r['macs_ratio']:.3f}", paired, *paired, r["verdict"]])
     return rows
 
 
@@ -85,7 +81,7 @@ def _keeps_rows(frame, claim: Keeps) -> list[list]:
     summary = {r["method"]: r for r in report.summarise(runs).to_dict("records")} if not runs.empty else {}
     full, method = summary.get("full"), summary.get(claim.method)
     paired = (None if full is None or method is None else
-              report._paired_difference(method["_units"].get(claim.metric), full["_units"].get(claim.metric)))
+              report.paired_difference(method["_units"].get(claim.metric), full["_units"].get(claim.metric)))
     compared = f"{claim.method} − uncached in {claim.metric} (claimed: > −{claim.margin:g})"
     if paired is None:
         return [[claim.source, claim.text, compared, claim.published, "—", None, None, None, None, None,
@@ -125,7 +121,8 @@ def claims(frame, tables: list[str] | None = None) -> Table:
              "trained schedule, paired bootstrap 95 % interval over images × sampling seeds — it does not include "
              "the spread between trainings, which the ablations show can be as large as the differences. "
              "Ablations: Student-t 95 % interval over training seeds of the per-seed paired differences "
-             "(the paper's choice − the variant).",
+             "(the paper's choice − the variant); with one training seed, the paired bootstrap over images × "
+             "sampling seeds, which again leaves out the spread between trainings.",
              "reproduces: the paper's direction at 95 %; cannot be separated: the interval contains 0; "
              "does not reproduce: the opposite direction at 95 %. A claim of keeping quality within a margin "
              "reproduces when the whole interval is above −margin."]

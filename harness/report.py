@@ -379,7 +379,7 @@ def at_budget(summary):
     return pd.DataFrame(rows)
 
 
-def _paired_difference(a, b) -> tuple[float, float, float] | None:
+def paired_difference(a, b) -> tuple[float, float, float] | None:
     """Mean difference a − b in one metric over the (seed, image) units both configurations measured, with the
     paired bootstrap 95 % interval; None when either lacks per-image values or they share fewer than 2 units.
     ``a``, ``b``: a summary row's ``_units[metric]`` — (unit keys, values, weights or None)."""
@@ -398,7 +398,7 @@ def _paired_difference(a, b) -> tuple[float, float, float] | None:
 def separable(upper: dict, lower: dict, metric: str) -> bool | None:
     """Whether two configurations differ in ``metric`` at 95 %: the paired bootstrap interval of the difference
     over their common (seed, image) units excludes 0. None when either lacks per-image values."""
-    paired = _paired_difference(upper["_units"].get(metric), lower["_units"].get(metric))
+    paired = paired_difference(upper["_units"].get(metric), lower["_units"].get(metric))
     return None if paired is None else stats.excludes_zero(paired[1:])
 
 
@@ -466,7 +466,7 @@ def versus_column(summary, metric: str, reference: str) -> list[tuple[float, flo
         if ref.empty or row["method"] == reference:
             out.append((float("nan"), float("nan"), float("nan"), "reference" if not ref.empty else "no reference"))
             continue
-        paired = _paired_difference(row["_units"].get(metric), ref.iloc[0]["_units"].get(metric))
+        paired = paired_difference(row["_units"].get(metric), ref.iloc[0]["_units"].get(metric))
         if paired is None:
             out.append((float("nan"), float("nan"), float("nan"), "no per-image values"))
             continue
@@ -610,7 +610,7 @@ def matches(run, match: dict) -> bool:
     return budget is None or (run["budget_macs_ratio"] is not None and _same(run["budget_macs_ratio"], budget))
 
 
-def _table_frame(frame, spec: PaperTable, experiment: str | None, model: str | None):
+def table_runs(frame, spec: PaperTable, experiment: str | None, model: str | None):
     """The runs that fill the table: those of its GPU experiment when the store has them (or ``experiment``
     names it), else those of its embedded analogue. → (runs, experiment, model, the analogue or None).
     ``model`` defaults to the table's (or the analogue's) when present, else to the experiment's only model."""
@@ -677,7 +677,7 @@ def paper_table(frame, layout: str, experiment: str | None = None, model: str | 
     if layout not in TABLES:
         raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
     spec = TABLES[layout]
-    runs, experiment, model, analogue = _table_frame(frame, spec, experiment, model)
+    runs, experiment, model, analogue = table_runs(frame, spec, experiment, model)
     ratios = _published_macs_ratio(spec) if analogue else {}
     columns = [Column("Method", text)]
     for c in spec.columns:
@@ -788,7 +788,7 @@ def ablations(frame, experiment: str | None = None, metric: str | None = None) -
         claim, base_settings = found
         base = trained[_key(base_settings)]["seeds"]
         seeds = sorted(set(group["seeds"]) & set(base), key=str)
-        paired = [_paired_difference(group["seeds"][s]["_units"].get(metric), base[s]["_units"].get(metric))
+        paired = [paired_difference(group["seeds"][s]["_units"].get(metric), base[s]["_units"].get(metric))
                   for s in seeds]
         if not seeds or any(p is None for p in paired):
             unmatched.append(group)
@@ -847,7 +847,7 @@ def sample_size(frame, experiment: str | None = None, metric: str | None = None)
     for (model, budget), part in _rankings(ranked(at_budget(summarise(frame)), metric)):
         records = part.to_dict("records")  # best first, as ranked sorted them
         for upper, lower in zip(records, records[1:]):
-            paired = _paired_difference(lower["_units"].get(metric), upper["_units"].get(metric))
+            paired = paired_difference(lower["_units"].get(metric), upper["_units"].get(metric))
             if paired is None:
                 continue
             units = len(lower["_units"][metric][0])

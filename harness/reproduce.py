@@ -33,8 +33,6 @@ COMPARE = ("results/diffsparse/shapes-pixart/compare",
             "--out", "results/diffsparse/shapes-pixart/compare"])
 COMPARE_MINUTES = 30  # its three arms at --minutes 10
 FORMATS = ("md", "csv", "tex")
-
-
 OTHERS = "others"  # the other seed papers' claims (KEEPS), selectable like a table
 CHOICES = (*TABLES, OTHERS)
 
@@ -83,15 +81,16 @@ def plan(tables: list[str]) -> dict:
             if Path(schedule).exists():  # relative to the repository root, as in the experiment files
                 present.append(schedule)
             elif schedule in trainable:
-                to_train.setdefault(trainable[schedule][0], []).append(str(Path(schedule).parent))
+                outs = to_train.setdefault(trainable[schedule][0], [])
+                outs += [] if str(Path(schedule).parent) in outs else [str(Path(schedule).parent)]
             elif schedule.startswith(COMPARE[0]):
                 compare = True
             else:
                 raise ValueError(f"schedule {schedule} (experiment {exp.name}) is not there and no training file "
                                  f"of {', '.join(TRAINING_FILES)} writes it")
-    minutes = sum(trainable[s][1] or 0 for s in dict.fromkeys(present) if s in trainable)
+    budgets = {s: trainable[s][1] or 0 for s in present if s in trainable}  # their training files' minutes
     return {"experiments": experiments, "present": sorted(set(present)), "to_train": to_train, "compare": compare,
-            "present_minutes": minutes}
+            "present_budgets": budgets}
 
 
 def train_missing(needs: dict) -> list[str]:
@@ -159,7 +158,10 @@ def readme(frame, tables: list[str], needs: dict, timing: list[dict]) -> str:
     """The reproduction's front page: commands and time on this machine, what was trained, tables, claims."""
     claims_md = report.write(claims.claims(frame, tables), "md")
     wall, cpu = (sum(e[k] for e in timing) / 60 for k in ("wall_s", "cpu_s"))
-    compare_minutes = 0 if needs["compare"] else COMPARE_MINUTES
+    compare_minutes = 0 if needs["compare"] or any(COMPARE[0] in e["trained"] for e in timing) else COMPARE_MINUTES
+    trained = {out for e in timing for out in e["trained"]}  # their time is in the table already
+    before = {s: m for s, m in needs["present_budgets"].items() if str(Path(s).parent) not in trained}
+    training = sum(before.values()) + compare_minutes
     lines = [
         "# The DiffSparse paper on the embedded models",
         "",
@@ -171,10 +173,10 @@ def readme(frame, tables: list[str], needs: dict, timing: list[dict]) -> str:
         *(f"| `{e['command']}` | {e['machine']} | {e['wall_s'] / 60:.1f} | {e['cpu_s'] / 60:.1f} | {e['runs_measured']} "
           f"| {', '.join(e['trained']) or '—'} |" for e in timing),
         "",
-        f"Schedules found already trained: {len(needs['present'])}; their training files budget "
-        f"{needs['present_minutes']:.0f} min of training for them, and the search comparison's three arms "
-        f"{compare_minutes} min: a reproduction from an empty checkout adds about "
-        f"{needs['present_minutes'] + compare_minutes:.0f} min of training to the time above.",
+        f"Schedules that were already trained (committed, not by these invocations): {len(before)}; their "
+        f"training files budget {sum(before.values()):.0f} min of training for them, and the search comparison's "
+        f"three arms {compare_minutes} min: a reproduction from an empty checkout adds about {training:.0f} min of "
+        f"training to the time above (≈ {wall + training:.0f} min in all on this machine).",
         "",
         "The paper's models (PixArt-α, DiT-XL/2, Wan2.1, FLUX.1) need a GPU and the hub; each table here puts the "
         "published numbers beside the same comparison on the embedded model of the same family "

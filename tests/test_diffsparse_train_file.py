@@ -94,3 +94,25 @@ def test_train_file_trains_evaluates_then_only_reexports(tmp_path, capsys):
     again = (out / "train_log.txt").read_text()[len(log):]
     assert "resumed after the last stage: exporting" in again and "iter" not in again
     assert json.loads((out / "schedule.json").read_text())["meta"]["levels"] == json.loads(before)["meta"]["levels"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"match": {"method": "toca"}, "params": {"ratio": 0.4}}, "fields 'match' and 'params.ratio' both set the budget"),
+    ({"match": {"method": "tocaa"}}, r"field 'match.method': unknown method 'tocaa' \(available: .*toca"),
+    ({"match": {"method": "toca", "params": {"ratio": 2}}}, "ratio"),
+])
+def test_a_budget_matched_to_a_method_is_checked_before_work(tmp_path, entry, message):
+    path = write(tmp_path, {"schedules": [{"model": "mnist-dit", "out": str(tmp_path / "s"), **entry}]})
+    with pytest.raises(ValueError, match=message):
+        train_file.load(path)
+    assert not (tmp_path / "s").exists()
+
+
+def test_matched_ratio_is_the_compared_methods_counted_mac_saving():
+    """Half the steps cost half the MACs: the matched budget is R = 0.5, counted on the model, not typed."""
+    import methods
+    from harness.models import zoo
+
+    bundle = zoo.load("mnist-dit")
+    assert train_file.matched_ratio(bundle, methods.build("steps", fraction=0.5)) == pytest.approx(0.5)
+    assert train_file.matched_ratio(bundle, methods.build("full")) == 0.0

@@ -238,7 +238,7 @@ CFG {result['guidance_scale']}, classified by the bundle's domain classifier. Sp
 Sparse grid side per sampler call (i = 0 first): {sides} ({tokens} dense tokens).
 MACs per generated image over the whole run, both CFG halves counted (M_lin, and attention M_attn separately).
 
-| arm | class accuracy | M_lin (M MACs) | M_attn (M MACs) | seconds ({torch.get_num_threads()} thread(s), busy machine) |
+| arm | class accuracy | M_lin (M MACs) | M_attn (M MACs) | seconds ({torch.get_num_threads()} thread(s)) |
 |---|---|---|---|---|
 {table}
 
