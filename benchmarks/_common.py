@@ -3,7 +3,7 @@
 * a DiT-S-sized ``DiTTransformer2DModel`` with random weights (12 blocks, hidden 384, 256 tokens),
 * ``Sampler``: the denoising loop of diffusers' ``DiTPipeline`` (batched CFG, DDIM with
   ``timestep_spacing="linspace"``) without the VAE; it has ``transformer`` and ``scheduler``
-  attributes, so ``methods.attach(sampler, m)`` attaches exactly as to a pipeline (the wrapped
+  attributes, so ``dsbench.attach(sampler, m)`` attaches exactly as to a pipeline (the wrapped
   ``set_timesteps`` starts each run),
 * ``Report``: prints lines and keeps them, then writes results/benchmarks/<name>.txt and .json.
 """
@@ -22,19 +22,30 @@ from pathlib import Path
 
 import torch
 
+import dsbench
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "benchmarks"
 
 # DiT-S/2 at 256² (32×32 latent, patch 2 → 256 tokens), learned sigma (8 output channels)
-DIT_S = dict(num_layers=12, num_attention_heads=6, attention_head_dim=64, sample_size=32, patch_size=2,
-             in_channels=4, out_channels=8, num_embeds_ada_norm=1000, norm_type="ada_norm_zero")
+DIT_S = dict(
+    num_layers=12,
+    num_attention_heads=6,
+    attention_head_dim=64,
+    sample_size=32,
+    patch_size=2,
+    in_channels=4,
+    out_channels=8,
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_zero",
+)
 
 DTYPES = ("bf16-autocast", "bf16", "fp32")
 
 
 def default_dtype() -> str:
     """bf16 autocast where the CPU computes bf16 natively; fp32 elsewhere (emulated bf16 is ~8× slower)."""
-    from harness.models.embedded.common import native_bf16
+    from dsbench.models.embedded.common import native_bf16
 
     return "bf16-autocast" if native_bf16() else "fp32"
 
@@ -54,8 +65,15 @@ def build_scheduler():
     from diffusers import DDIMScheduler
 
     # DiT's linear betas; "linspace" reproduces the DiT reference respacing (METHODS §2.1)
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                         clip_sample=False, set_alpha_to_one=False, timestep_spacing="linspace")
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        timestep_spacing="linspace",
+    )
 
 
 def autocast_ctx(dtype: str):
@@ -67,8 +85,7 @@ def autocast_ctx(dtype: str):
 class Sampler:
     """DiTPipeline's denoising loop (transformer calls + CFG + scheduler steps), no VAE."""
 
-    def __init__(self, transformer, scheduler, *, batch: int, dtype: str, guidance_scale: float = 1.5,
-                 seed: int = 0):
+    def __init__(self, transformer, scheduler, *, batch: int, dtype: str, guidance_scale: float = 1.5, seed: int = 0):
         self.transformer = transformer
         self.scheduler = scheduler
         self.batch = batch
@@ -137,8 +154,11 @@ def tune_malloc() -> str:
 
     libc = ctypes.CDLL("libc.so.6")
     ok = libc.mallopt(-3, 256 * 2**20) == 1 and libc.mallopt(-1, 2**30) == 1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    return ("malloc: glibc tuned for this process (mallopt M_MMAP_THRESHOLD=256 MiB, M_TRIM_THRESHOLD=1 GiB; "
-            "both arms)" if ok else "malloc: mallopt failed; glibc defaults")
+    return (
+        "malloc: glibc tuned for this process (mallopt M_MMAP_THRESHOLD=256 MiB, M_TRIM_THRESHOLD=1 GiB; both arms)"
+        if ok
+        else "malloc: mallopt failed; glibc defaults"
+    )
 
 
 @contextmanager
@@ -152,14 +172,17 @@ def usage():
         yield info
     finally:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
-        info.update(cpu_seconds=time.process_time() - c0, sys_seconds=r1.ru_stime - r0.ru_stime,
-                    minor_faults=r1.ru_minflt - r0.ru_minflt)
+        info.update(
+            cpu_seconds=time.process_time() - c0,
+            sys_seconds=r1.ru_stime - r0.ru_stime,
+            minor_faults=r1.ru_minflt - r0.ru_minflt,
+        )
 
 
 def machine_lines(args) -> list[str]:
     import diffusers
 
-    from harness.machine import cpu_name
+    from dsbench.machine import cpu_name
 
     cpu = cpu_name()
     flags = ""
@@ -172,10 +195,18 @@ def machine_lines(args) -> list[str]:
     try:
         import subprocess
 
-        head = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %ad %s", "--date=format:%Y-%m-%d %H:%M"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "harness", "methods"],
-                               capture_output=True, text=True, timeout=10).stdout.split()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %ad %s", "--date=format:%Y-%m-%d %H:%M"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "harness", "methods"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
         code = f"code: {head[:110]}" + ("  [uncommitted changes in harness/ or methods/]" if dirty else "")
     except Exception:  # no git
         code = "code: (git unavailable)"
@@ -183,8 +214,11 @@ def machine_lines(args) -> list[str]:
         f"machine: {cpu} ({os.cpu_count()} logical CPUs; {flags}); torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, diffusers {diffusers.__version__}, python {platform.python_version()}",
         f"load average at start (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
-        + ("  [other processes share the CPU: timings are noisier; arms are interleaved]"
-           if load[0] > 0.5 * (os.cpu_count() or 1) else ""),
+        + (
+            "  [other processes share the CPU: timings are noisier; arms are interleaved]"
+            if load[0] > 0.5 * (os.cpu_count() or 1)
+            else ""
+        ),
         code,
         f"command: {' '.join([Path(sys.executable).name] + sys.argv)}",
         f"args: {vars(args)}",
@@ -192,10 +226,12 @@ def machine_lines(args) -> list[str]:
 
 
 def dtype_line(dtype: str) -> str:
-    return {"bf16-autocast": "dtype: fp32 weights, torch.autocast('cpu', bfloat16) around the whole loop "
-                             "(identical for both arms)",
-            "bf16": "dtype: model weights and latents in bfloat16, no autocast (identical for both arms)",
-            "fp32": "dtype: float32, no autocast (identical for both arms)"}[dtype]
+    return {
+        "bf16-autocast": "dtype: fp32 weights, torch.autocast('cpu', bfloat16) around the whole loop "
+        "(identical for both arms)",
+        "bf16": "dtype: model weights and latents in bfloat16, no autocast (identical for both arms)",
+        "fp32": "dtype: float32, no autocast (identical for both arms)",
+    }[dtype]
 
 
 def median(xs):
@@ -237,8 +273,8 @@ def _jsonable(x):
 
 @contextmanager
 def attached(target, method_name: str, **params):
-    """methods.attach(target, methods.build(method_name, **params)) — a fresh method per attach."""
-    import methods
+    """dsbench.attach(target, methods.build(method_name, **params)) — a fresh method per attach."""
+    from dsbench import methods
 
-    with methods.attach(target, methods.build(method_name, **params)) as handle:
+    with dsbench.attach(target, methods.build(method_name, **params)) as handle:
         yield handle

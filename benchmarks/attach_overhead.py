@@ -1,7 +1,7 @@
 """Overhead of the executor: ``full`` attached vs the plain diffusers model (goal: ratio <= 1.03).
 
 Same model instance, same weights, same inputs. The plain arm runs diffusers' own
-``DiTTransformer2DModel`` forward; the attached arm runs it under ``methods.attach(sampler,
+``DiTTransformer2DModel`` forward; the attached arm runs it under ``dsbench.attach(sampler,
 methods.build("full"))`` — per-instance block overrides, MAC-counting forward hooks on every
 Linear/Conv, per-call bookkeeping. Attaching and detaching happen around each timed run and
 are not timed. Timed: the denoising loop only (set_timesteps, transformer calls, CFG
@@ -21,13 +21,27 @@ import sys
 import time
 from pathlib import Path
 
-# this checkout's benchmarks/ and its harness/ + methods/ (not an installed copy elsewhere)
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+# _common.py beside this script (dsbench itself: `pip install -e .` of this checkout)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _common import (  # noqa: E402
+    DIT_S,
+    DTYPES,
+    Report,
+    Sampler,
+    attached,
+    build_model,
+    build_scheduler,
+    default_dtype,
+    dtype_line,
+    machine_lines,
+    median,
+    spread,
+    tune_malloc,
+)
 
-from _common import (DIT_S, DTYPES, Report, Sampler, attached, build_model, build_scheduler,  # noqa: E402
-                     default_dtype, dtype_line, machine_lines, median, spread, tune_malloc)
+import dsbench  # noqa: E402
 
 GOAL = 1.03
 ARMS = ("plain", "attached")
@@ -38,18 +52,33 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=6, help="timed runs per arm (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per arm before timing")
     p.add_argument("--steps", type=int, default=8, help="DDIM steps per run (every call costs the same)")
-    p.add_argument("--call-pairs", type=int, default=40,
-                   help="phase 2: transformer calls per arm, alternated call by call between two copies of "
-                        "the model with identical weights (one attached); 0 skips it")
+    p.add_argument(
+        "--call-pairs",
+        type=int,
+        default=40,
+        help="phase 2: transformer calls per arm, alternated call by call between two copies of "
+        "the model with identical weights (one attached); 0 skips it",
+    )
     p.add_argument("--batch", type=int, default=8, help="images per call (CFG doubles the rows)")
-    p.add_argument("--dtype", choices=DTYPES, default=default_dtype(),
-                   help="default: bf16-autocast on CPUs with native bf16, else fp32")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on this shared 2-core machine 2 threads are "
-                        "slower and several times noisier; 0 = torch default)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=default_dtype(),
+        help="default: bf16-autocast on CPUs with native bf16, else fp32",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on this shared 2-core machine 2 threads are "
+        "slower and several times noisier; 0 = torch default)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mallopt", action="store_true",
-                   help="tune glibc malloc (no mmap/unmap of large blocks) for both arms; default: glibc defaults")
+    p.add_argument(
+        "--mallopt",
+        action="store_true",
+        help="tune glibc malloc (no mmap/unmap of large blocks) for both arms; default: glibc defaults",
+    )
     p.add_argument("--out", default="attach_overhead", help="basename under results/benchmarks/")
     return p.parse_args()
 
@@ -65,8 +94,14 @@ def run_arm(sampler: Sampler, arm: str, steps: int) -> dict:
             seconds, latents = sampler.run(steps)
             report = h.report()
     cpu = time.process_time() - cpu0
-    return {"seconds": seconds, "cpu_seconds": cpu, "call_seconds": list(sampler.call_seconds),
-            "sched_seconds": sampler.sched_seconds, "latents": latents, "report": report}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "call_seconds": list(sampler.call_seconds),
+        "sched_seconds": sampler.sched_seconds,
+        "latents": latents,
+        "report": report,
+    }
 
 
 def main():
@@ -81,12 +116,16 @@ def main():
     for line in machine_lines(args):
         out(line)
     out(f"model: {DIT_S}  (12 blocks, hidden 384, 256 tokens, random weights)")
-    out(f"batch: {args.batch} images + CFG batched = {2 * args.batch} rows per call; DDIMScheduler "
-        f"timestep_spacing='linspace', {args.steps} steps per run")
+    out(
+        f"batch: {args.batch} images + CFG batched = {2 * args.batch} rows per call; DDIMScheduler "
+        f"timestep_spacing='linspace', {args.steps} steps per run"
+    )
     out(dtype_line(args.dtype))
     out(malloc_line)
-    out(f"timing: denoising loop only, time.perf_counter; GC disabled inside the loop; attach/detach not timed; "
-        f"{args.warmup} untimed warm-up run(s) per arm, then {args.repeats} timed runs per arm interleaved ABBA")
+    out(
+        f"timing: denoising loop only, time.perf_counter; GC disabled inside the loop; attach/detach not timed; "
+        f"{args.warmup} untimed warm-up run(s) per arm, then {args.repeats} timed runs per arm interleaved ABBA"
+    )
     out("")
 
     model = build_model(args.dtype, seed=args.seed)
@@ -102,8 +141,10 @@ def main():
         for arm in order:
             res = run_arm(sampler, arm, args.steps)
             runs[arm].append(res)
-            out(f"  repeat {r:2d}: {arm:8s} {res['seconds']:7.3f} s  (cpu {res['cpu_seconds']:7.3f} s, "
-                f"median call {median(res['call_seconds']):.4f} s)")
+            out(
+                f"  repeat {r:2d}: {arm:8s} {res['seconds']:7.3f} s  (cpu {res['cpu_seconds']:7.3f} s, "
+                f"median call {median(res['call_seconds']):.4f} s)"
+            )
     out("")
 
     wall = {arm: [x["seconds"] for x in runs[arm]] for arm in ARMS}
@@ -116,34 +157,58 @@ def main():
     ratio_call = median(calls["attached"]) / median(calls["plain"])
     out(f"plain    denoising loop: {spread(wall['plain'])}")
     out(f"attached denoising loop: {spread(wall['attached'])}")
-    out(f"per transformer call: plain median {median(calls['plain']):.4f} s, attached median "
-        f"{median(calls['attached']):.4f} s (n={len(calls['plain'])} calls each)")
+    out(
+        f"per transformer call: plain median {median(calls['plain']):.4f} s, attached median "
+        f"{median(calls['attached']):.4f} s (n={len(calls['plain'])} calls each)"
+    )
     out("")
-    out(f"RATIO attached / plain (median loop time): {ratio:.4f}   goal <= {GOAL}  "
-        f"[{'MET' if ratio <= GOAL else 'NOT MET'}]")
-    out(f"  same ratio from: median of per-pair ratios {pair:.4f}, best-of-runs {best:.4f}, "
-        f"median per-call time {ratio_call:.4f}, process CPU time {ratio_cpu:.4f}")
+    out(
+        f"RATIO attached / plain (median loop time): {ratio:.4f}   goal <= {GOAL}  "
+        f"[{'MET' if ratio <= GOAL else 'NOT MET'}]"
+    )
+    out(
+        f"  same ratio from: median of per-pair ratios {pair:.4f}, best-of-runs {best:.4f}, "
+        f"median per-call time {ratio_call:.4f}, process CPU time {ratio_cpu:.4f}"
+    )
     noise = max((max(w) - min(w)) / median(w) for w in wall.values())
     if noise > 2 * (GOAL - 1):
-        out(f"  NOTE: run-to-run spread is {100 * noise:.0f}% (max−min over median), larger than the "
+        out(
+            f"  NOTE: run-to-run spread is {100 * noise:.0f}% (max−min over median), larger than the "
             f"{100 * (GOAL - 1):.0f}% being measured: the run-level ratio is not resolved on this machine now; "
-            f"see phase 2 (call-by-call interleaving) below")
+            f"see phase 2 (call-by-call interleaving) below"
+        )
     lp = runs["plain"][-1]["latents"].float()
     la = runs["attached"][-1]["latents"].float()
-    out(f"sanity: attached full reproduces the plain model: max |Δ latents| = {(la - lp).abs().max().item():.3g} "
-        f"(relative L2 {((la - lp).norm() / lp.norm()).item():.3g}); finite: {bool(torch.isfinite(la).all())}")
+    out(
+        f"sanity: attached full reproduces the plain model: max |Δ latents| = {(la - lp).abs().max().item():.3g} "
+        f"(relative L2 {((la - lp).norm() / lp.norm()).item():.3g}); finite: {bool(torch.isfinite(la).all())}"
+    )
     rep = runs["attached"][-1]["report"]
-    out(f"report(): M_lin per image (CFG counted) {rep['macs_cfg_counted'] / 1e9:.2f} G over {rep['num_steps']} "
-        f"steps, full_steps {len(rep['full_steps'])}/{rep['num_steps']}")
+    out(
+        f"report(): M_lin per image (CFG counted) {rep['macs_cfg_counted'] / 1e9:.2f} G over {rep['num_steps']} "
+        f"steps, full_steps {len(rep['full_steps'])}/{rep['num_steps']}"
+    )
     pairs = call_interleaved(out, model, sampler, args) if args.call_pairs > 0 else None
     work = extra_work(out, sampler, args)
-    out.save({
-        "args": vars(args), "model": DIT_S, "wall_seconds": wall, "call_interleaved": pairs, "extra_work": work, "cpu_seconds": cpu,
-        "call_seconds": {arm: [x["call_seconds"] for x in runs[arm]] for arm in ARMS},
-        "sched_seconds": {arm: [x["sched_seconds"] for x in runs[arm]] for arm in ARMS},
-        "ratio": ratio, "ratio_pairwise": pair, "ratio_best": best, "ratio_per_call": ratio_call,
-        "ratio_cpu": ratio_cpu, "goal": GOAL, "macs_cfg_counted": rep["macs_cfg_counted"],
-    })
+    out.save(
+        {
+            "args": vars(args),
+            "model": DIT_S,
+            "wall_seconds": wall,
+            "call_interleaved": pairs,
+            "extra_work": work,
+            "cpu_seconds": cpu,
+            "call_seconds": {arm: [x["call_seconds"] for x in runs[arm]] for arm in ARMS},
+            "sched_seconds": {arm: [x["sched_seconds"] for x in runs[arm]] for arm in ARMS},
+            "ratio": ratio,
+            "ratio_pairwise": pair,
+            "ratio_best": best,
+            "ratio_per_call": ratio_call,
+            "ratio_cpu": ratio_cpu,
+            "goal": GOAL,
+            "macs_cfg_counted": rep["macs_cfg_counted"],
+        }
+    )
 
 
 def extra_work(out, sampler: Sampler, args) -> dict:
@@ -153,7 +218,8 @@ def extra_work(out, sampler: Sampler, args) -> dict:
     import cProfile
     import pstats
 
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     steps = 2
     counts, self_ms = {}, {}
@@ -168,8 +234,13 @@ def extra_work(out, sampler: Sampler, args) -> dict:
         ev = prof.key_averages()
         counts[arm] = {e.key: e.count / steps for e in ev}
         self_ms[arm] = {e.key: e.self_cpu_time_total / 1e3 / steps for e in ev}
-    extra = sorted(((counts["attached"].get(k, 0) - counts["plain"].get(k, 0), k)
-                    for k in set(counts["plain"]) | set(counts["attached"])), reverse=True)
+    extra = sorted(
+        (
+            (counts["attached"].get(k, 0) - counts["plain"].get(k, 0), k)
+            for k in set(counts["plain"]) | set(counts["attached"])
+        ),
+        reverse=True,
+    )
     extra = [(d, k) for d, k in extra if d != 0]
     with attached(sampler, "full"):
         pr = cProfile.Profile()
@@ -180,17 +251,22 @@ def extra_work(out, sampler: Sampler, args) -> dict:
     bookkeeping = {}
     for (filename, line, func), (_cc, _nc, tottime, _ct, _callers) in st.items():
         f = filename.replace("\\", "/")
-        if any(part in f for part in ("/harness/engine.py", "/harness/accounting.py", "/harness/scores.py",
-                                       "/methods/")):
+        if any(
+            part in f for part in ("/harness/engine.py", "/harness/accounting.py", "/harness/scores.py", "/methods/")
+        ):
             bookkeeping[f"{Path(f).name}:{line}({func})"] = tottime / steps
     total = sum(bookkeeping.values())
     out("")
-    out("Phase 3 — extra work of an attached call (timing-free): tensor ops per transformer call that differ "
-        "(attached − plain calls, torch.profiler counts):")
+    out(
+        "Phase 3 — extra work of an attached call (timing-free): tensor ops per transformer call that differ "
+        "(attached − plain calls, torch.profiler counts):"
+    )
     out("  " + (", ".join(f"{k} {d:+.0f}" for d, k in extra[:14]) or "none"))
-    out(f"  executor bookkeeping in Python (cProfile own time of harness/engine.py, accounting.py, scores.py, "
+    out(
+        f"  executor bookkeeping in Python (cProfile own time of harness/engine.py, accounting.py, scores.py, "
         f"methods/): {1e3 * total:.2f} ms per call (under cProfile), "
-        f"{100 * total / (seconds / steps):.2f}% of a profiled attached call")
+        f"{100 * total / (seconds / steps):.2f}% of a profiled attached call"
+    )
     for name, sec in sorted(bookkeeping.items(), key=lambda kv: -kv[1])[:6]:
         out(f"    {1e3 * sec:7.3f} ms  {name}")
     return {"extra_op_calls_per_call": extra, "bookkeeping_s_per_call": total, "bookkeeping": bookkeeping}
@@ -202,16 +278,16 @@ def call_interleaved(out, model, sampler: Sampler, args) -> dict:
     machine conditions within a second. The plain copy's output drives the sampler."""
     import copy
 
-    import methods
     from _common import autocast_ctx
+
+    from dsbench import methods
 
     twin = copy.deepcopy(model)
     steps = max(args.steps, 2)
     sched = build_scheduler()
     times = {arm: [] for arm in ARMS}
     diffs = []
-    with methods.attach(twin, methods.build("full"), num_steps=steps) as h, torch.no_grad(), \
-            autocast_ctx(args.dtype):
+    with dsbench.attach(twin, methods.build("full"), num_steps=steps) as h, torch.no_grad(), autocast_ctx(args.dtype):
         x = torch.cat([sampler.latents0, sampler.latents0])
         done = 0
         while done < args.call_pairs + 2:  # the first 2 pairs are warm-up
@@ -238,14 +314,20 @@ def call_interleaved(out, model, sampler: Sampler, args) -> dict:
     ratios = [a / p for a, p in zip(times["attached"], times["plain"])]
     ratio = median(ratios)
     out("")
-    out(f"Phase 2 — call-by-call interleaving: {len(ratios)} pairs of transformer calls (2 warm-up pairs "
-        f"dropped), two copies with identical weights, order alternated")
+    out(
+        f"Phase 2 — call-by-call interleaving: {len(ratios)} pairs of transformer calls (2 warm-up pairs "
+        f"dropped), two copies with identical weights, order alternated"
+    )
     out(f"  per call: plain median {median(times['plain']):.4f} s, attached median {median(times['attached']):.4f} s")
-    out(f"  RATIO attached / plain (median of per-pair ratios): {ratio:.4f}   goal <= {GOAL}  "
-        f"[{'MET' if ratio <= GOAL else 'NOT MET'}]; ratio of medians {median(times['attached']) / median(times['plain']):.4f}")
+    out(
+        f"  RATIO attached / plain (median of per-pair ratios): {ratio:.4f}   goal <= {GOAL}  "
+        f"[{'MET' if ratio <= GOAL else 'NOT MET'}]; ratio of medians {median(times['attached']) / median(times['plain']):.4f}"
+    )
     q = sorted(ratios)
-    out(f"  per-pair ratio quartiles: {q[len(q) // 4]:.4f} / {q[len(q) // 2]:.4f} / {q[(3 * len(q)) // 4]:.4f}; "
-        f"max |attached − plain| output {max(diffs):.3g}")
+    out(
+        f"  per-pair ratio quartiles: {q[len(q) // 4]:.4f} / {q[len(q) // 2]:.4f} / {q[(3 * len(q)) // 4]:.4f}; "
+        f"max |attached − plain| output {max(diffs):.3g}"
+    )
     return {"times": times, "ratios": ratios, "ratio": ratio}
 
 

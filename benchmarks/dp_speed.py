@@ -1,11 +1,11 @@
 """DiffSparse DP solver speed (METHODS §1.1.4; issue 5 acceptance: T = 20, L = 84, |S| = 5 "well under a second").
 
-The instance is PixArt-α 256's real level space (``LevelSpace.from_model("pixart-alpha-256", steps=20)``:
+The instance is PixArt-α 256's real level space (``level_space("pixart-alpha-256", steps=20)``:
 19 × 84 = 1,596 cells, |S| = 5, weighted-mode integer weights proportional to each cell's measured
 MACs, budget at R = 0.5 with its window Δ), costs drawn N(0, 1) per cell and level. Both arms solve
 the same instance in the same run:
 
-* ``solve``: ``methods.diffsparse.solve`` (numpy, vectorised over the budget axis, in units of the
+* ``solve``: ``dsbench.methods.diffsparse.solve`` (numpy, vectorised over the budget axis, in units of the
   weights' gcd, pre-pruned, int8 choice table);
 * ``python``: a plain-Python loop transcription of the same recurrence (the same pre-pruning and
   tie rules, in the weights' own units), timed ``--python-repeats`` times.
@@ -25,11 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from _common import Report, machine_lines, median, spread  # noqa: E402
 
 
@@ -88,23 +87,25 @@ def parse_args():
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
-    from methods.diffsparse import solve
-    from methods.diffsparse.space import LevelSpace
+    from dsbench.macs import level_space
+    from dsbench.methods.diffsparse import solve
 
     report = Report(args.out)
-    report("# DiffSparse DP solver: methods.diffsparse.solve vs a plain-Python loop of the same DP")
+    report("# DiffSparse DP solver: dsbench.methods.diffsparse.solve vs a plain-Python loop of the same DP")
     for line in machine_lines(args):
         report(line)
-    space = LevelSpace.from_model(args.model, steps=args.steps)
+    space = level_space(args.model, steps=args.steps)
     weights = space.weights
     budget = space.budget(args.ratio)
     window = space.window(budget)
     costs = np.random.default_rng(args.seed).normal(size=weights.shape)
     gcd = int(np.gcd.reduce(weights.ravel()))
-    report(f"instance: {args.model}, T = {space.steps}, L = {len(space.cell_layers)} cell layers, "
-           f"{space.n_cells} cells × |S| = {space.K + 1} levels; weights {weights.min()}..{weights.max()} "
-           f"(gcd {gcd}), Σ max = {int(weights.max(axis=1).sum())}; budget B = {budget} (R = {args.ratio}), "
-           f"window Δ = {window}; costs N(0, 1), seed {args.seed}")
+    report(
+        f"instance: {args.model}, T = {space.steps}, L = {len(space.cell_layers)} cell layers, "
+        f"{space.n_cells} cells × |S| = {space.K + 1} levels; weights {weights.min()}..{weights.max()} "
+        f"(gcd {gcd}), Σ max = {int(weights.max(axis=1).sum())}; budget B = {budget} (R = {args.ratio}), "
+        f"window Δ = {window}; costs N(0, 1), seed {args.seed}"
+    )
 
     solve(costs, weights, budget, window=window)  # warm-up
     fast = []
@@ -124,14 +125,31 @@ def main() -> None:
     same = bool(np.isclose(total_fast, total_slow, rtol=0, atol=1e-9))
     report(f"solve (numpy):       {spread(fast)}")
     report(f"plain-Python loop:   {spread(slow)}")
-    report(f"same optimum: {same} (total cost {total_fast:.6f} vs {total_slow:.6f}); "
-           f"summed weights {used} in [{budget - window}, {budget}]")
+    report(
+        f"same optimum: {same} (total cost {total_fast:.6f} vs {total_slow:.6f}); "
+        f"summed weights {used} in [{budget - window}, {budget}]"
+    )
     ratio = median(slow) / median(fast)
-    report(f"HEADLINE: solve takes {median(fast):.3f} s, {ratio:.0f}× faster than the plain-Python loop "
-           f"({median(slow):.1f} s); the paper quotes ≈ 30 s")
-    report.save({"args": vars(args), "cells": space.n_cells, "levels": space.K + 1, "budget": budget,
-                 "window": window, "gcd": gcd, "solve_seconds": fast, "python_seconds": slow,
-                 "ratio": ratio, "same_optimum": same, "total_cost": float(total_fast), "summed_weights": used})
+    report(
+        f"HEADLINE: solve takes {median(fast):.3f} s, {ratio:.0f}× faster than the plain-Python loop "
+        f"({median(slow):.1f} s); the paper quotes ≈ 30 s"
+    )
+    report.save(
+        {
+            "args": vars(args),
+            "cells": space.n_cells,
+            "levels": space.K + 1,
+            "budget": budget,
+            "window": window,
+            "gcd": gcd,
+            "solve_seconds": fast,
+            "python_seconds": slow,
+            "ratio": ratio,
+            "same_optimum": same,
+            "total_cost": float(total_fast),
+            "summed_weights": used,
+        }
+    )
 
 
 if __name__ == "__main__":

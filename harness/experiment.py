@@ -28,7 +28,14 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from harness.validation import StrictModel, is_file, read_yaml, schema_errors, show
+from dsbench import methods
+from dsbench.methods.base import config as method_config
+from dsbench.methods.base import method_class
+from dsbench.metrics import NEEDS
+from dsbench.models import zoo
+from dsbench.models.embedded import FAMILIES
+from dsbench.models.hub import HUB_MODELS
+from dsbench.validation import StrictModel, is_file, read_yaml, schema_errors, show
 
 # sampler name → (diffusers scheduler class, from_config overrides); null keeps the model's own sampler
 SAMPLERS = {
@@ -56,20 +63,26 @@ Seed = Annotated[int, pydantic.Field(ge=0, le=MAX_SEED)]
 
 
 class _Strict(StrictModel):
-    """Unknown fields are errors; a bool or a string is never taken for a number (harness.validation)."""
+    """Unknown fields are errors; a bool or a string is never taken for a number (dsbench.validation)."""
 
 
 class EvalSet(_Strict):
     set: Literal["default", "prompts"] = pydantic.Field(
-        "default", description="default (the model's evaluation conditions) or prompts (a prompt file)")
-    size: int = pydantic.Field(16, ge=1, le=MAX_SAMPLES,
-                               description=f"number of evaluation samples per run, in [1, {MAX_SAMPLES}]")
+        "default", description="default (the model's evaluation conditions) or prompts (a prompt file)"
+    )
+    size: int = pydantic.Field(
+        16, ge=1, le=MAX_SAMPLES, description=f"number of evaluation samples per run, in [1, {MAX_SAMPLES}]"
+    )
     prompts: str | None = pydantic.Field(None, description="with set: prompts, the prompt file (one per line)")
     references: int | None = pydantic.Field(
-        None, ge=2, le=MAX_SAMPLES,
-        description=f"real reference images for FID/KID/PRC, in [2, {MAX_SAMPLES}] (default: size)")
-    seed: int = pydantic.Field(0, ge=0, le=MAX_SEED,
-                               description=f"seed of the condition draw (class ids / captions), in [0, {MAX_SEED}]")
+        None,
+        ge=2,
+        le=MAX_SAMPLES,
+        description=f"real reference images for FID/KID/PRC, in [2, {MAX_SAMPLES}] (default: size)",
+    )
+    seed: int = pydantic.Field(
+        0, ge=0, le=MAX_SEED, description=f"seed of the condition draw (class ids / captions), in [0, {MAX_SEED}]"
+    )
 
     @pydantic.model_validator(mode="after")
     def _prompts_given(self):
@@ -82,8 +95,10 @@ class EvalSet(_Strict):
 
 class Budget(_Strict):
     macs_ratio: float | list[float] = pydantic.Field(
-        ..., description="target MACs / MACs of full, in (0, 1]; a list runs every method with a budget field at "
-                         "each (a quality–compute curve)")
+        ...,
+        description="target MACs / MACs of full, in (0, 1]; a list runs every method with a budget field at "
+        "each (a quality–compute curve)",
+    )
 
     @pydantic.field_validator("macs_ratio")
     @classmethod
@@ -102,20 +117,26 @@ class Budget(_Strict):
 
 
 class Latency(_Strict):
-    batch: int = pydantic.Field(1, ge=1, le=MAX_BATCH, description=f"images per timed sampling call, in [1, {MAX_BATCH}]")
-    repeats: int = pydantic.Field(5, ge=1, le=MAX_REPEATS,
-                                  description=f"timed repeats per arm (median reported), in [1, {MAX_REPEATS}]")
-    warmup: int = pydantic.Field(1, ge=0, le=MAX_WARMUP,
-                                 description=f"untimed warm-up calls per arm, in [0, {MAX_WARMUP}]")
+    batch: int = pydantic.Field(
+        1, ge=1, le=MAX_BATCH, description=f"images per timed sampling call, in [1, {MAX_BATCH}]"
+    )
+    repeats: int = pydantic.Field(
+        5, ge=1, le=MAX_REPEATS, description=f"timed repeats per arm (median reported), in [1, {MAX_REPEATS}]"
+    )
+    warmup: int = pydantic.Field(
+        1, ge=0, le=MAX_WARMUP, description=f"untimed warm-up calls per arm, in [0, {MAX_WARMUP}]"
+    )
 
 
 class MethodEntry(_Strict):
     name: str = pydantic.Field(..., min_length=1, description="a registered method")
     params: dict[str, Any] = pydantic.Field(default_factory=dict, description="method parameters")
     models: dict[str, dict[str, Any]] = pydantic.Field(
-        default_factory=dict, description="per-model overrides of params: {model: {param: value}}")
+        default_factory=dict, description="per-model overrides of params: {model: {param: value}}"
+    )
     budget: Budget | None = pydantic.Field(
-        None, description="this entry's compute budget, instead of the experiment's (several budgets in one file)")
+        None, description="this entry's compute budget, instead of the experiment's (several budgets in one file)"
+    )
 
     _curve_point: bool = pydantic.PrivateAttr(False)
 
@@ -124,27 +145,41 @@ class MethodEntry(_Strict):
 
 
 class Experiment(_Strict):
-    name: str = pydantic.Field(..., min_length=1, max_length=200, description="experiment name (default: the file name): a folder name, no '/', no "
-                               "control characters, not '.' or '..'")
+    name: str = pydantic.Field(
+        ...,
+        min_length=1,
+        max_length=200,
+        description="experiment name (default: the file name): a folder name, no '/', no "
+        "control characters, not '.' or '..'",
+    )
     models: list[str] = pydantic.Field(..., min_length=1, description="model names from the zoo")
     sampler: str | None = pydantic.Field(None, description="scheduler override (default: the model's)")
-    steps: int | None = pydantic.Field(None, ge=1, le=MAX_STEPS,
-                                       description=f"sampler steps in [1, {MAX_STEPS}] (default: the model's)")
-    guidance: float | None = pydantic.Field(None, ge=0.0, le=MAX_GUIDANCE,
-                                            description=f"CFG scale in [0, {MAX_GUIDANCE:g}] (default: the model's)")
+    steps: int | None = pydantic.Field(
+        None, ge=1, le=MAX_STEPS, description=f"sampler steps in [1, {MAX_STEPS}] (default: the model's)"
+    )
+    guidance: float | None = pydantic.Field(
+        None, ge=0.0, le=MAX_GUIDANCE, description=f"CFG scale in [0, {MAX_GUIDANCE:g}] (default: the model's)"
+    )
     guidance_channels: int | None = pydantic.Field(
-        None, ge=1, le=DIT_LATENT_CHANNELS,
+        None,
+        ge=1,
+        le=DIT_LATENT_CHANNELS,
         description=f"DiT models only: guide the first N latent channels, N in [1, {DIT_LATENT_CHANNELS}] (3: the "
-        "original DiT sampler), or null (the pipeline's default: all)")
+        "original DiT sampler), or null (the pipeline's default: all)",
+    )
     eval: EvalSet = pydantic.Field(default_factory=EvalSet)
-    seeds: list[Seed] = pydantic.Field([0], min_length=1, max_length=MAX_SEEDS,
-                                       description=f"sampling seeds, each in [0, {MAX_SEED}], at most {MAX_SEEDS}, "
-                                       "no repeats; one run per seed")
-    metrics: list[str] = pydantic.Field(["lpips", "psnr", "ssim"], description="metrics of harness.metrics")
+    seeds: list[Seed] = pydantic.Field(
+        [0],
+        min_length=1,
+        max_length=MAX_SEEDS,
+        description=f"sampling seeds, each in [0, {MAX_SEED}], at most {MAX_SEEDS}, no repeats; one run per seed",
+    )
+    metrics: list[str] = pydantic.Field(["lpips", "psnr", "ssim"], description="metrics of dsbench.metrics")
     budget: Budget | None = None
     latency: Latency = pydantic.Field(default_factory=Latency)
     methods: list[MethodEntry] | Literal["all"] = pydantic.Field(
-        ..., min_length=1, description="method entries, or `all` (every registered method with its defaults)")
+        ..., min_length=1, description="method entries, or `all` (every registered method with its defaults)"
+    )
 
     @pydantic.field_validator("name")
     @classmethod
@@ -162,16 +197,15 @@ class Experiment(_Strict):
 
     def method_entries(self) -> list[MethodEntry]:
         """The entries to run: ``all`` expands to every registered method with its defaults."""
-        import methods
-
-        entries = ([MethodEntry(name=name) for name in methods.available()] if self.methods == "all"
-                   else list(self.methods))
+        entries = (
+            [MethodEntry(name=name) for name in methods.available()] if self.methods == "all" else list(self.methods)
+        )
         out = []
         for entry in entries:  # a list of budgets: one entry per budget for a method with a budget field
             budget = entry.budget or self.budget
             if budget is None or not isinstance(budget.macs_ratio, list):
                 out.append(entry)
-            elif methods.base.method_class(entry.name).budget_field is None:
+            elif method_class(entry.name).budget_field is None:
                 out.append(entry.model_copy(update={"budget": None}))
             else:
                 for ratio in budget.ratios():
@@ -211,8 +245,10 @@ def _explain(e: dict, where: str) -> str | None:
     if loc and loc[0] == "methods" and len(loc) > 1 and str(loc[1]).startswith("literal["):
         return ""  # the `all` alternative of `methods`; the list alternative's error says more
     if loc and loc[0] == "methods" and e["type"] == "list_type":
-        return (f"field 'methods': must be a list of method entries ({', '.join(MethodEntry.model_fields)}) "
-                f"or `all`; got {show(e.get('input'))}")
+        return (
+            f"field 'methods': must be a list of method entries ({', '.join(MethodEntry.model_fields)}) "
+            f"or `all`; got {show(e.get('input'))}"
+        )
     if e["type"] != "extra_forbidden" and (allowed := _description(loc)):
         return f"field {where!r}: {e['msg']} (got {show(e.get('input'))}); allowed: {allowed}"
     return None
@@ -224,42 +260,50 @@ def _schema_errors(source: str, err: pydantic.ValidationError) -> str:
 
 def validate(exp: Experiment, source: str = "<experiment>") -> None:
     """Check names against the registries and build every method config; ValueError naming what is wrong."""
-    import methods
-    from harness.metrics import NEEDS
-    from harness.models import zoo
-
     models = zoo.available()
     for i, model in enumerate(exp.models):
         if model not in models:
-            raise ValueError(f"{source}: field 'models[{i}]': unknown model {show(model)}; allowed: {', '.join(models)}")
+            raise ValueError(
+                f"{source}: field 'models[{i}]': unknown model {show(model)}; allowed: {', '.join(models)}"
+            )
     if len(set(exp.models)) != len(exp.models):
         raise ValueError(f"{source}: field 'models' lists a model twice: {show(exp.models)}")
     if exp.guidance_channels is not None:
         for model in exp.models:
             if model_family(model) != "dit":
-                raise ValueError(f"{source}: field 'guidance_channels': model {model} is not a DiT model; only DiT "
-                                 "models take it (the original DiT sampler's guidance on some latent channels); "
-                                 "remove the field or the model")
+                raise ValueError(
+                    f"{source}: field 'guidance_channels': model {model} is not a DiT model; only DiT "
+                    "models take it (the original DiT sampler's guidance on some latent channels); "
+                    "remove the field or the model"
+                )
     if exp.sampler is not None and exp.sampler not in SAMPLERS:
-        raise ValueError(f"{source}: field 'sampler': unknown sampler {show(exp.sampler)}; "
-                         f"allowed: {', '.join(SAMPLERS)} (or omit it for the model's own)")
+        raise ValueError(
+            f"{source}: field 'sampler': unknown sampler {show(exp.sampler)}; "
+            f"allowed: {', '.join(SAMPLERS)} (or omit it for the model's own)"
+        )
     for i, metric in enumerate(exp.metrics):
         if metric not in NEEDS:
-            raise ValueError(f"{source}: field 'metrics[{i}]': unknown metric {show(metric)}; allowed: "
-                             f"{', '.join(NEEDS)}")
+            raise ValueError(
+                f"{source}: field 'metrics[{i}]': unknown metric {show(metric)}; allowed: {', '.join(NEEDS)}"
+            )
         if metric in exp.metrics[:i]:
             raise ValueError(f"{source}: field 'metrics[{i}]': {metric} is listed twice")
         need = MIN_SAMPLES.get(metric, 1)
         if exp.eval.size < need:
-            raise ValueError(f"{source}: field 'eval.size': {exp.eval.size} samples are too few for metric {metric} "
-                             f"(it needs >= {need}); raise eval.size or remove {metric} from 'metrics'")
+            raise ValueError(
+                f"{source}: field 'eval.size': {exp.eval.size} samples are too few for metric {metric} "
+                f"(it needs >= {need}); raise eval.size or remove {metric} from 'metrics'"
+            )
         if metric in NEEDS and "references" in NEEDS[metric] and (exp.eval.references or exp.eval.size) < need:
-            raise ValueError(f"{source}: field 'eval.references': {exp.eval.references} reference images are too "
-                             f"few for metric {metric} (it needs >= {need})")
+            raise ValueError(
+                f"{source}: field 'eval.references': {exp.eval.references} reference images are too "
+                f"few for metric {metric} (it needs >= {need})"
+            )
     for i, seed in enumerate(exp.seeds):
         if seed in exp.seeds[:i]:
-            raise ValueError(f"{source}: field 'seeds[{i}]': seed {seed} is listed twice (one run per seed); "
-                             "remove the repeat")
+            raise ValueError(
+                f"{source}: field 'seeds[{i}]': seed {seed} is listed twice (one run per seed); remove the repeat"
+            )
     if exp.methods == "all":
         return  # defaults only; a method that cannot run on a model is skipped at run time with its reason
     names = methods.available()
@@ -267,33 +311,36 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
     for i, entry in enumerate(exp.methods):
         key = entry.model_dump_json()
         if key in seen:  # the same run twice: one identity, one row
-            raise ValueError(f"{source}: field 'methods[{i}]' repeats methods[{seen[key]}] ({entry.name} with the "
-                             "same params); give it different params or remove it")
+            raise ValueError(
+                f"{source}: field 'methods[{i}]' repeats methods[{seen[key]}] ({entry.name} with the "
+                "same params); give it different params or remove it"
+            )
         seen[key] = i
         where = f"{source}: field 'methods[{i}]"
         if entry.name not in names:
             raise ValueError(f"{where}.name': unknown method {show(entry.name)}; allowed: {', '.join(names)}")
         for model in entry.models:
             if model not in exp.models:
-                raise ValueError(f"{where}.models': override for {show(model)}, which is not one of the experiment's "
-                                 f"models; allowed: {', '.join(exp.models)}")
+                raise ValueError(
+                    f"{where}.models': override for {show(model)}, which is not one of the experiment's "
+                    f"models; allowed: {', '.join(exp.models)}"
+                )
         budget = entry.budget or exp.budget
-        tuned = methods.base.method_class(entry.name).budget_field if budget is not None else None
+        tuned = method_class(entry.name).budget_field if budget is not None else None
         for model in exp.models:
             if tuned is not None and tuned in entry.params_for(model):
-                raise ValueError(f"{where}.params': {entry.name}.{tuned} is tuned to meet the budget "
-                                 f"(budget.macs_ratio = {budget.macs_ratio}); remove it or remove the budget")
+                raise ValueError(
+                    f"{where}.params': {entry.name}.{tuned} is tuned to meet the budget "
+                    f"(budget.macs_ratio = {budget.macs_ratio}); remove it or remove the budget"
+                )
             try:
-                methods.base.config(entry.name, **entry.params_for(model))
+                method_config(entry.name, **entry.params_for(model))
             except ValueError as err:
                 raise ValueError(f"{where}.{_params_field(entry, model)}' (model {model}): {err}") from None
 
 
 def model_family(model: str) -> str | None:
     """A zoo model's family without loading it (None for an embedded model not in ``FAMILIES``)."""
-    from harness.models.embedded import FAMILIES
-    from harness.models.hub import HUB_MODELS
-
     return HUB_MODELS[model][2] if model in HUB_MODELS else FAMILIES.get(model)
 
 
@@ -302,9 +349,11 @@ def _params_field(entry: MethodEntry, model: str) -> str:
 
 
 # file-valued method parameters → the command that writes the file
-TRAIN_COMMANDS = {("diffsparse", "schedule"): "python -m methods.diffsparse.train --model {model} --out {folder}` "
-                                              "(or list it in a training file, experiments/train_*.yaml, and run "
-                                              "`dsbench train diffsparse FILE"}
+TRAIN_COMMANDS = {
+    ("diffsparse", "schedule"): "python -m dsbench.training.diffsparse --model {model} --out {folder}` "
+    "(or list it in a training file, experiments/train_*.yaml, and run "
+    "`dsbench train diffsparse FILE"
+}
 
 
 def check_inputs(exp: Experiment) -> None:
@@ -312,11 +361,11 @@ def check_inputs(exp: Experiment) -> None:
     schedules (which must exist and fit). Validation does not read them, so an experiment for models trained
     elsewhere (the paper tables) validates here; the runner calls this before any sampling. ValueError naming
     the field and the command that writes a missing file."""
-    import methods
-
     if exp.eval.set == "prompts" and not is_file(exp.eval.prompts):
-        raise ValueError(f"experiment {exp.name}: field 'eval.prompts': {exp.eval.prompts} does not exist (a prompt "
-                         "set, one prompt per line; the experiment file's comments say where it comes from)")
+        raise ValueError(
+            f"experiment {exp.name}: field 'eval.prompts': {exp.eval.prompts} does not exist (a prompt "
+            "set, one prompt per line; the experiment file's comments say where it comes from)"
+        )
     if exp.methods == "all":
         return  # defaults only: a method that cannot run on a model is skipped at run time with its reason
     for i, entry in enumerate(exp.methods):
@@ -327,24 +376,30 @@ def check_inputs(exp: Experiment) -> None:
                 path = params.get(field_name)
                 if entry.name == name and isinstance(path, str) and not is_file(path):
                     train = command.format(model=model, folder=Path(path).parent)
-                    raise ValueError(f"{where}.{field_name}' (model {model}): {path} does not exist; make it first "
-                                     f"with `{train}` (and the options of this variant; see the experiment file)")
+                    raise ValueError(
+                        f"{where}.{field_name}' (model {model}): {path} does not exist; make it first "
+                        f"with `{train}` (and the options of this variant; see the experiment file)"
+                    )
             try:
                 method = methods.build(entry.name, **params)
             except ValueError as err:
                 raise ValueError(f"{where}' (model {model}): {err}") from None
             learned = getattr(method, "learned", None)  # a DiffSparse schedule is tied to its step count
             if exp.steps is not None and learned is not None and learned.T != exp.steps:
-                raise ValueError(f"{where}.schedule' (model {model}): {learned.path} was trained for T={learned.T} "
-                                 f"steps; this experiment samples steps = {exp.steps}. Use a schedule trained for "
-                                 f"{exp.steps} steps or set steps: {learned.T}")
+                raise ValueError(
+                    f"{where}.schedule' (model {model}): {learned.path} was trained for T={learned.T} "
+                    f"steps; this experiment samples steps = {exp.steps}. Use a schedule trained for "
+                    f"{exp.steps} steps or set steps: {learned.T}"
+                )
 
 
 def parse(data: Any, source: str = "<experiment>", default_name: str | None = None) -> Experiment:
     """An Experiment from already-parsed YAML ``data``; ValueError naming ``source``, field and allowed values."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: an experiment file must be a mapping of fields, got {type(data).__name__}; "
-                         f"allowed fields: {', '.join(Experiment.model_fields)}")
+        raise ValueError(
+            f"{source}: an experiment file must be a mapping of fields, got {type(data).__name__}; "
+            f"allowed fields: {', '.join(Experiment.model_fields)}"
+        )
     data = dict(data)
     for key in data:
         if not isinstance(key, str):  # YAML `1: 2` or `null: x`

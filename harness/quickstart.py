@@ -10,30 +10,42 @@ import logging
 import time
 from pathlib import Path
 
-from harness import experiment, machine, report, runner
-from harness.store import Store
+from dsbench import experiment, machine, report, runner
+from dsbench.shard import Shard
+from dsbench.store import Store
+from dsbench.tracking import Tracker
 
 log = logging.getLogger("dsbench.quickstart")
 QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
 
 
-def execute(exp: experiment.Experiment, store_path: str | Path, *, force: bool = False, wandb: bool = True,
-            artifacts: str | Path | None = None, progress: bool = True):
+def execute(
+    exp: experiment.Experiment,
+    store_path: str | Path,
+    *,
+    force: bool = False,
+    wandb: bool = True,
+    artifacts: str | Path | None = None,
+    progress: bool = True,
+):
     """Run ``exp`` into the store at ``store_path`` (W&B files next to it); (outcome, the experiment's frame).
     Under ``accelerate launch`` only rank 0 opens the store and W&B; the other ranks draw their shards of the
     samples and get (empty outcome, None)."""
-    from harness.shard import Shard
-    from harness.tracking import Tracker
-
     shard = Shard()
     if not shard.is_main:
         return runner.run_experiment(exp, None, force=force, progress=False, shard=shard), None
     store = Store(store_path)
     tracker = Tracker(dir=Path(store_path).parent) if wandb else None
-    outcome = runner.run_experiment(exp, store, force=force, artifacts=artifacts, tracker=tracker, progress=progress,
-                                    shard=shard)
-    log.info("%d runs stored, %d already in %s, %d skipped", len(outcome.stored), len(outcome.resumed), store_path,
-             len(outcome.skipped))
+    outcome = runner.run_experiment(
+        exp, store, force=force, artifacts=artifacts, tracker=tracker, progress=progress, shard=shard
+    )
+    log.info(
+        "%d runs stored, %d already in %s, %d skipped",
+        len(outcome.stored),
+        len(outcome.resumed),
+        store_path,
+        len(outcome.skipped),
+    )
     return outcome, store.frame(exp.name)
 
 
@@ -65,8 +77,9 @@ def sample_grid(runs, path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.9 * len(runs)), squeeze=False)
     for ax, run in zip(axes[:, 0], runs.itertuples()):
         ax.imshow(Image.open(Path(run.artifacts) / "samples.png"))
-        ax.set_title(f"{run.label} (MACs ×{run.macs_ratio:.2f}, {run.speedup:.2f}× faster): teacher / method",
-                     fontsize=9)
+        ax.set_title(
+            f"{run.label} (MACs ×{run.macs_ratio:.2f}, {run.speedup:.2f}× faster): teacher / method", fontsize=9
+        )
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,9 +104,11 @@ def main(out: str | Path = "runs/quickstart", *, force: bool = False, wandb: boo
     for model, method, reason in outcome.skipped:
         print(f"skipped {method} on {model}: {reason}")
     runs = len(outcome.stored) + len(outcome.resumed)
-    print(f"\nquickstart: {runs} runs in {out}/ (leaderboard.md, leaderboard.csv, grids/, dsbench.db"
-          f"{', wandb/' if wandb else ''}) in {time.perf_counter() - start:.0f} s; "
-          f"{len(outcome.stored)} measured now on {machine.describe()}")
+    print(
+        f"\nquickstart: {runs} runs in {out}/ (leaderboard.md, leaderboard.csv, grids/, dsbench.db"
+        f"{', wandb/' if wandb else ''}) in {time.perf_counter() - start:.0f} s; "
+        f"{len(outcome.stored)} measured now on {machine.describe()}"
+    )
     if outcome.resumed:
         print(resumed_note(frame, outcome.resumed))
 
@@ -107,5 +122,7 @@ def resumed_note(frame, resumed: list[str]) -> str:
     where = ", ".join(sorted(set(machines))) if machines is not None else "an unrecorded machine"
     dates = [time.strftime("%Y-%m-%d", time.localtime(t)) for t in rows["created_at"]]
     when = min(dates) if min(dates) == max(dates) else f"{min(dates)} to {max(dates)}"
-    return (f"{len(ids)} of these runs were reused from the store, measured on {where} on {when}, not now; "
-            "pass --force to measure them on this machine")
+    return (
+        f"{len(ids)} of these runs were reused from the store, measured on {where} on {when}, not now; "
+        "pass --force to measure them on this machine"
+    )

@@ -3,7 +3,7 @@
 * :func:`leaderboard` — methods × metrics, one row per configuration (mean over seeds), MAC ratio and
   latency speedup both shown, sorted by a quality metric.
 * :func:`paper_table` — the layouts of the DiffSparse paper's Tables 1-10 (and its two-stage and search
-  comparisons) with the published numbers (:mod:`harness.reference_results`) beside ours with their
+  comparisons) with the published numbers (:mod:`dsbench.reference_results`) beside ours with their
   intervals — from the GPU experiment, or from the embedded analogue — "—" where we have no run.
 * :func:`ablations` — the paper's ablation claims decided over training seeds: reproduces, does not, or
   cannot be separated. :func:`sample_size` — how many images would separate neighbouring methods.
@@ -18,35 +18,77 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from harness import stats
-from harness.reference_results import CLAIMS, TABLES, Analogue, Claim, PaperTable, Row, setting_text
-from harness.reference_results import Column as PaperColumn
+from dsbench import stats
+from dsbench.core import Kind
+from dsbench.methods.base import method_class
+from dsbench.reference_results import CLAIMS, TABLES, Analogue, Claim, PaperTable, Row, setting_text
+from dsbench.reference_results import Column as PaperColumn
+from dsbench.store import COLUMNS
 
 # Quality metrics and which way is better. Alignment metrics of the embedded models end in "_accuracy".
 LOWER_IS_BETTER = ("lpips_alex", "lpips_vgg", "fid", "kid_mean", "sfid")
-HIGHER_IS_BETTER = ("psnr", "ssim", "class_accuracy", "attribute_accuracy", "scene_accuracy", "precision",
-                    "recall", "is_mean", "clip_score", "clip_score_legacy", "image_reward", "vbench_total")
+HIGHER_IS_BETTER = (
+    "psnr",
+    "ssim",
+    "class_accuracy",
+    "attribute_accuracy",
+    "scene_accuracy",
+    "precision",
+    "recall",
+    "is_mean",
+    "clip_score",
+    "clip_score_legacy",
+    "image_reward",
+    "vbench_total",
+)
 # Default sort metric: the first of these the frame has (fidelity to the teacher is measured on every run).
-SORT_PREFERENCE = ("lpips_alex", "fid", "psnr", "class_accuracy", "attribute_accuracy", "image_reward",
-                   "clip_score", "vbench_total")
+SORT_PREFERENCE = (
+    "lpips_alex",
+    "fid",
+    "psnr",
+    "class_accuracy",
+    "attribute_accuracy",
+    "image_reward",
+    "clip_score",
+    "vbench_total",
+)
 # Configuration identity for averaging over seeds: everything of a run's identity except the seed.
-CONFIG_KEYS = ("model", "method", "params", "budget_macs_ratio", "bracket", "sampler", "steps", "guidance", "eval_set",
-               "n_samples")
-COST_COLUMNS = ("macs", "macs_full", "macs_ratio", "macs_attention", "latency_s", "latency_full_s", "speedup",
-                "peak_memory_mb")
+CONFIG_KEYS = (
+    "model",
+    "method",
+    "params",
+    "budget_macs_ratio",
+    "bracket",
+    "sampler",
+    "steps",
+    "guidance",
+    "eval_set",
+    "n_samples",
+)
+COST_COLUMNS = (
+    "macs",
+    "macs_full",
+    "macs_ratio",
+    "macs_attention",
+    "latency_s",
+    "latency_full_s",
+    "speedup",
+    "peak_memory_mb",
+)
 LAYOUTS = ("leaderboard", "ablations", "sample-size", *TABLES)
 FORMATS = ("md", "tex", "csv")
 MISSING = "—"
 
 
 def direction(metric: str) -> str | None:
-    """"min" or "max" for a known quality metric, None otherwise."""
+    """ "min" or "max" for a known quality metric, None otherwise."""
     if metric in LOWER_IS_BETTER:
         return "min"
     if metric in HIGHER_IS_BETTER or metric.endswith("_accuracy"):
@@ -55,6 +97,7 @@ def direction(metric: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- tables
+
 
 @dataclass
 class Column:
@@ -77,8 +120,10 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def formatted(self, fmt: str = "md") -> list[list[str]]:
-        return [[MISSING if _missing(v) else c.fmt(v) for c, v in zip(self.columns, row) if fmt in c.shown]
-                for row in self.rows]
+        return [
+            [MISSING if _missing(v) else c.fmt(v) for c, v in zip(self.columns, row) if fmt in c.shown]
+            for row in self.rows
+        ]
 
     def headers(self, fmt: str) -> list[str]:
         return [(c.key or c.header) if fmt == "csv" else c.header for c in self.columns if fmt in c.shown]
@@ -106,16 +151,19 @@ def with_interval(digits: int) -> Callable[[Any], str]:
         if _missing(low) or _missing(high):
             return number(value)
         return f"{number(value)} [{number(low)}, {number(high)}]"
+
     return fmt
 
 
 def fixed(digits: int) -> Callable[[Any], str]:
     """Fixed decimals; values too small to show that way (embedded models' MACs in T) get 3 significant digits."""
+
     def fmt(v):
         if isinstance(v, str):
             return v
         v = float(v)
-        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -digits else f"{v:.3g}"
+        return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10**-digits else f"{v:.3g}"
+
     return fmt
 
 
@@ -149,9 +197,25 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$",
-                "—": "---", "−": "$-$", "α": r"$\alpha$", "δ": r"$\delta$", "²": r"$^2$", "≥": r"$\geq$"}
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "×": r"$\times$",
+    "—": "---",
+    "−": "$-$",
+    "α": r"$\alpha$",
+    "δ": r"$\delta$",
+    "²": r"$^2$",
+    "≥": r"$\geq$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -162,9 +226,15 @@ def to_latex(table: Table) -> str:
     """A booktabs tabular inside a table float, caption = title, notes as a footnote-size paragraph."""
     headers = table.headers("tex")
     spec = "l" + "r" * (len(headers) - 1)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(tex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{tex_escape(table.title)}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in headers) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(tex_escape(cell) for cell in row) + r" \\" for row in table.formatted("tex")]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.notes:
@@ -198,6 +268,7 @@ def write(table: Table, fmt: str = "md", path: str | Path | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------ summaries
 
+
 def _key(value) -> str:
     """A hashable, order-independent text for grouping (params are dicts, budgets may be None)."""
     return json.dumps(value, sort_keys=True, default=str)
@@ -212,13 +283,17 @@ def _select(frame, experiment: str | None):
 
 
 def metric_columns(frame) -> list[str]:
-    """Numeric columns beyond the store's fixed ones: the metrics harness.metrics.compute returned."""
-    from harness.store import COLUMNS
-
+    """Numeric columns beyond the store's fixed ones: the metrics dsbench.metrics.compute returned."""
     import pandas as pd
 
-    return [c for c in frame.columns if c not in COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
-            and not c.startswith(("macs_", "latency_", "peak_")) and not c.endswith(("_ci_low", "_ci_high"))]
+    return [
+        c
+        for c in frame.columns
+        if c not in COLUMNS
+        and pd.api.types.is_numeric_dtype(frame[c])
+        and not c.startswith(("macs_", "latency_", "peak_"))
+        and not c.endswith(("_ci_low", "_ci_high"))
+    ]
 
 
 def measured_metrics(frame) -> list[str]:
@@ -271,8 +346,11 @@ def run_interval(run: dict, metric: str) -> tuple[float, float]:
     if isinstance(kept, dict):
         return stats.mean_ci(kept["values"], kept.get("weights"))
     low, high = run.get(f"{metric}_ci_low"), run.get(f"{metric}_ci_high")
-    return (float(low), float(high)) if isinstance(low, (int, float)) and isinstance(high, (int, float)) \
+    return (
+        (float(low), float(high))
+        if isinstance(low, (int, float)) and isinstance(high, (int, float))
         else (float("nan"), float("nan"))
+    )
 
 
 def _speedup_interval(group) -> tuple[float, float]:
@@ -331,8 +409,13 @@ def _interpolate(low: dict, high: dict, t: float, metrics: list[str]) -> dict:
     (so the interval and paired comparisons still hold), other numbers and bounds linearly."""
     row = dict(low)
     row["_units"] = dict(low["_units"])
-    for column in (*COST_COLUMNS, "speedup_ci_low", "speedup_ci_high", *metrics,
-                   *(f"{m}{s}" for m in metrics for s in ("_ci_low", "_ci_high"))):
+    for column in (
+        *COST_COLUMNS,
+        "speedup_ci_low",
+        "speedup_ci_high",
+        *metrics,
+        *(f"{m}{s}" for m in metrics for s in ("_ci_low", "_ci_high")),
+    ):
         if column in low and column in high:
             row[column] = (1 - t) * float(low[column]) + t * float(high[column])
     for metric in metrics:
@@ -363,17 +446,26 @@ def at_budget(summary):
         row, budget = run.to_dict(), run["budget_macs_ratio"]
         off = isinstance(run.get("budget_note"), str) and bool(run["budget_note"])
         row["at_budget"] = "—" if _missing(budget) else "off" if off else "yes"
-        match = above[(above["model"] == run["model"]) & (above["method"] == run["method"])
-                      & (above["params"].map(_key) == _key(run["params"]))
-                      & (above["budget_macs_ratio"].map(_key) == _key(budget))] if off else above.iloc[:0]
+        match = (
+            above[
+                (above["model"] == run["model"])
+                & (above["method"] == run["method"])
+                & (above["params"].map(_key) == _key(run["params"]))
+                & (above["budget_macs_ratio"].map(_key) == _key(budget))
+            ]
+            if off
+            else above.iloc[:0]
+        )
         if not match.empty:
             high = match.iloc[0].to_dict()
             r0, r1 = float(run["macs_ratio"]), float(high["macs_ratio"])
             if r0 < budget < r1:
                 row = _interpolate(row, high, (budget - r0) / (r1 - r0), metrics)
                 row["macs_ratio"], row["at_budget"] = float(budget), "interpolated"
-                row["budget_note"] = (f"interpolated at {budget:.2f} between its runs at MAC ratio {r0:.3f} "
-                                      f"({_tuned_text(run['tuned'])}) and {r1:.3f} ({_tuned_text(high['tuned'])})")
+                row["budget_note"] = (
+                    f"interpolated at {budget:.2f} between its runs at MAC ratio {r0:.3f} "
+                    f"({_tuned_text(run['tuned'])}) and {r1:.3f} ({_tuned_text(high['tuned'])})"
+                )
                 row["label"] = f"{run['label'] or run['method']} ↔ {_tuned_text(high['tuned'])}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -472,14 +564,25 @@ def versus_column(summary, metric: str, reference: str) -> list[tuple[float, flo
             continue
         diff, low, high = paired
         lower_better = direction(metric) != "max"
-        verdict = ("not separable" if not stats.excludes_zero((low, high))
-                   else "better" if (diff < 0) == lower_better else "worse")
+        verdict = (
+            "not separable"
+            if not stats.excludes_zero((low, high))
+            else "better"
+            if (diff < 0) == lower_better
+            else "worse"
+        )
         out.append((diff, low, high, verdict))
     return out
 
 
-def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None, budget: float | None = None,
-                metrics: list[str] | None = None, versus: str | None = None) -> Table:
+def leaderboard(
+    frame,
+    experiment: str | None = None,
+    sort_by: str | None = None,
+    budget: float | None = None,
+    metrics: list[str] | None = None,
+    versus: str | None = None,
+) -> Table:
     """Methods at a matched budget, per model best first by ``sort_by`` (default: the models' primary metric,
     else the first of :data:`SORT_PREFERENCE` present), ranked in groups that say what is separable.
 
@@ -490,8 +593,9 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     adds the paired difference in the sort metric to that method, with its interval and a verdict."""
     frame = _select(frame, experiment)
     if versus is not None and versus not in set(frame["method"]):
-        raise ValueError(f"versus: no runs of method {versus!r} in the selection; methods: "
-                         f"{', '.join(sorted(set(frame['method'])))}")
+        raise ValueError(
+            f"versus: no runs of method {versus!r} in the selection; methods: {', '.join(sorted(set(frame['method'])))}"
+        )
     if budget is not None:  # that budget's runs, `full`, and runs without a budget that cost about as much
         ratio = frame["budget_macs_ratio"].astype(float)
         unbudgeted = ratio.isna() & ((frame["method"] == "full") | (abs(frame["macs_ratio"] / budget - 1) <= 0.02))
@@ -511,41 +615,69 @@ def leaderboard(frame, experiment: str | None = None, sort_by: str | None = None
     else:
         summary = summary.assign(rank=None)
     brief, detail = ("md", "tex"), ("csv",)
-    columns = [Column("Rank", text, key="rank"), Column("Model", text, key="model"),
-               Column("Method", text, key="method"), Column("budget_macs_ratio", fixed(2), detail),
-               Column("Tuned", text, key="tuned"), Column("macs", si, detail),
-               Column("MAC ratio", fixed(3), key="macs_ratio"), Column("At budget", text, key="at_budget"),
-               Column("Speedup", times, brief),
-               *(Column(f"speedup{suffix}", fixed(3), detail) for suffix in ("", "_ci_low", "_ci_high")),
-               Column("latency_s", fixed(3), detail), Column("peak_memory_mb", fixed(1), detail),
-               *(Column(m, with_interval(4), brief) for m in shown),
-               *(Column(f"{m}{suffix}", fixed(6), detail) for m in available for suffix in ("", "_ci_low", "_ci_high")),
-               Column("Seeds", text, key="seeds"), Column("images", text, detail)]
+    columns = [
+        Column("Rank", text, key="rank"),
+        Column("Model", text, key="model"),
+        Column("Method", text, key="method"),
+        Column("budget_macs_ratio", fixed(2), detail),
+        Column("Tuned", text, key="tuned"),
+        Column("macs", si, detail),
+        Column("MAC ratio", fixed(3), key="macs_ratio"),
+        Column("At budget", text, key="at_budget"),
+        Column("Speedup", times, brief),
+        *(Column(f"speedup{suffix}", fixed(3), detail) for suffix in ("", "_ci_low", "_ci_high")),
+        Column("latency_s", fixed(3), detail),
+        Column("peak_memory_mb", fixed(1), detail),
+        *(Column(m, with_interval(4), brief) for m in shown),
+        *(Column(f"{m}{suffix}", fixed(6), detail) for m in available for suffix in ("", "_ci_low", "_ci_high")),
+        Column("Seeds", text, key="seeds"),
+        Column("images", text, detail),
+    ]
     compared = versus_column(summary, sort_by, versus) if versus and sort_by else None
     if compared is not None:
         key = f"{sort_by}_vs_{versus}"
-        columns += [Column(f"Δ {sort_by} vs {versus}", with_interval(4), brief), Column("verdict", text, key=f"{key}_verdict"),
-                    *(Column(f"{key}{suffix}", fixed(6), detail) for suffix in ("", "_ci_low", "_ci_high"))]
+        columns += [
+            Column(f"Δ {sort_by} vs {versus}", with_interval(4), brief),
+            Column("verdict", text, key=f"{key}_verdict"),
+            *(Column(f"{key}{suffix}", fixed(6), detail) for suffix in ("", "_ci_low", "_ci_high")),
+        ]
     rows = []
     for i, (_, r) in enumerate(summary.iterrows()):
-        rows.append([r["rank"], r["model"], r["label"] or r["method"], r["budget_macs_ratio"], _tuned_text(r["tuned"]),
-                     r["macs"], r["macs_ratio"], r["at_budget"],
-                     (r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
-                     r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"], r["latency_s"], r["peak_memory_mb"],
-                     *((r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in shown),
-                     *(r[f"{m}{suffix}"] for m in available for suffix in ("", "_ci_low", "_ci_high")),
-                     r["seeds"], r["n_samples"],
-                     *((compared[i][:3], compared[i][3], *compared[i][:3]) if compared is not None else ())])
+        rows.append(
+            [
+                r["rank"],
+                r["model"],
+                r["label"] or r["method"],
+                r["budget_macs_ratio"],
+                _tuned_text(r["tuned"]),
+                r["macs"],
+                r["macs_ratio"],
+                r["at_budget"],
+                (r["speedup"], r["speedup_ci_low"], r["speedup_ci_high"]),
+                r["speedup"],
+                r["speedup_ci_low"],
+                r["speedup_ci_high"],
+                r["latency_s"],
+                r["peak_memory_mb"],
+                *((r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in shown),
+                *(r[f"{m}{suffix}"] for m in available for suffix in ("", "_ci_low", "_ci_high")),
+                r["seeds"],
+                r["n_samples"],
+                *((compared[i][:3], compared[i][3], *compared[i][:3]) if compared is not None else ()),
+            ]
+        )
     title = f"Leaderboard{f' — {experiment}' if experiment else ''}"
     notes = []
     if sort_by:
         better = "higher" if direction(sort_by) == "max" else "lower"
-        notes = [f"Per model, best {sort_by} first ({better} is better). Rank: a method whose paired 95 % interval "
-                 f"of the difference in {sort_by} to the method above it contains 0 shares that method's rank — "
-                 "they cannot be told apart at this sample size (paired bootstrap over images × seeds).",
-                 "[low, high]: 95 % bootstrap interval over images × seeds; speedup: latency ratio to `full` timed "
-                 "interleaved in the same process, interval over the timed repeats. MACs per image, whole run, CFG "
-                 "half not counted. Means over seeds."]
+        notes = [
+            f"Per model, best {sort_by} first ({better} is better). Rank: a method whose paired 95 % interval "
+            f"of the difference in {sort_by} to the method above it contains 0 shares that method's rank — "
+            "they cannot be told apart at this sample size (paired bootstrap over images × seeds).",
+            "[low, high]: 95 % bootstrap interval over images × seeds; speedup: latency ratio to `full` timed "
+            "interleaved in the same process, interval over the timed repeats. MACs per image, whole run, CFG "
+            "half not counted. Means over seeds.",
+        ]
     return Table(title, columns, rows, notes + off_budget_notes(summary))
 
 
@@ -563,21 +695,35 @@ def off_budget_notes(summary) -> list[str]:
     configurations interpolated at their budget, with the two runs each is interpolated between."""
     if "budget_note" not in summary.columns:
         return []
-    off = [r for _, r in summary.iterrows() if isinstance(r["budget_note"], str) and r["budget_note"]
-           and r.get("at_budget") != "interpolated"]
+    off = [
+        r
+        for _, r in summary.iterrows()
+        if isinstance(r["budget_note"], str) and r["budget_note"] and r.get("at_budget") != "interpolated"
+    ]
     between = [r for _, r in summary.iterrows() if r.get("at_budget") == "interpolated"]
     lines = []
     if off:
-        lines += ["", "Off budget (> 2 %): why", *(f"- {r['model']} {r['label'] or r['method']}: MAC ratio "
-                                                   f"{r['macs_ratio']:.3f} for a budget of {r['budget_macs_ratio']:.2f}; "
-                                                   f"{r['budget_note']}" for r in off)]
+        lines += [
+            "",
+            "Off budget (> 2 %): why",
+            *(
+                f"- {r['model']} {r['label'] or r['method']}: MAC ratio "
+                f"{r['macs_ratio']:.3f} for a budget of {r['budget_macs_ratio']:.2f}; "
+                f"{r['budget_note']}"
+                for r in off
+            ),
+        ]
     if between:
-        lines += ["", "Interpolated at the budget (no setting lands within 2 %): per image, linearly in MAC ratio",
-                  *(f"- {r['model']} {r['method']}: {r['budget_note']}" for r in between)]
+        lines += [
+            "",
+            "Interpolated at the budget (no setting lands within 2 %): per image, linearly in MAC ratio",
+            *(f"- {r['model']} {r['method']}: {r['budget_note']}" for r in between),
+        ]
     return lines
 
 
 # ------------------------------------------------------------------------------------------ paper tables
+
 
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
@@ -589,8 +735,6 @@ def _same(a, b) -> bool:
 
 def config_defaults(method: str) -> dict:
     """The non-None defaults of a registered method's config (a run's params hold only what was given)."""
-    from methods.base import method_class
-
     try:
         config = method_class(method).Config()
     except (KeyError, ValueError):  # a method another branch registers, or one without defaults
@@ -628,8 +772,10 @@ def table_runs(frame, spec: PaperTable, experiment: str | None, model: str | Non
         elif len(models) == 1:
             model = models[0]
         else:
-            raise ValueError(f"model: experiment {experiment!r} has runs of {', '.join(models)}; "
-                             f"choose one (the paper's {spec.id} is about {spec.model})")
+            raise ValueError(
+                f"model: experiment {experiment!r} has runs of {', '.join(models)}; "
+                f"choose one (the paper's {spec.id} is about {spec.model})"
+            )
     return frame[frame["model"] == model], experiment, model, analogue
 
 
@@ -681,16 +827,19 @@ def paper_table(frame, layout: str, experiment: str | None = None, model: str | 
     ratios = _published_macs_ratio(spec) if analogue else {}
     columns = [Column("Method", text)]
     for c in spec.columns:
-        columns.append(Column(f"{c.header} (paper)", times if c.key == "speedup" else fixed(c.digits),
-                              key=f"paper_{c.key}"))
+        columns.append(
+            Column(f"{c.header} (paper)", times if c.key == "speedup" else fixed(c.digits), key=f"paper_{c.key}")
+        )
     if ratios:
         columns.append(Column("MAC ratio (paper)", fixed(3), key="paper_macs_ratio"))
     ours = analogue.columns if analogue else spec.columns
     for c in ours:
         key = f"ours_{c.key}"
         shown = times if c.key == "speedup" else with_interval(c.digits)
-        columns += [Column(f"{c.header} (ours)", shown, ("md", "tex")),
-                    *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high"))]
+        columns += [
+            Column(f"{c.header} (ours)", shown, ("md", "tex")),
+            *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
+        ]
     rows, summaries = [], {}
     absent = analogue.absent if analogue else {}
     for row in spec.rows:
@@ -701,12 +850,18 @@ def paper_table(frame, layout: str, experiment: str | None = None, model: str | 
             value = None if row.label in absent else paper_cell(runs, paper_match(row, c, analogue), c, summaries)
             cells += [value, *(value or (None, None, None))]
         rows.append(cells)
-    where = (f"the embedded analogue: experiment {experiment!r} on {model!r}, the same comparison measured against "
-             "the uncached model" if analogue else f"experiment {experiment!r}, model {model!r}")
-    notes = [f"Paper: {spec.source}. Ours: {where}; {len(runs)} runs in the store; [low, high]: 95 % bootstrap "
-             "interval over images × seeds (FID: over the sample set).",
-             *([spec.note] if spec.note and not analogue else []),
-             *(f"{label}: {why}." for label, why in absent.items())]
+    where = (
+        f"the embedded analogue: experiment {experiment!r} on {model!r}, the same comparison measured against "
+        "the uncached model"
+        if analogue
+        else f"experiment {experiment!r}, model {model!r}"
+    )
+    notes = [
+        f"Paper: {spec.source}. Ours: {where}; {len(runs)} runs in the store; [low, high]: 95 % bootstrap "
+        "interval over images × seeds (FID: over the sample set).",
+        *([spec.note] if spec.note and not analogue else []),
+        *(f"{label}: {why}." for label, why in absent.items()),
+    ]
     if not analogue and spec.no_analogue:
         notes.append(f"No embedded analogue: {spec.no_analogue}.")
     elif not analogue and spec.analogue and runs.empty:
@@ -725,11 +880,15 @@ def _training_config(schedule: Any) -> dict:
     try:
         return dict(json.loads(path.read_text())["meta"]["config"])
     except FileNotFoundError:
-        raise ValueError(f"schedule: {path} is not there; the ablations layout reads each schedule's training "
-                         "settings (run it from the folder the experiment ran in)") from None
+        raise ValueError(
+            f"schedule: {path} is not there; the ablations layout reads each schedule's training "
+            "settings (run it from the folder the experiment ran in)"
+        ) from None
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"schedule: {path} records no training settings (meta.config); only schedules written "
-                         "by `dsbench train diffsparse` can be grouped into ablations") from None
+        raise ValueError(
+            f"schedule: {path} records no training settings (meta.config); only schedules written "
+            "by `dsbench train diffsparse` can be grouped into ablations"
+        ) from None
 
 
 def _claim_for(settings: dict, bases: list[dict]) -> tuple[Claim, dict] | None:
@@ -774,8 +933,7 @@ def ablations(frame, experiment: str | None = None, metric: str | None = None) -
         settings = {k: v for k, v in config.items() if k not in TRAINING_SEEDS}
         seed = tuple(config.get(k) for k in TRAINING_SEEDS)
         trained.setdefault(_key(settings), {"settings": settings, "seeds": {}})["seeds"][seed] = row
-    bases = [g["settings"] for g in trained.values()
-             if all(g["settings"].get(c.field) == c.chosen for c in CLAIMS)]
+    bases = [g["settings"] for g in trained.values() if all(g["settings"].get(c.field) == c.chosen for c in CLAIMS)]
     lower_better = direction(metric) != "max"
     rows, unmatched, stale = [], [], False
     for group in trained.values():
@@ -788,8 +946,9 @@ def ablations(frame, experiment: str | None = None, metric: str | None = None) -
         claim, base_settings = found
         base = trained[_key(base_settings)]["seeds"]
         seeds = sorted(set(group["seeds"]) & set(base), key=str)
-        paired = [paired_difference(group["seeds"][s]["_units"].get(metric), base[s]["_units"].get(metric))
-                  for s in seeds]
+        paired = [
+            paired_difference(group["seeds"][s]["_units"].get(metric), base[s]["_units"].get(metric)) for s in seeds
+        ]
         if not seeds or any(p is None for p in paired):
             unmatched.append(group)
             stale |= bool(seeds)
@@ -797,31 +956,55 @@ def ablations(frame, experiment: str | None = None, metric: str | None = None) -
         differences = [p[0] for p in paired]
         interval = stats.replicate_mean_ci(differences) if len(paired) > 1 else paired[0][1:]
         value = setting_text(group["settings"][claim.field])
-        published = (f"{claim.published.get(setting_text(claim.chosen), float('nan')):.2f} → "
-                     f"{claim.published.get(value, float('nan')):.2f}")
+        published = (
+            f"{claim.published.get(setting_text(claim.chosen), float('nan')):.2f} → "
+            f"{claim.published.get(value, float('nan')):.2f}"
+        )
         macs = np.mean([group["seeds"][s]["macs_ratio"] for s in seeds])
-        rows.append([claim.source.split(", ")[-1], claim.text, f"{claim.field} = {value}", published, len(seeds),
-                     macs, (float(np.mean(differences)), *interval), float(np.mean(differences)), *interval,
-                     ", ".join(map(_signed, differences)),
-                     _ablation_verdict(differences, interval, lower_better)])
+        rows.append(
+            [
+                claim.source.split(", ")[-1],
+                claim.text,
+                f"{claim.field} = {value}",
+                published,
+                len(seeds),
+                macs,
+                (float(np.mean(differences)), *interval),
+                float(np.mean(differences)),
+                *interval,
+                ", ".join(map(_signed, differences)),
+                _ablation_verdict(differences, interval, lower_better),
+            ]
+        )
     if not rows:
-        why = (f"their rows have no per-image {metric} values (stored before they were kept: rerun with --force)"
-               if stale else "no run differs from the paper's setting in exactly one ablated field "
-               f"({', '.join(c.field for c in CLAIMS)}) with the same training seed")
+        why = (
+            f"their rows have no per-image {metric} values (stored before they were kept: rerun with --force)"
+            if stale
+            else "no run differs from the paper's setting in exactly one ablated field "
+            f"({', '.join(c.field for c in CLAIMS)}) with the same training seed"
+        )
         raise ValueError(f"layout ablations: nothing to decide: {why}")
     key = f"{metric}_difference"
-    columns = [Column("Paper", text, key="source"), Column("Claim", text, key="claim"),
-               Column("Variant", text, key="variant"), Column("Paper FID (chosen → variant)", text, key="paper_fid"),
-               Column("Training seeds", text, key="training_seeds"), Column("MAC ratio", fixed(3), key="macs_ratio"),
-               Column(f"Δ {metric} (variant − chosen)", with_interval(4), ("md", "tex")),
-               *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
-               Column("Δ per training seed", text, key="per_seed"), Column("Verdict", text, key="verdict")]
+    columns = [
+        Column("Paper", text, key="source"),
+        Column("Claim", text, key="claim"),
+        Column("Variant", text, key="variant"),
+        Column("Paper FID (chosen → variant)", text, key="paper_fid"),
+        Column("Training seeds", text, key="training_seeds"),
+        Column("MAC ratio", fixed(3), key="macs_ratio"),
+        Column(f"Δ {metric} (variant − chosen)", with_interval(4), ("md", "tex")),
+        *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
+        Column("Δ per training seed", text, key="per_seed"),
+        Column("Verdict", text, key="verdict"),
+    ]
     better = "higher" if direction(metric) == "max" else "lower"
-    notes = [f"Each variant changes one training setting of the paper's choice ({better} {metric} is better). "
-             "Δ per training seed: the two schedules trained with that seed, evaluated on the same images and "
-             "sampling seeds; Δ [low, high]: mean over the training seeds with its Student-t 95 % interval "
-             "(one training seed: the paired bootstrap over images × sampling seeds).",
-             "reproduces: the paper's choice is better at 95 %; cannot be separated: the interval contains 0."]
+    notes = [
+        f"Each variant changes one training setting of the paper's choice ({better} {metric} is better). "
+        "Δ per training seed: the two schedules trained with that seed, evaluated on the same images and "
+        "sampling seeds; Δ [low, high]: mean over the training seeds with its Student-t 95 % interval "
+        "(one training seed: the paired bootstrap over images × sampling seeds).",
+        "reproduces: the paper's choice is better at 95 %; cannot be separated: the interval contains 0.",
+    ]
     chosen = [str(r["label"]) for g in trained.values() if g["settings"] in bases for r in g["seeds"].values()]
     notes.append(f"The paper's choice (every ablated field as the paper sets it): {', '.join(sorted(chosen))}.")
     others = sorted(str(r["label"]) for g in unmatched for r in g["seeds"].values())
@@ -831,6 +1014,7 @@ def ablations(frame, experiment: str | None = None, metric: str | None = None) -
 
 
 # ---------------------------------------------------------------------------------------- sample sizes
+
 
 def _count(value: float) -> str:
     return "∞" if value == float("inf") else f"{value:,.0f}"
@@ -852,17 +1036,35 @@ def sample_size(frame, experiment: str | None = None, metric: str | None = None)
                 continue
             units = len(lower["_units"][metric][0])
             needed = stats.units_to_separate(paired[0], paired[1:], units)
-            rows.append([model, budget, upper["label"] or upper["method"], lower["label"] or lower["method"],
-                         paired, *paired, units, "yes" if stats.excludes_zero(paired[1:]) else "no", needed])
+            rows.append(
+                [
+                    model,
+                    budget,
+                    upper["label"] or upper["method"],
+                    lower["label"] or lower["method"],
+                    paired,
+                    *paired,
+                    units,
+                    "yes" if stats.excludes_zero(paired[1:]) else "no",
+                    needed,
+                ]
+            )
     key = f"{metric}_difference"
-    columns = [Column("Model", text, key="model"), Column("Budget", fixed(2), key="budget_macs_ratio"),
-               Column("Better", text, key="better"), Column("Next", text, key="next"),
-               Column(f"Δ {metric} (next − better)", with_interval(4), ("md", "tex")),
-               *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
-               Column("Units now", text, key="units"), Column("Separated", text, key="separated"),
-               Column("Units to separate (≈)", _count, key="units_needed")]
-    notes = [f"Neighbours of the {metric} ranking per model and budget. Units: images × seeds. The estimate assumes "
-             "the measured difference is the true one; a difference that is really 0 is never separated."]
+    columns = [
+        Column("Model", text, key="model"),
+        Column("Budget", fixed(2), key="budget_macs_ratio"),
+        Column("Better", text, key="better"),
+        Column("Next", text, key="next"),
+        Column(f"Δ {metric} (next − better)", with_interval(4), ("md", "tex")),
+        *(Column(f"{key}{suffix}", fixed(6), ("csv",)) for suffix in ("", "_ci_low", "_ci_high")),
+        Column("Units now", text, key="units"),
+        Column("Separated", text, key="separated"),
+        Column("Units to separate (≈)", _count, key="units_needed"),
+    ]
+    notes = [
+        f"Neighbours of the {metric} ranking per model and budget. Units: images × seeds. The estimate assumes "
+        "the measured difference is the true one; a difference that is really 0 is never separated."
+    ]
     return Table(f"Sample size to separate neighbours{f' — {experiment}' if experiment else ''}", columns, rows, notes)
 
 
@@ -878,6 +1080,7 @@ def table(frame, layout: str = "leaderboard", **options) -> Table:
 
 
 # ------------------------------------------------------------------------------------------------ plots
+
 
 def _figure(width: float, height: float):
     """A figure on the Agg canvas, without pyplot's global state (safe in workers and tests)."""
@@ -927,8 +1130,14 @@ def _spread_labels(ax, x, y, names, min_gap_px: float = 11.0) -> None:
             ly += min_gap_px
         placed.append((px, ly))
         target = ax.transData.inverted().transform((px + 5, ly + 3))
-        ax.annotate(str(shown[k][2]), (shown[k][0], shown[k][1]), xytext=target, textcoords="data", fontsize=7,
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if ly - py > 1 else None)
+        ax.annotate(
+            str(shown[k][2]),
+            (shown[k][0], shown[k][1]),
+            xytext=target,
+            textcoords="data",
+            fontsize=7,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if ly - py > 1 else None,
+        )
 
 
 def _interval_errors(values, low, high) -> np.ndarray | None:
@@ -984,16 +1193,18 @@ def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: 
         y = runs[metric].astype(float).to_numpy()
         y_err = _interval_errors(y, runs[f"{metric}_ci_low"], runs[f"{metric}_ci_high"])
         for ax, cost, xlabel, cheaper_is_lower in (
-                (row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)", True),
-                (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)", False)):
+            (row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)", True),
+            (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)", False),
+        ):
             x = runs[cost].astype(float).to_numpy()
-            x_err = (_interval_errors(x, runs["speedup_ci_low"], runs["speedup_ci_high"]) if cost == "speedup"
-                     else None)
-            ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt="o", ms=4, color="tab:blue", ecolor="0.7", elinewidth=0.8,
-                        zorder=2)
+            x_err = _interval_errors(x, runs["speedup_ci_low"], runs["speedup_ci_high"]) if cost == "speedup" else None
+            ax.errorbar(
+                x, y, xerr=x_err, yerr=y_err, fmt="o", ms=4, color="tab:blue", ecolor="0.7", elinewidth=0.8, zorder=2
+            )
             front = pareto_front(x if cheaper_is_lower else -x, y, higher)
-            ax.scatter(x[front], y[front], s=90, facecolors="none", edgecolors="tab:red", zorder=3,
-                       label="Pareto front")
+            ax.scatter(
+                x[front], y[front], s=90, facecolors="none", edgecolors="tab:red", zorder=3, label="Pareto front"
+            )
             order = np.argsort(x[front])
             ax.plot(x[front][order], y[front][order], color="tab:red", lw=1, zorder=1)
             _quality_axes(ax, y, metric, xlabel, f"{model} — {_sample_size(runs)}, bars: 95 % intervals")
@@ -1022,21 +1233,34 @@ def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: 
     for row, model in zip(axes, models):
         runs = summary[summary["model"] == model]
         values = runs[metric].astype(float).to_numpy()
-        for ax, cost, xlabel in ((row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)"),
-                                 (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)")):
+        for ax, cost, xlabel in (
+            (row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)"),
+            (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)"),
+        ):
             for method, points in runs.groupby("method"):
                 points = points.sort_values(cost)
                 x = points[cost].astype(float).to_numpy()
                 y = points[metric].astype(float).to_numpy()
                 low = points[f"{metric}_ci_low"].astype(float).to_numpy()
                 high = points[f"{metric}_ci_high"].astype(float).to_numpy()
-                ax.plot(x, y, "-", marker=markers[method], ms=4, lw=1.2, color=colours[method],
-                        label=f"{method} ({len(points)})")
+                ax.plot(
+                    x,
+                    y,
+                    "-",
+                    marker=markers[method],
+                    ms=4,
+                    lw=1.2,
+                    color=colours[method],
+                    label=f"{method} ({len(points)})",
+                )
                 if np.isfinite(low).any():
                     ax.fill_between(x, low, high, color=colours[method], alpha=0.15, lw=0)
-            _quality_axes(ax, values, metric, xlabel, f"{model} — {_sample_size(runs)} per point, bands: 95 % intervals")
-        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method (points)",
-                      title_fontsize=7)
+            _quality_axes(
+                ax, values, metric, xlabel, f"{model} — {_sample_size(runs)} per point, bands: 95 % intervals"
+            )
+        row[1].legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method (points)", title_fontsize=7
+        )
     return _save(fig, path)
 
 
@@ -1062,12 +1286,16 @@ def decision_map(artifacts: str | Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _schedule_fraction(info: dict) -> np.ndarray:
-    from methods.base import Kind
-
     n_tokens = info["meta"]["n_tokens"]
-    return np.array([[1.0 if code == Kind.FULL else k / n_tokens[ell] if code == Kind.TOPK else 0.0
-                      for ell, (code, k) in enumerate(zip(codes, ks))]
-                     for codes, ks in zip(info["codes"], info["k"])])
+    return np.array(
+        [
+            [
+                1.0 if code == Kind.FULL else k / n_tokens[ell] if code == Kind.TOPK else 0.0
+                for ell, (code, k) in enumerate(zip(codes, ks))
+            ]
+            for codes, ks in zip(info["codes"], info["k"])
+        ]
+    )
 
 
 def _module_of(layer: str) -> str:
@@ -1089,8 +1317,15 @@ def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -
     for ax, module in zip(axes, modules):
         columns = [i for i, name in enumerate(layers) if _module_of(name) == module]
         sparsity = 1.0 - grid[1:, columns].T
-        image = ax.imshow(sparsity, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
-                          extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(columns) - 0.5) if len(steps) else None)
+        image = ax.imshow(
+            sparsity,
+            aspect="auto",
+            origin="lower",
+            vmin=0.0,
+            vmax=1.0,
+            cmap="viridis",
+            extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(columns) - 0.5) if len(steps) else None,
+        )
         ax.set_title(module)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -1116,18 +1351,23 @@ def heatmaps(frame, out_dir: str | Path, experiment: str | None = None, runs: li
     decisions map; one PNG per run, named by its label and run_id."""
     paths = []
     for _, run in _pick(frame, experiment, runs).iterrows():
-        if not run["artifacts"] or not any((Path(run["artifacts"]) / f).exists()
-                                           for f in ("decisions.npy", "decisions.json")):
+        if not run["artifacts"] or not any(
+            (Path(run["artifacts"]) / f).exists() for f in ("decisions.npy", "decisions.json")
+        ):
             continue
         grid, layers = decision_map(run["artifacts"])
         name = re.sub(r"[^\w.=-]+", "-", f"{run['model']}_{run['label'] or run['method']}_{run['run_id'][:8]}")
-        paths.append(heatmap(grid, layers, Path(out_dir) / f"heatmap_{name}.png",
-                             f"{run['model']} · {run['label'] or run['method']}"))
+        paths.append(
+            heatmap(
+                grid, layers, Path(out_dir) / f"heatmap_{name}.png", f"{run['model']} · {run['label'] or run['method']}"
+            )
+        )
     return paths
 
 
-def grid_compare(frame, path: str | Path, experiment: str | None = None, runs: list[str] | None = None,
-                 seed: int | None = None) -> Path:
+def grid_compare(
+    frame, path: str | Path, experiment: str | None = None, runs: list[str] | None = None, seed: int | None = None
+) -> Path:
     """The selected runs' sample grids side by side (one row per model), titled by run name.
     ``seed`` keeps the runs of one seed (default: each configuration's first run)."""
     from PIL import Image

@@ -2,7 +2,7 @@
 
     dsbench reproduce [--only table1,table5,...] [--out results/paper]
 
-For every selected table with an embedded analogue (:class:`harness.reference_results.Analogue`) it trains the
+For every selected table with an embedded analogue (:class:`dsbench.reference_results.Analogue`) it trains the
 DiffSparse schedules the analogue's experiment file names and that are not there yet (each from the training
 file that lists it), runs the experiment into ``<out>/dsbench.db`` (runs already there are kept: an
 interrupted reproduction resumes), and writes ``<out>/<table>.md|csv|tex``, the claims table, Figure 3 (the
@@ -18,19 +18,33 @@ import logging
 import time
 from pathlib import Path
 
-from harness import claims, experiment, machine, quickstart, report
-from harness.reference_results import KEEPS, TABLES
-from harness.store import Store
+from dsbench import claims, experiment, machine, quickstart, report, runner
+from dsbench.reference_results import KEEPS, TABLES
+from dsbench.store import Store
+from dsbench.training import compare, train_file
 
 log = logging.getLogger("dsbench.reproduce")
 ROOT = Path(__file__).resolve().parent.parent
 # the training files whose entries the analogues' schedules come from (`dsbench train diffsparse FILE`)
-TRAINING_FILES = ("experiments/train_paper.yaml", "experiments/train_ablations_shapes.yaml",
-                  "experiments/train_ablations_seeds.yaml")
+TRAINING_FILES = (
+    "experiments/train_paper.yaml",
+    "experiments/train_ablations_shapes.yaml",
+    "experiments/train_ablations_seeds.yaml",
+)
 # schedules written by the search comparison, not by a training file: (folder, the command that writes it)
-COMPARE = ("results/diffsparse/shapes-pixart/compare",
-           ["--model", "shapes-pixart", "--minutes", "10", "--threads", "2",
-            "--out", "results/diffsparse/shapes-pixart/compare"])
+COMPARE = (
+    "results/diffsparse/shapes-pixart/compare",
+    [
+        "--model",
+        "shapes-pixart",
+        "--minutes",
+        "10",
+        "--threads",
+        "2",
+        "--out",
+        "results/diffsparse/shapes-pixart/compare",
+    ],
+)
 COMPARE_MINUTES = 30  # its three arms at --minutes 10
 FORMATS = ("md", "csv", "tex")
 OTHERS = "others"  # the other seed papers' claims (KEEPS), selectable like a table
@@ -60,8 +74,6 @@ def _schedules(exp: experiment.Experiment) -> list[str]:
 
 def _training_entries() -> dict[str, tuple[str, float | None]]:
     """schedule.json path → (the training file that trains it, its minutes budget)."""
-    from methods.diffsparse import train_file
-
     found = {}
     for path in TRAINING_FILES:
         _, entries = train_file.load(ROOT / path)
@@ -86,24 +98,29 @@ def plan(tables: list[str]) -> dict:
             elif schedule.startswith(COMPARE[0]):
                 compare = True
             else:
-                raise ValueError(f"schedule {schedule} (experiment {exp.name}) is not there and no training file "
-                                 f"of {', '.join(TRAINING_FILES)} writes it")
+                raise ValueError(
+                    f"schedule {schedule} (experiment {exp.name}) is not there and no training file "
+                    f"of {', '.join(TRAINING_FILES)} writes it"
+                )
     budgets = {s: trainable[s][1] or 0 for s in present if s in trainable}  # their training files' minutes
-    return {"experiments": experiments, "present": sorted(set(present)), "to_train": to_train, "compare": compare,
-            "present_budgets": budgets}
+    return {
+        "experiments": experiments,
+        "present": sorted(set(present)),
+        "to_train": to_train,
+        "compare": compare,
+        "present_budgets": budgets,
+    }
 
 
 def train_missing(needs: dict) -> list[str]:
     """Train every missing schedule (the search comparison's three arms if one of them is missing)."""
-    from methods.diffsparse import compare, train_file
-
     trained = []
     for path, outs in needs["to_train"].items():
         log.info("training %d schedule(s) of %s", len(outs), path)
         train_file.run(ROOT / path, only=outs)
         trained += outs
     if needs["compare"]:
-        log.info("running the search comparison: python -m methods.diffsparse.compare %s", " ".join(COMPARE[1]))
+        log.info("running the search comparison: python -m dsbench.training.compare %s", " ".join(COMPARE[1]))
         compare.main(COMPARE[1])
         trained.append(COMPARE[0])
     return trained
@@ -170,8 +187,11 @@ def readme(frame, tables: list[str], needs: dict, timing: list[dict]) -> str:
         "",
         "| command | machine | wall (min) | CPU (min) | runs measured | schedules trained |",
         "|---|---|---|---|---|---|",
-        *(f"| `{e['command']}` | {e['machine']} | {e['wall_s'] / 60:.1f} | {e['cpu_s'] / 60:.1f} | {e['runs_measured']} "
-          f"| {', '.join(e['trained']) or '—'} |" for e in timing),
+        *(
+            f"| `{e['command']}` | {e['machine']} | {e['wall_s'] / 60:.1f} | {e['cpu_s'] / 60:.1f} | {e['runs_measured']} "
+            f"| {', '.join(e['trained']) or '—'} |"
+            for e in timing
+        ),
         "",
         f"Schedules that were already trained (committed, not by these invocations): {len(before)}; their "
         f"training files budget {sum(before.values()):.0f} min of training for them, and the search comparison's "
@@ -186,9 +206,12 @@ def readme(frame, tables: list[str], needs: dict, timing: list[dict]) -> str:
         "",
         "## Tables",
         "",
-        *(f"- [{TABLES[t].id}]({t}.md): {TABLES[t].title}"
-          f"{'' if TABLES[t].analogue else f' — published numbers only: {TABLES[t].no_analogue}'}"
-          for t in tables if t in TABLES),
+        *(
+            f"- [{TABLES[t].id}]({t}.md): {TABLES[t].title}"
+            f"{'' if TABLES[t].analogue else f' — published numbers only: {TABLES[t].no_analogue}'}"
+            for t in tables
+            if t in TABLES
+        ),
         "",
         "## Claims",
         "",
@@ -205,12 +228,12 @@ def readme(frame, tables: list[str], needs: dict, timing: list[dict]) -> str:
 
 
 def main(only: str | None = None, out: str | Path = "results/paper", *, wandb: bool = False) -> int:
-    from harness import runner
-
     tables = selected(only)
     if Path.cwd().resolve() != ROOT:
-        raise ValueError(f"run dsbench reproduce from the repository root ({ROOT}): its experiment and training "
-                         "files name schedules relative to it")
+        raise ValueError(
+            f"run dsbench reproduce from the repository root ({ROOT}): its experiment and training "
+            "files name schedules relative to it"
+        )
     out = Path(out)
     runner.check_writable(out, "--out")
     needs = plan(tables)  # every file validated, every schedule accounted for, before any work
@@ -225,14 +248,24 @@ def main(only: str | None = None, out: str | Path = "results/paper", *, wandb: b
             outcome, _ = quickstart.execute(exp, store, wandb=wandb, artifacts=out / "artifacts")
             measured += len(outcome.stored)
     finally:  # an interrupted invocation's time counts too
-        timing = _record_time(out, {"command": command, "machine": machine.describe(), "wall_s":
-                                    round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu, 1),
-                                    "runs_measured": measured, "trained": trained})
+        timing = _record_time(
+            out,
+            {
+                "command": command,
+                "machine": machine.describe(),
+                "wall_s": round(time.perf_counter() - start, 1),
+                "cpu_s": round(time.process_time() - cpu, 1),
+                "runs_measured": measured,
+                "trained": trained,
+            },
+        )
     frame = Store(store).frame()
     written = write_tables(frame, tables, out)
     figures = write_figures(frame, tables, out)
     (out / "README.md").write_text(readme(frame, tables, needs, timing))
     print(report.write(claims.claims(frame, tables), "md"))
-    print(f"\nwrote {out}/: README.md, {', '.join(written)}, claims.md, {len(figures)} figures "
-          f"({timing[-1]['wall_s'] / 60:.1f} min on {machine.describe()})")
+    print(
+        f"\nwrote {out}/: README.md, {', '.join(written)}, claims.md, {len(figures)} figures "
+        f"({timing[-1]['wall_s'] / 60:.1f} min on {machine.describe()})"
+    )
     return 0

@@ -7,7 +7,7 @@ evaluation samples are drawn with the method attached, the metrics computed agai
 real references, latency timed interleaved with ``full`` (same process, after warm-up, median), peak
 memory measured, and the row written atomically with its artifacts (sample grid, per-(step, layer)
 decision map). Runs whose identity is already stored are skipped (resume); ``force`` reruns them.
-Under ``accelerate launch`` every sampling pass is split across the ranks (:mod:`harness.shard`); rank 0
+Under ``accelerate launch`` every sampling pass is split across the ranks (:mod:`dsbench.shard`); rank 0
 does everything else.
 
 MACs per image do not depend on the batch or on the conditions (the decisions of every method here are
@@ -26,26 +26,39 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import methods
-from harness import machine
-from harness.experiment import SAMPLERS, Experiment, MethodEntry
-from harness.metrics import NEEDS, cost
-from harness.shard import Shard
-from harness.store import Store, StoreError, keep_pending, pending_dir
+import dsbench
+from dsbench import machine, methods, metrics
+from dsbench.experiment import SAMPLERS, Experiment, MethodEntry, check_inputs
+from dsbench.files import sha256_file
+from dsbench.metrics import NEEDS, cost
+from dsbench.models import zoo
+from dsbench.shard import Shard
+from dsbench.store import Store, StoreError, keep_pending, pending_dir
+from dsbench.teacher_cache import TeacherCache
+from dsbench.teacher_cache import code_version as models_version
 
 log = logging.getLogger("dsbench.runner")
 
 # Sources whose change can change samples or numbers: part of every run's identity (with harness/models,
 # which the teacher cache's code version covers). Reporting and IO modules are deliberately left out.
-_RESULT_SOURCES = ("harness/engine.py", "harness/scores.py", "harness/accounting.py", "harness/runner.py",
-                   "harness/teacher_cache.py", "harness/adapters", "harness/metrics", "methods")
+_RESULT_SOURCES = (
+    "harness/engine.py",
+    "harness/scores.py",
+    "harness/accounting.py",
+    "harness/runner.py",
+    "harness/teacher_cache.py",
+    "harness/adapters",
+    "harness/metrics",
+    "methods",
+)
 CODE_VERSION_ENV = "DSBENCH_CODE_VERSION"
 # short names of budget fields and common parameters in run labels (cache-dit style: toca_N3_R0.30)
 ABBREV = {"interval": "N", "ratio": "R", "fraction": "F", "num_steps": "S"}
@@ -57,11 +70,8 @@ BUDGET_TOLERANCE = 0.02
 def code_version() -> str:
     """Hash of the sources that determine a run's samples and numbers, and of the models' code and weights
     (``$DSBENCH_CODE_VERSION`` when set: a sweep's workers take the version their parent started with)."""
-    from harness.files import sha256_file
-
     if os.environ.get(CODE_VERSION_ENV):
         return os.environ[CODE_VERSION_ENV]
-    from harness.teacher_cache import code_version as models_version
 
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256(models_version().encode())
@@ -80,14 +90,23 @@ def run_id(exp: Experiment, model: str, entry: MethodEntry, seed: int) -> str:
     it, so experiments share rows (the store's members).
     [PD] The identity holds the *requested* config (budget included), not the tuned value, so a resume
     can skip a run before its budget search."""
-    payload = {"model": model, "sampler": exp.sampler, "steps": exp.steps, "guidance": exp.guidance,
-               "method": entry.name, "params": entry.params_for(model),
-               "budget_macs_ratio": _budget_ratio(exp, entry),
-               "eval": exp.eval.model_dump(), "seed": seed, "metrics": sorted(exp.metrics),
-               "latency": exp.latency.model_dump(), "code_version": code_version(),
-               "inputs": input_files(entry.params_for(model)),
-               # only when set: the runs of files without it keep the identity they had before the field existed
-               **({"guidance_channels": exp.guidance_channels} if exp.guidance_channels is not None else {})}
+    payload = {
+        "model": model,
+        "sampler": exp.sampler,
+        "steps": exp.steps,
+        "guidance": exp.guidance,
+        "method": entry.name,
+        "params": entry.params_for(model),
+        "budget_macs_ratio": _budget_ratio(exp, entry),
+        "eval": exp.eval.model_dump(),
+        "seed": seed,
+        "metrics": sorted(exp.metrics),
+        "latency": exp.latency.model_dump(),
+        "code_version": code_version(),
+        "inputs": input_files(entry.params_for(model)),
+        # only when set: the runs of files without it keep the identity they had before the field existed
+        **({"guidance_channels": exp.guidance_channels} if exp.guidance_channels is not None else {}),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -105,8 +124,6 @@ def input_files(params: dict[str, Any]) -> dict[str, str]:
 @functools.lru_cache(maxsize=256)
 def _digest(path: str, mtime_ns: int, size: int) -> str:
     """sha256 of a file, computed once per (path, modification time, size)."""
-    from harness.files import sha256_file
-
     return sha256_file(Path(path))
 
 
@@ -151,28 +168,36 @@ class ModelContext:
     progress: bool
     _macs_full: float | None = None
 
-    def sample(self, conditions: list, seed: int, method: methods.Method | None = None,
-               desc: str | None = None, start: int = 0) -> tuple[torch.Tensor, dict | None]:
+    def sample(
+        self, conditions: list, seed: int, method: methods.Method | None = None, desc: str | None = None, start: int = 0
+    ) -> tuple[torch.Tensor, dict | None]:
         """uint8 images of ``conditions`` (with ``method`` attached when given) and the engine's report;
         ``start``: the index of ``conditions[0]`` in the evaluation set (it picks the images' noise)."""
         pipe = self.bundle.pipeline
         pipe.set_progress_bar_config(desc=desc, leave=False, disable=not (self.progress and desc))
-        kwargs = {"steps": self.steps, "start": start,
-                  **({"guidance_scale": self.guidance} if self.guidance_given else {}),
-                  **({"guidance_channels": self.guidance_channels} if self.guidance_channels is not None else {})}
+        kwargs = {
+            "steps": self.steps,
+            "start": start,
+            **({"guidance_scale": self.guidance} if self.guidance_given else {}),
+            **({"guidance_channels": self.guidance_channels} if self.guidance_channels is not None else {}),
+        }
         if method is None:
             return self.bundle.sample(conditions, seed, **kwargs), None
-        with torch.no_grad(), methods.attach(pipe, method, seed=seed) as handle:
+        with torch.no_grad(), dsbench.attach(pipe, method, seed=seed) as handle:
             images = self.bundle.sample(conditions, seed, **kwargs)
             return images, handle.report()
 
-    def sample_sharded(self, seed: int, shard: Shard, method: methods.Method | None = None,
-                       desc: str | None = None) -> tuple[torch.Tensor | None, dict | None]:
+    def sample_sharded(
+        self, seed: int, shard: Shard, method: methods.Method | None = None, desc: str | None = None
+    ) -> tuple[torch.Tensor | None, dict | None]:
         """The evaluation conditions' images: this rank draws its slice, rank 0 gets them all (other ranks
         None), with the report of rank 0's slice (MACs per image do not depend on the conditions)."""
         start, stop = shard.span(len(self.conditions))
-        images, report = (self.sample(self.conditions[start:stop], seed, method, desc, start=start) if stop > start
-                          else (torch.zeros(0, dtype=torch.uint8), None))
+        images, report = (
+            self.sample(self.conditions[start:stop], seed, method, desc, start=start)
+            if stop > start
+            else (torch.zeros(0, dtype=torch.uint8), None)
+        )
         return shard.gather(images), report
 
     def macs_of(self, method: methods.Method) -> float:
@@ -191,14 +216,14 @@ def _load_model(exp: Experiment, name: str, progress: bool, device: torch.device
     """``device``: where a GPU rank under ``accelerate launch`` puts the model (default: the bundle's own)."""
     from diffusers import schedulers
 
-    from harness.models import zoo
-
     bundle = zoo.load(name, **({"device": device} if device is not None and device.type == "cuda" else {}))
     needs_refs = any("references" in NEEDS[m] for m in exp.metrics)
     if needs_refs and bundle.references is None:
         wanted = [m for m in exp.metrics if "references" in NEEDS[m]]
-        raise ValueError(f"metrics {', '.join(wanted)} need real reference images, which model {name} does not "
-                         "provide here; remove them from the experiment's metrics")
+        raise ValueError(
+            f"metrics {', '.join(wanted)} need real reference images, which model {name} does not "
+            "provide here; remove them from the experiment's metrics"
+        )
     sampler = bundle.sampler.scheduler
     if exp.sampler is not None and exp.sampler != sampler:
         cls_name, overrides = SAMPLERS[exp.sampler]
@@ -209,15 +234,21 @@ def _load_model(exp: Experiment, name: str, progress: bool, device: torch.device
         lines = [ln.strip() for ln in Path(exp.eval.prompts).read_text().splitlines() if ln.strip()]
         if len(lines) < exp.eval.size:
             raise ValueError(f"eval.prompts {exp.eval.prompts} has {len(lines)} prompts; eval.size is {exp.eval.size}")
-        conditions = lines[:exp.eval.size]
+        conditions = lines[: exp.eval.size]
     else:
         conditions = bundle.conditions(exp.eval.size, exp.eval.seed)
     references = bundle.references(exp.eval.references or exp.eval.size) if needs_refs else None
-    return ModelContext(bundle=bundle, sampler=sampler, steps=exp.steps or bundle.sampler.steps,
-                        guidance=bundle.sampler.guidance_scale if exp.guidance is None else exp.guidance,
-                        guidance_given=exp.guidance is not None, guidance_channels=exp.guidance_channels,
-                        conditions=conditions, references=references,
-                        progress=progress)
+    return ModelContext(
+        bundle=bundle,
+        sampler=sampler,
+        steps=exp.steps or bundle.sampler.steps,
+        guidance=bundle.sampler.guidance_scale if exp.guidance is None else exp.guidance,
+        guidance_given=exp.guidance is not None,
+        guidance_channels=exp.guidance_channels,
+        conditions=conditions,
+        references=references,
+        progress=progress,
+    )
 
 
 # -- budget search ----------------------------------------------------------------------------------------
@@ -251,6 +282,7 @@ def _bounds(cls: type[methods.Method], field: str, steps: int) -> tuple[float, f
 def _accepted_high(name: str, params: dict, field: str, low: float, high: float, is_int: bool) -> float:
     """The largest value of [low, high] the config accepts: a validator may narrow a field's declared
     bounds (e.g. DaTo's ratio ≤ 1 − 1/s²), found by bisecting between accepted and rejected values."""
+
     def accepted(v) -> bool:
         try:
             methods.build(name, **params, **{field: v})
@@ -267,8 +299,18 @@ def _accepted_high(name: str, params: dict, field: str, low: float, high: float,
     return good
 
 
-def tune(name: str, params: dict, field: str, budget: float, macs_of: Callable[[methods.Method], float],
-         steps: int, *, tolerance: float = 1e-3, close: float = 2e-3, progress: bool = False) -> dict:
+def tune(
+    name: str,
+    params: dict,
+    field: str,
+    budget: float,
+    macs_of: Callable[[methods.Method], float],
+    steps: int,
+    *,
+    tolerance: float = 1e-3,
+    close: float = 2e-3,
+    progress: bool = False,
+) -> dict:
     """Bisect ``field`` of method ``name`` until its MACs are closest to, but not above, ``budget``.
 
     Integer fields are bisected over integers; a float field until the bracket is narrower than
@@ -276,7 +318,7 @@ def tune(name: str, params: dict, field: str, budget: float, macs_of: Callable[[
     two ends); the answer is nevertheless the best of all values measured. Returns {"value", "macs",
     "evaluations": [(value, macs), ...]}; BudgetUnreachable when even the cheapest end is above budget.
     """
-    cls = methods.base.method_class(name)
+    cls = dsbench.methods.base.method_class(name)
     low, high, is_int = _bounds(cls, field, steps)
     high = _accepted_high(name, params, field, low, high, is_int)
     seen: dict[float, float] = {}
@@ -293,12 +335,17 @@ def tune(name: str, params: dict, field: str, budget: float, macs_of: Callable[[
     try:
         if min(measure(low), measure(high)) > budget:
             cheapest = min(seen, key=seen.get)
-            raise BudgetUnreachable(f"{name}: the budget of {budget:.4g} MACs is below its cheapest setting "
-                                    f"({field}={_fmt(cheapest)}: {seen[cheapest]:.4g} MACs)")
+            raise BudgetUnreachable(
+                f"{name}: the budget of {budget:.4g} MACs is below its cheapest setting "
+                f"({field}={_fmt(cheapest)}: {seen[cheapest]:.4g} MACs)"
+            )
         good, bad = (low, high) if seen[low] <= budget else (high, low)  # good: within budget
         if seen[bad] > budget:
-            while ((abs(bad - good) > 1) if is_int else (abs(bad - good) > tolerance * (high - low)
-                                                           and budget - seen[good] > close * budget)):
+            while (
+                (abs(bad - good) > 1)
+                if is_int
+                else (abs(bad - good) > tolerance * (high - low) and budget - seen[good] > close * budget)
+            ):
                 mid = (good + bad) // 2 if is_int else (good + bad) / 2
                 if measure(mid) <= budget:
                     good = mid
@@ -318,7 +365,7 @@ def decision_map(report: dict) -> np.ndarray:
     n = np.asarray(schedule.meta["n_tokens"], dtype=float)
     kept = np.asarray(schedule.counts(), dtype=float) / n
     for i, d in enumerate(schedule.directives):
-        if d.kind is methods.base.DirectiveKind.REUSE_OUTPUT:
+        if d.kind is dsbench.methods.base.DirectiveKind.REUSE_OUTPUT:
             kept[i] = 0.0
     return kept
 
@@ -339,9 +386,17 @@ def save_artifacts(folder: Path, images: torch.Tensor, report: dict, teacher: to
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(folder / "samples.png")
     kept = decision_map(report)
     np.save(folder / "decisions.npy", kept)
-    (folder / "decisions.json").write_text(json.dumps(
-        {"kept_fraction": kept.tolist(), "layers": report["layers"], "directives": report["directives"],
-         "schedule": report["schedule"].to_dict()}, default=str))
+    (folder / "decisions.json").write_text(
+        json.dumps(
+            {
+                "kept_fraction": kept.tolist(),
+                "layers": report["layers"],
+                "directives": report["directives"],
+                "schedule": report["schedule"].to_dict(),
+            },
+            default=str,
+        )
+    )
     fig, ax = plt.subplots(figsize=(max(4, 0.25 * kept.shape[1] + 2), max(3, 0.18 * kept.shape[0] + 1.5)))
     im = ax.imshow(kept, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
     ax.set_xlabel("layer ℓ")
@@ -362,27 +417,31 @@ class Outcome:
     skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (model, method, reason)
 
 
-def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
-                   artifacts: str | Path | None = None, tracker=None, teacher_cache=None, progress: bool = True,
-                   shard: Shard | None = None) -> Outcome:
+def run_experiment(
+    exp: Experiment,
+    store: Store | None,
+    *,
+    force: bool = False,
+    artifacts: str | Path | None = None,
+    tracker=None,
+    teacher_cache=None,
+    progress: bool = True,
+    shard: Shard | None = None,
+) -> Outcome:
     """Run every (model, method, seed) of ``exp`` that ``store`` does not have (all of them with ``force``).
 
     Everything that can fail without sampling is checked first: the inputs, the metrics' weights, the
     artifacts folder, and every method set up on every model (its budget tuned, its schedule checked against
     the model); only a method that cannot run on a model family at all is skipped. A run another experiment
     already computed is reported by this one too, not recomputed. A row the store cannot take after sampling
-    (locked, full disk) is kept next to it and imported by the next run (:func:`harness.store.keep_pending`).
+    (locked, full disk) is kept next to it and imported by the next run (:func:`dsbench.store.keep_pending`).
 
     artifacts: folder of per-run artifact directories (default: ``artifacts/`` next to the store file).
-    tracker: a :class:`harness.tracking.Tracker` (or None) mirroring each stored row.
+    tracker: a :class:`dsbench.tracking.Tracker` (or None) mirroring each stored row.
     shard: this process's rank under ``accelerate launch`` (default: accelerate's state). Every rank draws
     its slice of the samples; only rank 0 needs ``store``, ``tracker`` and the teacher cache, and only it
     writes (the other ranks pass ``store=None`` and return an empty Outcome).
     """
-    from harness import metrics
-    from harness.experiment import check_inputs
-    from harness.teacher_cache import TeacherCache
-
     shard = shard or Shard()
     main = shard.is_main
     if main and store is None:
@@ -390,8 +449,11 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
     check_inputs(exp)  # files the methods read (schedules, weights) exist: fail before any sampling
     if main:
         if artifacts is None:
-            artifacts = (Path(tempfile.mkdtemp(prefix="dsbench-artifacts-")) if store.path == ":memory:"
-                         else Path(store.path).parent / "artifacts")
+            artifacts = (
+                Path(tempfile.mkdtemp(prefix="dsbench-artifacts-"))
+                if store.path == ":memory:"
+                else Path(store.path).parent / "artifacts"
+            )
         artifacts = Path(artifacts)
         check_writable(artifacts, "artifacts")
         imported = store.import_pending() if store.path != ":memory:" else 0
@@ -436,8 +498,19 @@ def run_experiment(exp: Experiment, store: Store | None, *, force: bool = False,
                     teachers[seed] = _teacher(cache, ctx, model, seed, shard)
                 row = _run_one(exp, ctx, model, entry, setup, seed, rid, teachers[seed], artifacts, bar, shard)
                 if setup.get("above"):  # off budget: the setting just above it too, stored first (resume-safe)
-                    above = _run_one(exp, ctx, model, entry, {"tuned": setup["above"], "note": None}, seed,
-                                     bracket_id(rid), teachers[seed], artifacts, bar, shard)
+                    above = _run_one(
+                        exp,
+                        ctx,
+                        model,
+                        entry,
+                        {"tuned": setup["above"], "note": None},
+                        seed,
+                        bracket_id(rid),
+                        teachers[seed],
+                        artifacts,
+                        bar,
+                        shard,
+                    )
                     if above is not None:
                         _store(store, {**above, "bracket": "above"}, force, outcome, tracker)
                 bar.update(1)
@@ -466,12 +539,18 @@ def _store(store: Store, row: dict, force: bool, outcome: Outcome, tracker) -> N
     except (sqlite3.Error, OSError) as err:
         kept = keep_pending(store.path, row, replace=force)
         outcome.pending.append(str(kept))
-        log.warning("the store %s could not take run %s (%s): kept in %s; the next run on this store imports it",
-                    store.path, row["label"], err, kept)
+        log.warning(
+            "the store %s could not take run %s (%s): kept in %s; the next run on this store imports it",
+            store.path,
+            row["label"],
+            err,
+            kept,
+        )
         return
     outcome.stored.append(row)
-    log.info("stored %s %s: macs_ratio %.3f, speedup %.2f×", row["model"], row["label"], row["macs_ratio"],
-             row["speedup"])
+    log.info(
+        "stored %s %s: macs_ratio %.3f, speedup %.2f×", row["model"], row["label"], row["macs_ratio"], row["speedup"]
+    )
     if tracker is not None:
         tracker.log_run(row)
 
@@ -480,8 +559,10 @@ def check_writable(folder: Path, field: str) -> None:
     """A folder the run will write into exists (or can be made) and takes a file: checked before sampling."""
     blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise ValueError(f"{field}: cannot write into {folder}: {blocker} is a file, not a folder; move it or "
-                         "pass another output folder")
+        raise ValueError(
+            f"{field}: cannot write into {folder}: {blocker} is a file, not a folder; move it or "
+            "pass another output folder"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
@@ -492,10 +573,17 @@ def check_writable(folder: Path, field: str) -> None:
 
 def _teacher(cache, ctx: ModelContext, model: str, seed: int, shard: Shard) -> torch.Tensor | None:
     """The uncached samples (on rank 0; None elsewhere): from the cache, else drawn sharded and cached."""
-    sampler = dataclasses.replace(ctx.bundle.sampler, scheduler=ctx.sampler, steps=ctx.steps,
-                                  guidance_scale=ctx.guidance)
-    fields = {"model": model, "sampler": sampler, "steps": ctx.steps, "seed": seed, "conditions": ctx.conditions,
-              **({"guidance_channels": ctx.guidance_channels} if ctx.guidance_channels is not None else {})}
+    sampler = dataclasses.replace(
+        ctx.bundle.sampler, scheduler=ctx.sampler, steps=ctx.steps, guidance_scale=ctx.guidance
+    )
+    fields = {
+        "model": model,
+        "sampler": sampler,
+        "steps": ctx.steps,
+        "seed": seed,
+        "conditions": ctx.conditions,
+        **({"guidance_channels": ctx.guidance_channels} if ctx.guidance_channels is not None else {}),
+    }
     desc = f"{model} teacher"
     if shard.count == 1:
         return cache.get_or_create(fields, lambda: ctx.sample(ctx.conditions, seed, desc=desc)[0])
@@ -506,11 +594,13 @@ def _teacher(cache, ctx: ModelContext, model: str, seed: int, shard: Shard) -> t
     return cache.get_or_create(fields, lambda: images) if shard.is_main else None
 
 
-def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
-                tuning: dict | None = None, macs_full: float = 1.0) -> str | None:
+def budget_note(
+    name: str, field: str | None, budget_ratio: float, ratio: float, tuning: dict | None = None, macs_full: float = 1.0
+) -> str | None:
     """Why a run's MAC ratio is more than :data:`BUDGET_TOLERANCE` off the budget (None when it is not):
     no budget field, a field whose steps jump over the budget, or one whose range cannot reach it.
     ``tuning``: the result of :func:`tune`, whose evaluations show the nearest reachable ratios."""
+
     def shown(v) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -522,12 +612,16 @@ def budget_note(name: str, field: str | None, budget_ratio: float, ratio: float,
     below = max((r for r in reached if r[1] <= budget_ratio), key=lambda r: r[1])
     above = [r for r in reached if r[1] > budget_ratio]
     if not above:
-        return (f"{field} cannot spend the budget: its most expensive accepted setting ({field}={shown(below[0])}) "
-                f"reaches {below[1]:.3f} of full")
+        return (
+            f"{field} cannot spend the budget: its most expensive accepted setting ({field}={shown(below[0])}) "
+            f"reaches {below[1]:.3f} of full"
+        )
     above = min(above, key=lambda r: r[1])
     why = f"{field} is an integer" if isinstance(below[0], int) else f"MACs move in steps as {field} changes"
-    return (f"{why}: nearest reachable {below[1]:.3f} ({field}={shown(below[0])}) / {above[1]:.3f} "
-            f"({field}={shown(above[0])}); the run takes the one within budget")
+    return (
+        f"{why}: nearest reachable {below[1]:.3f} ({field}={shown(below[0])}) / {above[1]:.3f} "
+        f"({field}={shown(above[0])}); the run takes the one within budget"
+    )
 
 
 def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
@@ -538,7 +632,7 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
     sampling, as a ValueError naming model and method."""
     params = entry.params_for(ctx.bundle.name)
     budget = _budget_ratio(exp, entry)
-    field = methods.base.method_class(entry.name).budget_field if budget is not None else None
+    field = dsbench.methods.base.method_class(entry.name).budget_field if budget is not None else None
     tuned: dict = {}
     try:
         method = methods.build(entry.name, **params)
@@ -550,10 +644,11 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
         macs = ctx.macs_of(method)
         result = None
         if field is not None:
-            result = tune(entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps,
-                          progress=ctx.progress)
+            result = tune(
+                entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps, progress=ctx.progress
+            )
             tuned, macs = {field: result["value"]}, result["macs"]
-    except methods.base.NotApplicable as err:
+    except dsbench.methods.base.NotApplicable as err:
         return {"skip": str(err)}
     except BudgetUnreachable as err:
         if entry._curve_point:  # one budget of a curve this method cannot reach: the curve goes without it
@@ -577,11 +672,20 @@ def bracket_id(rid: str) -> str:
     return hashlib.sha256(f"{rid}:above".encode()).hexdigest()[:24]
 
 
-def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry, setup: dict, seed: int,
-             rid: str, teacher: torch.Tensor | None, artifacts: Path | None, bar, shard: Shard) -> dict | None:
+def _run_one(
+    exp: Experiment,
+    ctx: ModelContext,
+    model: str,
+    entry: MethodEntry,
+    setup: dict,
+    seed: int,
+    rid: str,
+    teacher: torch.Tensor | None,
+    artifacts: Path | None,
+    bar,
+    shard: Shard,
+) -> dict | None:
     """One measured run with the method as set up by :func:`_setup`: its row on rank 0, None on the others."""
-    from harness import metrics
-
     params = entry.params_for(model)
     tuned = setup["tuned"]
     method = methods.build(entry.name, **params, **tuned)
@@ -591,15 +695,24 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
     if not shard.is_main:
         return None
     bar.set_postfix_str(f"{model} {entry.name}: metrics")
-    scores = metrics.compute(images, teacher=teacher, references=ctx.references, conditions=ctx.conditions,
-                             bundle=ctx.bundle, metrics=exp.metrics, per_sample=True)
+    scores = metrics.compute(
+        images,
+        teacher=teacher,
+        references=ctx.references,
+        conditions=ctx.conditions,
+        bundle=ctx.bundle,
+        metrics=exp.metrics,
+        per_sample=True,
+    )
     bar.set_postfix_str(f"{model} {entry.name}: latency")
     lat = exp.latency
     timed = [ctx.conditions[i % len(ctx.conditions)] for i in range(lat.batch)]
     full = methods.build("full")
-    times = cost.interleaved({"method": lambda: ctx.sample(timed, seed, method),
-                              "full": lambda: ctx.sample(timed, seed, full)},
-                             repeats=lat.repeats, warmup=lat.warmup)
+    times = cost.interleaved(
+        {"method": lambda: ctx.sample(timed, seed, method), "full": lambda: ctx.sample(timed, seed, full)},
+        repeats=lat.repeats,
+        warmup=lat.warmup,
+    )
     memory = cost.peak_memory(lambda: ctx.sample(timed, seed, method))
     macs = cost.macs(report)
     label = run_label(entry.name, report["config"], params, seed if len(exp.seeds) > 1 else None)
@@ -608,26 +721,52 @@ def _run_one(exp: Experiment, ctx: ModelContext, model: str, entry: MethodEntry,
         save_artifacts(folder, images, report, teacher)
         artifacts_note = None
     except OSError as err:  # the numbers are computed: keep them, say what is missing
-        log.warning("artifacts of %s %s could not be written to %s (%s); the row is stored without them",
-                    model, label, folder, err)
+        log.warning(
+            "artifacts of %s %s could not be written to %s (%s); the row is stored without them",
+            model,
+            label,
+            folder,
+            err,
+        )
         folder, artifacts_note = None, f"not written: {err}"
     return {
-        "run_id": rid, "experiment": exp.name, "model": model, "family": ctx.bundle.family, "method": entry.name,
-        "label": label, "params": params, "config": report["config"], "tuned": tuned,
-        "budget_macs_ratio": _budget_ratio(exp, entry), "budget_note": setup["note"],
+        "run_id": rid,
+        "experiment": exp.name,
+        "model": model,
+        "family": ctx.bundle.family,
+        "method": entry.name,
+        "label": label,
+        "params": params,
+        "config": report["config"],
+        "tuned": tuned,
+        "budget_macs_ratio": _budget_ratio(exp, entry),
+        "budget_note": setup["note"],
         "sampler": ctx.sampler,
-        "steps": ctx.steps, "guidance": ctx.guidance, "eval_set": exp.eval.prompts or exp.eval.set,
-        "n_samples": len(images), "seed": seed, "code_version": code_version(),
-        "macs": macs["macs"], "macs_cfg_counted": macs["macs_cfg_counted"], "macs_full": ctx.macs_full,
-        "macs_ratio": macs["macs"] / ctx.macs_full, "macs_attention": macs["macs_attention"],
-        "full_steps": report["full_steps"], "latency_s": times["method"]["latency_median"],
+        "steps": ctx.steps,
+        "guidance": ctx.guidance,
+        "eval_set": exp.eval.prompts or exp.eval.set,
+        "n_samples": len(images),
+        "seed": seed,
+        "code_version": code_version(),
+        "macs": macs["macs"],
+        "macs_cfg_counted": macs["macs_cfg_counted"],
+        "macs_full": ctx.macs_full,
+        "macs_ratio": macs["macs"] / ctx.macs_full,
+        "macs_attention": macs["macs_attention"],
+        "full_steps": report["full_steps"],
+        "latency_s": times["method"]["latency_median"],
         "latency_full_s": times["full"]["latency_median"],
         "speedup": times["full"]["latency_median"] / times["method"]["latency_median"],
-        "latency_batch": lat.batch, "latency_repeats": lat.repeats,
+        "latency_batch": lat.batch,
+        "latency_repeats": lat.repeats,
         # the interleaved timings themselves, repeat by repeat: reports resample them for the speedup's interval
-        "latency_seconds": times["method"]["seconds"], "latency_full_seconds": times["full"]["seconds"],
+        "latency_seconds": times["method"]["seconds"],
+        "latency_full_seconds": times["full"]["seconds"],
         "peak_memory_mb": memory["peak_memory_bytes"] / 2**20,
-        "artifacts": str(folder) if folder else None, "artifacts_note": artifacts_note,
-        "machine": machine.describe(), "report_metrics": list(ctx.bundle.report_metrics),
-        "created_at": time.time(), **scores,
+        "artifacts": str(folder) if folder else None,
+        "artifacts_note": artifacts_note,
+        "machine": machine.describe(),
+        "report_metrics": list(ctx.bundle.report_metrics),
+        "created_at": time.time(),
+        **scores,
     }

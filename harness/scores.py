@@ -7,8 +7,8 @@ importance, or one of v-norm / norm / similarity / random.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -170,15 +170,16 @@ def composite_score(ctx: ScoreContext, spec: ScoreSpec) -> torch.Tensor:
         if spec.cross_entropy:
             base = base + spec.cross_entropy * cross_attention_entropy(ctx)
     else:
-        base = {"vnorm": value_norm_score, "norm": norm_score, "similarity": similarity_score,
-                "random": random_score}[spec.importance](ctx)
+        base = {"vnorm": value_norm_score, "norm": norm_score, "similarity": similarity_score, "random": random_score}[
+            spec.importance
+        ](ctx)
     score = base + spec.staleness * ctx.staleness.float() if spec.staleness else base
     if ctx.cfg_batched and spec.cfg_selection == "shared":
         half = ctx.batch // 2
         score = (0.5 * (score[:half] + score[half:])).repeat(2, 1)
     if spec.bonus and ctx.layer_tokens != "text":
         if ctx.layer_tokens == "joint":  # bonus on the image part only (FLUX single blocks)
-            img = spatial_bonus(score[:, ctx.n_text:], ctx.grid, spec.bonus_grid, spec.bonus)
+            img = spatial_bonus(score[:, ctx.n_text :], ctx.grid, spec.bonus_grid, spec.bonus)
             score = torch.cat([score[:, : ctx.n_text], img], dim=1)
         else:
             score = spatial_bonus(score, ctx.grid, spec.bonus_grid, spec.bonus)

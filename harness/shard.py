@@ -1,6 +1,6 @@
 """Sample generation sharded across processes with ``accelerate launch`` (DESIGN §6).
 
-``accelerate launch --num_processes N [--cpu] -m harness.cli run FILE`` starts N ranks that all run the
+``accelerate launch --num_processes N [--cpu] -m dsbench.cli run FILE`` starts N ranks that all run the
 same experiment in lockstep: each rank generates a contiguous slice of the evaluation conditions (image i
 keeps the generator of its index, so the images are those of one process), rank 0 gathers the slices,
 computes metrics, latency and memory, and is the only rank that touches the store, the teacher cache,

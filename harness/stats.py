@@ -12,7 +12,7 @@ Every function takes a ``seed`` so that a report is the same each time it is mad
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -51,8 +51,14 @@ def _percentiles(estimates: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def mean_ci(values: Sequence[float], weights: Sequence[float] | None = None, *, level: float = LEVEL,
-            resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def mean_ci(
+    values: Sequence[float],
+    weights: Sequence[float] | None = None,
+    *,
+    level: float = LEVEL,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of the (weighted) mean of per-unit ``values``; (nan, nan) for < 2 units.
     Infinite values (PSNR of identical images) give infinite bounds, as the mean itself is infinite."""
     v = np.asarray(values, dtype=float)
@@ -63,9 +69,16 @@ def mean_ci(values: Sequence[float], weights: Sequence[float] | None = None, *, 
         return _percentiles(_weighted_means(v, w, _resample(len(v), resamples, seed)), level)
 
 
-def paired_difference_ci(a: Sequence[float], b: Sequence[float], weights_a: Sequence[float] | None = None,
-                         weights_b: Sequence[float] | None = None, *, level: float = LEVEL,
-                         resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def paired_difference_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    weights_a: Sequence[float] | None = None,
+    weights_b: Sequence[float] | None = None,
+    *,
+    level: float = LEVEL,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Interval of mean(a) − mean(b) over the same units, resampled together (a[i] and b[i]: unit i)."""
     va, vb = _paired(a, b, "paired values need the same units")
     if len(va) < 2:
@@ -77,8 +90,14 @@ def paired_difference_ci(a: Sequence[float], b: Sequence[float], weights_a: Sequ
         return _percentiles(_weighted_means(va, wa, index) - _weighted_means(vb, wb, index), level)
 
 
-def ratio_of_medians_ci(numerator: Sequence[float], denominator: Sequence[float], *, level: float = LEVEL,
-                        resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def ratio_of_medians_ci(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    *,
+    level: float = LEVEL,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Interval of median(numerator) / median(denominator), repeat pairs resampled together — the speedup
     of interleaved timings (numerator: the full model's seconds, denominator: the method's)."""
     num, den = _paired(numerator, denominator, "paired timings need the same repeats")

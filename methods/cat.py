@@ -15,10 +15,10 @@ from __future__ import annotations
 import pydantic
 import torch
 
-from harness.scores import SELF_KEYS, SELF_VALUES
-from methods.base import (FULL, Decision, Layer, Method, MethodConfig, NotApplicable, RunInfo, ratio_to_count, register,
-                          topk)
-from methods.pruning import both_halves, cond_rows, noise_tokens
+from dsbench.core import FULL, Decision, Layer, Method, MethodConfig, NotApplicable, RunInfo, ratio_to_count, topk
+from dsbench.methods.base import register
+from dsbench.methods.pruning import both_halves, cond_rows, noise_tokens
+from dsbench.scores import SELF_KEYS, SELF_VALUES
 
 TOP_CLUSTERS = (3, 2, 1)  # quotas of the three best clusters, in units of q = ⌊0.25·k / 6⌋ [PD]
 FEATURE_SCALE = 0.05  # K-means features: 0.05·n_i + pos_enc [C]
@@ -27,9 +27,13 @@ KMEANS_ITERATIONS = 100
 
 class CatConfig(MethodConfig):
     alpha: float = pydantic.Field(
-        0.3, gt=0.0, le=1.0, description="fraction α of image tokens recomputed per pruned step, in (0, 1]")
+        0.3, gt=0.0, le=1.0, description="fraction α of image tokens recomputed per pruned step, in (0, 1]"
+    )
     t0: int | None = pydantic.Field(
-        None, ge=2, description="full warm-up steps t0 >= 2 (default min(8, round(0.3·T)): 6 at T = 20, 8 at T = 28 and 50)")
+        None,
+        ge=2,
+        description="full warm-up steps t0 >= 2 (default min(8, round(0.3·T)): 6 at T = 20, 8 at T = 28 and 50)",
+    )
     clusters: int = pydantic.Field(20, ge=1, description="K-means clusters >= 1")
     ewma: float = pydantic.Field(0.5, ge=0.0, le=1.0, description="EWMA decay a of the selection frequency, in [0, 1]")
     seed: int = pydantic.Field(0, ge=0, le=2**32 - 1, description="K-means initialisation seed in [0, 2³² − 1]")
@@ -90,13 +94,20 @@ class Cat(Method):
         if self.labels is None:  # step t0−1: cluster once, score by one graph-pooling pass
             self.labels = torch.stack([self._cluster(x) for x in n])
             self.frequency = torch.zeros(n.shape[:2])
-            scores = [graph_pooled_scores(pool_max(r, lab, self.n_clusters),
-                                          cluster_adjacency(lab, self.run.grid, self.n_clusters))
-                      for r, lab in zip(relative, self.labels)]
+            scores = [
+                graph_pooled_scores(
+                    pool_max(r, lab, self.n_clusters), cluster_adjacency(lab, self.run.grid, self.n_clusters)
+                )
+                for r, lab in zip(relative, self.labels)
+            ]
         else:
             scores = [pool_max(r, lab, self.n_clusters).norm(dim=-1) for r, lab in zip(relative, self.labels)]
-        chosen = torch.stack([self._choose(r.norm(dim=-1), lab, s, f)
-                              for r, lab, s, f in zip(relative, self.labels, scores, self.frequency)])
+        chosen = torch.stack(
+            [
+                self._choose(r.norm(dim=-1), lab, s, f)
+                for r, lab, s, f in zip(relative, self.labels, scores, self.frequency)
+            ]
+        )
         self.frequency = self.config.ewma * self.frequency + chosen.float()
         self.selection_macs += 3 * n.shape[1] * n.shape[2]  # RN, its norm and the cluster max-pool
         index = torch.stack([row.nonzero().squeeze(1) for row in chosen])
@@ -120,8 +131,9 @@ class Cat(Method):
     def _images(self) -> int:
         return self.run.batch // 2 if self.run.cfg_batched else self.run.batch
 
-    def _choose(self, rho: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                frequency: torch.Tensor) -> torch.Tensor:
+    def _choose(
+        self, rho: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, frequency: torch.Tensor
+    ) -> torch.Tensor:
         """Mask of the k tokens: the highest-ρ tokens of the 3 best clusters (quotas 3q, 2q, q),
         then the least frequently selected tokens (ties: larger ρ first)."""
         chosen = torch.zeros_like(rho, dtype=torch.bool)

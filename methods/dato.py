@@ -12,15 +12,30 @@ MLP stay dense. The per-step (d, r) pairs come from ``search_schedule`` (NSGA-II
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import pydantic
 import torch
 
-from methods.base import (FULL, NORMAL, REUSE_OUTPUT, Decision, Layer, Method, MethodConfig, NotApplicable, RunInfo,
-                          Selection, block_residual, ratio_to_count, register, topk)
-from methods.pruning import both_halves, noise_tokens
+from dsbench.core import (
+    FULL,
+    NORMAL,
+    REUSE_OUTPUT,
+    Decision,
+    Layer,
+    Method,
+    MethodConfig,
+    NotApplicable,
+    RunInfo,
+    Selection,
+    block_residual,
+    ratio_to_count,
+    topk,
+)
+from dsbench.methods.base import register
+from dsbench.methods.pruning import both_halves, noise_tokens
 
 DEPTHS = (0, 1, "full")
 SEARCH_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7)  # the paper's search space for r
@@ -38,14 +53,19 @@ def max_ratio(patch: int) -> float:
 class DatoConfig(MethodConfig):
     patch: int = pydantic.Field(2, ge=1, description="base-token patch size s >= 1: one base token per s×s patch")
     schedule: list[tuple[Depth, float]] | None = pydantic.Field(
-        None, description="per-step [d, r] pairs, one per denoiser call: d in {0, 1, 'full'}, r in [0, 1 − 1/s²] "
-        "(0.75 at s = 2); step 0 must be ['full', 0]. Default: full every 3rd step, d = 1 in between, r = ratio")
+        None,
+        description="per-step [d, r] pairs, one per denoiser call: d in {0, 1, 'full'}, r in [0, 1 − 1/s²] "
+        "(0.75 at s = 2); step 0 must be ['full', 0]. Default: full every 3rd step, d = 1 in between, r = ratio",
+    )
     ratio: float | None = pydantic.Field(
-        None, ge=0.0, le=1.0, description="prune ratio r of the default schedule, in [0, 1 − 1/s²] (default 0.3)")
+        None, ge=0.0, le=1.0, description="prune ratio r of the default schedule, in [0, 1 − 1/s²] (default 0.3)"
+    )
     recover_from: Literal["kept", "base"] = pydantic.Field(
-        "kept", description="pruned tokens copy their most similar kept token (code) or base token (paper)")
-    seed: int = pydantic.Field(0, ge=0, le=2**32 - 1, description="seed of the random base-token score of the first "
-                      "steps, in [0, 2³² − 1]")
+        "kept", description="pruned tokens copy their most similar kept token (code) or base token (paper)"
+    )
+    seed: int = pydantic.Field(
+        0, ge=0, le=2**32 - 1, description="seed of the random base-token score of the first steps, in [0, 2³² − 1]"
+    )
 
     @pydantic.field_validator("schedule")
     @classmethod
@@ -93,10 +113,14 @@ class Dato(Method):
         super().reset(run)
         c = self.config
         if c.schedule is not None and len(c.schedule) != run.num_steps:
-            raise ValueError(f"dato: parameter 'schedule' has {len(c.schedule)} steps; this run makes "
-                             f"{run.num_steps} denoiser calls")
-        self.steps = list(c.schedule) if c.schedule is not None else default_schedule(
-            run.num_steps, DEFAULT_RATIO if c.ratio is None else c.ratio)
+            raise ValueError(
+                f"dato: parameter 'schedule' has {len(c.schedule)} steps; this run makes {run.num_steps} denoiser calls"
+            )
+        self.steps = (
+            list(c.schedule)
+            if c.schedule is not None
+            else default_schedule(run.num_steps, DEFAULT_RATIO if c.ratio is None else c.ratio)
+        )
         self.outputs: list[torch.Tensor] = []  # ε of the last two calls
         self.generator = torch.Generator().manual_seed(c.seed)
         self.base = None  # B×N mask of this step's base tokens
@@ -191,9 +215,16 @@ def patch_argmax_mask(score: torch.Tensor, grid: tuple[int, int], s: int) -> tor
 
 
 # -- schedule search (METHODS §1.7, §1.11 NSGA-II template) ----------------------------------------------
-def search_schedule(evaluate: Callable[[list], tuple[float, float]], num_steps: int, *, trials: int = 100,
-                    population: int = 20, storage: str | Path | None = None, study_name: str = "dato-schedule",
-                    seed: int = 0):
+def search_schedule(
+    evaluate: Callable[[list], tuple[float, float]],
+    num_steps: int,
+    *,
+    trials: int = 100,
+    population: int = 20,
+    storage: str | Path | None = None,
+    study_name: str = "dato-schedule",
+    seed: int = 0,
+):
     """NSGA-II (optuna's NSGAIISampler) over the per-step genes (d, r) of steps 1…T−1.
 
     evaluate(schedule) -> (fitness, macs), both minimised: e.g. LPIPS to the teacher and the same
@@ -211,14 +242,20 @@ def search_schedule(evaluate: Callable[[list], tuple[float, float]], num_steps: 
     if storage is not None and "://" not in str(storage):
         storage = f"sqlite:///{Path(storage).resolve()}"
     study = optuna.create_study(
-        study_name=study_name, storage=storage, directions=["minimize", "minimize"], load_if_exists=True,
-        sampler=optuna.samplers.NSGAIISampler(population_size=population, seed=seed))
+        study_name=study_name,
+        storage=storage,
+        directions=["minimize", "minimize"],
+        load_if_exists=True,
+        sampler=optuna.samplers.NSGAIISampler(population_size=population, seed=seed),
+    )
 
     def objective(trial) -> tuple[float, float]:
         schedule = [["full", 0.0]]
         for i in range(1, num_steps):
             depth = trial.suggest_categorical(f"d{i}", [str(d) for d in DEPTHS])
-            schedule.append([depth if depth == "full" else int(depth), trial.suggest_categorical(f"r{i}", SEARCH_RATIOS)])
+            schedule.append(
+                [depth if depth == "full" else int(depth), trial.suggest_categorical(f"r{i}", SEARCH_RATIOS)]
+            )
         trial.set_user_attr("schedule", schedule)
         fitness, macs = evaluate(schedule)
         return float(fitness), float(macs)
@@ -233,8 +270,11 @@ def best_schedule(study, budget: float | None = None) -> list:
     """The schedule of the fittest completed trial whose M_lin is within ``budget`` (METHODS §1.11)."""
     import optuna
 
-    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-              and (budget is None or t.values[1] <= budget)]
+    trials = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and (budget is None or t.values[1] <= budget)
+    ]
     if not trials:
         raise ValueError(f"no completed trial within the MAC budget {budget}")
     return min(trials, key=lambda t: (t.values[0], t.values[1])).user_attrs["schedule"]

@@ -15,20 +15,26 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from methods.base import (FULL, NORMAL, Decision, Directive, Layer, Method, MethodConfig, RunInfo, block_residual,
-                          register)
+from dsbench.core import FULL, NORMAL, Decision, Directive, Layer, Method, MethodConfig, RunInfo, block_residual
+from dsbench.methods.base import register
 
 
 class DeepCacheConfig(MethodConfig):
-    interval: int = pydantic.Field(2, ge=1, description="refresh interval N >= 1: one refresh step per N steps "
-                                   "(default 2)")
-    front: int = pydantic.Field(1, ge=0, le=4, description="Fn, blocks computed first at every step, 0..4 "
-                                "(default 1)")
+    interval: int = pydantic.Field(
+        2, ge=1, description="refresh interval N >= 1: one refresh step per N steps (default 2)"
+    )
+    front: int = pydantic.Field(1, ge=0, le=4, description="Fn, blocks computed first at every step, 0..4 (default 1)")
     back: int = pydantic.Field(0, ge=0, le=4, description="Bn, blocks computed last at every step, 0..4 (default 0)")
     schedule: Literal["uniform", "quadratic"] = pydantic.Field(
-        "uniform", description="refresh steps: uniform (i mod N = 0) or quadratic (as many, denser around center)")
-    center: float = pydantic.Field(0.3, ge=0.0, le=1.0, description="quadratic schedule: where refresh steps are "
-                                   "densest, as a fraction of the run in [0, 1] (default 0.3)")
+        "uniform", description="refresh steps: uniform (i mod N = 0) or quadratic (as many, denser around center)"
+    )
+    center: float = pydantic.Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="quadratic schedule: where refresh steps are "
+        "densest, as a fraction of the run in [0, 1] (default 0.3)",
+    )
 
 
 def uniform_refresh(num_steps: int, interval: int) -> list[int]:
@@ -67,8 +73,10 @@ class DeepCache(Method):
         c = self.config
         blocks = sum(run.blocks_per_stream.values())
         if c.front + c.back >= blocks:
-            raise ValueError(f"deepcache: front + back = {c.front + c.back} must be below the model's {blocks} "
-                             "blocks (some middle block must be cached)")
+            raise ValueError(
+                f"deepcache: front + back = {c.front + c.back} must be below the model's {blocks} "
+                "blocks (some middle block must be cached)"
+            )
         self.residual_spans = ((c.front, c.back),)
         if c.schedule == "uniform":
             self.refresh = uniform_refresh(run.num_steps, c.interval)

@@ -8,7 +8,7 @@ With the reference counter s (DiT s = T−1−i, others s = i) and interval θ:
 
     FULL if i = 0 or s mod θ = 0;  PARTIAL if s mod θ is odd;  REUSE_OUTPUT otherwise.
 
-The partial steps are ToCa's (fresh-ratio factors, scores, staleness, bonus: ``methods.toca``).
+The partial steps are ToCa's (fresh-ratio factors, scores, staleness, bonus: ``dsbench.methods.toca``).
 DiT adapts θ exactly as ToCa-DiT does, including its per-layer quirk; PixArt keeps θ = N, and so
 do FLUX and Wan [PD].
 """
@@ -19,10 +19,23 @@ from typing import Literal
 
 import pydantic
 
-from harness.scores import ScoreSpec
-from methods.base import (FULL, NORMAL, REUSE, REUSE_OUTPUT, Decision, Directive, Layer, Method, MethodConfig,
-                          RunInfo, ratio_to_count, register, topk)
-from methods.toca import Toca
+from dsbench.core import (
+    FULL,
+    NORMAL,
+    REUSE,
+    REUSE_OUTPUT,
+    Decision,
+    Directive,
+    Layer,
+    Method,
+    MethodConfig,
+    RunInfo,
+    ratio_to_count,
+    topk,
+)
+from dsbench.methods.base import register
+from dsbench.methods.toca import Toca
+from dsbench.scores import ScoreSpec
 
 # Public per-model ratios (METHODS §1.3). [PD] FLUX: ToCa-FLUX-dev's R; Wan: DuCa-OpenSora's R.
 # The public R give 4.642 T (DiT DDIM-50, CFG counted) and 1.541 T (PixArt-α 256), not the
@@ -35,21 +48,31 @@ FULL_STEP, PARTIAL, AGGRESSIVE = "full", "partial", "aggressive"
 
 class DucaConfig(MethodConfig):
     ratio: float | None = pydantic.Field(
-        None, ge=0.0, le=4.0, description="base fresh ratio R of the partial steps in [0, 4]; each module's "
+        None,
+        ge=0.0,
+        le=4.0,
+        description="base fresh ratio R of the partial steps in [0, 4]; each module's "
         "R × step × layer × module factor is clamped to [0, 1], so R > 1 still adds tokens (default per "
-        "model: DiT 0.05, PixArt 0.75, FLUX 0.1, Wan 0.1)")
+        "model: DiT 0.05, PixArt 0.75, FLUX 0.1, Wan 0.1)",
+    )
     interval: int | None = pydantic.Field(None, ge=1, description="refresh interval N >= 1 (default 3)")
     threshold_rule: Literal["per_layer", "per_step"] | None = pydantic.Field(
-        None, description="DiT only, where ToCa's θ updates take effect: per_layer (default) or per_step")
+        None, description="DiT only, where ToCa's θ updates take effect: per_layer (default) or per_step"
+    )
     ratio_schedule: Literal["ddim50", "ddpm250"] = pydantic.Field(
-        "ddim50", description="DiT step/layer factors: ddim50 or ddpm250")
+        "ddim50", description="DiT step/layer factors: ddim50 or ddpm250"
+    )
     importance: Literal["attention", "vnorm"] | None = pydantic.Field(
-        None, description="token score: attention (DiT s1, PixArt/Wan s2, FLUX s1; needs attention probabilities) "
-        "or vnorm (value norms, works with fused attention; Wan default)")
+        None,
+        description="token score: attention (DiT s1, PixArt/Wan s2, FLUX s1; needs attention probabilities) "
+        "or vnorm (value norms, works with fused attention; Wan default)",
+    )
     cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
-        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
-    bonus: float | None = pydantic.Field(None, ge=0.0, description="spatial bonus λ4 >= 0 (DiT 0.8, PixArt 0.4, "
-                                         "else 0)")
+        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection"
+    )
+    bonus: float | None = pydantic.Field(
+        None, ge=0.0, description="spatial bonus λ4 >= 0 (DiT 0.8, PixArt 0.4, else 0)"
+    )
     bonus_grid: int | None = pydantic.Field(None, ge=1, description="bonus tile size k >= 1 (DiT 2, PixArt 4)")
 
 
@@ -75,7 +98,8 @@ class Duca(Toca):
             bonus=c.bonus if c.bonus is not None else bonus,
             bonus_grid=c.bonus_grid or grid,
             importance=importance,
-            cfg_selection=c.cfg_selection or ("per_half" if fam == "dit" else "shared"))
+            cfg_selection=c.cfg_selection or ("per_half" if fam == "dit" else "shared"),
+        )
         self.theta = self.interval
         self._step_type = FULL_STEP
         self._block = -1
@@ -83,10 +107,16 @@ class Duca(Toca):
 
     def resolved_config(self) -> dict:
         dit = self.run.family == "dit"
-        return {"ratio": self.ratio, "interval": self.interval, "threshold_rule": self.rule if dit else None,
-                "ratio_schedule": self.config.ratio_schedule if dit else None, "importance": self.score.importance,
-                "cfg_selection": self.score.cfg_selection, "bonus": self.score.bonus,
-                "bonus_grid": self.score.bonus_grid}
+        return {
+            "ratio": self.ratio,
+            "interval": self.interval,
+            "threshold_rule": self.rule if dit else None,
+            "ratio_schedule": self.config.ratio_schedule if dit else None,
+            "importance": self.score.importance,
+            "cfg_selection": self.score.cfg_selection,
+            "bonus": self.score.bonus,
+            "bonus_grid": self.score.bonus_grid,
+        }
 
     # -- step rule ------------------------------------------------------------------------------
     def _type(self, i: int) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pydantic
 
-from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo, register
+from dsbench.core import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo
+from dsbench.methods.base import register
 
 # Refresh period per family (METHODS §1.4): DiT 3 (18 full steps at DDIM-50), PixArt 2 (even i).
 DEFAULT_INTERVAL = {"dit": 3, "pixart": 2, "flux": 2, "wan": 2}
@@ -13,7 +14,8 @@ DEFAULT_INTERVAL = {"dit": 3, "pixart": 2, "flux": 2, "wan": 2}
 
 class ForaConfig(MethodConfig):
     interval: int | None = pydantic.Field(
-        None, ge=1, description="refresh period N >= 1 (default per model: DiT 3, PixArt 2, FLUX 2, Wan 2)")
+        None, ge=1, description="refresh period N >= 1 (default per model: DiT 3, PixArt 2, FLUX 2, Wan 2)"
+    )
 
 
 def reference_counter(family: str, i: int, num_steps: int) -> int:
@@ -31,8 +33,11 @@ class Fora(Method):
     def reset(self, run: RunInfo) -> None:
         super().reset(run)
         self.interval = self.config.interval or DEFAULT_INTERVAL[run.family]
-        self.full = {i for i in range(run.num_steps)
-                     if i == 0 or reference_counter(run.family, i, run.num_steps) % self.interval == 0}
+        self.full = {
+            i
+            for i in range(run.num_steps)
+            if i == 0 or reference_counter(run.family, i, run.num_steps) % self.interval == 0
+        }
 
     def resolved_config(self) -> dict:
         return {"interval": self.interval}

@@ -1,6 +1,7 @@
 """``full``: no acceleration; every layer computed at every step (the reference)."""
 
-from methods.base import Method, register
+from dsbench.core import Method
+from dsbench.methods.base import register
 
 
 @register

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import RunInfo
+from dsbench.core import RunInfo
 
 # Row block of the conditional half in a batched-CFG call: diffusers' DiTPipeline batches
 # [cond, uncond], PixArtAlphaPipeline [uncond, cond].
@@ -33,7 +33,7 @@ def cond_rows(x: torch.Tensor, run: RunInfo) -> torch.Tensor:
         return x
     half = x.shape[0] // 2
     start = COND_HALF.get(run.family, 0) * half
-    return x[start:start + half]
+    return x[start : start + half]
 
 
 def both_halves(x: torch.Tensor, run: RunInfo) -> torch.Tensor:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import pydantic
 
-from methods.base import Method, MethodConfig, register
+from dsbench.core import Method, MethodConfig
+from dsbench.methods.base import register
 
 
 class StepsConfig(MethodConfig):
     fraction: float | None = pydantic.Field(
-        None, gt=0.0, le=1.0, description="fraction of the requested steps to run, in (0, 1]; default 0.5")
+        None, gt=0.0, le=1.0, description="fraction of the requested steps to run, in (0, 1]; default 0.5"
+    )
     num_steps: int | None = pydantic.Field(None, ge=1, description="absolute number of steps, >= 1")
 
     @pydantic.model_validator(mode="after")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pydantic
 
-from methods.base import FULL, Decision, Layer, Method, MethodConfig, RunInfo, register, taylor
+from dsbench.core import FULL, Decision, Layer, Method, MethodConfig, RunInfo, taylor
+from dsbench.methods.base import register
 
 # (N, m, W) per model (METHODS §1.6): DiT DDIM-50 README setting (14 full steps), PixArt [PD]
 # (11 full steps, 1.57 T), FLUX-dev reference, FLUX-schnell [PD], Wan reference.
@@ -19,12 +20,19 @@ DEFAULTS = {"dit": (4, 4, 2), "pixart": (2, 1, 2), "flux-dev": (6, 1, 3), "flux-
 
 
 class TaylorSeerConfig(MethodConfig):
-    interval: int | None = pydantic.Field(None, ge=1, description="full-step interval N >= 1 (default per model: "
-                                          "DiT 4, PixArt 2, FLUX-dev 6, FLUX-schnell 2, Wan 5)")
-    order: int | None = pydantic.Field(None, ge=0, le=4, description="Taylor order m in 0..4; 0 = plain reuse "
-                                       "(default per model: DiT 4, others 1)")
-    warmup: int | None = pydantic.Field(None, ge=1, description="leading full steps W >= 1 (default per model: "
-                                        "DiT 2, PixArt 2, FLUX-dev 3, FLUX-schnell 1, Wan 1)")
+    interval: int | None = pydantic.Field(
+        None,
+        ge=1,
+        description="full-step interval N >= 1 (default per model: DiT 4, PixArt 2, FLUX-dev 6, FLUX-schnell 2, Wan 5)",
+    )
+    order: int | None = pydantic.Field(
+        None, ge=0, le=4, description="Taylor order m in 0..4; 0 = plain reuse (default per model: DiT 4, others 1)"
+    )
+    warmup: int | None = pydantic.Field(
+        None,
+        ge=1,
+        description="leading full steps W >= 1 (default per model: DiT 2, PixArt 2, FLUX-dev 3, FLUX-schnell 1, Wan 1)",
+    )
 
 
 def defaults_key(run: RunInfo) -> str:
@@ -47,8 +55,7 @@ class TaylorSeer(Method):
         self.interval = c.interval or interval
         self.taylor_order = order if c.order is None else c.order  # the engine keeps this many differences
         self.warmup = c.warmup or warmup
-        self.full = {i for i in range(run.num_steps)
-                     if i < self.warmup or (i - (self.warmup - 1)) % self.interval == 0}
+        self.full = {i for i in range(run.num_steps) if i < self.warmup or (i - (self.warmup - 1)) % self.interval == 0}
 
     def resolved_config(self) -> dict:
         return {"interval": self.interval, "order": self.taylor_order, "warmup": self.warmup}

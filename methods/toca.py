@@ -13,9 +13,9 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from harness.scores import ScoreSpec
-from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo, ratio_to_count, register, topk
-
+from dsbench.core import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo, ratio_to_count, topk
+from dsbench.methods.base import register
+from dsbench.scores import ScoreSpec
 
 
 def refresh_interval(family: str, interval: int, num_steps: int, counter: int) -> int:
@@ -37,18 +37,26 @@ def refresh_interval(family: str, interval: int, num_steps: int, counter: int) -
 
 class TocaConfig(MethodConfig):
     ratio: float | None = pydantic.Field(
-        None, ge=0.0, le=1.0, description="base fresh ratio R in [0, 1] (default per model: DiT 0.07, "
-        "PixArt 0.30, FLUX-dev 0.1, FLUX-schnell 0.51)")
+        None,
+        ge=0.0,
+        le=1.0,
+        description="base fresh ratio R in [0, 1] (default per model: DiT 0.07, "
+        "PixArt 0.30, FLUX-dev 0.1, FLUX-schnell 0.51)",
+    )
     interval: int | None = pydantic.Field(None, ge=1, description="full-step interval N >= 1 (default 3; FLUX 4)")
     threshold_rule: Literal["per_layer", "per_step"] | None = pydantic.Field(
-        None, description="where θ updates take effect: per_layer (DiT default) or per_step (PixArt default)")
+        None, description="where θ updates take effect: per_layer (DiT default) or per_step (PixArt default)"
+    )
     ratio_schedule: Literal["ddim50", "ddpm250"] = pydantic.Field(
-        "ddim50", description="DiT step/layer factors: ddim50 or ddpm250")
+        "ddim50", description="DiT step/layer factors: ddim50 or ddpm250"
+    )
     warmup: int | None = pydantic.Field(None, ge=1, description="FLUX: leading full calls >= 1 (dev 3, schnell 1)")
     importance: Literal["attention", "similarity", "norm", "vnorm", "random"] = pydantic.Field(
-        "attention", description="token importance: attention (model default score), similarity, norm, vnorm, random")
+        "attention", description="token importance: attention (model default score), similarity, norm, vnorm, random"
+    )
     cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
-        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
+        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection"
+    )
     bonus: float | None = pydantic.Field(None, ge=0.0, description="spatial bonus λ4 >= 0 (DiT 0.6, PixArt 0.4)")
     bonus_grid: int | None = pydantic.Field(None, ge=1, description="bonus tile size k >= 1 (DiT 2, PixArt 4)")
 
@@ -73,8 +81,11 @@ class Toca(Method):
         super().reset(run)
         c, fam = self.config, run.family
         schnell = fam == "flux" and run.variant == "schnell"
-        self.ratio = c.ratio if c.ratio is not None else {
-            "dit": 0.07, "pixart": 0.30, "wan": 0.30, "flux": 0.51 if schnell else 0.1}[fam]
+        self.ratio = (
+            c.ratio
+            if c.ratio is not None
+            else {"dit": 0.07, "pixart": 0.30, "wan": 0.30, "flux": 0.51 if schnell else 0.1}[fam]
+        )
         self.interval = c.interval or (4 if fam == "flux" else 3)
         self.rule = c.threshold_rule or ("per_layer" if fam == "dit" else "per_step")
         self.warmup = c.warmup or (1 if schnell else 3)
@@ -86,17 +97,25 @@ class Toca(Method):
             bonus=c.bonus if c.bonus is not None else bonus,
             bonus_grid=c.bonus_grid or grid,
             importance="vnorm" if fam == "wan" and c.importance == "attention" else c.importance,
-            cfg_selection=c.cfg_selection or ("per_half" if fam == "dit" else "shared"))
+            cfg_selection=c.cfg_selection or ("per_half" if fam == "dit" else "shared"),
+        )
         self.theta = self.interval
         self._block = -1
         self._block_full = False
         self._step_full = False
 
     def resolved_config(self) -> dict:
-        return {"ratio": self.ratio, "interval": self.interval, "threshold_rule": self.rule,
-                "ratio_schedule": self.config.ratio_schedule, "importance": self.score.importance,
-                "cfg_selection": self.score.cfg_selection, "bonus": self.score.bonus,
-                "bonus_grid": self.score.bonus_grid, "warmup": self.warmup if self.run.family == "flux" else None}
+        return {
+            "ratio": self.ratio,
+            "interval": self.interval,
+            "threshold_rule": self.rule,
+            "ratio_schedule": self.config.ratio_schedule,
+            "importance": self.score.importance,
+            "cfg_selection": self.score.cfg_selection,
+            "bonus": self.score.bonus,
+            "bonus_grid": self.score.bonus_grid,
+            "warmup": self.warmup if self.run.family == "flux" else None,
+        }
 
     # -- full-step rule ----------------------------------------------------------------------
     def counter(self, i: int) -> int:

@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import Fixed, tiny_dit, tiny_pixart
 
-import methods
-from harness.accounting import (CALIBRATION, CALIBRATION_TOLERANCE, PUBLISHED_TOLERANCE, UNREPRODUCED,
-                                architecture_macs, flop_counter, flop_counter_macs)
-from harness.cli import main
-from methods import FULL, topk
+import dsbench
+from dsbench import methods
+from dsbench.accounting import flop_counter, flop_counter_macs
+from dsbench.cli import main
+from dsbench.macs import CALIBRATION, CALIBRATION_TOLERANCE, PUBLISHED_TOLERANCE, UNREPRODUCED, architecture_macs
+from dsbench.methods import FULL, topk
 
 
 def _inputs(family, batch=4):
@@ -24,8 +25,13 @@ def _inputs(family, batch=4):
         return {"hidden_states": x, "timestep": t, "class_labels": torch.tensor([3, 4, 1000, 1000][:batch])}
     mask = torch.ones(batch, 6)
     mask[0, 4:] = 0
-    return {"hidden_states": x, "timestep": t, "encoder_hidden_states": torch.randn(batch, 6, 12, generator=g),
-            "encoder_attention_mask": mask, "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+    return {
+        "hidden_states": x,
+        "timestep": t,
+        "encoder_hidden_states": torch.randn(batch, 6, 12, generator=g),
+        "encoder_attention_mask": mask,
+        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+    }
 
 
 @pytest.mark.parametrize("family", ["dit", "pixart"])
@@ -37,11 +43,11 @@ def test_executor_macs_equal_flop_counter(family, score):
     batch = kw["hidden_states"].shape[0]
     method = Fixed(lambda i, layer: FULL if i == 0 else topk(5))
     if score:  # explicit attention probabilities instead of SDPA
-        from harness.scores import ScoreSpec
+        from dsbench.scores import ScoreSpec
 
         method.score = ScoreSpec(attention_received=1.0, cross_entropy=float(family == "pixart"))
     counted = []
-    with torch.no_grad(), methods.attach(model, method, num_steps=2) as handle:
+    with torch.no_grad(), dsbench.attach(model, method, num_steps=2) as handle:
         for _ in range(2):
             with flop_counter() as mode:
                 model(**kw)
@@ -66,7 +72,7 @@ def test_calibration_table(model, method, params, steps, expected, published, no
 def test_flux_toca_ratio_is_tuned_to_the_published_macs_and_table9_runs_it():
     """No ToCa-FLUX config is published: R is tuned until M_lin is Table 9's 7.313 T (the default 0.51 counts
     7.02 T), and the Table 9 file runs that R."""
-    from harness import experiment
+    from dsbench import experiment
 
     (params,) = [p for model, method, p, *_ in CALIBRATION if (model, method) == ("flux-schnell", "toca")]
     macs = architecture_macs("flux-schnell", methods.build("toca", **params))["macs"] / 1e12
@@ -93,15 +99,34 @@ def test_wan_full_is_counted_and_listed_as_unreproduced_with_a_reason():
 def test_cli_calibration_writes_both_tables_and_json(tmp_path, capsys, monkeypatch):
     """`dsbench macs --calibration`: the calibration table with Δ to the published value, then the unreproduced
     numbers computed live with their reasons; --json gives both lists (rows stubbed: the counts are tested above)."""
-    from harness import accounting
+    from dsbench import macs
 
-    row = {"model": "dit-xl-2-256", "method": "steps", "params": {"num_steps": 40}, "steps": 50, "cfg_counted": True,
-           "dsbench_T": 9.155, "expected_T": 9.15, "published_T": 9.14, "delta_published_pct": 0.17,
-           "note": "scaled", "within_tolerance": True}
-    far = {"model": "wan2.1-1.3b", "method": "full", "params": {}, "steps": 20, "cfg_counted": False,
-           "dsbench_T": 33.554, "published_T": 43.866, "delta_published_pct": -23.51, "why": "no setting"}
-    monkeypatch.setattr(accounting, "calibration_rows", lambda: [row])
-    monkeypatch.setattr(accounting, "unreproduced_rows", lambda: [far])
+    row = {
+        "model": "dit-xl-2-256",
+        "method": "steps",
+        "params": {"num_steps": 40},
+        "steps": 50,
+        "cfg_counted": True,
+        "dsbench_T": 9.155,
+        "expected_T": 9.15,
+        "published_T": 9.14,
+        "delta_published_pct": 0.17,
+        "note": "scaled",
+        "within_tolerance": True,
+    }
+    far = {
+        "model": "wan2.1-1.3b",
+        "method": "full",
+        "params": {},
+        "steps": 20,
+        "cfg_counted": False,
+        "dsbench_T": 33.554,
+        "published_T": 43.866,
+        "delta_published_pct": -23.51,
+        "why": "no setting",
+    }
+    monkeypatch.setattr(macs, "calibration_rows", lambda: [row])
+    monkeypatch.setattr(macs, "unreproduced_rows", lambda: [far])
     out = tmp_path / "calibration.md"
     assert main(["macs", "--calibration", "--out", str(out)]) == 0
     text = out.read_text()
@@ -121,8 +146,12 @@ def test_dit_xl_forward_macs_match_fvcore_count():
 
 
 def test_cli_macs_json(capsys):
-    assert main(["macs", "--model", "dit-xl-2-256", "--method", "steps", "--set", "num_steps=2", "--steps", "50",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["macs", "--model", "dit-xl-2-256", "--method", "steps", "--set", "num_steps=2", "--steps", "50", "--json"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["cfg_counted"] is True and out["steps"] == 2
     assert out["macs"] / 1e12 == pytest.approx(11.44 * 2 / 50, abs=0.005)

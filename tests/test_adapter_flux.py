@@ -8,14 +8,24 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
 
-import methods
-from harness.accounting import flop_counter, flop_counter_macs
-from harness.adapters.flux import FluxAdapter
-from harness.scores import ScoreSpec
-from methods import FULL, REUSE, Method, MethodConfig, topk
+import dsbench
+from dsbench import methods
+from dsbench.accounting import flop_counter, flop_counter_macs
+from dsbench.adapters.flux import FluxAdapter
+from dsbench.methods import FULL, REUSE, Method, MethodConfig, topk
+from dsbench.scores import ScoreSpec
 
-TINY = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+TINY = dict(
+    patch_size=1,
+    in_channels=16,
+    num_layers=2,
+    num_single_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    axes_dims_rope=(4, 6, 6),
+)
 C, ROWS, COLS, N, N_TEXT, BATCH = 32, 8, 8, 64, 8, 2
 TIMESTEPS = (1.0, 0.75, 0.5, 0.25)
 S1 = ScoreSpec(attention_received=1.0, cross_entropy=1.0)  # materialised attention, per-sample selections
@@ -35,10 +45,14 @@ def image_ids(rows: int, cols: int) -> torch.Tensor:
 
 def inputs(dtype=torch.float32, **extra) -> dict:
     g = torch.Generator().manual_seed(1)
-    return dict(hidden_states=torch.randn(BATCH, N, 16, generator=g).to(dtype),
-                encoder_hidden_states=torch.randn(BATCH, N_TEXT, 32, generator=g).to(dtype),
-                pooled_projections=torch.randn(BATCH, 32, generator=g).to(dtype),
-                img_ids=image_ids(ROWS, COLS), txt_ids=torch.zeros(N_TEXT, 3), **extra)
+    return dict(
+        hidden_states=torch.randn(BATCH, N, 16, generator=g).to(dtype),
+        encoder_hidden_states=torch.randn(BATCH, N_TEXT, 32, generator=g).to(dtype),
+        pooled_projections=torch.randn(BATCH, 32, generator=g).to(dtype),
+        img_ids=image_ids(ROWS, COLS),
+        txt_ids=torch.zeros(N_TEXT, 3),
+        **extra,
+    )
 
 
 def denoise(model, t: float, x: dict) -> torch.Tensor:
@@ -78,7 +92,7 @@ class Fixed(Method):
 def run(model, method, steps: int = 2):
     """Outputs, the (input, output) of every (step, layer) and the report of an attached run."""
     seen = {}
-    with methods.attach(model, method, num_steps=steps) as handle:
+    with dsbench.attach(model, method, num_steps=steps) as handle:
         engine, layer = handle.engine, handle.engine.layer
 
         def spy(ell, h, compute):
@@ -109,30 +123,49 @@ def all_full(transformer):
 
 @pytest.fixture(scope="module")
 def pipe():
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                        shift_factor=0.0, scaling_factor=1.0)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
-                        text_encoder_2=None, tokenizer_2=None, transformer=tiny_transformer())
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        shift_factor=0.0,
+        scaling_factor=1.0,
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=tiny_transformer(),
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def generate(pipe, width: int = 32, true_cfg: bool = False) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    text = dict(prompt_embeds=torch.randn(1, N_TEXT, 32, generator=g),
-                pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    text = dict(
+        prompt_embeds=torch.randn(1, N_TEXT, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g)
+    )
     if true_cfg:  # separate cond / uncond transformer calls under cache_context
-        text.update(negative_prompt_embeds=torch.randn(1, N_TEXT, 32, generator=g),
-                    negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g), true_cfg_scale=2.0)
-    return pipe(**text, height=32, width=width, num_inference_steps=4, guidance_scale=0.0, output_type="latent",
-                generator=g).images
+        text.update(
+            negative_prompt_embeds=torch.randn(1, N_TEXT, 32, generator=g),
+            negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+            true_cfg_scale=2.0,
+        )
+    return pipe(
+        **text, height=32, width=width, num_inference_steps=4, guidance_scale=0.0, output_type="latent", generator=g
+    ).images
 
 
 # -- exactness and attach / detach -----------------------------------------------------------------
 def test_full_matches_plain_pipeline_and_detach_restores(pipe):
     plain = generate(pipe)
-    with methods.attach(pipe, methods.build("full")) as handle:
+    with dsbench.attach(pipe, methods.build("full")) as handle:
         attached = generate(pipe)
         report = handle.report()
     assert (attached - plain).abs().max() <= 1e-6
@@ -146,7 +179,7 @@ def test_full_matches_plain_pipeline_and_detach_restores(pipe):
 
 def test_true_cfg_branches_on_a_non_square_grid(pipe):
     plain = generate(pipe, width=24, true_cfg=True)
-    with methods.attach(pipe, methods.build("full")) as handle:
+    with dsbench.attach(pipe, methods.build("full")) as handle:
         attached = generate(pipe, width=24, true_cfg=True)
         report = handle.report()
         run_info = handle.engine.latest()[0]
@@ -169,7 +202,7 @@ def test_full_matches_plain_model_variants(variant):
     x, t = inputs(dtype), torch.full((BATCH,), 1.0, dtype=dtype)
     with torch.enable_grad() if variant == "gradient_checkpointing" else torch.no_grad():
         plain = model(**x, timestep=t).sample
-        with methods.attach(model, methods.build("full"), num_steps=1):
+        with dsbench.attach(model, methods.build("full"), num_steps=1):
             attached = model(**x, timestep=t).sample
     assert torch.equal(attached, plain)
     assert_detached(model)
@@ -234,7 +267,7 @@ def partial_step(i, layer):
 @pytest.mark.parametrize("score", [ScoreSpec(), S1], ids=["sdpa", "materialised"])
 def test_macs_match_flop_counter(transformer, score):
     counted = []
-    with methods.attach(transformer, Fixed(partial_step, score), num_steps=2) as handle:
+    with dsbench.attach(transformer, Fixed(partial_step, score), num_steps=2) as handle:
         x = inputs()
         for t in TIMESTEPS[:2]:
             with flop_counter() as mode:
@@ -248,8 +281,13 @@ def test_macs_match_flop_counter(transformer, score):
     assert report["macs_attention_cfg_not_counted"] == sum(r.macs_attention for r in records)
 
     # per-layer attribution (METHODS §0.9 FLUX rows): per computed token, the single block's proj_mlp in its mlp
-    per_token = {("double", "attn"): 4, ("double", "img_mlp"): 8, ("double", "txt_mlp"): 8, ("single", "attn"): 3,
-                 ("single", "mlp"): 9}
+    per_token = {
+        ("double", "attn"): 4,
+        ("double", "img_mlp"): 8,
+        ("double", "txt_mlp"): 8,
+        ("single", "attn"): 3,
+        ("single", "mlp"): 9,
+    }
     tokens = {"attn": N + N_TEXT, "img_mlp": N, "txt_mlp": N_TEXT, "mlp": N + N_TEXT}
     for step, record in enumerate(records):
         for layer in handle.engine.layers:
@@ -263,7 +301,7 @@ def test_macs_match_flop_counter(transformer, score):
 @pytest.mark.parametrize("name, full_steps", [("toca", [0]), ("fora", [0, 2])])
 def test_toca_and_fora_schnell_schedules(pipe, name, full_steps):
     """Schnell (no guidance embedding): ToCa warm-up 1, interval 4; FORA interval 2 (METHODS §1.2, §1.4)."""
-    with methods.attach(pipe, methods.build(name)) as handle:
+    with dsbench.attach(pipe, methods.build(name)) as handle:
         latents = generate(pipe)
         report = handle.report()
     assert torch.isfinite(latents).all()
@@ -278,7 +316,7 @@ def test_toca_and_fora_schnell_schedules(pipe, name, full_steps):
 def test_dev_variant_uses_the_toca_dev_warmup():
     model = tiny_transformer(guidance_embeds=True)
     assert FluxAdapter(model).variant == "dev" and FluxAdapter(tiny_transformer()).variant == "schnell"
-    with methods.attach(model, methods.build("toca"), num_steps=4) as handle:
+    with dsbench.attach(model, methods.build("toca"), num_steps=4) as handle:
         sample(model, 4, guidance=torch.full((BATCH,), 3.5))
         assert handle.report()["full_steps"] == [0, 1, 2]
 
@@ -288,9 +326,11 @@ def test_call_info_grid_without_data_reads(transformer):
     adapter = FluxAdapter(transformer)
 
     def grid(rows, cols, device, ids=True):
-        x = dict(hidden_states=torch.empty(1, rows * cols, 16, device=device),
-                 encoder_hidden_states=torch.empty(1, N_TEXT, 32, device=device),
-                 img_ids=image_ids(rows, cols).to(device) if ids else None)
+        x = dict(
+            hidden_states=torch.empty(1, rows * cols, 16, device=device),
+            encoder_hidden_states=torch.empty(1, N_TEXT, 32, device=device),
+            img_ids=image_ids(rows, cols).to(device) if ids else None,
+        )
         info = adapter.call_info(transformer.forward, (), x)
         assert (info.batch, info.n_image, info.n_text) == (1, rows * cols, N_TEXT)
         return info.grid
@@ -306,7 +346,7 @@ def test_meta_device_run_counts_the_same_macs(transformer):
         meta = FluxTransformer2DModel(**TINY)
     reports = []
     for model, device in ((meta, "meta"), (transformer, "cpu")):
-        with methods.attach(model, methods.build("toca"), num_steps=2) as handle:
+        with dsbench.attach(model, methods.build("toca"), num_steps=2) as handle:
             x = {k: v.to(device) for k, v in inputs().items()}
             for t in TIMESTEPS[:2]:
                 denoise(model, t, x)
@@ -319,10 +359,10 @@ def test_rejects_ip_adapter(transformer):
     model = tiny_transformer()
     model.transformer_blocks[1].attn.set_processor(FluxIPAdapterAttnProcessor(hidden_size=C, cross_attention_dim=C))
     with pytest.raises(TypeError, match=r"transformer_blocks\[1\].*FluxIPAdapterAttnProcessor"):
-        methods.attach(model, methods.build("full"), num_steps=1)
+        dsbench.attach(model, methods.build("full"), num_steps=1)
     assert_detached(model)
 
-    with methods.attach(transformer, methods.build("full"), num_steps=1):
+    with dsbench.attach(transformer, methods.build("full"), num_steps=1):
         with pytest.raises(TypeError, match="ip_adapter_image_embeds"):
             sample(transformer, 1, joint_attention_kwargs={"ip_adapter_image_embeds": [torch.zeros(BATCH, C)]})
         assert torch.equal(sample(transformer, 1, joint_attention_kwargs={"scale": 1.0})[0], sample(transformer, 1)[0])

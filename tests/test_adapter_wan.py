@@ -6,19 +6,35 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
-                       WanTransformer3DModel)
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
-import methods
-from harness.accounting import flop_counter, flop_counter_macs
-from harness.adapters.wan import WanAdapter
-from harness.engine import CallInfo
-from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM, ScoreSpec
-from methods import FULL, REUSE, Method, MethodConfig, topk
+import dsbench
+from dsbench import methods
+from dsbench.accounting import flop_counter, flop_counter_macs
+from dsbench.adapters.wan import WanAdapter
+from dsbench.core import CallInfo
+from dsbench.methods import FULL, REUSE, Method, MethodConfig, topk
+from dsbench.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM, ScoreSpec
 
-CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-              text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
+CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=4,
+    out_channels=4,
+    text_dim=16,
+    freq_dim=32,
+    ffn_dim=32,
+    num_layers=2,
+    rope_max_seq_len=32,
+)
 N = 2 * 4 * 4  # image tokens of the inputs below: 2 latent frames of 8×8, patch 1×2×2
 STATS = ScoreSpec(attention_received=1.0, cross_entropy=1.0)  # makes the engine record sa/ca statistics
 
@@ -82,11 +98,18 @@ def record_layers(handle) -> list:
 
 def tiny_pipeline(model, scheduler=None) -> WanPipeline:
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
-                           latents_std=[1.0] * 4).eval()
-    scheduler = scheduler or UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                     flow_shift=3.0)
+    vae = AutoencoderKLWan(
+        base_dim=3,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    ).eval()
+    scheduler = scheduler or UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -97,16 +120,24 @@ def generate(pipe, steps=3):
     g = torch.Generator().manual_seed(0)
     prompt, negative = torch.randn(1, 5, 16, generator=g), torch.randn(1, 5, 16, generator=g)
     with torch.no_grad():
-        return pipe(prompt_embeds=prompt, negative_prompt_embeds=negative, height=64, width=64, num_frames=5,
-                    num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
-                    output_type="latent").frames
+        return pipe(
+            prompt_embeds=prompt,
+            negative_prompt_embeds=negative,
+            height=64,
+            width=64,
+            num_frames=5,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        ).frames
 
 
 # -- 1. full ≡ plain -------------------------------------------------------------------------------
 def test_pipeline_full_identical_and_detach_restores(model):
     pipe = tiny_pipeline(model)
     plain = generate(pipe)
-    handle = methods.attach(pipe, methods.build("full"))
+    handle = dsbench.attach(pipe, methods.build("full"))
     attached = generate(pipe)
     assert handle.report()["branches"] == ["cond", "uncond"]
     handle.detach()
@@ -123,7 +154,7 @@ def test_full_bit_identical_to_diffusers(dtype):
     model = make_model().to(dtype)
     x, text = inputs(dtype=dtype)
     plain = call(model, x, text)
-    with methods.attach(model, methods.build("full"), num_steps=1):
+    with dsbench.attach(model, methods.build("full"), num_steps=1):
         attached = call(model, x, text)
     assert torch.equal(attached, plain)
 
@@ -134,7 +165,7 @@ def test_full_per_token_timestep(model):
     t = torch.linspace(100, 900, N).expand(2, N)
     with torch.no_grad():
         plain = model(x, t, text).sample
-        with methods.attach(model, methods.build("full"), num_steps=1):
+        with dsbench.attach(model, methods.build("full"), num_steps=1):
             attached = model(x, t, text).sample
     assert torch.equal(attached, plain)
 
@@ -147,7 +178,7 @@ def test_block_forward_positional_and_keyword(model):
         args = (hidden, text_emb, proj.unflatten(1, (6, -1)), model.rope(x))
         block = model.blocks[0]
         expected = WanTransformerBlock.forward(block, *args)
-        with methods.attach(model, methods.build("full"), num_steps=2) as handle:
+        with dsbench.attach(model, methods.build("full"), num_steps=2) as handle:
             handle.engine.begin_call(CallInfo(batch=2, n_image=N, n_text=5, grid=(8, 4)))
             positional = block(*args)
             keyword = block(**dict(zip(("hidden_states", "encoder_hidden_states", "temb", "rotary_emb"), args)))
@@ -159,7 +190,7 @@ def test_block_forward_positional_and_keyword(model):
 def run_steps(model, method, steps=2):
     """(outputs, layer records, handle) of ``steps`` calls on one latent at decreasing timesteps."""
     x, text = inputs()
-    with methods.attach(model, method, num_steps=steps) as handle:
+    with dsbench.attach(model, method, num_steps=steps) as handle:
         seen = record_layers(handle)
         outs = [call(model, x, text, t=900.0 - 300 * i) for i in range(steps)]
     return outs, seen, handle
@@ -211,7 +242,7 @@ def test_statistics_shapes(model):
 @pytest.mark.parametrize("step1", [FULL, topk(5)], ids=str)
 def test_macs_match_flop_counter(model, step1, score):
     x, text = inputs()
-    with methods.attach(model, Fixed(lambda i, layer: FULL if i == 0 else step1, score), num_steps=2) as handle:
+    with dsbench.attach(model, Fixed(lambda i, layer: FULL if i == 0 else step1, score), num_steps=2) as handle:
         call(model, x, text)
         with flop_counter() as mode:
             call(model, x, text, t=600.0)
@@ -227,7 +258,7 @@ def test_macs_match_flop_counter(model, step1, score):
 def test_cfg_branches_separate_caches_and_mac_totals(model):
     pipe = tiny_pipeline(model, FlowMatchEulerDiscreteScheduler(shift=3.0))
     method = Fixed(lambda i, layer: {0: FULL, 1: REUSE}.get(i, topk(5)))
-    with methods.attach(pipe, method) as handle:
+    with dsbench.attach(pipe, method) as handle:
         seen = record_layers(handle)
         with flop_counter() as mode:  # no VAE decode: only the transformer multiplies
             generate(pipe)
@@ -252,10 +283,10 @@ def test_cfg_branches_separate_caches_and_mac_totals(model):
 @pytest.mark.parametrize("name, partial", [("toca", "TOPK"), ("fora", "REUSE")])
 def test_methods_run(model, name, partial):
     pipe = tiny_pipeline(model)
-    with methods.attach(pipe, methods.build("full")) as handle:
+    with dsbench.attach(pipe, methods.build("full")) as handle:
         generate(pipe, steps=6)
         full = handle.report()["macs_cfg_counted"]
-    with methods.attach(pipe, methods.build(name)) as handle:
+    with dsbench.attach(pipe, methods.build(name)) as handle:
         latents = generate(pipe, steps=6)
         report = handle.report()
     assert torch.isfinite(latents).all()
@@ -270,20 +301,21 @@ def test_call_info_on_meta_device():
         model = WanTransformer3DModel(**CONFIG)
         x, text = torch.empty(3, 4, 5, 6, 10), torch.empty(3, 7, 16)
     adapter = WanAdapter(model)
-    info = adapter.call_info(model.forward, (x,), dict(timestep=torch.empty(3, device="meta"),
-                                                       encoder_hidden_states=text))
+    info = adapter.call_info(
+        model.forward, (x,), dict(timestep=torch.empty(3, device="meta"), encoder_hidden_states=text)
+    )
     assert info.key() == (3, 5 * 3 * 5, 7, (15, 5))
     assert [layer.name for layer in adapter.layers] == [f"main{b}.{m}" for b in range(2) for m in ("sa", "ca", "mlp")]
-    with methods.attach(model, methods.build("toca"), num_steps=3):
+    with dsbench.attach(model, methods.build("toca"), num_steps=3):
         for _ in range(3):
             assert model(x, torch.empty(3, device="meta"), text).sample.shape == x.shape
 
 
 def test_rejects_image_conditioning(model):
     with pytest.raises(TypeError, match="I2V"):
-        methods.attach(make_model(added_kv_proj_dim=16, image_dim=16), methods.build("full"), num_steps=1)
+        dsbench.attach(make_model(added_kv_proj_dim=16, image_dim=16), methods.build("full"), num_steps=1)
     x, text = inputs()
-    with methods.attach(model, methods.build("full"), num_steps=1):
+    with dsbench.attach(model, methods.build("full"), num_steps=1):
         with pytest.raises(ValueError, match="encoder_hidden_states_image"):
             model(x, torch.full((2,), 500.0), text, encoder_hidden_states_image=torch.zeros(2, 3, 16))
 
@@ -299,13 +331,13 @@ def test_shared_selection_is_reused_by_the_second_cfg_pass(model):
             return super().select(i, layer, k, ctx)
 
     method = Counting(lambda i, layer: FULL if i == 0 else topk(5))  # ScoreSpec default: shared
-    with methods.attach(pipe, method) as handle:
+    with dsbench.attach(pipe, method) as handle:
         seen = record_layers(handle)
         generate(pipe, steps=3)
     assert sorted(calls) == sorted({(i, ell) for i in (1, 2) for ell in range(6)})  # once per (step, layer)
     per_half = Counting(lambda i, layer: FULL if i == 0 else topk(5), ScoreSpec(cfg_selection="per_half"))
     calls.clear()
-    with methods.attach(pipe, per_half):
+    with dsbench.attach(pipe, per_half):
         generate(pipe, steps=3)
     assert len(calls) == 2 * 2 * 6
     assert seen  # the spy saw both passes

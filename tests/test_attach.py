@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import PIPELINES, Fixed, dit_pipeline, run_dit, run_pixart, pixart_pipeline, tiny_dit
+from conftest import PIPELINES, Fixed, dit_pipeline, pixart_pipeline, run_dit, run_pixart, tiny_dit
 
-import methods
-from methods import FULL, REUSE, topk
+import dsbench
+from dsbench import methods
+from dsbench.methods import FULL, REUSE, topk
 
 
 def _instance_overrides(pipe) -> list[str]:
@@ -22,7 +23,7 @@ def test_full_matches_plain_pipeline_and_detach_restores(family):
     make, run = PIPELINES[family]
     pipe = make()
     plain = run(pipe)
-    with methods.attach(pipe, methods.build("full")) as handle:
+    with dsbench.attach(pipe, methods.build("full")) as handle:
         attached = run(pipe)
         assert handle.report()["cfg_batched"] is True
         assert _instance_overrides(pipe)
@@ -35,7 +36,7 @@ def test_two_pipelines_do_not_affect_each_other(family):
     make, run = PIPELINES[family]
     a, b = make(), make()
     reference = run(b, steps=8)
-    with methods.attach(a, methods.build("fora", interval=2)):
+    with dsbench.attach(a, methods.build("fora", interval=2)):
         cached = run(a, steps=8)
         assert np.array_equal(run(b, steps=8), reference)
     assert not np.array_equal(cached, reference)  # the attached one really ran FORA
@@ -46,7 +47,7 @@ def test_same_call_twice_gives_identical_images(family):
     """State resets at every pipeline call (METHODS §4.4)."""
     make, run = PIPELINES[family]
     pipe = make()
-    with methods.attach(pipe, methods.build("toca")) as handle:
+    with dsbench.attach(pipe, methods.build("toca")) as handle:
         first = run(pipe, steps=8)
         second = run(pipe, steps=8)
         assert handle.report()["num_steps"] == 8
@@ -55,11 +56,11 @@ def test_same_call_twice_gives_identical_images(family):
 
 def test_batch_size_change_starts_a_new_run():
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("toca")) as handle:
+    with dsbench.attach(pipe, methods.build("toca")) as handle:
         run_pixart(pipe, steps=6, batch=2)
         alone = run_pixart(pipe, steps=6, batch=1)
         assert handle.report()["num_steps"] == 6
-    with methods.attach(pipe, methods.build("toca")):
+    with dsbench.attach(pipe, methods.build("toca")):
         fresh = run_pixart(pipe, steps=6, batch=1)
     assert np.array_equal(alone, fresh)
 
@@ -67,7 +68,7 @@ def test_batch_size_change_starts_a_new_run():
 def test_pixart_toca_schedule_matches_reference():
     """PixArt ToCa N=3, 20 steps: full steps {0,4,6,9,12,15,18}; sa reused, ca/mlp partial (§1.2)."""
     pipe = pixart_pipeline(num_layers=4)
-    with methods.attach(pipe, methods.build("toca", ratio=0.3, interval=3)) as handle:
+    with dsbench.attach(pipe, methods.build("toca", ratio=0.3, interval=3)) as handle:
         run_pixart(pipe, steps=20)
         rep = handle.report()
     assert rep["full_steps"] == [0, 4, 6, 9, 12, 15, 18]
@@ -85,7 +86,7 @@ def test_pixart_toca_schedule_matches_reference():
 def test_dit_toca_ddim50_per_layer_rule():
     """DiT DDIM-50 ToCa: the published full steps, with layer-0-only full steps at 4 and 17 (§1.2)."""
     pipe = dit_pipeline(num_layers=3)
-    with methods.attach(pipe, methods.build("toca")) as handle:
+    with dsbench.attach(pipe, methods.build("toca")) as handle:
         run_dit(pipe, steps=50)
         rep = handle.report()
     assert rep["full_steps"] == [0, 5, 9, 13, 19, 22, 25, 28, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49]
@@ -99,7 +100,7 @@ def test_toca_refresh_interval_rounds_as_the_reference_does():
     """θ = round(N / factor): the authors build the factor as a Python float (float64), convert it once with
     torch.tensor (float32) and divide and round in float32 (half to even). Every N in 2..6, T in {20, 50, 100,
     250} and step counter agree with that arithmetic, including the exact .5 ties."""
-    from methods.toca import refresh_interval
+    from dsbench.methods.toca import refresh_interval
 
     for family in ("dit", "pixart"):
         for N in range(2, 7):
@@ -119,11 +120,11 @@ def test_toca_refresh_interval_rounds_as_the_reference_does():
 
 def test_fora_full_steps():
     pipe = dit_pipeline()
-    with methods.attach(pipe, methods.build("fora")) as handle:
+    with dsbench.attach(pipe, methods.build("fora")) as handle:
         run_dit(pipe, steps=50)
         assert handle.report()["full_steps"] == [0] + [i for i in range(50) if (49 - i) % 3 == 0]
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("fora")) as handle:
+    with dsbench.attach(pipe, methods.build("fora")) as handle:
         run_pixart(pipe, steps=20)
         assert handle.report()["full_steps"] == list(range(0, 20, 2))
 
@@ -132,7 +133,7 @@ def test_steps_method_shortens_the_run_and_matches_fewer_steps(family):
     make, run = PIPELINES[family]
     pipe = make()
     direct = run(pipe, steps=5)
-    with methods.attach(pipe, methods.build("steps", fraction=0.5)) as handle:
+    with dsbench.attach(pipe, methods.build("steps", fraction=0.5)) as handle:
         reduced = run(pipe, steps=10)
         assert handle.report()["num_steps"] == 5
     assert np.abs(reduced - direct).max() <= 1e-6
@@ -148,7 +149,7 @@ def _dit_calls(model, steps, batch=4):
 
 def _run_calls(model, method, calls, **attach_kw):
     outs = []
-    with torch.no_grad(), methods.attach(model, method, num_steps=len(calls), **attach_kw) as handle:
+    with torch.no_grad(), dsbench.attach(model, method, num_steps=len(calls), **attach_kw) as handle:
         for x, t, y in calls:
             outs.append(model(x, t, y).sample)
         state = handle.engine.branches["main"]
@@ -168,7 +169,7 @@ def test_reuse_returns_exactly_the_cache():
     model = tiny_dit()
     calls = _dit_calls(model, 2)
     method = Fixed(lambda i, layer: FULL if i == 0 else REUSE)
-    with torch.no_grad(), methods.attach(model, method, num_steps=2) as handle:
+    with torch.no_grad(), dsbench.attach(model, method, num_steps=2) as handle:
         model(*calls[0])
         state = handle.engine.branches["main"]
         cached = {ell: t.clone() for ell, t in state.cache.items()}
@@ -192,9 +193,10 @@ def test_partial_attention_is_exact_for_the_selected_rows():
     calls = _dit_calls(model, 2)
     _, _, full_state = _run_calls(model, methods.build("full"), calls)
     chosen = torch.tensor([[0, 3, 5, 9, 12]] * 4)
-    method = Fixed(lambda i, layer: FULL if i == 0 or layer.index > 0 else topk(5),
-                   select=lambda i, layer, k, ctx: chosen)
-    with torch.no_grad(), methods.attach(model, method, num_steps=2) as handle:
+    method = Fixed(
+        lambda i, layer: FULL if i == 0 or layer.index > 0 else topk(5), select=lambda i, layer, k, ctx: chosen
+    )
+    with torch.no_grad(), dsbench.attach(model, method, num_steps=2) as handle:
         model(*calls[0])
         state = handle.engine.branches["main"]
         step0 = state.cache[0].clone()
@@ -208,12 +210,12 @@ def test_partial_attention_is_exact_for_the_selected_rows():
 
 
 def test_taylor_order_zero_is_reuse_and_order_one_extrapolates():
-    from methods import taylor
+    from dsbench.methods import taylor
 
     model = tiny_dit()
     calls = _dit_calls(model, 4)
     plan = {0: FULL, 1: FULL, 2: taylor(0), 3: taylor(1)}
-    with torch.no_grad(), methods.attach(model, Fixed(lambda i, layer: plan[i], taylor_order=1), num_steps=4) as h:
+    with torch.no_grad(), dsbench.attach(model, Fixed(lambda i, layer: plan[i], taylor_order=1), num_steps=4) as h:
         model(*calls[0])
         state = h.engine.branches["main"]
         y0 = state.cache[0].clone()
@@ -229,7 +231,7 @@ def test_taylor_order_zero_is_reuse_and_order_one_extrapolates():
 
 
 def test_reuse_output_directive_skips_every_block():
-    from methods import NORMAL, REUSE_OUTPUT
+    from dsbench.methods import NORMAL, REUSE_OUTPUT
 
     model = tiny_dit()
     calls = _dit_calls(model, 2)
@@ -242,13 +244,14 @@ def test_reuse_output_directive_skips_every_block():
 
 
 def test_block_residual_directive_applies_the_cached_residual_once():
-    from methods import NORMAL, block_residual
+    from dsbench.methods import NORMAL, block_residual
 
     model = tiny_dit(num_layers=4)
     calls = _dit_calls(model, 2)
     calls[1] = calls[0]  # same input: the cached residual reproduces the skipped blocks exactly
-    method = Fixed(lambda i, layer: FULL, directive=lambda i: NORMAL if i == 0 else block_residual(1, 1),
-                   residual_spans=((1, 1),))
+    method = Fixed(
+        lambda i, layer: FULL, directive=lambda i: NORMAL if i == 0 else block_residual(1, 1), residual_spans=((1, 1),)
+    )
     outs, rep, _ = _run_calls(model, method, calls)
     assert rep["directives"][1] == "BLOCK_RESIDUAL(1,1)"
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
@@ -260,15 +263,16 @@ def test_shared_cfg_selection_is_identical_across_halves():
     chosen = {}
 
     def select(i, layer, k, ctx):
-        from harness.scores import ScoreSpec, select_tokens
+        from dsbench.scores import ScoreSpec, select_tokens
 
-        idx = select_tokens(ctx, ScoreSpec(attention_received=1.0, staleness=0.1, bonus=0.6, bonus_grid=2,
-                                           cfg_selection="shared"), k)
+        idx = select_tokens(
+            ctx, ScoreSpec(attention_received=1.0, staleness=0.1, bonus=0.6, bonus_grid=2, cfg_selection="shared"), k
+        )
         chosen[layer.index] = idx
         return idx
 
     method = Fixed(lambda i, layer: FULL if i == 0 else topk(6), select=select)
-    method.score = __import__("harness.scores", fromlist=["ScoreSpec"]).ScoreSpec(attention_received=1.0)
+    method.score = __import__("dsbench.scores", fromlist=["ScoreSpec"]).ScoreSpec(attention_received=1.0)
     _run_calls(model, method, calls)
     for idx in chosen.values():
         assert torch.equal(idx[:2], idx[2:])
@@ -280,11 +284,18 @@ def test_unknown_method_lists_the_available_ones():
         methods.build("tocca")
 
 
-@pytest.mark.parametrize("name, params, field", [
-    ("toca", {"ratio": 1.5}, "ratio"), ("toca", {"ratio": -0.1}, "ratio"), ("toca", {"interval": 0}, "interval"),
-    ("fora", {"interval": 0}, "interval"), ("steps", {"fraction": 0.0}, "fraction"),
-    ("toca", {"threshold_rule": "sometimes"}, "threshold_rule"), ("toca", {"speed": 2}, "speed"),
-])
+@pytest.mark.parametrize(
+    "name, params, field",
+    [
+        ("toca", {"ratio": 1.5}, "ratio"),
+        ("toca", {"ratio": -0.1}, "ratio"),
+        ("toca", {"interval": 0}, "interval"),
+        ("fora", {"interval": 0}, "interval"),
+        ("steps", {"fraction": 0.0}, "fraction"),
+        ("toca", {"threshold_rule": "sometimes"}, "threshold_rule"),
+        ("toca", {"speed": 2}, "speed"),
+    ],
+)
 def test_out_of_range_parameters_name_the_field(name, params, field):
     with pytest.raises(ValueError, match=f"'{field}'"):
         methods.build(name, **params)
@@ -293,32 +304,38 @@ def test_out_of_range_parameters_name_the_field(name, params, field):
 def test_unsupported_transformer_names_the_supported_classes():
     from diffusers import UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, block_out_channels=(8,), down_block_types=("DownBlock2D",),
-                       up_block_types=("UpBlock2D",), norm_num_groups=4, layers_per_block=1)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8,),
+        down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",),
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
     with pytest.raises(TypeError, match="DiTTransformer2DModel.*PixArtTransformer2DModel.*Flux.*Wan"):
-        methods.attach(unet, methods.build("full"), num_steps=2)
+        dsbench.attach(unet, methods.build("full"), num_steps=2)
     assert "forward" not in vars(unet)
 
 
 def test_attaching_twice_is_an_error_and_leaves_the_first_attachment():
     pipe = dit_pipeline()
-    with methods.attach(pipe, methods.build("toca")):
+    with dsbench.attach(pipe, methods.build("toca")):
         with pytest.raises(RuntimeError, match="already attached"):
-            methods.attach(pipe, methods.build("fora"))
+            dsbench.attach(pipe, methods.build("fora"))
         with pytest.raises(RuntimeError, match="already attached"):
-            methods.attach(pipe.transformer, methods.build("fora"), num_steps=3)
+            dsbench.attach(pipe.transformer, methods.build("fora"), num_steps=3)
     assert _instance_overrides(pipe) == []
 
 
 def test_bare_transformer_without_num_steps_fails_clearly():
     model = tiny_dit()
     x, t, y = _dit_calls(model, 1)[0]
-    with methods.attach(model, methods.build("toca")), pytest.raises(RuntimeError, match="num_steps"):
+    with dsbench.attach(model, methods.build("toca")), pytest.raises(RuntimeError, match="num_steps"):
         model(x, t, y)
 
 
 def test_similarity_importance_compares_with_the_input_at_last_computation():
-    from harness.scores import ScoreSpec, similarity_score
+    from dsbench.scores import ScoreSpec, similarity_score
 
     model = tiny_dit()
     calls = _dit_calls(model, 3)
@@ -342,7 +359,7 @@ def test_pixart_toca_error_shrinks_as_more_tokens_are_recomputed():
     reference = run_pixart(pipe, steps=20)
     errors, macs = [], []
     for ratio in (0.05, 0.2, 0.5):
-        with methods.attach(pipe, methods.build("toca", ratio=ratio)) as handle:
+        with dsbench.attach(pipe, methods.build("toca", ratio=ratio)) as handle:
             errors.append(float(((run_pixart(pipe, steps=20) - reference) ** 2).mean()))
             macs.append(handle.report()["macs_cfg_not_counted"])
     assert errors[0] > errors[1] > errors[2] > 0

@@ -8,13 +8,14 @@ import pytest
 import torch
 from conftest import Fixed, dit_pipeline, run_dit
 
-import methods
-from harness.accounting import MacCounter
-from harness.adapters import attention as attention_module
-from harness.adapters.attention import attention
-from harness.scores import SELF_ATTN, SELF_ATTN_RECEIVED, ScoreSpec
-from methods import FULL, REUSE, topk
-from methods.toca import Toca
+import dsbench
+from dsbench import methods
+from dsbench.accounting import MacCounter
+from dsbench.adapters import attention as attention_module
+from dsbench.adapters.attention import attention
+from dsbench.methods import FULL, REUSE, topk
+from dsbench.methods.toca import Toca
+from dsbench.scores import SELF_ATTN, SELF_ATTN_RECEIVED, ScoreSpec
 
 B, H, N, D = 3, 2, 10, 8
 
@@ -46,12 +47,12 @@ class TocaKeepingMaps(Toca):
 
 def test_toca_dit_keeps_column_sums_and_selects_as_with_maps():
     pipe = dit_pipeline()
-    with methods.attach(pipe, methods.build("toca")) as handle:
+    with dsbench.attach(pipe, methods.build("toca")) as handle:
         lean = run_dit(pipe, steps=10)
         stats = handle.engine.latest()[1]["main"].block_stats[0]
     assert set(stats) == {SELF_ATTN_RECEIVED} and stats[SELF_ATTN_RECEIVED].shape == (4, 16)
     assert any("TOPK" in d for step in handle.report()["decisions"] for d in step)  # s1 was really used
-    with methods.attach(pipe, TocaKeepingMaps(methods.build("toca").config)) as handle:
+    with dsbench.attach(pipe, TocaKeepingMaps(methods.build("toca").config)) as handle:
         with_maps = run_dit(pipe, steps=10)
         stats = handle.engine.latest()[1]["main"].block_stats[0]
     assert set(stats) == {SELF_ATTN} and stats[SELF_ATTN].shape == (4, 16, 16)
@@ -72,7 +73,7 @@ class Promising(Fixed):
 def test_topk_where_may_topk_said_never_is_an_error():
     pipe = dit_pipeline()
     method = Promising(lambda i, layer: FULL if i == 0 else (topk(3) if layer.module == "sa" else REUSE))
-    with methods.attach(pipe, method), pytest.raises(RuntimeError, match="may_topk"):
+    with dsbench.attach(pipe, method), pytest.raises(RuntimeError, match="may_topk"):
         run_dit(pipe, steps=3)
 
 
@@ -100,7 +101,7 @@ def test_last_step_records_statistics_only_for_its_own_topk(last_step_topk):
 
     pipe = dit_pipeline()
     method = Recording(decide)
-    with methods.attach(pipe, method) as handle:
+    with dsbench.attach(pipe, method) as handle:
         method.engine = handle.engine
         run_dit(pipe, steps=steps)
     first, second, last = (s[SELF_ATTN] for s in method.after_step)

@@ -6,18 +6,41 @@ import json
 
 import pytest
 
-from methods.diffsparse.compare import main
-from methods.diffsparse.schedule import load_schedule
+from dsbench.methods.diffsparse.schedule import load_schedule
+from dsbench.training.compare import main
 
-LABELS = ["uncached model (teacher)", "ToCa (its default configuration)",
-          "ToCa-initialised costs, DP at the same MACs (untrained)", "DiffSparse (learned)", "GA search",
-          "random search"]
+LABELS = [
+    "uncached model (teacher)",
+    "ToCa (its default configuration)",
+    "ToCa-initialised costs, DP at the same MACs (untrained)",
+    "DiffSparse (learned)",
+    "GA search",
+    "random search",
+]
 
 
 def test_compare_tiny_run_writes_the_table(tmp_path):
     out = tmp_path / "compare"
-    main(["--model", "shapes-pixart", "--minutes", "0.05", "--out", str(out), "--eval-n", "4", "--fitness-n", "2",
-          "--conditions", "2", "--batch", "2", "--val-conditions", "2"])
+    main(
+        [
+            "--model",
+            "shapes-pixart",
+            "--minutes",
+            "0.05",
+            "--out",
+            str(out),
+            "--eval-n",
+            "4",
+            "--fitness-n",
+            "2",
+            "--conditions",
+            "2",
+            "--batch",
+            "2",
+            "--val-conditions",
+            "2",
+        ]
+    )
     result = json.loads((out / "results.json").read_text())
     rows = {r["schedule"]: r for r in result["rows"]}
     assert list(rows) == LABELS
@@ -35,7 +58,7 @@ def test_compare_tiny_run_writes_the_table(tmp_path):
     assert result["validation"]["history"][0]["label"] == "ToCa init"
     table = (out / "table.md").read_text()
     assert all(f"| {label} |" in table for label in LABELS)
-    assert (out / "command.txt").read_text().startswith("python -m methods.diffsparse.compare --model shapes-pixart")
+    assert (out / "command.txt").read_text().startswith("python -m dsbench.training.compare --model shapes-pixart")
     assert "budget R" in (out / "log.txt").read_text()
 
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from methods.diffsparse.dp import solve, solve_no_dp, step_dp
+from dsbench.methods.diffsparse.dp import solve, solve_no_dp, step_dp
 
 
 def brute_force(costs, weights, budget, window=0):
@@ -98,8 +98,7 @@ def test_step_dp_picks_cheapest_full_steps():
     c = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.0, 0.0], [2.0, 0.0]])
     mask = step_dp(c, 2)
     assert list(np.flatnonzero(mask)) == [0, 4]  # full − partial: −1, 1, −0.5, 0, −2
-    brute = min(itertools.combinations(range(5), 2),
-                key=lambda s: sum(c[i, 1 if i in s else 0] for i in range(5)))
+    brute = min(itertools.combinations(range(5), 2), key=lambda s: sum(c[i, 1 if i in s else 0] for i in range(5)))
     assert set(brute) == set(np.flatnonzero(mask))
     with pytest.raises(ValueError, match="n_full must be"):
         step_dp(c, 6)

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
-import methods
-from methods.base import Method, MethodConfig
-from methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
-from methods.diffsparse.schedule import load_schedule
-from methods.diffsparse.selector import selector_spec
-from methods.diffsparse.space import LevelSpace
-from methods.diffsparse.train import Task, Trainer, TrainConfig, TrainingPolicy, frozen, images, main
-
 from conftest import dit_pipeline, pixart_pipeline
+
+import dsbench
+from dsbench import methods
+from dsbench.core import Method, MethodConfig
+from dsbench.macs import level_space_of
+from dsbench.methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
+from dsbench.methods.diffsparse.schedule import load_schedule
+from dsbench.methods.diffsparse.selector import selector_spec
+from dsbench.training.diffsparse import Task, TrainConfig, Trainer, TrainingPolicy, frozen, images, main
 
 STEPS = 6
 
@@ -37,12 +37,22 @@ def tiny_task(family: str) -> Task:
         def inputs(conds, gens):  # a condition is a seed for a random caption embedding
             emb = torch.stack([torch.randn(6, 12, generator=torch.Generator().manual_seed(c)) for c in conds])
             n = len(conds)
-            return dict(prompt_embeds=emb, prompt_attention_mask=torch.ones(n, 6), negative_prompt=None,
-                        negative_prompt_embeds=torch.zeros(n, 6, 12), negative_prompt_attention_mask=torch.ones(n, 6),
-                        generator=gens, height=side, width=side, use_resolution_binning=False, guidance_scale=4.5)
+            return dict(
+                prompt_embeds=emb,
+                prompt_attention_mask=torch.ones(n, 6),
+                negative_prompt=None,
+                negative_prompt_embeds=torch.zeros(n, 6, 12),
+                negative_prompt_attention_mask=torch.ones(n, 6),
+                generator=gens,
+                height=side,
+                width=side,
+                use_resolution_binning=False,
+                guidance_scale=4.5,
+            )
 
         def conditions(n, seed):
             return [int(c) for c in np.random.default_rng(seed).integers(0, 1000, n)]
+
     return Task(f"tiny-{family}", pipe, STEPS, inputs, conditions)
 
 
@@ -89,17 +99,17 @@ def test_cost_table_toca_init_and_step_costs():
 @pytest.mark.parametrize("family", ["dit", "pixart"])
 def test_training_forward_equals_inference_for_a_hard_schedule(family):
     task = tiny_task(family)
-    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper", text_tokens=6)
+    space = level_space_of(task.pipeline, STEPS, 0.25, "paper", text_tokens=6)
     levels = np.random.default_rng(1).integers(0, space.K + 1, space.n_cells)
     score = selector_spec(family)
     conds, seeds = task.conditions(2, 0), [11, 12]
-    with methods.attach(task.pipeline, Inference(space, levels, score)) as h:
+    with dsbench.attach(task.pipeline, Inference(space, levels, score)) as h:
         reference = images(task, conds, seeds, grad=False)
         assert any("TOPK" in d for row in h.report()["decisions"] for d in row)  # partial cells were executed
     table = CostTable(space.n_cells, space.K + 1)
     policy = TrainingPolicy(space, score)
     policy.set_plan(levels, ste_gates(table.centred(), levels))
-    with frozen(task.pipeline), methods.attach(task.pipeline, policy):
+    with frozen(task.pipeline), dsbench.attach(task.pipeline, policy):
         student = images(task, conds, seeds, grad=True)
     assert torch.allclose(student, reference, atol=1e-5), (student - reference).abs().max()
     student.pow(2).mean().backward()  # gradients reach the cost table through the sampling steps
@@ -109,8 +119,8 @@ def test_training_forward_equals_inference_for_a_hard_schedule(family):
 
 def test_toca_fresh_ratios_read_the_toca_schedule():
     task = tiny_task("dit")
-    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper")
-    with methods.attach(task.pipeline, methods.build("toca", ratio=0.3)) as h:
+    space = level_space_of(task.pipeline, STEPS, 0.25, "paper")
+    with dsbench.attach(task.pipeline, methods.build("toca", ratio=0.3)) as h:
         images(task, [1], [0], grad=False)
         schedule = h.report()["schedule"]
     ratios, full = toca_fresh_ratios(schedule, space)
@@ -134,7 +144,7 @@ def test_tiny_training_run_changes_the_costs_and_exports_a_schedule(tmp_path, st
     assert schedule.T == STEPS and (schedule.levels[0] == schedule.K).all()
     expected = trainer.solve(tables["C"])
     assert (schedule.levels[1:, trainer.space.cell_layers].reshape(-1) == expected).all()
-    with methods.attach(task.pipeline, methods.build("diffsparse", schedule=str(path))) as h:
+    with dsbench.attach(task.pipeline, methods.build("diffsparse", schedule=str(path))) as h:
         images(task, [1], [0], grad=False)  # the inference method runs the exported schedule
         assert h.report()["decisions"] == [[str(d) for d in row] for row in trainer.space.decisions(expected)]
     # resuming a finished run trains nothing more and exports the same schedule
@@ -148,14 +158,17 @@ def test_the_selector_of_training_is_the_selector_of_inference(tmp_path):
     """A schedule trained with another importance metric or without a score term ranks tokens the same way
     at inference unless the method's config overrides it."""
     task = tiny_task("dit")
-    config = TrainConfig(ratio=0.2, loss="l2", conditions=1, batch=1, stages="single",
-                         importance="norm", drop=("s3", "B"))
+    config = TrainConfig(
+        ratio=0.2, loss="l2", conditions=1, batch=1, stages="single", importance="norm", drop=("s3", "B")
+    )
     trainer = Trainer(task, config, tmp_path, lambda line: None)
     assert trainer.score.importance == "norm" and trainer.score.staleness == 0 and trainer.score.bonus == 0
     path = str(trainer.train())
-    for params, importance, drop in [({}, "norm", ["s3", "B"]),
-                                     ({"importance": "similarity", "drop": ()}, "similarity", [])]:
-        with methods.attach(task.pipeline, methods.build("diffsparse", schedule=path, **params)) as h:
+    for params, importance, drop in [
+        ({}, "norm", ["s3", "B"]),
+        ({"importance": "similarity", "drop": ()}, "similarity", []),
+    ]:
+        with dsbench.attach(task.pipeline, methods.build("diffsparse", schedule=path, **params)) as h:
             images(task, [1], [0], grad=False)
             resolved = h.report()["config"]
         assert (resolved["importance"], resolved["drop"]) == (importance, drop)
@@ -171,7 +184,7 @@ def test_pixart_lambda1_reaches_the_training_selector_and_the_schedule(tmp_path)
     path = trainer.train()
     assert load_schedule(path).meta["config"]["pixart_lambda1"] == 0.5
     for params, lambda1 in [({}, 0.5), ({"pixart_lambda1": 0.0}, 0.0)]:
-        with methods.attach(task.pipeline, methods.build("diffsparse", schedule=str(path), **params)) as h:
+        with dsbench.attach(task.pipeline, methods.build("diffsparse", schedule=str(path), **params)) as h:
             images(task, [1], [0], grad=False)
             assert h.report()["config"]["lambda1"] == lambda1
 
@@ -181,16 +194,19 @@ def test_unset_pixart_lambda1_keeps_the_committed_schedules_config_hash():
     schedules re-export (and their checkpoints resume) under the hash they were made with."""
     from pathlib import Path
 
-    from methods.diffsparse.schedule import config_hash
+    from dsbench.methods.diffsparse.schedule import config_hash
 
     for model in ("mnist-dit", "shapes-pixart"):
-        meta = json.loads((Path(__file__).parents[1] / "results" / "diffsparse" / model / "schedule.json")
-                          .read_text())["meta"]
+        meta = json.loads((Path(__file__).parents[1] / "results" / "diffsparse" / model / "schedule.json").read_text())[
+            "meta"
+        ]
         trained = meta["config"]
         config = TrainConfig(**{k: v for k, v in trained.items() if k in TrainConfig.model_fields})
         assert "pixart_lambda1" not in config.recorded()
-        assert config_hash({"task": trained["task"], "weights": trained["weights"], **config.recorded()}) \
+        assert (
+            config_hash({"task": trained["task"], "weights": trained["weights"], **config.recorded()})
             == meta["config_hash"]
+        )
 
 
 def test_bad_config_names_the_field():
@@ -204,14 +220,14 @@ def test_bad_config_names_the_field():
 
 def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():
     task = tiny_task("dit")
-    space = LevelSpace.from_transformer(task.pipeline, STEPS, 0.25, "paper")
+    space = level_space_of(task.pipeline, STEPS, 0.25, "paper")
     levels = np.random.default_rng(2).integers(0, space.K + 1, space.n_cells)
     grads = {}
     for name, options in {"plain": {}, "checkpoint": {"checkpoint": True}, "detach": {"detach_cache": True}}.items():
         table = CostTable(space.n_cells, space.K + 1)
         policy = TrainingPolicy(space, selector_spec("dit"), **options)
         policy.set_plan(levels, ste_gates(table.centred(), levels))
-        with frozen(task.pipeline), methods.attach(task.pipeline, policy):
+        with frozen(task.pipeline), dsbench.attach(task.pipeline, policy):
             images(task, [3, 4], [5, 6], grad=True).pow(2).mean().backward()
         grads[name] = table.P.grad
     assert torch.allclose(grads["checkpoint"], grads["plain"], rtol=1e-5, atol=1e-9)
@@ -220,8 +236,17 @@ def test_checkpointing_gives_the_same_gradient_and_detach_cache_cuts_it():
 
 def test_validation_selection_time_budget_resume_and_new_weights(tmp_path):
     task = tiny_task("dit")
-    config = TrainConfig(ratio=0.2, mode="paper", loss="l2", conditions=2, batch=2, stages="single", epochs=2,
-                         val_conditions=2, lr_scale=0.03)
+    config = TrainConfig(
+        ratio=0.2,
+        mode="paper",
+        loss="l2",
+        conditions=2,
+        batch=2,
+        stages="single",
+        epochs=2,
+        val_conditions=2,
+        lr_scale=0.03,
+    )
     # out of time before the first iteration: the validated ToCa-init schedule is exported, checkpointed
     lines = []
     trainer = Trainer(task, config, tmp_path, lines.append, minutes=1e-6)
@@ -274,11 +299,11 @@ def test_bad_interval_and_val_seed_fail_before_work():
 
 
 def test_schedule_for_another_T_fails_before_sampling(tmp_path):
-    from methods.diffsparse.schedule import export_schedule
-    from methods.diffsparse.train import check_schedules
+    from dsbench.methods.diffsparse.schedule import export_schedule
+    from dsbench.training.diffsparse import check_schedules
 
     pipe = dit_pipeline()
-    space = LevelSpace.from_transformer(pipe, STEPS)
+    space = level_space_of(pipe, STEPS)
     path = export_schedule(tmp_path / "s.json", space, np.full(space.n_cells, space.K))
     check_schedules(pipe, STEPS, [path])
     with pytest.raises(ValueError, match=f"trained for T={STEPS} steps .* this run has T={STEPS + 1}"):

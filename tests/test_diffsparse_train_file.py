@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import main as dsbench
-from methods.diffsparse import train_file
-from methods.diffsparse.schedule import load_schedule
+from dsbench.cli import main as dsbench
+from dsbench.methods.diffsparse.schedule import load_schedule
+from dsbench.training import train_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,23 +32,36 @@ def test_committed_training_files_validate_and_the_quickstart_reads_their_schedu
         assert entry.minutes <= 15  # issue 5: the embedded schedule trains in 15 minutes on 2 cores
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"schedules": [{"model": "mnist-dit", "out": "x", "colour": 1}]},
-     r"schedules\[0\]: unknown field 'colour'; allowed fields: model, out, minutes, evaluate, params"),
-    ({"schedules": [{"model": "mnist-dit", "out": "x", "params": {"ratio": 1.5}}]},
-     r"schedules\[0\]: params: field 'ratio': .*less than 1"),
-    ({"schedules": [{"model": "shapes-pixart", "out": "x", "params": {"pixart_lambda1": -1}}]},
-     r"schedules\[0\]: params: field 'pixart_lambda1': .*greater than or equal to 0"),
-    ({"schedules": [{"model": "mnist-dit", "out": "x", "params": {"lr": 1}}]},
-     r"params: unknown field 'lr'; allowed fields: ratio, interval"),
-    ({"schedules": [{"model": "no-such-model", "out": "x"}]}, r"'no-such-model' is not in the model zoo"),
-    ({"schedules": [{"model": "mnist-dit", "out": "x"}, {"model": "shapes-pixart", "out": "x"}]},
-     r"schedules\[1\]: field 'out': x is also the output of schedules\[0\]"),
-    ({"schedules": []}, r"field 'schedules'"),
-    ({"threads": 0, "schedules": [{"model": "mnist-dit", "out": "x"}]}, r"field 'threads'"),
-    ({"defaults": {"minutes": -1}, "schedules": [{"model": "mnist-dit", "out": "x"}]}, r"field 'defaults.minutes'"),
-    ({"schedule": []}, r"unknown field 'schedule'; allowed fields: name, threads, defaults, schedules"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"schedules": [{"model": "mnist-dit", "out": "x", "colour": 1}]},
+            r"schedules\[0\]: unknown field 'colour'; allowed fields: model, out, minutes, evaluate, params",
+        ),
+        (
+            {"schedules": [{"model": "mnist-dit", "out": "x", "params": {"ratio": 1.5}}]},
+            r"schedules\[0\]: params: field 'ratio': .*less than 1",
+        ),
+        (
+            {"schedules": [{"model": "shapes-pixart", "out": "x", "params": {"pixart_lambda1": -1}}]},
+            r"schedules\[0\]: params: field 'pixart_lambda1': .*greater than or equal to 0",
+        ),
+        (
+            {"schedules": [{"model": "mnist-dit", "out": "x", "params": {"lr": 1}}]},
+            r"params: unknown field 'lr'; allowed fields: ratio, interval",
+        ),
+        ({"schedules": [{"model": "no-such-model", "out": "x"}]}, r"'no-such-model' is not in the model zoo"),
+        (
+            {"schedules": [{"model": "mnist-dit", "out": "x"}, {"model": "shapes-pixart", "out": "x"}]},
+            r"schedules\[1\]: field 'out': x is also the output of schedules\[0\]",
+        ),
+        ({"schedules": []}, r"field 'schedules'"),
+        ({"threads": 0, "schedules": [{"model": "mnist-dit", "out": "x"}]}, r"field 'threads'"),
+        ({"defaults": {"minutes": -1}, "schedules": [{"model": "mnist-dit", "out": "x"}]}, r"field 'defaults.minutes'"),
+        ({"schedule": []}, r"unknown field 'schedule'; allowed fields: name, threads, defaults, schedules"),
+    ],
+)
 def test_bad_training_files_fail_before_work(tmp_path, data, message):
     path = write(tmp_path, data)
     with pytest.raises(ValueError, match=message):
@@ -59,20 +72,33 @@ def test_bad_training_files_fail_before_work(tmp_path, data, message):
 
 def test_train_file_passes_pixart_lambda1_to_the_trainer(tmp_path):
     """A −s1 ablation base is trained from a training file like any other TrainConfig field."""
-    path = write(tmp_path, {"defaults": {"params": {"pixart_lambda1": 1.0}},
-                            "schedules": [{"model": "shapes-pixart", "out": "a"},
-                                          {"model": "shapes-pixart", "out": "b", "params": {"drop": ["s1"]}}]})
+    path = write(
+        tmp_path,
+        {
+            "defaults": {"params": {"pixart_lambda1": 1.0}},
+            "schedules": [
+                {"model": "shapes-pixart", "out": "a"},
+                {"model": "shapes-pixart", "out": "b", "params": {"drop": ["s1"]}},
+            ],
+        },
+    )
     _, todo = train_file.load(path)
     assert [(c.pixart_lambda1, c.drop) for _, c in todo] == [(1.0, ()), (1.0, ("s1",))]
 
 
 def test_train_file_trains_evaluates_then_only_reexports(tmp_path, capsys):
     out = tmp_path / "mnist"
-    path = write(tmp_path, {
-        "threads": 2,
-        "defaults": {"evaluate": 2, "params": {"ratio": 0.5, "stages": "single", "conditions": 1, "batch": 1}},
-        "schedules": [{"model": "mnist-dit", "out": str(out), "params": {"lr_scale": 0.03}},
-                      {"model": "shapes-pixart", "out": str(tmp_path / "unused")}]})
+    path = write(
+        tmp_path,
+        {
+            "threads": 2,
+            "defaults": {"evaluate": 2, "params": {"ratio": 0.5, "stages": "single", "conditions": 1, "batch": 1}},
+            "schedules": [
+                {"model": "mnist-dit", "out": str(out), "params": {"lr_scale": 0.03}},
+                {"model": "shapes-pixart", "out": str(tmp_path / "unused")},
+            ],
+        },
+    )
     with pytest.raises(ValueError, match="--only nowhere: not an 'out'"):
         train_file.run(path, only=["nowhere"])
     assert dsbench(["train", "diffsparse", str(path), "--only", str(out)]) == 0
@@ -91,16 +117,22 @@ def test_train_file_trains_evaluates_then_only_reexports(tmp_path, capsys):
     # a second call finds the finished checkpoint: no training iteration, the same schedule re-exported
     before = (out / "schedule.json").read_text()
     assert dsbench(["train", "diffsparse", str(path), "--only", str(out)]) == 0
-    again = (out / "train_log.txt").read_text()[len(log):]
+    again = (out / "train_log.txt").read_text()[len(log) :]
     assert "resumed after the last stage: exporting" in again and "iter" not in again
     assert json.loads((out / "schedule.json").read_text())["meta"]["levels"] == json.loads(before)["meta"]["levels"]
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"match": {"method": "toca"}, "params": {"ratio": 0.4}}, "fields 'match' and 'params.ratio' both set the budget"),
-    ({"match": {"method": "tocaa"}}, r"field 'match.method': unknown method 'tocaa' \(available: .*toca"),
-    ({"match": {"method": "toca", "params": {"ratio": 2}}}, "ratio"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            {"match": {"method": "toca"}, "params": {"ratio": 0.4}},
+            "fields 'match' and 'params.ratio' both set the budget",
+        ),
+        ({"match": {"method": "tocaa"}}, r"field 'match.method': unknown method 'tocaa' \(available: .*toca"),
+        ({"match": {"method": "toca", "params": {"ratio": 2}}}, "ratio"),
+    ],
+)
 def test_a_budget_matched_to_a_method_is_checked_before_work(tmp_path, entry, message):
     path = write(tmp_path, {"schedules": [{"model": "mnist-dit", "out": str(tmp_path / "s"), **entry}]})
     with pytest.raises(ValueError, match=message):
@@ -110,8 +142,8 @@ def test_a_budget_matched_to_a_method_is_checked_before_work(tmp_path, entry, me
 
 def test_matched_ratio_is_the_compared_methods_counted_mac_saving():
     """Half the steps cost half the MACs: the matched budget is R = 0.5, counted on the model, not typed."""
-    import methods
-    from harness.models import zoo
+    from dsbench import methods
+    from dsbench.models import zoo
 
     bundle = zoo.load("mnist-dit")
     assert train_file.matched_ratio(bundle, methods.build("steps", fraction=0.5)) == pytest.approx(0.5)

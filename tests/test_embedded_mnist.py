@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.models import zoo
-from harness.models.embedded import mnist_dit
+import dsbench
+from dsbench.models import zoo
+from dsbench.models.embedded import mnist_dit
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_sampling_is_batch_invariant_and_seeded(bundle):
 
 
 def test_references_and_classifier(bundle):
-    from harness.data.mnist import DataUnavailable
+    from dsbench.data.mnist import DataUnavailable
 
     try:
         refs = bundle.references(100)
@@ -88,7 +89,7 @@ def test_references_and_classifier(bundle):
     # real test digits are classified (nearly) perfectly (≥ 99 % on the full test set, see train_summary.json)
     import numpy as np
 
-    from harness.data.mnist import load_mnist
+    from dsbench.data.mnist import load_mnist
 
     _, labels = load_mnist("test")
     order = np.random.default_rng(0).permutation(len(labels))[:100]
@@ -96,11 +97,11 @@ def test_references_and_classifier(bundle):
 
 
 def test_toca_attaches_to_the_bundle_pipeline(bundle):
-    import methods
+    from dsbench import methods
 
     conds = [0, 1, 2, 3]
     plain = bundle.sample(conds, seed=0, steps=6)
-    with methods.attach(bundle.pipeline, methods.build("toca")) as handle:
+    with dsbench.attach(bundle.pipeline, methods.build("toca")) as handle:
         images = bundle.sample(conds, seed=0, steps=6)
         report = handle.report()
     assert images.shape == plain.shape and images.dtype == torch.uint8
@@ -111,14 +112,13 @@ def test_toca_attaches_to_the_bundle_pipeline(bundle):
 
 
 def test_fidelity_to_teacher_is_zero_with_full_and_grows_as_toca_ratio_falls(bundle):
-    import methods
-    from harness import metrics
+    from dsbench import methods, metrics
 
     conds = bundle.conditions(20, 5)
     teacher = bundle.sample(conds, seed=5, steps=20)
 
     def student(method):
-        with methods.attach(bundle.pipeline, method):
+        with dsbench.attach(bundle.pipeline, method):
             return bundle.sample(conds, seed=5, steps=20)
 
     full = student(methods.build("full"))
@@ -126,8 +126,10 @@ def test_fidelity_to_teacher_is_zero_with_full_and_grows_as_toca_ratio_falls(bun
     scores = metrics.compute(full, teacher=teacher, references=teacher, bundle=bundle, metrics=("lpips", "fid"))
     assert scores["lpips_alex"] == 0.0 and abs(scores["fid"]) < 1e-3
 
-    lpips = [metrics.compute(student(methods.build("toca", ratio=r)), teacher=teacher, metrics=("lpips",))["lpips_alex"]
-             for r in (0.3, 0.15, 0.05, 0.0)]
+    lpips = [
+        metrics.compute(student(methods.build("toca", ratio=r)), teacher=teacher, metrics=("lpips",))["lpips_alex"]
+        for r in (0.3, 0.15, 0.05, 0.0)
+    ]
     assert 0.0 < lpips[0]  # DiT ToCa reuses self-attention on every partial step, whatever the ratio
     assert all(a < b for a, b in zip(lpips, lpips[1:])), lpips
 
@@ -136,7 +138,8 @@ def test_fidelity_to_teacher_is_zero_with_full_and_grows_as_toca_ratio_falls(bun
 def _recorded(pipe, channels, scale=4.0):
     """The transformer's own outputs and the guided predictions the scheduler steps with, per step."""
     from conftest import run_dit
-    from harness.models.embedded.common import guided_channels
+
+    from dsbench.models.embedded.common import guided_channels
 
     raw, guided = [], []
     handle = pipe.transformer.register_forward_hook(lambda _m, _a, out: raw.append(out.sample.clone()))
@@ -173,11 +176,15 @@ def test_guided_channels_is_the_original_dit_forward_with_cfg():
 
 def test_guided_channels_hook_leaves_learned_sigma_and_unbatched_calls_alone():
     from conftest import dit_pipeline
-    from harness.models.embedded.common import guided_channels
+
+    from dsbench.models.embedded.common import guided_channels
 
     pipe = dit_pipeline()  # out_channels 8: 4 eps + 4 learned-σ channels
-    kw = dict(hidden_states=torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
-              timestep=torch.full((4,), 500), class_labels=torch.tensor([1, 2, 1000, 1000]))
+    kw = dict(
+        hidden_states=torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        timestep=torch.full((4,), 500),
+        class_labels=torch.tensor([1, 2, 1000, 1000]),
+    )
     with torch.no_grad():
         plain = pipe.transformer(**kw).sample
         with guided_channels(pipe, 3, 4.0):
@@ -192,8 +199,9 @@ def test_guided_channels_hook_leaves_learned_sigma_and_unbatched_calls_alone():
 def test_samplers_take_guidance_channels(bundle):
     """The mnist-dit and hub DiT samplers pass it on (4 = all channels = the default); others refuse it."""
     from conftest import dit_pipeline
-    from harness.models.hub import _sampler_call
-    from harness.models.zoo import Sampler
+
+    from dsbench.models.hub import _sampler_call
+    from dsbench.models.zoo import Sampler
 
     conds = [3, 7]
     plain = bundle.sample(conds, seed=0, steps=4)

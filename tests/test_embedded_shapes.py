@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.data import shapes as S
-
+import dsbench
+from dsbench.data import shapes as S
 
 # ---------------------------------------------------------------------------------------- dataset
+
 
 def test_scenes_are_deterministic_and_seeded():
     a, b = S.sample_scenes(24, seed=5), S.sample_scenes(24, seed=5)
@@ -51,15 +52,16 @@ def test_held_out_split_is_disjoint_from_training():
 
 # ----------------------------------------------------------------------------------------- bundle
 
+
 @pytest.fixture(scope="module")
 def bundle():
     import os
 
-    from harness.models import zoo
-    from harness.models.embedded import shapes_pixart
+    from dsbench.models import zoo
+    from dsbench.models.embedded import shapes_pixart
 
     if not (shapes_pixart.WEIGHTS / "transformer" / "config.json").exists():
-        pytest.skip("shapes-pixart is not trained (python -m harness.models.embedded.shapes_pixart train)")
+        pytest.skip("shapes-pixart is not trained (python -m dsbench.models.embedded.shapes_pixart train)")
     old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})  # loading needs no network
     try:
@@ -73,13 +75,15 @@ def bundle():
 
 
 def test_bundle_is_a_real_pixart_alpha_pipeline(bundle):
-    from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline,
-                           PixArtTransformer2DModel)
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import BertModel
 
     pipe = bundle.pipeline
-    assert bundle.family == "pixart" and bundle.kind == "embedded" and "shapes-pixart" in __import__(
-        "harness.models.zoo", fromlist=["available"]).available("embedded")
+    assert (
+        bundle.family == "pixart"
+        and bundle.kind == "embedded"
+        and "shapes-pixart" in __import__("dsbench.models.zoo", fromlist=["available"]).available("embedded")
+    )
     assert type(pipe) is PixArtAlphaPipeline and type(pipe.transformer) is PixArtTransformer2DModel
     assert isinstance(pipe.vae, AutoencoderKL) and isinstance(pipe.text_encoder, BertModel)
     assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
@@ -116,11 +120,11 @@ def test_sampling_gives_uint8_images_that_match_their_captions(bundle):
 
 
 def test_toca_attaches_to_the_bundle_pipeline(bundle):
-    import methods
+    from dsbench import methods
 
     conds = bundle.conditions(2, 4)
     plain = bundle.sample(conds, seed=1, steps=8)
-    with methods.attach(bundle.pipeline, methods.build("toca")) as handle:
+    with dsbench.attach(bundle.pipeline, methods.build("toca")) as handle:
         cached = bundle.sample(conds, seed=1, steps=8)
         report = handle.report()
     assert cached.dtype == torch.uint8 and cached.shape == plain.shape

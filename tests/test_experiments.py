@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import methods
-from harness import experiment, report, runner
-from harness.reference_results import TABLES
-from harness.store import Store
+from dsbench import experiment, methods, report, runner
+from dsbench.reference_results import TABLES
+from dsbench.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -17,8 +16,8 @@ FILES = sorted((ROOT / "experiments").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_every_experiment_file_validates(path):
-    from harness import sweep
-    from methods.diffsparse import train_file
+    from dsbench import sweep
+    from dsbench.training import train_file
 
     data = yaml.safe_load(path.read_text())
     if "schedules" in data:  # a training file (dsbench train diffsparse): the schedules experiments read
@@ -36,8 +35,15 @@ def test_every_experiment_file_validates(path):
 
 
 def _entry_runs(exp, model: str) -> list[dict]:
-    return [{"method": e.name, "params": e.params_for(model), "tuned": {},
-             "budget_macs_ratio": runner._budget_ratio(exp, e)} for e in exp.method_entries()]
+    return [
+        {
+            "method": e.name,
+            "params": e.params_for(model),
+            "tuned": {},
+            "budget_macs_ratio": runner._budget_ratio(exp, e),
+        }
+        for e in exp.method_entries()
+    ]
 
 
 @pytest.mark.parametrize("layout", sorted(t for t, spec in TABLES.items() if spec.experiment))
@@ -71,7 +77,7 @@ def test_each_embedded_analogue_file_measures_every_row_it_does_not_explain_away
 def test_paper_table_files_run_duca_at_the_ratio_whose_macs_are_the_papers():
     """DuCa's public default R counts fewer MACs than the paper's rows; the calibration tunes R to the published
     MACs (test_accounting pins them) and the table files must run that R, not the default."""
-    from harness.accounting import CALIBRATION
+    from dsbench.macs import CALIBRATION
 
     tuned = {model: params for model, method, params, *_ in CALIBRATION if method == "duca"}
     checked = 0
@@ -94,17 +100,24 @@ def test_missing_prompt_set_and_schedule_fail_check_inputs_naming_field_and_comm
     with pytest.raises(ValueError) as err:
         experiment.check_inputs(exp)
     assert "field 'methods[7].params.schedule' (model pixart-alpha-256)" in str(err.value)
-    assert ("python -m methods.diffsparse.train --model pixart-alpha-256 --out schedules/pixart-alpha-256/r43"
-            in str(err.value))
+    assert "python -m dsbench.training.diffsparse --model pixart-alpha-256 --out schedules/pixart-alpha-256/r43" in str(
+        err.value
+    )
 
 
 def test_runner_checks_inputs_before_any_sampling(tmp_path):
-    exp = experiment.parse({"name": "missing", "models": ["mnist-dit"], "steps": 4, "eval": {"size": 2},
-                            "methods": [{"name": "full"},
-                                        {"name": "diffsparse", "params": {"schedule": str(tmp_path / "s.json")}}]},
-                           "missing.yaml")
+    exp = experiment.parse(
+        {
+            "name": "missing",
+            "models": ["mnist-dit"],
+            "steps": 4,
+            "eval": {"size": 2},
+            "methods": [{"name": "full"}, {"name": "diffsparse", "params": {"schedule": str(tmp_path / "s.json")}}],
+        },
+        "missing.yaml",
+    )
     store = Store(tmp_path / "db.sqlite")
-    with pytest.raises(ValueError, match="methods.diffsparse.train --model mnist-dit"):
+    with pytest.raises(ValueError, match="dsbench.training.diffsparse --model mnist-dit"):
         runner.run_experiment(exp, store, artifacts=tmp_path / "a", progress=False)
     assert len(store) == 0 and not (tmp_path / "a").exists()
 
@@ -120,19 +133,31 @@ def test_entries_may_carry_their_own_budget():
     assert [runner._budget_ratio(exp, e) for e in duca] == [0.46, 0.41]
     assert len({runner.run_id(exp, "wan2.1-1.3b", e, 0) for e in duca}) == 2
     with pytest.raises(ValueError, match=r"methods\[0\].params.*duca.ratio is tuned.*0.41"):
-        experiment.parse({"name": "x", "models": ["mnist-dit"],
-                          "methods": [{"name": "duca", "params": {"ratio": 0.3}, "budget": {"macs_ratio": 0.41}}]})
+        experiment.parse(
+            {
+                "name": "x",
+                "models": ["mnist-dit"],
+                "methods": [{"name": "duca", "params": {"ratio": 0.3}, "budget": {"macs_ratio": 0.41}}],
+            }
+        )
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"models": ["shapes-pixart"], "guidance_channels": 3},
-     r"^x.yaml: field 'guidance_channels': model shapes-pixart is not a DiT model; only DiT models take it"),
-    ({"models": ["mnist-dit", "wan2.1-1.3b"], "guidance_channels": 3}, r"model wan2.1-1.3b is not a DiT model"),
-    ({"models": ["mnist-dit"], "guidance_channels": 5},
-     r"field 'guidance_channels': Input should be less than or equal to 4 .*allowed: DiT models only: .*N in \[1, 4\]"
-     r".* or null"),
-    ({"models": ["mnist-dit"], "guidance_channels": 0}, r"field 'guidance_channels': Input should be greater"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"models": ["shapes-pixart"], "guidance_channels": 3},
+            r"^x.yaml: field 'guidance_channels': model shapes-pixart is not a DiT model; only DiT models take it",
+        ),
+        ({"models": ["mnist-dit", "wan2.1-1.3b"], "guidance_channels": 3}, r"model wan2.1-1.3b is not a DiT model"),
+        (
+            {"models": ["mnist-dit"], "guidance_channels": 5},
+            r"field 'guidance_channels': Input should be less than or equal to 4 .*allowed: DiT models only: .*N in \[1, 4\]"
+            r".* or null",
+        ),
+        ({"models": ["mnist-dit"], "guidance_channels": 0}, r"field 'guidance_channels': Input should be greater"),
+    ],
+)
 def test_guidance_channels_is_dit_only_and_in_range(data, message):
     with pytest.raises(ValueError, match=message) as err:
         experiment.parse({**data, "methods": [{"name": "full"}]}, "x.yaml", default_name="x")
@@ -156,10 +181,21 @@ def test_the_runner_passes_guidance_channels_to_the_sampler_only_when_set():
     from types import SimpleNamespace
 
     calls = []
-    bundle = SimpleNamespace(pipeline=SimpleNamespace(set_progress_bar_config=lambda **kw: None),
-                             sample=lambda conditions, seed, **kw: calls.append(kw))
+    bundle = SimpleNamespace(
+        pipeline=SimpleNamespace(set_progress_bar_config=lambda **kw: None),
+        sample=lambda conditions, seed, **kw: calls.append(kw),
+    )
     for channels in (3, None):
-        ctx = runner.ModelContext(bundle=bundle, sampler="ddim", steps=4, guidance=1.5, guidance_given=False,
-                                  guidance_channels=channels, conditions=[1], references=None, progress=False)
+        ctx = runner.ModelContext(
+            bundle=bundle,
+            sampler="ddim",
+            steps=4,
+            guidance=1.5,
+            guidance_given=False,
+            guidance_channels=channels,
+            conditions=[1],
+            references=None,
+            progress=False,
+        )
         ctx.sample([1], 0)
     assert calls == [{"steps": 4, "start": 0, "guidance_channels": 3}, {"steps": 4, "start": 0}]

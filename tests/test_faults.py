@@ -12,15 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_quietly
-from harness import experiment, runner
-from harness.cli import main as cli_main
-from harness.store import Store, StoreError, keep_pending, pending_dir
+
+from dsbench import experiment, runner
+from dsbench.cli import main as cli_main
+from dsbench.store import Store, StoreError, keep_pending, pending_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = {"models": ["mnist-dit"], "steps": 4, "eval": {"size": 2}, "metrics": ["psnr"],
-        "latency": {"repeats": 1, "warmup": 0}}
+BASE = {
+    "models": ["mnist-dit"],
+    "steps": 4,
+    "eval": {"size": 2},
+    "metrics": ["psnr"],
+    "latency": {"repeats": 1, "warmup": 0},
+}
 
 
 def _exp(name, methods, **extra):
@@ -70,7 +75,7 @@ def test_adding_a_metric_measures_it_instead_of_dropping_it(tmp_path, teachers):
     run_quietly(_exp("a", [{"name": "full"}]), store, tmp_path, teachers)
     out = run_quietly(_exp("a", [{"name": "full"}], metrics=["psnr", "ssim"]), store, tmp_path, teachers)
     assert len(out.stored) == 1 and not out.resumed
-    from harness import report
+    from dsbench import report
 
     table = report.leaderboard(store.frame("a"))
     record = table.records()[0]
@@ -119,7 +124,7 @@ def test_artifacts_that_cannot_be_written_after_sampling_keep_the_row(tmp_path, 
 
 
 def test_blocked_artifacts_folder_fails_before_sampling(tmp_path, teachers, monkeypatch):
-    from harness import metrics
+    from dsbench import metrics
 
     monkeypatch.setattr(metrics, "compute", lambda *a, **k: pytest.fail("sampled before the check"))
     (tmp_path / "artifacts").write_text("a file where the folder should be")
@@ -139,10 +144,12 @@ def _rows(path: Path) -> int:
 def test_kill_9_during_store_writes_leaves_a_whole_database(tmp_path):
     """A writer killed at random points inside its transactions: every row that is there is whole."""
     path = tmp_path / "r.db"
-    code = ("import sys; from harness.store import Store\n"
-            "s, attempt = Store(sys.argv[1]), sys.argv[2]\n"
-            "for i in range(100000):\n"
-            "    s.put({'run_id': f'r{attempt}-{i}', 'experiment': 'k', 'blob': 'x' * 20000, 'i': i, 'a': attempt})\n")
+    code = (
+        "import sys; from dsbench.store import Store\n"
+        "s, attempt = Store(sys.argv[1]), sys.argv[2]\n"
+        "for i in range(100000):\n"
+        "    s.put({'run_id': f'r{attempt}-{i}', 'experiment': 'k', 'blob': 'x' * 20000, 'i': i, 'a': attempt})\n"
+    )
     for attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(attempt)], cwd=ROOT)
         deadline = time.monotonic() + 60
@@ -191,14 +198,17 @@ def test_reports_never_create_a_store(tmp_path, capsys):
     assert not typo.exists()
 
 
-@pytest.mark.parametrize("argv, parts", [
-    (["plot", "--out", "{file}", "--store", "{store}"], ["--out", "is a file"]),
-    (["table", "--out", "{dir}", "--store", "{store}"], ["--out", "is a folder"]),
-    (["quickstart", "--out", "{file}", "--no-wandb"], ["--out", "is a file"]),
-    (["run", "{yaml}", "--store", "{file}/r.db", "--no-wandb"], ["store", "is a file, not a folder"]),
-    (["run", "{yaml}", "--store", "{garbage}", "--no-wandb"], ["store", "not a dsbench results database"]),
-    (["table", "--store", "{dir}"], ["store", "is a directory"]),
-])
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (["plot", "--out", "{file}", "--store", "{store}"], ["--out", "is a file"]),
+        (["table", "--out", "{dir}", "--store", "{store}"], ["--out", "is a folder"]),
+        (["quickstart", "--out", "{file}", "--no-wandb"], ["--out", "is a file"]),
+        (["run", "{yaml}", "--store", "{file}/r.db", "--no-wandb"], ["store", "is a file, not a folder"]),
+        (["run", "{yaml}", "--store", "{garbage}", "--no-wandb"], ["store", "not a dsbench results database"]),
+        (["table", "--store", "{dir}"], ["store", "is a directory"]),
+    ],
+)
 def test_bad_paths_are_one_line_errors_before_any_work(tmp_path, capsys, argv, parts):
     (tmp_path / "file").write_text("")
     (tmp_path / "dir").mkdir()
@@ -206,8 +216,13 @@ def test_bad_paths_are_one_line_errors_before_any_work(tmp_path, capsys, argv, p
     (tmp_path / "e.yaml").write_text(json.dumps({"name": "e", **BASE, "methods": [{"name": "full"}]}))
     with Store(tmp_path / "s.db") as store:
         store.put({"run_id": "x", "experiment": "e", "model": "mnist-dit", "method": "full", "label": "full"})
-    names = {"file": tmp_path / "file", "dir": tmp_path / "dir", "store": tmp_path / "s.db",
-             "yaml": tmp_path / "e.yaml", "garbage": tmp_path / "garbage.db"}
+    names = {
+        "file": tmp_path / "file",
+        "dir": tmp_path / "dir",
+        "store": tmp_path / "s.db",
+        "yaml": tmp_path / "e.yaml",
+        "garbage": tmp_path / "garbage.db",
+    }
     assert cli_main([a.format(**names) for a in argv]) == 2
     _one_line_error(capsys, *parts)
 
@@ -219,7 +234,7 @@ def test_zero_steps_is_a_usage_error(capsys):
 
 
 def test_ctrl_c_is_exit_130_with_the_resume_hint(tmp_path, monkeypatch, capsys):
-    from harness import quickstart
+    from dsbench import quickstart
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -236,8 +251,14 @@ def test_ctrl_c_on_a_realrun_quietly(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text(json.dumps({"name": "e", **BASE, "eval": {"size": 64}, "methods": [{"name": "full"}]}))
     env = {**os.environ, "WANDB_MODE": "disabled", "DSBENCH_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path), "--store", str(tmp_path / "r.db"),
-                             "--no-wandb"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsbench.cli", "run", str(path), "--store", str(tmp_path / "r.db"), "--no-wandb"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (tmp_path / "cache" / "teachers" / ".locks").exists():
         time.sleep(0.1)  # the teacher is being sampled

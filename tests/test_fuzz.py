@@ -19,29 +19,73 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import methods
-from harness import experiment
-from methods.base import Decision, Kind, NotApplicable, RunInfo
-from methods.diffsparse.schedule import load_schedule
+from dsbench import experiment, methods
+from dsbench.core import Decision, Kind, NotApplicable, RunInfo
+from dsbench.methods.base import method_class
+from dsbench.methods.diffsparse.schedule import load_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDULE = ROOT / "results" / "diffsparse" / "mnist-dit" / "schedule.json"  # a valid exported schedule
 # deterministic (the same examples on every run, no example database written into the checkout) and bounded:
 # the whole file runs in well under 30 s on one core
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 # -- values a user may write -------------------------------------------------------------------------------
-WORDS = ["3", "0.5", "1e11", "yes", "all", "full", "attention", "norm", "s1", "B", "uniform", "mnist-dit",
-         "shapes-pixart", "toca", "fora", "lpips", "fid", "prc", "prompts", "default", "ddim", "", " ", "..", "a/b",
-         "x\ny", str(SCHEDULE)]
+WORDS = [
+    "3",
+    "0.5",
+    "1e11",
+    "yes",
+    "all",
+    "full",
+    "attention",
+    "norm",
+    "s1",
+    "B",
+    "uniform",
+    "mnist-dit",
+    "shapes-pixart",
+    "toca",
+    "fora",
+    "lpips",
+    "fid",
+    "prc",
+    "prompts",
+    "default",
+    "ddim",
+    "",
+    " ",
+    "..",
+    "a/b",
+    "x\ny",
+    str(SCHEDULE),
+]
 SCALARS = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(-3, 70), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, 2, 10**11, 2**32, 2**63]),
-    st.floats(-2.0, 2.0), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e11, -0.0, 0.25]),
-    st.sampled_from(WORDS), st.text(st.characters(codec="utf-8"), max_size=12))
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.one_of(st.sampled_from(WORDS), st.text(max_size=6)), inner, max_size=3), max_leaves=8)
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 70),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, 2, 10**11, 2**32, 2**63]),
+    st.floats(-2.0, 2.0),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e11, -0.0, 0.25]),
+    st.sampled_from(WORDS),
+    st.text(st.characters(codec="utf-8"), max_size=12),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(st.sampled_from(WORDS), st.text(max_size=6)), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 def refused_cleanly(err: BaseException) -> None:
@@ -52,18 +96,55 @@ def refused_cleanly(err: BaseException) -> None:
 
 
 # -- (i) experiment files ----------------------------------------------------------------------------------
-BASE_EXPERIMENT = {"name": "fuzz", "models": ["mnist-dit"], "steps": 20, "eval": {"size": 4, "references": 8},
-                   "seeds": [0, 1], "metrics": ["lpips", "fid"], "latency": {"batch": 1, "repeats": 1, "warmup": 0},
-                   "methods": [{"name": "toca", "params": {"interval": 3}},
-                               {"name": "diffsparse", "params": {"schedule": str(SCHEDULE)}}]}
-EXPERIMENT_PATHS = [("name",), ("models",), ("models", 0), ("model",), ("sampler",), ("steps",), ("guidance",),
-                    ("eval",), ("eval", "size"), ("eval", "references"), ("eval", "seed"), ("eval", "set"),
-                    ("eval", "prompts"), ("seeds",), ("seeds", 0), ("metrics",), ("metrics", 1), ("budget",),
-                    ("budget", "macs_ratio"), ("latency",), ("latency", "batch"), ("latency", "repeats"),
-                    ("latency", "warmup"), ("methods",), ("methods", 0), ("methods", 0, "name"),
-                    ("methods", 0, "params"), ("methods", 0, "params", "interval"), ("methods", 0, "params", "ratio"),
-                    ("methods", 0, "models"), ("methods", 0, "budget"), ("methods", 1, "params", "schedule"),
-                    ("methods", 1, "params", "importance"), ("unknown",)]
+BASE_EXPERIMENT = {
+    "name": "fuzz",
+    "models": ["mnist-dit"],
+    "steps": 20,
+    "eval": {"size": 4, "references": 8},
+    "seeds": [0, 1],
+    "metrics": ["lpips", "fid"],
+    "latency": {"batch": 1, "repeats": 1, "warmup": 0},
+    "methods": [
+        {"name": "toca", "params": {"interval": 3}},
+        {"name": "diffsparse", "params": {"schedule": str(SCHEDULE)}},
+    ],
+}
+EXPERIMENT_PATHS = [
+    ("name",),
+    ("models",),
+    ("models", 0),
+    ("model",),
+    ("sampler",),
+    ("steps",),
+    ("guidance",),
+    ("eval",),
+    ("eval", "size"),
+    ("eval", "references"),
+    ("eval", "seed"),
+    ("eval", "set"),
+    ("eval", "prompts"),
+    ("seeds",),
+    ("seeds", 0),
+    ("metrics",),
+    ("metrics", 1),
+    ("budget",),
+    ("budget", "macs_ratio"),
+    ("latency",),
+    ("latency", "batch"),
+    ("latency", "repeats"),
+    ("latency", "warmup"),
+    ("methods",),
+    ("methods", 0),
+    ("methods", 0, "name"),
+    ("methods", 0, "params"),
+    ("methods", 0, "params", "interval"),
+    ("methods", 0, "params", "ratio"),
+    ("methods", 0, "models"),
+    ("methods", 0, "budget"),
+    ("methods", 1, "params", "schedule"),
+    ("methods", 1, "params", "importance"),
+    ("unknown",),
+]
 
 
 def mutate(data, path: tuple, value, delete: bool):
@@ -127,10 +208,25 @@ def test_fuzz_experiment_dicts(folder, mutations):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(st.characters(codec="utf-8"), max_size=200), st.builds(
-    lambda head, tail: head + tail, st.sampled_from(["models: [mnist-dit]\nmethods: all\n", "name: x\n", "- a\n",
-                                                    "eval: {size: ", "models: &a [*a]\n", "{1: 2}\n"]),
-    st.text(st.sampled_from("abc:[]{}-,#&*!|>'\"\n 0123456789.e"), max_size=60))))
+@given(
+    text=st.one_of(
+        st.text(st.characters(codec="utf-8"), max_size=200),
+        st.builds(
+            lambda head, tail: head + tail,
+            st.sampled_from(
+                [
+                    "models: [mnist-dit]\nmethods: all\n",
+                    "name: x\n",
+                    "- a\n",
+                    "eval: {size: ",
+                    "models: &a [*a]\n",
+                    "{1: 2}\n",
+                ]
+            ),
+            st.text(st.sampled_from("abc:[]{}-,#&*!|>'\"\n 0123456789.e"), max_size=60),
+        ),
+    )
+)
 def test_fuzz_experiment_yaml_text(folder, text):
     path = folder / "text.yaml"
     path.write_text(text, encoding="utf-8")
@@ -149,15 +245,36 @@ def test_baseline_experiment_loads(folder):
 VALID_SCHEDULE = json.loads(SCHEDULE.read_text())
 T, L = VALID_SCHEDULE["T"], len(VALID_SCHEDULE["layers"])
 SCHEDULE_PATHS = st.one_of(
-    st.sampled_from([("T",), ("layers",), ("meta",), ("codes",), ("k",), ("directives",), ("meta", "K"),
-                     ("meta", "T"), ("meta", "L"), ("meta", "format"), ("meta", "levels"), ("meta", "family"),
-                     ("meta", "mode"), ("meta", "cell_layers"), ("meta", "config"), ("meta", "num_levels"),
-                     ("meta", "config", "importance"), ("meta", "config", "drop"), ("meta", "n_tokens"),
-                     ("meta", "budget_ratio"), ("meta", "tables")]),
+    st.sampled_from(
+        [
+            ("T",),
+            ("layers",),
+            ("meta",),
+            ("codes",),
+            ("k",),
+            ("directives",),
+            ("meta", "K"),
+            ("meta", "T"),
+            ("meta", "L"),
+            ("meta", "format"),
+            ("meta", "levels"),
+            ("meta", "family"),
+            ("meta", "mode"),
+            ("meta", "cell_layers"),
+            ("meta", "config"),
+            ("meta", "num_levels"),
+            ("meta", "config", "importance"),
+            ("meta", "config", "drop"),
+            ("meta", "n_tokens"),
+            ("meta", "budget_ratio"),
+            ("meta", "tables"),
+        ]
+    ),
     st.tuples(st.just("meta"), st.just("levels"), st.integers(0, T - 1)),
     st.tuples(st.just("meta"), st.just("levels"), st.integers(0, T - 1), st.integers(0, L - 1)),
     st.tuples(st.just("layers"), st.integers(0, L - 1)),
-    st.tuples(st.just("meta"), st.just("cell_layers"), st.integers(0, L - 1)))
+    st.tuples(st.just("meta"), st.just("cell_layers"), st.integers(0, L - 1)),
+)
 LEVEL_VALUES = st.one_of(VALUES, st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 0.3, 1.25, -0.25, 4, 0]))
 
 
@@ -186,8 +303,12 @@ def test_fuzz_schedule_files(folder, mutations):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=80), st.sampled_from(["null", "[]", "{\"meta\": null}", "{\"meta\": {}}",
-                                                             "1e999", "{\"T\": 1e999}", "[" * 5000])))
+@given(
+    text=st.one_of(
+        st.text(max_size=80),
+        st.sampled_from(["null", "[]", '{"meta": null}', '{"meta": {}}', "1e999", '{"T": 1e999}', "[" * 5000]),
+    )
+)
 def test_fuzz_schedule_text(folder, text):
     path = folder / "text.json"
     path.write_text(text)
@@ -207,9 +328,12 @@ def numeric(annotation) -> bool:
 @given(data=st.data())
 def test_fuzz_method_parameters(data):
     name = data.draw(st.sampled_from(methods.available()))
-    fields = list(methods.base.method_class(name).Config.model_fields)
-    keys = st.one_of(st.sampled_from(fields), st.sampled_from(["intervall", "ratio", "schedule", "x"])) \
-        if fields else st.sampled_from(["ratio", "x"])
+    fields = list(method_class(name).Config.model_fields)
+    keys = (
+        st.one_of(st.sampled_from(fields), st.sampled_from(["intervall", "ratio", "schedule", "x"]))
+        if fields
+        else st.sampled_from(["ratio", "x"])
+    )
     params = data.draw(st.dictionaries(keys, VALUES, max_size=3))
     try:
         method = methods.build(name, **params)
@@ -217,7 +341,7 @@ def test_fuzz_method_parameters(data):
         refused_cleanly(err)
         return
     # what builds holds numbers where numbers are asked for: a bool never slips through as 0 or 1
-    config = methods.base.method_class(name).Config
+    config = method_class(name).Config
     for key, value in params.items():
         if numeric(config.model_fields[key].annotation):
             assert not isinstance(value, (bool, str)), (name, key, value)
@@ -257,8 +381,11 @@ def test_diffsparse_without_schedule_points_to_committed_schedules_and_training(
 
 
 def test_schedule_with_K_zero_or_missing_fields_is_refused_on_build(tmp_path):
-    for edit, field in ((lambda m: m.update(K=0), "meta.K"), (lambda m: m.pop("K"), "meta.K"),
-                        (lambda m: m["config"].update(importance="entropy"), "meta.config.importance")):
+    for edit, field in (
+        (lambda m: m.update(K=0), "meta.K"),
+        (lambda m: m.pop("K"), "meta.K"),
+        (lambda m: m["config"].update(importance="entropy"), "meta.config.importance"),
+    ):
         body = copy.deepcopy(VALID_SCHEDULE)
         edit(body["meta"])
         path = tmp_path / "s.json"
@@ -272,25 +399,28 @@ def test_schedule_with_K_zero_or_missing_fields_is_refused_on_build(tmp_path):
         methods.build("diffsparse", schedule=str(path))
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    (("eval", "size"), 1e11, r"field 'eval.size': .*less than or equal to 100000.*allowed: .*\[1, 100000\]"),
-    (("eval", "size"), True, r"field 'eval.size': True is a boolean"),
-    (("eval", "references"), 10**9, r"field 'eval.references'.*\[2, 100000\]"),
-    (("eval", "seed"), -1, r"field 'eval.seed'"),
-    (("seeds",), [0, 2**40], r"field 'seeds\[1\]'.*4294967295"),
-    (("seeds",), [3, 3], r"field 'seeds\[1\]': seed 3 is listed twice"),
-    (("seeds",), list(range(101)), r"field 'seeds'.*at most 100"),
-    (("steps",), 10**9, r"field 'steps'.*\[1, 1000\]"),
-    (("steps",), "20", r"field 'steps': '20' is text, not a number"),
-    (("guidance",), float("nan"), r"field 'guidance': Input should be a finite number"),
-    (("latency", "batch"), 10**6, r"field 'latency.batch'.*\[1, 1024\]"),
-    (("latency", "repeats"), 0, r"field 'latency.repeats'"),
-    (("latency", "warmup"), 10**4, r"field 'latency.warmup'.*\[0, 100\]"),
-    (("name",), "../evil", r"field 'name'.*folder name"),
-    (("methods",), [], r"field 'methods'"),
-    (("metrics",), ["lpips", "lpips"], r"field 'metrics\[1\]': lpips is listed twice"),
-    (("metrics",), ["prc"], r"field 'eval.size': 3 samples are too few for metric prc \(it needs >= 4\)"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        (("eval", "size"), 1e11, r"field 'eval.size': .*less than or equal to 100000.*allowed: .*\[1, 100000\]"),
+        (("eval", "size"), True, r"field 'eval.size': True is a boolean"),
+        (("eval", "references"), 10**9, r"field 'eval.references'.*\[2, 100000\]"),
+        (("eval", "seed"), -1, r"field 'eval.seed'"),
+        (("seeds",), [0, 2**40], r"field 'seeds\[1\]'.*4294967295"),
+        (("seeds",), [3, 3], r"field 'seeds\[1\]': seed 3 is listed twice"),
+        (("seeds",), list(range(101)), r"field 'seeds'.*at most 100"),
+        (("steps",), 10**9, r"field 'steps'.*\[1, 1000\]"),
+        (("steps",), "20", r"field 'steps': '20' is text, not a number"),
+        (("guidance",), float("nan"), r"field 'guidance': Input should be a finite number"),
+        (("latency", "batch"), 10**6, r"field 'latency.batch'.*\[1, 1024\]"),
+        (("latency", "repeats"), 0, r"field 'latency.repeats'"),
+        (("latency", "warmup"), 10**4, r"field 'latency.warmup'.*\[0, 100\]"),
+        (("name",), "../evil", r"field 'name'.*folder name"),
+        (("methods",), [], r"field 'methods'"),
+        (("metrics",), ["lpips", "lpips"], r"field 'metrics\[1\]': lpips is listed twice"),
+        (("metrics",), ["prc"], r"field 'eval.size': 3 samples are too few for metric prc \(it needs >= 4\)"),
+    ],
+)
 def test_experiment_fields_out_of_range_are_refused_on_one_line(tmp_path, field, value, expected):
     data = copy.deepcopy(BASE_EXPERIMENT)
     data["eval"] = {"size": 3}
@@ -333,13 +463,24 @@ def test_invalid_yaml_is_reported_on_one_line(tmp_path):
 def test_schedule_for_other_steps_fails_in_check_inputs(tmp_path):
     data = {**copy.deepcopy(BASE_EXPERIMENT), "steps": 10}
     exp = experiment.parse(data, "x.yaml")
-    with pytest.raises(ValueError, match=r"methods\[1\]\.params\.schedule' \(model mnist-dit\).*T=20 steps.*steps = 10"):
+    with pytest.raises(
+        ValueError, match=r"methods\[1\]\.params\.schedule' \(model mnist-dit\).*T=20 steps.*steps = 10"
+    ):
         experiment.check_inputs(exp)
 
 
 def run_info(family: str) -> RunInfo:
-    return RunInfo(family=family, num_steps=4, layers=[], n_image=16, n_text=0, grid=(4, 4), batch=1,
-                   cfg_batched=False, blocks_per_stream={"double": 2, "single": 2})
+    return RunInfo(
+        family=family,
+        num_steps=4,
+        layers=[],
+        n_image=16,
+        n_text=0,
+        grid=(4, 4),
+        batch=1,
+        cfg_batched=False,
+        blocks_per_stream={"double": 2, "single": 2},
+    )
 
 
 @pytest.mark.parametrize("name", ["cat", "dato"])

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import Fixed, dit_pipeline, pixart_pipeline, run_dit, run_pixart, tiny_dit
 
-import methods
-from methods import FULL, REUSE
-from methods.base import method_class
+import dsbench
+from dsbench import methods
+from dsbench.methods import FULL, REUSE
+from dsbench.methods.base import method_class
 
 
 def _calls(steps, batch=4, same=False):
@@ -19,18 +20,18 @@ def _calls(steps, batch=4, same=False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 4, 8, 8, generator=g)
     labels = torch.tensor([1, 2, 1000, 1000][:batch])
-    return [(x + 0.1 * i * (not same), torch.full((batch,), 900 - 40 * i * (not same)), labels)
-            for i in range(steps)]
+    return [(x + 0.1 * i * (not same), torch.full((batch,), 900 - 40 * i * (not same)), labels) for i in range(steps)]
 
 
 def _run_bare(model, method, calls, spy=False):
     """Outputs, report, per-step MAC records and (with ``spy``) every layer output by (step, layer)."""
     outs, seen = [], {}
-    with torch.no_grad(), methods.attach(model, method, num_steps=len(calls)) as handle:
+    with torch.no_grad(), dsbench.attach(model, method, num_steps=len(calls)) as handle:
         if spy:
             original = handle.engine.layer
             handle.engine.layer = lambda ell, h, compute: seen.setdefault(
-                (handle.engine.step, ell), original(ell, h, compute))
+                (handle.engine.step, ell), original(ell, h, compute)
+            )
         for x, t, y in calls:
             outs.append(model(x, t, y).sample)
         return outs, handle.report(), handle.engine.branches["main"].steps, seen
@@ -58,7 +59,7 @@ def test_registered_with_budget_fields():
 # -- DuCa ----------------------------------------------------------------------------------------------
 def test_duca_pixart_alternates_full_partial_and_aggressive_steps():
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("duca")) as handle:
+    with dsbench.attach(pipe, methods.build("duca")) as handle:
         run_pixart(pipe, steps=20)
         rep = handle.report()
         records = handle.engine.branches["main"].steps
@@ -86,7 +87,7 @@ def test_duca_pixart_alternates_full_partial_and_aggressive_steps():
 
 def test_duca_dit_follows_tocas_threshold_with_the_per_layer_quirk():
     pipe = dit_pipeline(num_layers=3)
-    with methods.attach(pipe, methods.build("duca")) as handle:
+    with dsbench.attach(pipe, methods.build("duca")) as handle:
         run_dit(pipe, steps=50)
         rep = handle.report()
     assert rep["config"]["cfg_selection"] == "per_half" and rep["config"]["bonus"] == 0.8
@@ -104,7 +105,7 @@ def test_duca_dit_follows_tocas_threshold_with_the_per_layer_quirk():
 
 def test_duca_vnorm_score_runs_without_attention_probabilities():
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("duca", importance="vnorm")) as handle:
+    with dsbench.attach(pipe, methods.build("duca", importance="vnorm")) as handle:
         first = run_pixart(pipe, steps=8)
         second = run_pixart(pipe, steps=8)
         rep = handle.report()
@@ -144,13 +145,13 @@ def test_deepcache_psnr_against_the_uncached_pipeline():
     reference = run_pixart(pipe, steps=20)
     psnr = {}
     for interval in (2, 4):
-        with methods.attach(pipe, methods.build("deepcache", interval=interval)):
+        with dsbench.attach(pipe, methods.build("deepcache", interval=interval)):
             psnr[interval] = _psnr(run_pixart(pipe, steps=20), reference)
     assert psnr[2] > 45 and psnr[2] > psnr[4] + 2
 
 
 def test_deepcache_quadratic_schedule():
-    from methods.deepcache import quadratic_refresh
+    from dsbench.methods.deepcache import quadratic_refresh
 
     for steps, interval in ((20, 2), (50, 3), (50, 5), (7, 1)):
         refresh = quadratic_refresh(steps, interval, center=0.3)
@@ -160,7 +161,7 @@ def test_deepcache_quadratic_schedule():
     centre = int(np.argmin(np.abs(np.array(quadratic_refresh(50, 3, center=0.3)) - 15)))
     assert gaps[centre] < gaps[0] and gaps[centre] < gaps[-1]  # denser around the centre
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("deepcache", schedule="quadratic")) as handle:
+    with dsbench.attach(pipe, methods.build("deepcache", schedule="quadratic")) as handle:
         run_pixart(pipe, steps=20)
         rep = handle.report()
     assert rep["full_steps"] == rep["config"]["refresh_steps"] == quadratic_refresh(20, 2, 0.3)
@@ -175,14 +176,14 @@ def test_deepcache_needs_a_cached_middle_block():
 # -- TaylorSeer ----------------------------------------------------------------------------------------
 def test_taylorseer_full_steps_per_model():
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("taylorseer")) as handle:
+    with dsbench.attach(pipe, methods.build("taylorseer")) as handle:
         run_pixart(pipe, steps=20)
         rep = handle.report()
     assert rep["config"] == {"interval": 2, "order": 1, "warmup": 2}
     assert rep["full_steps"] == [0, 1] + list(range(3, 20, 2))
     assert all(set(rep["decisions"][i]) == {"TAYLOR(1)"} for i in range(2, 20, 2))
     pipe = dit_pipeline()
-    with methods.attach(pipe, methods.build("taylorseer")) as handle:
+    with dsbench.attach(pipe, methods.build("taylorseer")) as handle:
         run_dit(pipe, steps=50)
         rep = handle.report()
     assert rep["config"] == {"interval": 4, "order": 4, "warmup": 2}
@@ -193,11 +194,11 @@ def test_taylorseer_order_zero_is_plain_reuse():
     full_steps = {0, 1, 3, 5, 7}
     reuse = Fixed(lambda i, layer: FULL if i in full_steps else REUSE)
     pipe = pixart_pipeline()
-    with methods.attach(pipe, reuse):
+    with dsbench.attach(pipe, reuse):
         reused = run_pixart(pipe, steps=8)
-    with methods.attach(pipe, methods.build("taylorseer", order=0)):
+    with dsbench.attach(pipe, methods.build("taylorseer", order=0)):
         order0 = run_pixart(pipe, steps=8)
-    with methods.attach(pipe, methods.build("taylorseer", order=1)):
+    with dsbench.attach(pipe, methods.build("taylorseer", order=1)):
         order1 = run_pixart(pipe, steps=8)
     assert np.array_equal(order0, reused)
     assert not np.array_equal(order1, reused)
@@ -217,10 +218,10 @@ def test_taylorseer_forecast_uses_step_index_distances():
 def test_taylorseer_history_starts_empty_each_run():
     """With one full step so far the forecast has order 0, in the first run and in the next."""
     pipe = pixart_pipeline()
-    with methods.attach(pipe, methods.build("taylorseer", warmup=1, interval=3, order=1)):
+    with dsbench.attach(pipe, methods.build("taylorseer", warmup=1, interval=3, order=1)):
         first = run_pixart(pipe, steps=2)
         again = run_pixart(pipe, steps=2)
-    with methods.attach(pipe, methods.build("taylorseer", warmup=1, interval=3, order=0)):
+    with dsbench.attach(pipe, methods.build("taylorseer", warmup=1, interval=3, order=0)):
         reuse = run_pixart(pipe, steps=2)
     assert np.array_equal(first, reuse) and np.array_equal(again, reuse)
 
@@ -245,21 +246,31 @@ def test_mac_accounting_counts_what_ran(name):
 
 
 def test_cli_macs_json_for_deepcache(capsys):
-    from harness.cli import main
+    from dsbench.cli import main
 
     assert main(["macs", "--model", "pixart-alpha-256", "--steps", "20", "--method", "deepcache", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["full_steps"] == list(range(0, 20, 2)) and result["macs"] / 1e12 == pytest.approx(1.48, abs=0.01)
 
 
-@pytest.mark.parametrize("name, params, field", [
-    ("duca", {"ratio": 5.0}, "ratio"), ("duca", {"ratio": -0.1}, "ratio"), ("duca", {"interval": 0}, "interval"),
-    ("duca", {"importance": "norm"}, "importance"), ("duca", {"warmup": 2}, "warmup"),
-    ("deepcache", {"front": 5}, "front"), ("deepcache", {"back": -1}, "back"), ("deepcache", {"interval": 0}, "interval"),
-    ("deepcache", {"schedule": "cubic"}, "schedule"), ("deepcache", {"center": 1.5}, "center"),
-    ("taylorseer", {"order": 5}, "order"), ("taylorseer", {"warmup": 0}, "warmup"),
-    ("taylorseer", {"interval": 0}, "interval"),
-])
+@pytest.mark.parametrize(
+    "name, params, field",
+    [
+        ("duca", {"ratio": 5.0}, "ratio"),
+        ("duca", {"ratio": -0.1}, "ratio"),
+        ("duca", {"interval": 0}, "interval"),
+        ("duca", {"importance": "norm"}, "importance"),
+        ("duca", {"warmup": 2}, "warmup"),
+        ("deepcache", {"front": 5}, "front"),
+        ("deepcache", {"back": -1}, "back"),
+        ("deepcache", {"interval": 0}, "interval"),
+        ("deepcache", {"schedule": "cubic"}, "schedule"),
+        ("deepcache", {"center": 1.5}, "center"),
+        ("taylorseer", {"order": 5}, "order"),
+        ("taylorseer", {"warmup": 0}, "warmup"),
+        ("taylorseer", {"interval": 0}, "interval"),
+    ],
+)
 def test_bad_parameters_name_the_field(name, params, field):
     with pytest.raises(ValueError, match=f"'{field}'"):
         methods.build(name, **params)

@@ -6,12 +6,13 @@ import pytest
 import torch
 from conftest import dit_pipeline, run_dit, tiny_dit, tiny_pixart
 
-import methods
-from harness.scores import SELF_KEYS
-from methods.base import method_class
-from methods.cat import Cat, CatConfig
-from methods.dato import best_schedule, patch_argmax_mask, search_schedule
-from methods.pruning import noise_tokens
+import dsbench
+from dsbench import methods
+from dsbench.methods.base import method_class
+from dsbench.methods.cat import Cat, CatConfig
+from dsbench.methods.dato import best_schedule, patch_argmax_mask, search_schedule
+from dsbench.methods.pruning import noise_tokens
+from dsbench.scores import SELF_KEYS
 
 
 def _pixart_calls(steps, batch=4, seed=0):
@@ -20,17 +21,30 @@ def _pixart_calls(steps, batch=4, seed=0):
     x = torch.randn(batch, 4, 16, 16, generator=g)
     text = torch.randn(batch, 6, 12, generator=g)
     mask = torch.ones(batch, 6)
-    return [dict(hidden_states=x + 0.05 * i * torch.randn(batch, 4, 16, 16, generator=g), encoder_hidden_states=text,
-                 encoder_attention_mask=mask, timestep=torch.full((batch,), 950 - 90 * i),
-                 added_cond_kwargs={"resolution": None, "aspect_ratio": None}) for i in range(steps)]
+    return [
+        dict(
+            hidden_states=x + 0.05 * i * torch.randn(batch, 4, 16, 16, generator=g),
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            timestep=torch.full((batch,), 950 - 90 * i),
+            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+        )
+        for i in range(steps)
+    ]
 
 
 def _dit_calls(steps, batch=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, 16, 16, generator=g)
     labels = torch.tensor([1, 2, 1000, 1000][:batch])
-    return [dict(hidden_states=x + 0.05 * i * torch.randn(batch, 4, 16, 16, generator=g),
-                 timestep=torch.full((batch,), 950 - 90 * i), class_labels=labels) for i in range(steps)]
+    return [
+        dict(
+            hidden_states=x + 0.05 * i * torch.randn(batch, 4, 16, 16, generator=g),
+            timestep=torch.full((batch,), 950 - 90 * i),
+            class_labels=labels,
+        )
+        for i in range(steps)
+    ]
 
 
 # -- CAT ---------------------------------------------------------------------------------------------
@@ -41,7 +55,7 @@ def test_cat_full_steps_are_the_plain_model_then_one_token_set_per_step():
         plain = [model(**c).sample for c in calls]
     cat = methods.build("cat", alpha=0.3, t0=4)
     k = int(0.3 * 64)
-    with torch.no_grad(), methods.attach(model, cat, num_steps=len(calls)) as handle:
+    with torch.no_grad(), dsbench.attach(model, cat, num_steps=len(calls)) as handle:
         previous = keys_before = None
         for i, c in enumerate(calls):
             out = model(**c).sample
@@ -89,7 +103,7 @@ def test_cat_selection_quotas_then_least_frequent_tokens():
 
 
 def test_cat_clusters_are_spatial_and_seeded():
-    from methods.cat import cluster_adjacency, kmeans
+    from dsbench.methods.cat import cluster_adjacency, kmeans
 
     g = torch.Generator().manual_seed(3)
     n = torch.randn(64, 16, generator=g)
@@ -128,7 +142,7 @@ def test_dato_prunes_the_tokens_most_similar_to_base_and_copies_the_nearest_outp
     dato = methods.build("dato", schedule=[["full", 0], ["full", 0.5], ["full", 0.5]], recover_from=recover_from)
     seen = _capture_selections(dato)
     outputs = {}
-    with torch.no_grad(), methods.attach(model, dato, num_steps=3) as handle:
+    with torch.no_grad(), dsbench.attach(model, dato, num_steps=3) as handle:
         for c in calls:
             model(**c)
             state = handle.engine.branches["main"]
@@ -152,7 +166,7 @@ def test_dato_prunes_the_tokens_most_similar_to_base_and_copies_the_nearest_outp
         for b in range(4):
             # kept tokens: self-attention among the kept tokens only (queries and keys/values)
             rows = kept[b].nonzero().squeeze(1)
-            direct = block.attn1(h[b:b + 1, rows])
+            direct = block.attn1(h[b : b + 1, rows])
             assert torch.allclose(out[b, rows], direct[0], atol=1e-5)
             # pruned tokens: the output of their most similar kept (or base) token
             sources = rows if recover_from == "kept" else base[b].nonzero().squeeze(1)
@@ -166,7 +180,7 @@ def test_dato_base_tokens_one_per_patch_from_diffscore_and_shared_by_cfg_halves(
     calls = _dit_calls(4)
     dato = methods.build("dato", schedule=[["full", 0]] + [["full", 0.25]] * 3)
     seen = _capture_selections(dato)
-    with torch.no_grad(), methods.attach(model, dato, num_steps=4) as handle:
+    with torch.no_grad(), dsbench.attach(model, dato, num_steps=4) as handle:
         outs = [model(**c) for c in calls]
         run = handle.engine.run
     bases = {i: base for i, _, _, _, _, _, base in seen}
@@ -191,7 +205,7 @@ def test_dato_depths_and_pruned_attention_macs():
     model = tiny_dit(num_layers=4, sample_size=16)  # 64 tokens, C = 16
     calls = _dit_calls(5)
     schedule = [["full", 0], [0, 0.5], [1, 0.5], ["full", 0.5], ["full", 0]]
-    with torch.no_grad(), methods.attach(model, methods.build("dato", schedule=schedule), num_steps=5) as handle:
+    with torch.no_grad(), dsbench.attach(model, methods.build("dato", schedule=schedule), num_steps=5) as handle:
         for c in calls:
             model(**c)
         rep = handle.report()
@@ -216,7 +230,7 @@ def test_dato_schedule_search_resumes_from_its_storage(tmp_path):
     teacher = run_dit(pipe, steps=4)
 
     def evaluate(schedule):
-        with methods.attach(pipe, methods.build("dato", schedule=schedule)) as handle:
+        with dsbench.attach(pipe, methods.build("dato", schedule=schedule)) as handle:
             images = run_dit(pipe, steps=4)
             return float(((images - teacher) ** 2).mean()), handle.report()["macs_cfg_counted"]
 
@@ -241,7 +255,7 @@ def test_budget_fields_move_the_macs():
     for name, field, values in (("dato", "ratio", (0.0, 0.7)), ("cat", "alpha", (0.2, 0.6))):
         assert method_class(name).budget_field == field
         for v in values:
-            with methods.attach(pipe, methods.build(name, **{field: v, **({"t0": 2} if name == "cat" else {})})) as h:
+            with dsbench.attach(pipe, methods.build(name, **{field: v, **({"t0": 2} if name == "cat" else {})})) as h:
                 run_dit(pipe, steps=6)
                 macs[name, v] = h.report()["macs_cfg_counted"]
     assert macs["dato", 0.0] > macs["dato", 0.7]
@@ -249,16 +263,25 @@ def test_budget_fields_move_the_macs():
 
 
 # -- bad input ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, params, field", [
-    ("cat", {"alpha": 0.0}, "alpha"), ("cat", {"alpha": 1.5}, "alpha"), ("cat", {"t0": 1}, "t0"),
-    ("cat", {"clusters": 0}, "clusters"), ("cat", {"ewma": 1.5}, "ewma"), ("cat", {"k_means": 3}, "k_means"),
-    ("dato", {"ratio": 0.8}, "ratio"), ("dato", {"ratio": -0.1}, "ratio"), ("dato", {"patch": 0}, "patch"),
-    ("dato", {"schedule": [[1, 0.0], ["full", 0.5]]}, "schedule"),
-    ("dato", {"schedule": [["full", 0.0], [2, 0.5]]}, "schedule.1.0"),
-    ("dato", {"schedule": [["full", 0.0], [1, 0.9]]}, "schedule"),
-    ("dato", {"schedule": [["full", 0.0]], "ratio": 0.3}, "ratio"),
-    ("dato", {"recover_from": "anything"}, "recover_from"),
-])
+@pytest.mark.parametrize(
+    "name, params, field",
+    [
+        ("cat", {"alpha": 0.0}, "alpha"),
+        ("cat", {"alpha": 1.5}, "alpha"),
+        ("cat", {"t0": 1}, "t0"),
+        ("cat", {"clusters": 0}, "clusters"),
+        ("cat", {"ewma": 1.5}, "ewma"),
+        ("cat", {"k_means": 3}, "k_means"),
+        ("dato", {"ratio": 0.8}, "ratio"),
+        ("dato", {"ratio": -0.1}, "ratio"),
+        ("dato", {"patch": 0}, "patch"),
+        ("dato", {"schedule": [[1, 0.0], ["full", 0.5]]}, "schedule"),
+        ("dato", {"schedule": [["full", 0.0], [2, 0.5]]}, "schedule.1.0"),
+        ("dato", {"schedule": [["full", 0.0], [1, 0.9]]}, "schedule"),
+        ("dato", {"schedule": [["full", 0.0]], "ratio": 0.3}, "ratio"),
+        ("dato", {"recover_from": "anything"}, "recover_from"),
+    ],
+)
 def test_bad_parameters_name_the_field(name, params, field):
     with pytest.raises(ValueError, match=f"'{field}'"):
         methods.build(name, **params)
@@ -268,6 +291,6 @@ def test_dato_schedule_must_cover_every_step():
     model = tiny_dit()
     c = _dit_calls(1)[0]
     c["hidden_states"] = c["hidden_states"][..., :8, :8]
-    with methods.attach(model, methods.build("dato", schedule=[["full", 0], [1, 0.5]]), num_steps=3):
+    with dsbench.attach(model, methods.build("dato", schedule=[["full", 0], [1, 0.5]]), num_steps=3):
         with pytest.raises(ValueError, match="'schedule' has 2 steps; this run makes 3"):
             model(**c)

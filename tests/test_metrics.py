@@ -1,4 +1,4 @@
-"""harness.metrics: exact PSNR/SSIM, LPIPS and FID on the real weights (installed on first need), the
+"""dsbench.metrics: exact PSNR/SSIM, LPIPS and FID on the real weights (installed on first need), the
 domain-extractor path of torch-fidelity, CLIP score and ImageReward on small RANDOM-WEIGHT models (their
 scores mean nothing; the tests check the code paths and input conventions), VBench plumbing through a fake
 VBench environment and its aggregation math, and the cost helpers. Small images keep it fast.
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import metrics, weights
-from harness.metrics import MetricUnavailable, alignment, cost, distribution, fidelity, video
+from dsbench import metrics, weights
+from dsbench.metrics import MetricUnavailable, alignment, cost, distribution, fidelity, video
 
 
 def natural(n=8, size=32, seed=0):
@@ -55,6 +55,7 @@ def setup_module_env():
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
+
 
 def test_psnr_ssim_exact():
     a = natural(4).clamp(20, 230)
@@ -122,6 +123,7 @@ def test_prepare_rejects_unknown_names_and_options():
 
 # -------------------------------------------------------------------------------------------- distribution
 
+
 def test_fid_kid_prc_inception():
     """The real FID Inception; its 768-d layer because 4 images make the 2048-d covariance rank-deficient
     (and its eigendecomposition would dominate the test's time)."""
@@ -140,8 +142,9 @@ class TinyClassifier(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.Conv2d(8, 16, 3, 2), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.Conv2d(8, 16, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.head = nn.Linear(16, 10)
 
     def features(self, x):
@@ -153,11 +156,13 @@ class TinyClassifier(nn.Module):
 
 def test_domain_extractor_fid_and_isc():
     classifier = TinyClassifier().train()
-    bundle = SimpleNamespace(name="tiny", feature_extractor="dsbench-test-domain", classifier=classifier,
-                             alignment=None)
+    bundle = SimpleNamespace(
+        name="tiny", feature_extractor="dsbench-test-domain", classifier=classifier, alignment=None
+    )
     real = natural(32, seed=0)
-    same = metrics.compute(real.clone(), references=real, bundle=bundle, metrics=("fid", "kid", "prc", "isc"),
-                           isc_splits=1)
+    same = metrics.compute(
+        real.clone(), references=real, bundle=bundle, metrics=("fid", "kid", "prc", "isc"), isc_splits=1
+    )
     other = metrics.compute(noise(32), references=real, bundle=bundle, metrics=("fid",))
     assert abs(same["fid"]) < 1e-9 and other["fid"] > 1e-3  # (a random CNN's features are small in scale)
     # ISC on the domain logits, one split: exp(mean KL(p(y|x) ‖ p(y)))
@@ -172,13 +177,21 @@ def test_domain_extractor_fid_and_isc():
 def test_set_metric_intervals_bootstrap_the_samples():
     """With per_sample, FID/KID/PRC carry a bootstrap interval over resamples of the samples: it holds the
     value, and a clearly different set's interval lies wholly above a matching set's."""
-    bundle = SimpleNamespace(name="tiny", feature_extractor="dsbench-test-domain-ci", classifier=TinyClassifier(),
-                             alignment=None)
+    bundle = SimpleNamespace(
+        name="tiny", feature_extractor="dsbench-test-domain-ci", classifier=TinyClassifier(), alignment=None
+    )
     real = natural(32, seed=0)
-    near = metrics.compute(natural(32, seed=1), references=real, bundle=bundle, metrics=("fid", "kid", "prc"),
-                           per_sample=True, set_resamples=60)
-    far = metrics.compute(noise(32), references=real, bundle=bundle, metrics=("fid",), per_sample=True,
-                          set_resamples=60)
+    near = metrics.compute(
+        natural(32, seed=1),
+        references=real,
+        bundle=bundle,
+        metrics=("fid", "kid", "prc"),
+        per_sample=True,
+        set_resamples=60,
+    )
+    far = metrics.compute(
+        noise(32), references=real, bundle=bundle, metrics=("fid",), per_sample=True, set_resamples=60
+    )
     for key in ("fid", "kid_mean", "precision", "recall"):
         assert near[f"{key}_ci_low"] <= near[key] <= near[f"{key}_ci_high"]
     assert far["fid_ci_low"] > near["fid_ci_high"]
@@ -215,6 +228,7 @@ def test_register_domain_extractor_rules():
 
 # ---------------------------------------------------------------------------------------------- alignment
 
+
 def _bytes_to_unicode():
     """GPT-2/CLIP byte-level alphabet: every byte maps to a printable character."""
     bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
@@ -239,14 +253,24 @@ def tiny_clip(tmp_path_factory):
     (path / "vocab.json").write_text(json.dumps(vocab))
     (path / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
     torch.manual_seed(0)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=64, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=8)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
@@ -262,13 +286,16 @@ def test_clip_conventions(tiny_clip):
     images = natural(4)
     mean = torch.tensor(processor.image_processor.image_mean)[:, None, None]
     std = torch.tensor(processor.image_processor.image_std)[:, None, None]
-    pixels = {c: alignment.clip_inputs(processor, images, PROMPTS, c).pixel_values * std + mean
-              for c in alignment.CLIP_CONVENTIONS}
+    pixels = {
+        c: alignment.clip_inputs(processor, images, PROMPTS, c).pixel_values * std + mean
+        for c in alignment.CLIP_CONVENTIONS
+    }
     assert torch.allclose(pixels["uint8"], images.float() / 255, atol=1e-5)
     assert torch.allclose(pixels["legacy"], images.float() / 255**2, atol=1e-6)
 
-    out = metrics.compute(images, conditions=PROMPTS, metrics=("clip",), clip_model=tiny_clip, batch_size=3,
-                          per_sample=True)
+    out = metrics.compute(
+        images, conditions=PROMPTS, metrics=("clip",), clip_model=tiny_clip, batch_size=3, per_sample=True
+    )
     assert set(out) == {"clip_score", "clip_score_legacy", "per_sample"}
     cos = {}
     for convention, key in (("uint8", "clip_score"), ("legacy", "clip_score_legacy")):
@@ -293,8 +320,11 @@ def test_prepare_checks_clip_without_loading_it(tiny_clip, tmp_path, monkeypatch
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "config.json").write_text("{}")  # no weights, no processor
     for model in (str(tmp_path / "missing-clip"), str(tmp_path / "partial")):
-        with pytest.raises(MetricUnavailable, match=r"CLIP model .* is not available: .*huggingface-cli download"
-                                                    r".*clip_model=<local directory>$") as err:
+        with pytest.raises(
+            MetricUnavailable,
+            match=r"CLIP model .* is not available: .*huggingface-cli download"
+            r".*clip_model=<local directory>$",
+        ) as err:
             metrics.prepare(("clip",), clip_model=model)
         assert "\n" not in str(err.value)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache, the hub not asked
@@ -321,22 +351,48 @@ def tiny_image_reward(tmp_path_factory):
     words = sorted({w for p in PROMPTS for w in p.split()})
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    med = {"vocab_size": 5 + len(words), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "intermediate_size": 64, "hidden_act": "gelu", "max_position_embeddings": 40, "layer_norm_eps": 1e-12,
-           "pad_token_id": 0, "encoder_width": 64, "add_cross_attention": True}
+    med = {
+        "vocab_size": 5 + len(words),
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "hidden_act": "gelu",
+        "max_position_embeddings": 40,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "encoder_width": 64,
+        "add_cross_attention": True,
+    }
     (path / "med_config.json").write_text(json.dumps(med))
     torch.manual_seed(0)
-    vision = BlipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
-                              image_size=32, patch_size=16, layer_norm_eps=1e-6)
-    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "max_position_embeddings")
+    vision = BlipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        image_size=32,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+    )
+    fields = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    )
     text = BlipTextConfig(**{k: med[k] for k in fields}, encoder_hidden_size=64)
     model = alignment.ImageRewardModel(vision, text)
     state = {}
     for key, value in model.state_dict().items():
         part, rest = key.split(".", 1)
-        name = {"vision": f"blip.visual_encoder.{_timm_name(rest)}", "text": f"blip.text_encoder.{rest}",
-                "mlp": f"mlp.layers.{rest}"}[part]
+        name = {
+            "vision": f"blip.visual_encoder.{_timm_name(rest)}",
+            "text": f"blip.text_encoder.{rest}",
+            "mlp": f"mlp.layers.{rest}",
+        }[part]
         state[name] = value.clone()
     state["blip.vision_proj.weight"] = torch.zeros(4, 64)  # BLIP heads ImageReward does not use
     torch.save(state, path / "ImageReward.pt")
@@ -347,8 +403,14 @@ def test_image_reward_path(tiny_image_reward):
     """Random weights: checks loading (configs read from the checkpoint, keys renamed), preprocessing and scoring."""
     path, reference = tiny_image_reward
     images = natural(4)
-    out = metrics.compute(images, conditions=PROMPTS, metrics=("image_reward",), image_reward_model=str(path),
-                          image_reward_tokenizer=str(path), per_sample=True)
+    out = metrics.compute(
+        images,
+        conditions=PROMPTS,
+        metrics=("image_reward",),
+        image_reward_model=str(path),
+        image_reward_tokenizer=str(path),
+        per_sample=True,
+    )
     scorer, tok = alignment.load_image_reward(str(path), str(path))
     assert scorer.vision.config.image_size == 32 and scorer.vision.config.num_hidden_layers == 2
     for key, value in reference.state_dict().items():
@@ -392,12 +454,16 @@ def test_prepare_checks_image_reward_files(tiny_image_reward, tmp_path, monkeypa
 
 
 def test_bundle_alignment_hook():
-    bundle = SimpleNamespace(name="b", alignment=lambda images, conds, per_image=False: {"class_accuracy": sum(conds) / len(conds)})
+    bundle = SimpleNamespace(
+        name="b", alignment=lambda images, conds, per_image=False: {"class_accuracy": sum(conds) / len(conds)}
+    )
     assert metrics.compute(noise(4), conditions=[1, 0, 1, 1], bundle=bundle, metrics=("alignment",)) == {
-        "class_accuracy": 0.75}
+        "class_accuracy": 0.75
+    }
 
 
 # --------------------------------------------------------------------------------------------- validation
+
 
 def test_compute_validates_up_front():
     a = noise(2)
@@ -425,6 +491,7 @@ def test_compute_validates_up_front():
 
 
 # ----------------------------------------------------------------------------------------------- VBench
+
 
 def test_vbench_missing_interpreter_is_explained(monkeypatch, tmp_path):
     monkeypatch.delenv(video.ENV, raising=False)
@@ -468,7 +535,8 @@ def test_vbench_runner_plumbing(tmp_path, monkeypatch):
     VBench's video naming, result parsing and aggregation. The real VBench needs its own environment."""
     fake = tmp_path / "fake_env"
     (fake / "vbench").mkdir(parents=True)
-    (fake / "cv2.py").write_text(textwrap.dedent("""
+    (fake / "cv2.py").write_text(
+        textwrap.dedent("""
         COLOR_RGB2BGR = 4
         def VideoWriter_fourcc(*chars): return 0
         def cvtColor(frame, code): return frame
@@ -476,8 +544,10 @@ def test_vbench_runner_plumbing(tmp_path, monkeypatch):
             def __init__(self, path, fourcc, fps, size): self.path, self.n = path, 0
             def write(self, frame): self.n += 1
             def release(self): open(self.path, "w").write(str(self.n))
-        """))
-    (fake / "vbench" / "__init__.py").write_text(textwrap.dedent(f"""
+        """)
+    )
+    (fake / "vbench" / "__init__.py").write_text(
+        textwrap.dedent(f"""
         import json, os
         SCORES = {json.dumps(_fake_scores())}
         class VBench:
@@ -488,21 +558,29 @@ def test_vbench_runner_plumbing(tmp_path, monkeypatch):
                 videos = {{f: open(os.path.join(videos_path, f)).read() for f in os.listdir(videos_path)}}
                 out = {{d: [SCORES[d], [videos]] for d in dimension_list}}
                 json.dump(out, open(os.path.join(self.output_path, name + "_eval_results.json"), "w"))
-        """))
+        """)
+    )
     monkeypatch.setenv("PYTHONPATH", str(fake))
     videos = torch.zeros(3, 2, 3, 8, 8, dtype=torch.uint8)
     prompts = ["a cat", "a cat", "a dog"]
-    out = metrics.compute(videos, conditions=prompts, metrics=("vbench",), vbench_workdir=str(tmp_path / "run"),
-                          vbench_python=sys.executable)
+    out = metrics.compute(
+        videos,
+        conditions=prompts,
+        metrics=("vbench",),
+        vbench_workdir=str(tmp_path / "run"),
+        vbench_python=sys.executable,
+    )
     assert out == video.aggregate(_fake_scores())
     results = json.loads((tmp_path / "run" / "results" / "dsbench_eval_results.json").read_text())
     assert results["color"][1][0] == {"a cat-0.mp4": "2", "a cat-1.mp4": "2", "a dog-0.mp4": "2"}
-    part = video.run_vbench(list(videos), prompts, tmp_path / "part", dimensions=("color",), python=sys.executable,
-                            full_info="unused")
+    part = video.run_vbench(
+        list(videos), prompts, tmp_path / "part", dimensions=("color",), python=sys.executable, full_info="unused"
+    )
     assert part == {"vbench_color": _fake_scores()["color"]}
 
 
 # ------------------------------------------------------------------------------------------------- cost
+
 
 def test_latency_and_interleaving():
     calls = []
@@ -524,12 +602,13 @@ def test_peak_memory_counts_memory_the_allocator_kept_resident():
 
     script = (
         "import ctypes, torch\n"
-        "from harness.metrics import cost\n"
+        "from dsbench.metrics import cost\n"
         "libc = ctypes.CDLL('libc.so.6')\n"
         "assert libc.mallopt(-3, 256 * 2**20) == 1 and libc.mallopt(-1, 2**30) == 1  # heap keeps big blocks\n"
         "allocate = lambda: torch.ones(64 * 2**20 // 4).sum()\n"
         "allocate()\n"
-        "print(cost.peak_memory(allocate)['peak_memory_bytes'])\n")
+        "print(cost.peak_memory(allocate)['peak_memory_bytes'])\n"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert float(out.stdout.split()[-1]) >= 48 * 2**20
 
@@ -541,7 +620,15 @@ def test_peak_memory_cpu_and_macs():
 
     assert cost.peak_memory(allocate)["peak_memory_bytes"] >= 48 * 2**20
     assert cost.peak_memory(lambda: None)["peak_memory_bytes"] < 16 * 2**20
-    report = {"macs_cfg_not_counted": 1.0, "macs_cfg_counted": 2.0, "macs_attention_cfg_not_counted": 0.1,
-              "macs_attention_cfg_counted": 0.2}
-    assert cost.macs(report) == {"macs": 1.0, "macs_cfg_counted": 2.0, "macs_attention": 0.1,
-                                 "macs_attention_cfg_counted": 0.2}
+    report = {
+        "macs_cfg_not_counted": 1.0,
+        "macs_cfg_counted": 2.0,
+        "macs_attention_cfg_not_counted": 0.1,
+        "macs_attention_cfg_counted": 0.2,
+    }
+    assert cost.macs(report) == {
+        "macs": 1.0,
+        "macs_cfg_counted": 2.0,
+        "macs_attention": 0.1,
+        "macs_attention_cfg_counted": 0.2,
+    }

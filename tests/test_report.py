@@ -9,43 +9,89 @@ import json
 import numpy as np
 import pytest
 
-from harness import report
-from harness.reference_results import TABLES, schedule_path
-from harness.store import Store
+from dsbench import report
+from dsbench.reference_results import TABLES, schedule_path
+from dsbench.store import Store
 
 MACS_FULL = 2.86e12
 
 
-def run_row(run_id, method, seed, *, params=None, tuned=None, budget=None, model="pixart-alpha-256",
-            experiment="table1_pixart", macs_ratio=1.0, speedup=1.0, artifacts=None, **metrics):
-    return {"run_id": run_id, "experiment": experiment, "model": model, "method": method,
-            "label": method if not params else f"{method}_" + "_".join(f"{k}{v}" for k, v in params.items()),
-            "params": params or {}, "tuned": tuned or {}, "budget_macs_ratio": budget, "sampler": "dpm-solver++",
-            "steps": 20, "guidance": 4.5, "eval_set": "coco-30k", "n_samples": 8, "seed": seed,
-            "code_version": "test", "macs": MACS_FULL * macs_ratio, "macs_full": MACS_FULL,
-            "macs_ratio": macs_ratio, "macs_attention": 1e9, "latency_s": 1.0 / speedup, "latency_full_s": 1.0,
-            "speedup": speedup, "peak_memory_mb": 100.0, "artifacts": artifacts, **metrics}
+def run_row(
+    run_id,
+    method,
+    seed,
+    *,
+    params=None,
+    tuned=None,
+    budget=None,
+    model="pixart-alpha-256",
+    experiment="table1_pixart",
+    macs_ratio=1.0,
+    speedup=1.0,
+    artifacts=None,
+    **metrics,
+):
+    return {
+        "run_id": run_id,
+        "experiment": experiment,
+        "model": model,
+        "method": method,
+        "label": method if not params else f"{method}_" + "_".join(f"{k}{v}" for k, v in params.items()),
+        "params": params or {},
+        "tuned": tuned or {},
+        "budget_macs_ratio": budget,
+        "sampler": "dpm-solver++",
+        "steps": 20,
+        "guidance": 4.5,
+        "eval_set": "coco-30k",
+        "n_samples": 8,
+        "seed": seed,
+        "code_version": "test",
+        "macs": MACS_FULL * macs_ratio,
+        "macs_full": MACS_FULL,
+        "macs_ratio": macs_ratio,
+        "macs_attention": 1e9,
+        "latency_s": 1.0 / speedup,
+        "latency_full_s": 1.0,
+        "speedup": speedup,
+        "peak_memory_mb": 100.0,
+        "artifacts": artifacts,
+        **metrics,
+    }
 
 
 @pytest.fixture
 def store(tmp_path):
     """full, toca (tuned ratio), fora N=2, 50% steps and two DiffSparse schedules, two seeds each."""
     store = Store(tmp_path / "results.db")
-    configs = [("full", None, 1.0, 1.0, 20.0, 16.3, 0.0),
-               ("toca", {"ratio": 0.3}, 0.57, 1.7, 21.0, 16.4, 0.10),
-               ("fora", {"interval": 2}, 0.50, 1.6, 23.0, 16.1, 0.20),
-               ("steps", {"fraction": 0.5}, 0.50, 1.9, 30.0, 15.8, 0.30),
-               ("diffsparse", {"schedule": "/abs/" + schedule_path("pixart-alpha-256", "r43")}, 0.57, 1.72, 19.5,
-                16.4, 0.08),
-               ("diffsparse", {"schedule": schedule_path("pixart-alpha-256", "r54")}, 0.46, 1.9, 22.0, 16.2, 0.12)]
+    configs = [
+        ("full", None, 1.0, 1.0, 20.0, 16.3, 0.0),
+        ("toca", {"ratio": 0.3}, 0.57, 1.7, 21.0, 16.4, 0.10),
+        ("fora", {"interval": 2}, 0.50, 1.6, 23.0, 16.1, 0.20),
+        ("steps", {"fraction": 0.5}, 0.50, 1.9, 30.0, 15.8, 0.30),
+        ("diffsparse", {"schedule": "/abs/" + schedule_path("pixart-alpha-256", "r43")}, 0.57, 1.72, 19.5, 16.4, 0.08),
+        ("diffsparse", {"schedule": schedule_path("pixart-alpha-256", "r54")}, 0.46, 1.9, 22.0, 16.2, 0.12),
+    ]
     for n, (method, params, ratio, speedup, fid, clip, lpips) in enumerate(configs):
         for seed in (0, 1):
             artifacts = tmp_path / f"run{n}_{seed}"
             artifacts.mkdir()
             write_artifacts(artifacts, value=n)
-            store.put(run_row(f"r{n}s{seed}", method, seed, params=params, macs_ratio=ratio, speedup=speedup,
-                              budget=None if method == "full" else 0.57, artifacts=str(artifacts),
-                              fid=fid + seed, clip_score_legacy=clip, lpips_alex=lpips + 0.01 * seed))
+            store.put(
+                run_row(
+                    f"r{n}s{seed}",
+                    method,
+                    seed,
+                    params=params,
+                    macs_ratio=ratio,
+                    speedup=speedup,
+                    budget=None if method == "full" else 0.57,
+                    artifacts=str(artifacts),
+                    fid=fid + seed,
+                    clip_score_legacy=clip,
+                    lpips_alex=lpips + 0.01 * seed,
+                )
+            )
     yield store
     store.close()
 
@@ -63,8 +109,18 @@ def test_leaderboard_rows_sorted_by_quality_with_mac_ratio_and_speedup(store):
     table = report.leaderboard(store.frame())
     assert {"MAC ratio", "Speedup", "lpips_alex", "fid", "Seeds"} <= set(table.headers("md"))
     records = table.records()
-    assert {"macs_ratio", "speedup", "speedup_ci_low", "lpips_alex", "lpips_alex_ci_low", "lpips_alex_ci_high",
-            "fid", "fid_ci_high", "rank", "seeds"} <= set(records[0])
+    assert {
+        "macs_ratio",
+        "speedup",
+        "speedup_ci_low",
+        "lpips_alex",
+        "lpips_alex_ci_low",
+        "lpips_alex_ci_high",
+        "fid",
+        "fid_ci_high",
+        "rank",
+        "seeds",
+    } <= set(records[0])
     lpips = [r["lpips_alex"] for r in records]
     assert lpips == sorted(lpips) and len(records) == 6  # one row per configuration, best first
     assert lpips[0] == pytest.approx(0.005)  # mean over the two seeds
@@ -108,8 +164,11 @@ def test_table1_layout_published_numbers_and_ours(store):
     assert "| DuCa | 1.630 | 1.78× | 27.98 | 0.164 | — | — | — | — |" in report.write(table, "md")
     # Table 5's "base" column is a ToCa run whose importance (the default, attention) matches
     table5 = report.paper_table(store.frame(), "table5", experiment="table1_pixart").records()
-    assert (table5[2]["Method"], table5[2]["paper_base"], table5[2]["ours_base"]) == ("Attention", 28.35,
-                                                                                     pytest.approx(21.5))
+    assert (table5[2]["Method"], table5[2]["paper_base"], table5[2]["ours_base"]) == (
+        "Attention",
+        28.35,
+        pytest.approx(21.5),
+    )
     assert table5[0]["ours_base"] is None
 
 
@@ -119,10 +178,21 @@ def test_paper_table_cells_carry_the_interval_of_their_runs(tmp_path):
     with Store(tmp_path / "r.db") as store:
         for seed in (0, 1):
             values = list(rng.uniform(0.1, 0.2, size=16))
-            store.put(run_row(f"t{seed}", "toca", seed, fid=20.0 + seed, fid_ci_low=18.0 + seed, fid_ci_high=23.0 + seed,
-                              lpips_alex=float(np.mean(values)), per_sample={"lpips_alex": {"values": values}}))
-    toca = next(r for r in report.paper_table(Store(tmp_path / "r.db").frame(), "table1").records()
-                if r["Method"] == "ToCa")
+            store.put(
+                run_row(
+                    f"t{seed}",
+                    "toca",
+                    seed,
+                    fid=20.0 + seed,
+                    fid_ci_low=18.0 + seed,
+                    fid_ci_high=23.0 + seed,
+                    lpips_alex=float(np.mean(values)),
+                    per_sample={"lpips_alex": {"values": values}},
+                )
+            )
+    toca = next(
+        r for r in report.paper_table(Store(tmp_path / "r.db").frame(), "table1").records() if r["Method"] == "ToCa"
+    )
     assert toca["ours_fid"] == pytest.approx(20.5)
     assert (toca["ours_fid_ci_low"], toca["ours_fid_ci_high"]) == (18.0, 24.0)  # union over the seeds
     assert "20.50 [18.00, 24.00]" in report.write(report.paper_table(Store(tmp_path / "r.db").frame(), "table1"), "md")
@@ -165,8 +235,13 @@ def test_pareto_front_mask():
     cost = [1.0, 0.5, 0.5, 0.3, 0.9]
     quality = [0.0, 0.1, 0.2, 0.5, 0.15]  # lower is better (LPIPS); the last is beaten by (0.5, 0.1)
     assert report.pareto_front(cost, quality, higher_is_better=False).tolist() == [True, True, False, True, False]
-    assert report.pareto_front(cost, [-q for q in quality], higher_is_better=True).tolist() == \
-        [True, True, False, True, False]
+    assert report.pareto_front(cost, [-q for q in quality], higher_is_better=True).tolist() == [
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
 
 
 def test_plots_are_written(store, tmp_path):
@@ -183,10 +258,14 @@ def test_plots_are_written(store, tmp_path):
 
 
 def test_decision_map_from_a_serialised_schedule(tmp_path):
-    from methods.base import Kind
+    from dsbench.core import Kind
 
-    schedule = {"codes": [[int(Kind.FULL)] * 2, [int(Kind.TOPK), int(Kind.REUSE)]], "k": [[None, None], [16, None]],
-                "layers": ["main0.sa", "main0.mlp"], "meta": {"n_tokens": [64, 64]}}
+    schedule = {
+        "codes": [[int(Kind.FULL)] * 2, [int(Kind.TOPK), int(Kind.REUSE)]],
+        "k": [[None, None], [16, None]],
+        "layers": ["main0.sa", "main0.mlp"],
+        "meta": {"n_tokens": [64, 64]},
+    }
     (tmp_path / "decisions.json").write_text(json.dumps(schedule))
     grid, layers = report.decision_map(tmp_path)
     assert grid.tolist() == [[1.0, 1.0], [0.25, 0.0]] and layers == ["main0.sa", "main0.mlp"]
@@ -196,12 +275,22 @@ def test_leaderboard_explains_runs_off_budget(tmp_path):
     with Store(tmp_path / "b.db") as store:
         store.put(run_row("a", "full", 0, budget=0.5, lpips_alex=0.0))
         store.put(run_row("b", "toca", 0, budget=0.5, macs_ratio=0.499, tuned={"ratio": 0.6}, lpips_alex=0.1))
-        store.put(run_row("c", "fora", 0, budget=0.5, macs_ratio=0.34, tuned={"interval": 3}, lpips_alex=0.2,
-                          budget_note="interval is an integer: nearest reachable 0.340 (interval=3) / 0.505 "
-                                      "(interval=2); the run takes the one within budget"))
+        store.put(
+            run_row(
+                "c",
+                "fora",
+                0,
+                budget=0.5,
+                macs_ratio=0.34,
+                tuned={"interval": 3},
+                lpips_alex=0.2,
+                budget_note="interval is an integer: nearest reachable 0.340 (interval=3) / 0.505 "
+                "(interval=2); the run takes the one within budget",
+            )
+        )
         table = report.leaderboard(store.frame())
     text = report.write(table, "md")
-    section = text[text.index("Off budget (> 2 %): why"):]
+    section = text[text.index("Off budget (> 2 %): why") :]
     assert "- pixart-alpha-256 fora: MAC ratio 0.340 for a budget of 0.50; interval is an integer" in section
     assert "toca" not in section and "full" not in section  # within 2 %, and the reference
 
@@ -212,19 +301,33 @@ def test_paper_table_falls_back_to_its_embedded_analogue(tmp_path):
     rng = np.random.default_rng(1)
     with Store(tmp_path / "r.db") as store:
         for run_id, method, params, ratio, lpips in (
-                ("f", "full", None, 1.0, 0.0), ("t", "toca", None, 0.568, 0.010),
-                ("d", "diffsparse", {"schedule": "results/paper/schedules/shapes-pixart/r43/schedule.json"}, 0.568,
-                 0.002)):
+            ("f", "full", None, 1.0, 0.0),
+            ("t", "toca", None, 0.568, 0.010),
+            ("d", "diffsparse", {"schedule": "results/paper/schedules/shapes-pixart/r43/schedule.json"}, 0.568, 0.002),
+        ):
             values = list(np.clip(rng.normal(lpips, 0.001, 16), 0, None)) if lpips else [0.0] * 16
-            store.put(run_row(run_id, method, 0, params=params, model="shapes-pixart", experiment="paper_table1",
-                              macs_ratio=ratio, lpips_alex=float(np.mean(values)),
-                              per_sample={"lpips_alex": {"values": values}}))
+            store.put(
+                run_row(
+                    run_id,
+                    method,
+                    0,
+                    params=params,
+                    model="shapes-pixart",
+                    experiment="paper_table1",
+                    macs_ratio=ratio,
+                    lpips_alex=float(np.mean(values)),
+                    per_sample={"lpips_alex": {"values": values}},
+                )
+            )
         table = report.paper_table(store.frame(), "table1")
     rows = {r["Method"]: r for r in table.records()}
     assert rows["ToCa"]["paper_macs_ratio"] == pytest.approx(1.64 / 2.86)
     assert rows["ToCa"]["ours_macs_ratio"] == pytest.approx(0.568)
     assert rows["DiffSparse (R=43%)"]["ours_lpips_alex"] == pytest.approx(0.002, abs=5e-4)
-    low, high = rows["DiffSparse (R=43%)"]["ours_lpips_alex_ci_low"], rows["DiffSparse (R=43%)"]["ours_lpips_alex_ci_high"]
+    low, high = (
+        rows["DiffSparse (R=43%)"]["ours_lpips_alex_ci_low"],
+        rows["DiffSparse (R=43%)"]["ours_lpips_alex_ci_high"],
+    )
     assert low < rows["DiffSparse (R=43%)"]["ours_lpips_alex"] < high
     assert rows["DiffSparse (R=54%)"]["ours_lpips_alex"] is None and rows["DiCache"]["ours_lpips_alex"] is None
     assert "paper_fid" in table.headers("csv") and "ours_fid" in table.headers("csv")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import reproduce
-from harness.cli import main as cli
-from harness.reference_results import TABLES
+from dsbench import reproduce
+from dsbench.cli import main as cli
+from dsbench.reference_results import TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,15 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_only_selects_tables_in_the_papers_order_and_names_the_allowed_ones():
     assert reproduce.selected(None) == [*TABLES, "others"]
     assert reproduce.selected("search, table5,table1") == ["table1", "table5", "search"]
-    with pytest.raises(ValueError, match=r"--only: unknown table 'table11'; allowed: table1, table2, .*, search, others"):
+    with pytest.raises(
+        ValueError, match=r"--only: unknown table 'table11'; allowed: table1, table2, .*, search, others"
+    ):
         reproduce.selected("table1,table11")
 
 
 def test_every_schedule_the_analogues_read_is_there_or_has_a_training_file(monkeypatch):
     monkeypatch.chdir(ROOT)
     needs = reproduce.plan(reproduce.selected(None))
-    assert set(needs["experiments"]) == {"paper_table1", "paper_table2", "paper_table4", "paper_ablations",
-                                          "paper_search", "paper_sparsedit"}
+    assert set(needs["experiments"]) == {
+        "paper_table1",
+        "paper_table2",
+        "paper_table4",
+        "paper_ablations",
+        "paper_search",
+        "paper_sparsedit",
+    }
     outs = [out for outs in needs["to_train"].values() for out in outs]
     expected = reproduce._schedules(needs["experiments"]["paper_table1"])
     assert "results/paper/schedules/shapes-pixart/r43/schedule.json" in expected

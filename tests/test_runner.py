@@ -5,16 +5,21 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import run_quietly
-from harness import experiment, runner
-from harness.cli import main as cli_main
-from harness.store import Store
-from harness.tracking import Tracker
+
+from dsbench import experiment, runner
+from dsbench.cli import main as cli_main
+from dsbench.store import Store
+from dsbench.tracking import Tracker
 
 os.environ.setdefault("WANDB_MODE", "offline")
-BASE = {"models": ["mnist-dit"], "steps": 6, "eval": {"size": 4}, "metrics": ["lpips", "psnr", "ssim", "alignment"],
-        "latency": {"repeats": 1, "warmup": 0}}
+BASE = {
+    "models": ["mnist-dit"],
+    "steps": 6,
+    "eval": {"size": 4},
+    "metrics": ["lpips", "psnr", "ssim", "alignment"],
+    "latency": {"repeats": 1, "warmup": 0},
+}
 
 
 def _exp(name, methods, **extra):
@@ -22,22 +27,34 @@ def _exp(name, methods, **extra):
 
 
 # -- validation --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("models: [mnist-dt]\nmethods: all\n", ["bad.yaml", "models[0]", "mnist-dt", "allowed:", "mnist-dit"]),
-    ("models: [mnist-dit]\nmethods: [{name: toka}]\n", ["bad.yaml", "methods[0].name", "allowed:", "toca"]),
-    ("models: [mnist-dit]\nmethods: [{name: toca, params: {ratio: 2}}]\n", ["bad.yaml", "methods[0].params", "ratio"]),
-    ("models: [mnist-dit]\nmethods: all\nmetrics: [fd]\n", ["bad.yaml", "metrics[0]", "allowed:", "fid"]),
-    ("models: [mnist-dit]\nmethods: all\nstepz: 3\n", ["bad.yaml", "stepz", "allowed fields:", "steps"]),
-    ("models: [mnist-dit]\nmethods: all\neval: {set: coco}\n", ["bad.yaml", "eval.set", "'default' or 'prompts'"]),
-    ("models: [mnist-dit]\nmethods: all\nbudget: {macs_ratio: 1.5}\n", ["bad.yaml", "budget.macs_ratio"]),
-    ("models: [mnist-dit]\nmethods: [{name: toca, models: {shapes-pixart: {ratio: 0.1}}}]\n",
-     ["bad.yaml", "methods[0].models", "shapes-pixart", "allowed: mnist-dit"]),
-    ("models: [mnist-dit]\nbudget: {macs_ratio: 0.5}\nmethods: [{name: fora, params: {interval: 2}}]\n",
-     ["bad.yaml", "methods[0].params", "interval", "tuned"]),
-    ("models: [mnist-dit]\nmethods: al\n", ["bad.yaml", "'methods'", "`all`"]),
-    ("models: [mnist-dit]\nmethods: [{name: fora}, {name: toca}, {name: fora}]\n",
-     ["bad.yaml", "methods[2]", "repeats methods[0]"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("models: [mnist-dt]\nmethods: all\n", ["bad.yaml", "models[0]", "mnist-dt", "allowed:", "mnist-dit"]),
+        ("models: [mnist-dit]\nmethods: [{name: toka}]\n", ["bad.yaml", "methods[0].name", "allowed:", "toca"]),
+        (
+            "models: [mnist-dit]\nmethods: [{name: toca, params: {ratio: 2}}]\n",
+            ["bad.yaml", "methods[0].params", "ratio"],
+        ),
+        ("models: [mnist-dit]\nmethods: all\nmetrics: [fd]\n", ["bad.yaml", "metrics[0]", "allowed:", "fid"]),
+        ("models: [mnist-dit]\nmethods: all\nstepz: 3\n", ["bad.yaml", "stepz", "allowed fields:", "steps"]),
+        ("models: [mnist-dit]\nmethods: all\neval: {set: coco}\n", ["bad.yaml", "eval.set", "'default' or 'prompts'"]),
+        ("models: [mnist-dit]\nmethods: all\nbudget: {macs_ratio: 1.5}\n", ["bad.yaml", "budget.macs_ratio"]),
+        (
+            "models: [mnist-dit]\nmethods: [{name: toca, models: {shapes-pixart: {ratio: 0.1}}}]\n",
+            ["bad.yaml", "methods[0].models", "shapes-pixart", "allowed: mnist-dit"],
+        ),
+        (
+            "models: [mnist-dit]\nbudget: {macs_ratio: 0.5}\nmethods: [{name: fora, params: {interval: 2}}]\n",
+            ["bad.yaml", "methods[0].params", "interval", "tuned"],
+        ),
+        ("models: [mnist-dit]\nmethods: al\n", ["bad.yaml", "'methods'", "`all`"]),
+        (
+            "models: [mnist-dit]\nmethods: [{name: fora}, {name: toca}, {name: fora}]\n",
+            ["bad.yaml", "methods[2]", "repeats methods[0]"],
+        ),
+    ],
+)
 def test_validation_errors_name_file_field_and_allowed_values(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -56,22 +73,34 @@ def test_cli_run_reports_invalid_file_before_any_work(tmp_path, capsys):
 
 
 def test_run_label_encodes_config():
-    assert runner.run_label("toca", {"interval": 3, "ratio": 0.3, "bonus": 0.4}, {"bonus": 0.4}) == \
-        "toca_N3_R0.30_bonus0.40"
+    assert (
+        runner.run_label("toca", {"interval": 3, "ratio": 0.3, "bonus": 0.4}, {"bonus": 0.4})
+        == "toca_N3_R0.30_bonus0.40"
+    )
     assert runner.run_label("full", {}, {}, seed=2) == "full_s2"
     # schedules all named schedule.json are told apart by their folder; other files by their name
-    assert runner.run_label("diffsparse", {}, {"schedule": "results/ablations/r43/schedule.json"}) == \
-        "diffsparse_schedule-r43"
-    assert runner.run_label("sparsedit", {}, {"weights": "results/sparsedit/tuned.safetensors"}) == \
-        "sparsedit_weights-tuned.safetensors"
+    assert (
+        runner.run_label("diffsparse", {}, {"schedule": "results/ablations/r43/schedule.json"})
+        == "diffsparse_schedule-r43"
+    )
+    assert (
+        runner.run_label("sparsedit", {}, {"weights": "results/sparsedit/tuned.safetensors"})
+        == "sparsedit_weights-tuned.safetensors"
+    )
 
 
 def test_a_retrained_schedule_at_the_same_path_is_a_new_run(tmp_path):
     """The identity holds the content of the files params name: rows of an older schedule are not reused."""
     schedule = tmp_path / "schedule.json"
     schedule.write_text('{"version": 1}')
-    exp = experiment.parse({"name": "e", "models": ["shapes-pixart"],
-                            "methods": [{"name": "diffsparse", "params": {"schedule": str(schedule)}}]}, "e.yaml")
+    exp = experiment.parse(
+        {
+            "name": "e",
+            "models": ["shapes-pixart"],
+            "methods": [{"name": "diffsparse", "params": {"schedule": str(schedule)}}],
+        },
+        "e.yaml",
+    )
     entry = exp.method_entries()[0]
     before = runner.run_id(exp, "shapes-pixart", entry, 0)
     assert runner.run_id(exp, "shapes-pixart", entry, 0) == before  # stable while the file is unchanged
@@ -107,7 +136,7 @@ def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
     assert 0 < fora.lpips_alex < 1
     assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "no offline W&B run directory"
 
-    from harness import quickstart  # the quickstart's outputs, from this store
+    from dsbench import quickstart  # the quickstart's outputs, from this store
 
     quickstart.write_outputs(store.frame("basic"), tmp_path / "qs")
     assert "fora_N2" in (tmp_path / "qs" / "leaderboard.md").read_text()
@@ -131,7 +160,7 @@ def test_run_rerun_force_and_wandb(tmp_path, teachers, monkeypatch):
 
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, teachers, monkeypatch):
-    from harness import metrics
+    from dsbench import metrics
 
     exp = _exp("interrupt", [{"name": "full"}, {"name": "fora"}, {"name": "steps", "params": {"fraction": 0.5}}])
     store = Store(tmp_path / "r.db")
@@ -153,8 +182,8 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, teachers, monkeypa
 
 
 def test_method_that_cannot_run_is_skipped_with_reason(tmp_path, teachers, monkeypatch, caplog):
-    from methods.base import NotApplicable
-    from methods.fora import Fora
+    from dsbench.core import NotApplicable
+    from dsbench.methods.fora import Fora
 
     def unsupported(self, run):
         raise NotApplicable(f"fora does not support family {run.family}")
@@ -169,8 +198,8 @@ def test_method_that_cannot_run_is_skipped_with_reason(tmp_path, teachers, monke
 
 
 def test_a_method_that_fails_to_set_up_stops_the_run_before_any_sampling(tmp_path, teachers, monkeypatch):
-    from harness import metrics
-    from methods.fora import Fora
+    from dsbench import metrics
+    from dsbench.methods.fora import Fora
 
     def bad(self, run):
         raise ValueError("this schedule was trained for T=10")
@@ -185,10 +214,11 @@ def test_a_method_that_fails_to_set_up_stops_the_run_before_any_sampling(tmp_pat
 
 # -- budget ----------------------------------------------------------------------------------------------------
 def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
-    import methods
+    from dsbench import methods
 
-    exp = _exp("budget", [{"name": "toca", "params": {"interval": 3}}, {"name": "fora"}],
-               steps=10, budget={"macs_ratio": 0.5})
+    exp = _exp(
+        "budget", [{"name": "toca", "params": {"interval": 3}}, {"name": "fora"}], steps=10, budget={"macs_ratio": 0.5}
+    )
     store = Store(tmp_path / "r.db")
     run_quietly(exp, store, tmp_path, teachers)
     frame = store.frame("budget")
@@ -210,7 +240,7 @@ def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
     assert noted["fora"] and list(brackets["method"]) == ["fora"]  # at 10 steps no interval lands within 2 %
     above = brackets.iloc[0]
     assert above.tuned == {"interval": interval - 1} and above.macs_ratio > 0.5
-    from harness import report
+    from dsbench import report
 
     record = next(r for r in report.leaderboard(store.frame("budget")).records() if r["method"].startswith("fora"))
     assert record["at_budget"] == "interpolated" and record["macs_ratio"] == 0.5
@@ -243,8 +273,7 @@ def test_unreachable_budget_is_a_skip_not_a_crash():
 
 
 def test_quickstart_lists_every_registered_method():
-    import methods
-    from harness import experiment
+    from dsbench import experiment, methods
 
     quickstart = experiment.load("experiments/quickstart.yaml")
     assert sorted(m.name for m in quickstart.methods) == methods.available()
@@ -254,12 +283,15 @@ def test_budget_note_says_why_a_run_is_off_budget():
     integer = {"evaluations": [(1, 100.0), (2, 55.0), (3, 40.0), (6, 30.0)]}
     assert runner.budget_note("fora", "interval", 0.5, 0.40, integer, 100.0) == (
         "interval is an integer: nearest reachable 0.400 (interval=3) / 0.550 (interval=2); the run takes the "
-        "one within budget")
+        "one within budget"
+    )
     assert runner.budget_note("fora", "interval", 0.5, 0.495, integer, 100.0) is None  # within 2 %
     jump = {"evaluations": [(0.0, 100.0), (0.5, 60.0), (0.5001, 45.0), (1.0, 20.0)]}  # whole steps or tokens
     assert runner.budget_note("steps", "fraction", 0.5, 0.45, jump, 100.0).startswith(
-        "MACs move in steps as fraction changes: nearest reachable 0.450 (fraction=0.5001) / 0.600 (fraction=0.5)")
+        "MACs move in steps as fraction changes: nearest reachable 0.450 (fraction=0.5001) / 0.600 (fraction=0.5)"
+    )
     cheap = {"evaluations": [(2, 60.0), (6, 30.0)]}  # every accepted setting is below the budget
     assert runner.budget_note("fora", "interval", 0.8, 0.60, cheap, 100.0) == (
-        "interval cannot spend the budget: its most expensive accepted setting (interval=2) reaches 0.600 of full")
+        "interval cannot spend the budget: its most expensive accepted setting (interval=2) reaches 0.600 of full"
+    )
     assert "has no budget field" in runner.budget_note("diffsparse", None, 0.5, 0.43)

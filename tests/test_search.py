@@ -8,10 +8,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
-
 from conftest import dit_pipeline, run_dit
-from methods.diffsparse.space import LevelSpace
-from methods.search import genetic_search, nsga2_search, random_search, repair, teacher_lpips_fitness
+
+from dsbench.macs import level_space_of
+from dsbench.training.search import genetic_search, nsga2_search, random_search, repair, teacher_lpips_fitness
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RATIO = 0.4
@@ -19,7 +19,7 @@ RATIO = 0.4
 
 @pytest.fixture(scope="module")
 def space():
-    return LevelSpace.from_transformer(dit_pipeline(), 4)  # 3 steps × 4 cell layers = 12 cells
+    return level_space_of(dit_pipeline(), 4)  # 3 steps × 4 cell layers = 12 cells
 
 
 def target_fitness(space):
@@ -45,8 +45,11 @@ def feasible(space, levels):
 def test_repair_reaches_the_window(space):
     B = space.budget(RATIO)
     rng = np.random.default_rng(0)
-    for start in (np.full(space.n_cells, space.K), np.zeros(space.n_cells, dtype=int),
-                  rng.integers(0, space.K + 1, space.n_cells)):
+    for start in (
+        np.full(space.n_cells, space.K),
+        np.zeros(space.n_cells, dtype=int),
+        rng.integers(0, space.K + 1, space.n_cells),
+    ):
         assert feasible(space, repair(start, space.weights, B, space.window(B), rng))
 
 
@@ -68,11 +71,31 @@ def test_ga_resumes_from_sqlite(space, tmp_path):
     whole = genetic_search(space, fitness, RATIO, evaluations=50, population=10, elites=2, parents=5, seed=3)
 
     fitness, _, calls = target_fitness(space)
-    genetic_search(space, fitness, RATIO, evaluations=25, population=10, elites=2, parents=5, seed=3,
-                   storage=storage, study_name="ga")  # stops inside the third generation
+    genetic_search(
+        space,
+        fitness,
+        RATIO,
+        evaluations=25,
+        population=10,
+        elites=2,
+        parents=5,
+        seed=3,
+        storage=storage,
+        study_name="ga",
+    )  # stops inside the third generation
     assert len(calls) == 25
-    resumed = genetic_search(space, fitness, RATIO, evaluations=50, population=10, elites=2, parents=5, seed=3,
-                             storage=storage, study_name="ga")
+    resumed = genetic_search(
+        space,
+        fitness,
+        RATIO,
+        evaluations=50,
+        population=10,
+        elites=2,
+        parents=5,
+        seed=3,
+        storage=storage,
+        study_name="ga",
+    )
     assert len(calls) == 50  # only the 25 missing genomes were evaluated
     assert resumed.evaluations == 50 and resumed.fitness == whole.fitness
     assert np.array_equal(resumed.levels, whole.levels)
@@ -121,12 +144,28 @@ def test_teacher_lpips_fitness_runs_the_real_method(space):
 
 
 def test_search_cli_writes_a_schedule_and_resumes(tmp_path):
-    from methods.diffsparse.schedule import load_schedule
-    from methods.search import main
+    from dsbench.methods.diffsparse.schedule import load_schedule
+    from dsbench.training.search import main
 
     out, storage = tmp_path / "ga", f"sqlite:///{tmp_path / 'ga.db'}"
-    args = ["--model", "mnist-dit", "--method", "ga", "--ratio", "0.5", "--minutes", "5", "--fitness-n", "2",
-            "--out", str(out), "--storage", storage, "--study", "ga"]
+    args = [
+        "--model",
+        "mnist-dit",
+        "--method",
+        "ga",
+        "--ratio",
+        "0.5",
+        "--minutes",
+        "5",
+        "--fitness-n",
+        "2",
+        "--out",
+        str(out),
+        "--storage",
+        storage,
+        "--study",
+        "ga",
+    ]
     main(args + ["--evaluations", "2"])
     first = json.loads((out / "search.json").read_text())
     assert first["evaluations"] == 2 and first["macs_ratio"] == pytest.approx(0.5, abs=0.01)
@@ -134,11 +173,11 @@ def test_search_cli_writes_a_schedule_and_resumes(tmp_path):
     assert schedule.meta["budget_ratio"] == 0.5 and schedule.meta["config"]["search"] == "ga"
     main(args + ["--evaluations", "3"])  # resumed: two stored, one new
     assert json.loads((out / "search.json").read_text())["evaluations"] == 3
-    assert (out / "command.txt").read_text().startswith("python -m methods.search --model mnist-dit")
+    assert (out / "command.txt").read_text().startswith("python -m dsbench.training.search --model mnist-dit")
 
 
 def test_search_cli_bad_settings_fail_before_loading():
-    from methods.search import main
+    from dsbench.training.search import main
 
     base = ["--model", "mnist-dit", "--method", "random", "--out", "x"]
     with pytest.raises(ValueError, match="minutes .* must be > 0"):

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from harness.shard import Shard
-from harness.store import Store
+from dsbench.shard import Shard
+from dsbench.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = """
@@ -30,16 +30,37 @@ methods:
   - name: fora
 """
 # what differs between the two runs by nature: timings, memory, paths and the row's own timestamp
-MEASURED = {"latency_s", "latency_full_s", "speedup", "latency_seconds", "latency_full_seconds", "peak_memory_mb",
-            "artifacts", "created_at"}
+MEASURED = {
+    "latency_s",
+    "latency_full_s",
+    "speedup",
+    "latency_seconds",
+    "latency_full_seconds",
+    "peak_memory_mb",
+    "artifacts",
+    "created_at",
+}
 
 
 def _run(tmp_path: Path, name: str, launch: list[str]) -> tuple[dict, Path]:
     folder = tmp_path / name
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-           "DSBENCH_CACHE": str(folder / "cache")}
-    command = [*launch, "-m", "harness.cli", "run", str(tmp_path / "shard.yaml"), "--store",
-               str(folder / "db.sqlite"), "--no-wandb"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "DSBENCH_CACHE": str(folder / "cache"),
+    }
+    command = [
+        *launch,
+        "-m",
+        "dsbench.cli",
+        "run",
+        str(tmp_path / "shard.yaml"),
+        "--store",
+        str(folder / "db.sqlite"),
+        "--no-wandb",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("**Leaderboard") == 1  # rank 0 alone reports
@@ -71,9 +92,24 @@ def test_slices_are_contiguous_cover_everything_and_start_at_rank_0(n, count):
 def test_two_processes_give_the_rows_of_one(tmp_path):
     (tmp_path / "shard.yaml").write_text(EXPERIMENT)
     one, one_cache = _run(tmp_path, "one", [sys.executable])
-    two, two_cache = _run(tmp_path, "two", [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-                                            "2", "--num_machines", "1", "--mixed_precision", "no",
-                                            "--dynamo_backend", "no", "--cpu"])
+    two, two_cache = _run(
+        tmp_path,
+        "two",
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--cpu",
+        ],
+    )
     assert sorted(one) == sorted(two) == ["fora", "fora_above", "full", "toca"]  # fora off budget: bracketed
     # the teacher was drawn sharded in one run and whole in the other
     assert torch.equal(_teacher(one_cache), _teacher(two_cache)) and len(_teacher(one_cache)) == 5

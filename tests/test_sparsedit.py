@@ -5,30 +5,46 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import methods
-from methods.base import NotApplicable
 from conftest import dit_pipeline, pixart_pipeline, run_dit, tiny_dit
-from harness.accounting import MacCounter
-from methods.sparsedit import (PRESET_LAYOUTS, Layout, grid_side, load_weights, pieces, pruning_rate, resolve_layout,
-                               save_weights, sparsify)
-from methods.sparsedit.model import Block, check_transformer
+
+import dsbench
+from dsbench import methods
+from dsbench.accounting import MacCounter
+from dsbench.core import NotApplicable
+from dsbench.methods.sparsedit import (
+    PRESET_LAYOUTS,
+    Layout,
+    grid_side,
+    load_weights,
+    pieces,
+    pruning_rate,
+    resolve_layout,
+    save_weights,
+    sparsify,
+)
+from dsbench.methods.sparsedit.model import Block, check_transformer
 
 C, GRID, N = 16, (4, 4), 16  # tiny_dit: 2 heads × 8, 8×8 latent, patch 2
 
 
 def inputs(t=999, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g), timestep=torch.full((batch,), t),
-                class_labels=torch.arange(batch))
+    return dict(
+        hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+        timestep=torch.full((batch,), t),
+        class_labels=torch.arange(batch),
+    )
 
 
 # -- reproduction with pruning disabled ---------------------------------------------------------------
-@pytest.mark.parametrize("num_layers, layout", [
-    (6, {}),  # the mnist-dit preset: 1 poolingformer + 1 SDTM [1, 1, 1, 1] + 1 top block
-    (9, dict(poolingformers=2, sdtms=1, sparse_blocks=2, dense_blocks=1, top_blocks=2)),
-    (10, dict(poolingformers=0, sdtms=2, sparse_blocks=1, dense_blocks=1, top_blocks=2)),
-])
+@pytest.mark.parametrize(
+    "num_layers, layout",
+    [
+        (6, {}),  # the mnist-dit preset: 1 poolingformer + 1 SDTM [1, 1, 1, 1] + 1 top block
+        (9, dict(poolingformers=2, sdtms=1, sparse_blocks=2, dense_blocks=1, top_blocks=2)),
+        (10, dict(poolingformers=0, sdtms=2, sparse_blocks=1, dense_blocks=1, top_blocks=2)),
+    ],
+)
 def test_dense_equivalent_reproduces_the_dit(num_layers, layout):
     dit = tiny_dit(num_layers=num_layers)
     dense = sparsify(dit, resolve_layout(num_layers, **layout), prune=False)
@@ -45,21 +61,24 @@ def test_dense_equivalent_reproduces_the_dit(num_layers, layout):
 def test_dense_equivalent_attached_to_a_pipeline_gives_the_plain_images():
     pipe = dit_pipeline(num_layers=6)
     plain = run_dit(pipe)
-    with methods.attach(pipe, methods.build("sparsedit", prune=False)) as handle:
+    with dsbench.attach(pipe, methods.build("sparsedit", prune=False)) as handle:
         attached = run_dit(pipe)
         dense_macs = handle.report()["macs_cfg_counted"]
-    with methods.attach(pipe, methods.build("full")) as handle:
+    with dsbench.attach(pipe, methods.build("full")) as handle:
         run_dit(pipe)
         assert dense_macs == handle.report()["macs_cfg_counted"]
     np.testing.assert_array_equal(attached, plain)
 
 
 # -- r(t) and grid sides ---------------------------------------------------------------------------
-@pytest.mark.parametrize("n_tokens, r_range, sides", [
-    (256, (0.61, 0.86), (10, 6)),  # DiT-XL 256: 10×10 → 6×6
-    (256, (0.44, 0.61), (12, 10)),  # DiT-XL 256: 12×12 → 10×10
-    (1024, (0.61, 0.86), (20, 12)),  # DiT-XL 512: 20×20 → 12×12
-])
+@pytest.mark.parametrize(
+    "n_tokens, r_range, sides",
+    [
+        (256, (0.61, 0.86), (10, 6)),  # DiT-XL 256: 10×10 → 6×6
+        (256, (0.44, 0.61), (12, 10)),  # DiT-XL 256: 12×12 → 10×10
+        (1024, (0.61, 0.86), (20, 12)),  # DiT-XL 512: 20×20 → 12×12
+    ],
+)
 def test_pruning_rate_and_grid_sides_of_the_dit_xl_rows(n_tokens, r_range, sides):
     r_min, r_max = r_range
     assert pruning_rate(0, r_min, r_max) == r_min
@@ -101,8 +120,13 @@ def test_blocks_map_to_pretrained_blocks_by_depth():
     assert len(ours) == 9
     assert [b.pooling for b in ours] == [True, True] + [False] * 7
     for new, old in zip(ours, dit.transformer_blocks):
-        for name in ("attn1.to_v.weight", "attn1.to_out.0.weight", "ff.net.2.weight", "norm1.linear.weight",
-                     "norm1.emb.class_embedder.embedding_table.weight"):
+        for name in (
+            "attn1.to_v.weight",
+            "attn1.to_out.0.weight",
+            "ff.net.2.weight",
+            "norm1.linear.weight",
+            "norm1.emb.class_embedder.embedding_table.weight",
+        ):
             assert torch.equal(new.get_parameter(name), old.get_parameter(name)), name
         if new.pooling:  # poolingformers keep V and W_o only
             assert new.attn1.to_q is None and new.attn1.to_k is None
@@ -119,7 +143,10 @@ def test_blocks_map_to_pretrained_blocks_by_depth():
 def test_new_layers_follow_the_model_dtype():
     model = sparsify(tiny_dit(num_layers=6).double(), resolve_layout(6))
     assert {p.dtype for p in model.parameters()} == {torch.float64} and model.dtype == torch.float64
-    assert model(**{k: v.double() if v.is_floating_point() else v for k, v in inputs().items()}).sample.dtype == torch.float64
+    assert (
+        model(**{k: v.double() if v.is_floating_point() else v for k, v in inputs().items()}).sample.dtype
+        == torch.float64
+    )
 
 
 def test_poolingformer_is_the_pretrained_block_under_uniform_attention():
@@ -141,11 +168,11 @@ def test_attach_and_detach_restore_the_pipeline():
     pipe = dit_pipeline(num_layers=6)
     state = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
     before = run_dit(pipe)
-    with methods.attach(pipe, methods.build("sparsedit")) as handle:
+    with dsbench.attach(pipe, methods.build("sparsedit")) as handle:
         sparse = run_dit(pipe)
         assert "forward" in vars(pipe.transformer)
         with pytest.raises(RuntimeError, match="already attached"):
-            methods.attach(pipe, methods.build("full"))
+            dsbench.attach(pipe, methods.build("full"))
         report = handle.report()
     assert "forward" not in vars(pipe.transformer) and "_dsbench_handle" not in vars(pipe.transformer)
     after = run_dit(pipe)
@@ -165,12 +192,14 @@ def test_fine_tuned_weights_round_trip(tmp_path):
     path = tmp_path / "sparsedit.safetensors"
     save_weights(tuned, path, steps=7)
     method = methods.build("sparsedit", weights=str(path))
-    with torch.no_grad(), methods.attach(dit, method, num_steps=1):
+    with torch.no_grad(), dsbench.attach(dit, method, num_steps=1):
         out = dit(**inputs()).sample
         assert torch.equal(out, tuned(**inputs()).sample)
     assert method.resolved_config()["weights_meta"]["steps"] == "7"
-    other = sparsify(tiny_dit(num_layers=9), resolve_layout(9, poolingformers=2, sdtms=1, sparse_blocks=2,
-                                                            dense_blocks=1, top_blocks=2))
+    other = sparsify(
+        tiny_dit(num_layers=9),
+        resolve_layout(9, poolingformers=2, sdtms=1, sparse_blocks=2, dense_blocks=1, top_blocks=2),
+    )
     with pytest.raises(ValueError, match="layout"):
         load_weights(other, path)
 
@@ -206,22 +235,28 @@ def test_block_macs_match_the_flops_model():
 def sparse_call_macs(side):
     """M_lin of one call of the 6-block preset for one batch row, from the §1.9 block formulas."""
     m = side * side
-    blocks = (10 * N * C**2 - (N - 1) * C**2  # poolingformer
-              + 10 * m * C**2 + 2 * N * C**2  # sparse generation
-              + 12 * m * C**2  # sparse block
-              + 2 * N * C**2 + 10 * N * C**2 + 2 * m * C**2  # W_1, W_2; recovery q/o + MLP on N, kv on M
-              + 12 * N * C**2  # dense block
-              + 12 * N * C**2)  # top block
+    blocks = (
+        10 * N * C**2
+        - (N - 1) * C**2  # poolingformer
+        + 10 * m * C**2
+        + 2 * N * C**2  # sparse generation
+        + 12 * m * C**2  # sparse block
+        + 2 * N * C**2
+        + 10 * N * C**2
+        + 2 * m * C**2  # W_1, W_2; recovery q/o + MLP on N, kv on M
+        + 12 * N * C**2  # dense block
+        + 12 * N * C**2
+    )  # top block
     embed, final = N * (4 * 2 * 2) * C, (256 * C + C * C) + 2 * C * C + N * C * (2 * 2 * 8)
     return blocks + 6 * FIXED_PER_BLOCK + embed + final
 
 
 def test_report_macs_are_lower_than_full_and_match_the_formula():
     pipe = dit_pipeline(num_layers=6)
-    with methods.attach(pipe, methods.build("full")) as handle:
+    with dsbench.attach(pipe, methods.build("full")) as handle:
         run_dit(pipe)
         full = handle.report()
-    with methods.attach(pipe, methods.build("sparsedit")) as handle:
+    with dsbench.attach(pipe, methods.build("sparsedit")) as handle:
         run_dit(pipe)
         report = handle.report()
     sides = [grid_side(pruning_rate(int(t), 0.61, 0.86), N) for t in pipe.scheduler.timesteps]
@@ -233,16 +268,19 @@ def test_report_macs_are_lower_than_full_and_match_the_formula():
 
 
 # -- bad input -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("params, field", [
-    (dict(r_min=0.9, r_max=0.5), "r_min"),
-    (dict(r_max=1.0), "r_max"),
-    (dict(r_min=-0.1), "r_min"),
-    (dict(weights="/nonexistent/sparsedit.safetensors"), "weights"),
-    (dict(weights="model.pt"), "weights"),
-    (dict(sdtms=0), "sdtms"),
-    (dict(top_blocks=-1), "top_blocks"),
-    (dict(ratio=0.5), "ratio"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        (dict(r_min=0.9, r_max=0.5), "r_min"),
+        (dict(r_max=1.0), "r_max"),
+        (dict(r_min=-0.1), "r_min"),
+        (dict(weights="/nonexistent/sparsedit.safetensors"), "weights"),
+        (dict(weights="model.pt"), "weights"),
+        (dict(sdtms=0), "sdtms"),
+        (dict(top_blocks=-1), "top_blocks"),
+        (dict(ratio=0.5), "ratio"),
+    ],
+)
 def test_bad_parameters_are_rejected_naming_the_field(params, field):
     with pytest.raises(ValueError, match=field):
         methods.build("sparsedit", **params)
@@ -258,13 +296,13 @@ def test_dense_equivalent_refuses_fine_tuned_weights(tmp_path):
 def test_layout_that_does_not_fit_the_model_fails_at_attach():
     pipe = dit_pipeline(num_layers=6)
     with pytest.raises(ValueError, match="poolingformers.*top_blocks"):
-        methods.attach(pipe, methods.build("sparsedit", top_blocks=3))
+        dsbench.attach(pipe, methods.build("sparsedit", top_blocks=3))
     with pytest.raises(ValueError, match="sdtms"):
-        methods.attach(dit_pipeline(num_layers=7), methods.build("sparsedit"))  # no preset for 7 blocks
+        dsbench.attach(dit_pipeline(num_layers=7), methods.build("sparsedit"))  # no preset for 7 blocks
     assert "forward" not in vars(pipe.transformer)
     # another family: the method cannot apply at all, a listed skip in the runner rather than a failure
     with pytest.raises(NotApplicable, match="DiTTransformer2DModel"):
-        methods.attach(pixart_pipeline(), methods.build("sparsedit"))
+        dsbench.attach(pixart_pipeline(), methods.build("sparsedit"))
 
 
 def test_unsupported_attention_is_not_applicable():
@@ -278,7 +316,7 @@ def test_unsupported_attention_is_not_applicable():
 def test_distillation_loss_is_zero_exactly_when_the_student_is_the_teacher():
     """The dense equivalent reproduces the teacher, so its distillation loss is 0; the pruned student's is not,
     and the ε-loss of either is not (the teacher does not predict the noise exactly)."""
-    from methods.sparsedit.finetune import finetune_loss, timestep_weights
+    from dsbench.training.sparsedit import finetune_loss, timestep_weights
 
     dit = tiny_dit(num_layers=6).eval()
     x = inputs(t=700, batch=3)
@@ -299,7 +337,7 @@ def test_distillation_loss_is_zero_exactly_when_the_student_is_the_teacher():
 
 
 def test_base_timestep_weights_favour_high_noise():
-    from methods.sparsedit.finetune import timestep_weights
+    from dsbench.training.sparsedit import timestep_weights
 
     weights = timestep_weights(torch.linspace(0.999, 0.01, 1000))
     assert weights.mean().item() == pytest.approx(1.0)
@@ -308,7 +346,7 @@ def test_base_timestep_weights_favour_high_noise():
 
 @pytest.mark.parametrize("argv", [["finetune", "--loss", "kl"], ["finetune", "--loss", "distil"]])
 def test_bad_loss_is_a_one_line_error(argv, capsys):
-    from methods.sparsedit.finetune import finetune, main
+    from dsbench.training.sparsedit import finetune, main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

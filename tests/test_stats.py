@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from harness import report, stats
-from harness.store import Store
+from dsbench import report, stats
+from dsbench.store import Store
 
 
 def test_mean_interval_covers_the_true_mean_95_percent_of_the_time():
@@ -64,10 +64,24 @@ def test_rank_groups_are_competition_ranks_over_inseparable_neighbours():
 
 
 def _row(run_id, method, values, seed=0, **kw):
-    return {"run_id": run_id, "experiment": "e", "model": "m", "method": method, "label": method, "params": {},
-            "seed": seed, "code_version": "v", "n_samples": len(values), "macs_ratio": 0.5, "speedup": 2.0,
-            "latency_seconds": [1.0, 1.1, 0.9], "latency_full_seconds": [2.0, 2.1, 1.9],
-            "lpips_alex": float(np.mean(values)), "per_sample": {"lpips_alex": {"values": list(values)}}, **kw}
+    return {
+        "run_id": run_id,
+        "experiment": "e",
+        "model": "m",
+        "method": method,
+        "label": method,
+        "params": {},
+        "seed": seed,
+        "code_version": "v",
+        "n_samples": len(values),
+        "macs_ratio": 0.5,
+        "speedup": 2.0,
+        "latency_seconds": [1.0, 1.1, 0.9],
+        "latency_full_seconds": [2.0, 2.1, 1.9],
+        "lpips_alex": float(np.mean(values)),
+        "per_sample": {"lpips_alex": {"values": list(values)}},
+        **kw,
+    }
 
 
 def test_per_image_values_round_trip_and_decide_the_leaderboard_ranks(tmp_path):
@@ -98,7 +112,7 @@ def test_seeds_pool_their_images_for_the_interval(tmp_path):
 
 
 def test_versus_gives_the_paired_difference_and_a_verdict(tmp_path, capsys):
-    from harness.cli import main as cli_main
+    from dsbench.cli import main as cli_main
 
     rng = np.random.default_rng(5)
     base = rng.uniform(0.05, 0.2, size=32)
@@ -123,9 +137,19 @@ def test_interpolation_at_the_budget_is_exact_on_linear_data(tmp_path):
     intercept, slope = rng.uniform(0.1, 0.2, size=16), rng.uniform(-0.2, -0.1, size=16)
     store = Store(tmp_path / "r.db")
     for ratio, bracket in ((0.40, None), (0.60, "above")):
-        store.put(_row(f"f{ratio}", "fora", intercept + slope * ratio, macs_ratio=ratio, budget_macs_ratio=0.5,
-                       bracket=bracket, budget_note=None if bracket else "interval is an integer",
-                       tuned={"interval": 3 if bracket is None else 2}, label="fora_N3" if bracket is None else "fora_N2"))
+        store.put(
+            _row(
+                f"f{ratio}",
+                "fora",
+                intercept + slope * ratio,
+                macs_ratio=ratio,
+                budget_macs_ratio=0.5,
+                bracket=bracket,
+                budget_note=None if bracket else "interval is an integer",
+                tuned={"interval": 3 if bracket is None else 2},
+                label="fora_N3" if bracket is None else "fora_N2",
+            )
+        )
     record = report.leaderboard(store.frame()).records()[0]
     assert record["at_budget"] == "interpolated" and record["macs_ratio"] == 0.5
     assert record["lpips_alex"] == pytest.approx(float(np.mean(intercept + slope * 0.5)), abs=1e-12)
@@ -133,16 +157,28 @@ def test_interpolation_at_the_budget_is_exact_on_linear_data(tmp_path):
 
 
 def test_a_budget_list_runs_each_budgeted_method_at_every_budget():
-    from harness import experiment
+    from dsbench import experiment
 
-    exp = experiment.parse({"name": "curves", "models": ["mnist-dit"], "budget": {"macs_ratio": [0.6, 0.3]},
-                            "methods": [{"name": "toca"}, {"name": "full"}]}, "curves.yaml")
+    exp = experiment.parse(
+        {
+            "name": "curves",
+            "models": ["mnist-dit"],
+            "budget": {"macs_ratio": [0.6, 0.3]},
+            "methods": [{"name": "toca"}, {"name": "full"}],
+        },
+        "curves.yaml",
+    )
     entries = exp.method_entries()
-    assert [(e.name, exp.budget_for(e) and exp.budget_for(e).macs_ratio) for e in entries] == \
-        [("toca", 0.3), ("toca", 0.6), ("full", None)]
+    assert [(e.name, exp.budget_for(e) and exp.budget_for(e).macs_ratio) for e in entries] == [
+        ("toca", 0.3),
+        ("toca", 0.6),
+        ("full", None),
+    ]
     with pytest.raises(ValueError, match="budget.macs_ratio"):
-        experiment.parse({"name": "x", "models": ["mnist-dit"], "budget": {"macs_ratio": [0.5, 1.5]},
-                          "methods": [{"name": "toca"}]}, "x.yaml")
+        experiment.parse(
+            {"name": "x", "models": ["mnist-dit"], "budget": {"macs_ratio": [0.5, 1.5]}, "methods": [{"name": "toca"}]},
+            "x.yaml",
+        )
 
 
 def test_ranks_are_per_budget_and_one_budget_keeps_full_and_fixed_cost_runs(tmp_path):
@@ -155,8 +191,11 @@ def test_ranks_are_per_budget_and_one_budget_keeps_full_and_fixed_cost_runs(tmp_
     store.put(_row("d", "diffsparse", base + 0.02, budget_macs_ratio=None, macs_ratio=0.595))
     store.put(_row("f", "full", base * 0, budget_macs_ratio=None, macs_ratio=1.0))
     every = report.leaderboard(store.frame()).records()
-    assert {(r["method"], r["budget_macs_ratio"]): r["rank"] for r in every if r["budget_macs_ratio"] > 0} == \
-        {("toca", 0.3): 1, ("toca", 0.6): 1, ("steps", 0.6): 2}  # ranked within each budget
+    assert {(r["method"], r["budget_macs_ratio"]): r["rank"] for r in every if r["budget_macs_ratio"] > 0} == {
+        ("toca", 0.3): 1,
+        ("toca", 0.6): 1,
+        ("steps", 0.6): 2,
+    }  # ranked within each budget
     at_06 = report.leaderboard(store.frame(), budget=0.6).records()
     assert [r["method"] for r in at_06] == ["full", "toca", "diffsparse", "steps"]
     with pytest.raises(ValueError, match="no runs at a MAC-ratio budget of 0.45"):
@@ -182,9 +221,10 @@ def test_units_to_separate_predicts_the_size_that_separates():
     interval = stats.paired_difference_ci(pilot, np.zeros(100))
     needed = stats.units_to_separate(float(pilot.mean()), interval, 100)
     assert needed == pytest.approx(100 * ((interval[1] - interval[0]) / 2 / abs(pilot.mean())) ** 2)
-    big = int(4 * 1.0 / 0.1 ** 2 * 1.96 ** 2)  # 4× the size whose half-width is the true difference
-    separated = sum(stats.excludes_zero(stats.mean_ci(rng.normal(0.1, 1.0, size=big), resamples=500, seed=k))
-                    for k in range(40))
+    big = int(4 * 1.0 / 0.1**2 * 1.96**2)  # 4× the size whose half-width is the true difference
+    separated = sum(
+        stats.excludes_zero(stats.mean_ci(rng.normal(0.1, 1.0, size=big), resamples=500, seed=k)) for k in range(40)
+    )
     assert separated >= 36  # 97.5 % expected
     assert stats.units_to_separate(0.0, (-0.1, 0.1), 50) == float("inf")
     assert stats.units_to_separate(0.2, (0.1, 0.3), 50) < 50  # already separated: fewer would do
@@ -192,29 +232,58 @@ def test_units_to_separate_predicts_the_size_that_separates():
 
 def _schedule(folder, **changes):
     """A schedule file recording its training settings, as `dsbench train diffsparse` writes them."""
-    config = {"interval": 0.25, "delta": 10.0, "loss": "lpips", "importance": "attention", "drop": [],
-              "stages": "two", "ratio": 0.43, "condition_seed": 1, "noise_seed": 1, **changes}
+    config = {
+        "interval": 0.25,
+        "delta": 10.0,
+        "loss": "lpips",
+        "importance": "attention",
+        "drop": [],
+        "stages": "two",
+        "ratio": 0.43,
+        "condition_seed": 1,
+        "noise_seed": 1,
+        **changes,
+    }
     folder.mkdir(parents=True)
     (folder / "schedule.json").write_text(json.dumps({"meta": {"config": config}}))
     return str(folder / "schedule.json")
 
 
 def test_ablations_decide_each_claim_over_training_seeds(tmp_path, capsys):
-    from harness.cli import main as cli_main
+    from dsbench.cli import main as cli_main
 
     rng = np.random.default_rng(10)
-    shifts = {"base": [0, 0, 0], "no_s2": [0.010, 0.012, 0.009], "norm": [-0.005, -0.006, -0.004],
-              "delta_0": [0, 0, 0], "ssim": [0.010, -0.010, 0.002], "r54": [0.02, 0.02, 0.02]}
-    changes = {"base": {}, "no_s2": {"drop": ["s2"]}, "norm": {"importance": "norm"}, "delta_0": {"delta": 0.0},
-               "ssim": {"loss": "ssim"}, "r54": {"ratio": 0.54}}
+    shifts = {
+        "base": [0, 0, 0],
+        "no_s2": [0.010, 0.012, 0.009],
+        "norm": [-0.005, -0.006, -0.004],
+        "delta_0": [0, 0, 0],
+        "ssim": [0.010, -0.010, 0.002],
+        "r54": [0.02, 0.02, 0.02],
+    }
+    changes = {
+        "base": {},
+        "no_s2": {"drop": ["s2"]},
+        "norm": {"importance": "norm"},
+        "delta_0": {"delta": 0.0},
+        "ssim": {"loss": "ssim"},
+        "r54": {"ratio": 0.54},
+    }
     with Store(tmp_path / "r.db") as store:
         for t, seed in enumerate((1, 3, 4)):
             images = rng.uniform(0.02, 0.08, size=24)  # each training seed's base has its own quality
             for name, shift in shifts.items():
                 path = _schedule(tmp_path / f"{name}-t{seed}", condition_seed=seed, noise_seed=seed, **changes[name])
                 values = images + shift[t] + (0 if name in ("base", "delta_0") else rng.normal(0, 1e-4, size=24))
-                store.put(_row(f"{name}{seed}", "diffsparse", values, params={"schedule": path},
-                               label=f"diffsparse_{name}-t{seed}"))
+                store.put(
+                    _row(
+                        f"{name}{seed}",
+                        "diffsparse",
+                        values,
+                        params={"schedule": path},
+                        label=f"diffsparse_{name}-t{seed}",
+                    )
+                )
     table = report.ablations(Store(tmp_path / "r.db", readonly=True).frame())
     records = {r["variant"]: r for r in table.records()}
     assert records["drop = s2"]["verdict"] == "reproduces" and records["drop = s2"]["training_seeds"] == 3

@@ -6,13 +6,22 @@ import sqlite3
 import numpy as np
 import pytest
 
-from harness.store import COLUMNS, Store
+from dsbench.store import COLUMNS, Store
 
 
 def _row(run_id, **kw):
-    return {"run_id": run_id, "experiment": "exp", "model": "mnist-dit", "method": "toca", "label": "toca_N3_R0.30",
-            "params": {"interval": 3, "ratio": 0.3}, "tuned": {"ratio": 0.3}, "macs": 1.5e9, "lpips_alex": 0.1,
-            **kw}
+    return {
+        "run_id": run_id,
+        "experiment": "exp",
+        "model": "mnist-dit",
+        "method": "toca",
+        "label": "toca_N3_R0.30",
+        "params": {"interval": 3, "ratio": 0.3},
+        "tuned": {"ratio": 0.3},
+        "macs": 1.5e9,
+        "lpips_alex": 0.1,
+        **kw,
+    }
 
 
 def test_put_get_has_and_frame_columns(tmp_path):
@@ -23,7 +32,7 @@ def test_put_get_has_and_frame_columns(tmp_path):
     assert row["params"] == {"interval": 3, "ratio": 0.3} and row["psnr"] == 30.5 and row["steps"] == 20
     assert store.get("b") is None
     frame = store.frame()
-    assert list(frame.columns[:len(COLUMNS)]) == list(COLUMNS)
+    assert list(frame.columns[: len(COLUMNS)]) == list(COLUMNS)
     assert {"lpips_alex", "psnr"} <= set(frame.columns)
     assert frame.loc[0, "params"] == {"interval": 3, "ratio": 0.3}  # dicts come back as dicts
     assert frame.loc[0, "created_at"] > 0

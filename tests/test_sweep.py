@@ -21,13 +21,19 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from harness import sweep
-from harness.cli import main as cli_main
-from harness.store import Store
+from dsbench import sweep
+from dsbench.cli import main as cli_main
+from dsbench.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = {"models": ["mnist-dit"], "steps": 4, "eval": {"size": 2}, "metrics": ["psnr", "ssim"],
-        "latency": {"repeats": 1, "warmup": 0}, "methods": [{"name": "toca"}]}
+BASE = {
+    "models": ["mnist-dit"],
+    "steps": 4,
+    "eval": {"size": 2},
+    "metrics": ["psnr", "ssim"],
+    "latency": {"repeats": 1, "warmup": 0},
+    "methods": [{"name": "toca"}],
+}
 # identical in an interrupted and an uninterrupted sweep (latency, speedup and memory are timings)
 DETERMINISTIC = ("point", "methods.toca.ratio", "model", "label", "macs_ratio", "psnr", "ssim")
 
@@ -47,41 +53,102 @@ def _write(path: Path, data: dict) -> Path:
 def _columns(table, names=DETERMINISTIC) -> list[tuple]:
     """The named columns; floats to 12 significant digits (a conv summed in another thread order may differ
     in the last bit between processes)."""
-    return [tuple(float(f"{record[n]:.12g}") if isinstance(record[n], float) else record[n] for n in names)
-            for record in table.records()]
+    return [
+        tuple(float(f"{record[n]:.12g}") if isinstance(record[n], float) else record[n] for n in names)
+        for record in table.records()
+    ]
 
 
 # -- validation ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("data, expected", [
-    ({"experiment": BASE}, ["bad.yaml", "exactly one of `grid` and `optuna`"]),
-    ({"experiment": BASE, "grid": {"methods.toca.ratio": [0.3]}, "gird": 1},
-     ["bad.yaml", "unknown field 'gird'", "allowed fields: name, experiment, grid, optuna"]),
-    ({"experiment": BASE, "grid": {"methods.toca.ratio": []}}, ["bad.yaml", "grid.methods.toca.ratio", "at least one"]),
-    ({"experiment": BASE, "grid": {}}, ["bad.yaml", "`grid` needs at least one field path"]),
-    ({"experiment": BASE, "grid": {"stepz": [2]}}, ["bad.yaml", "'stepz'", "allowed:", "steps"]),
-    ({"experiment": BASE, "grid": {"methods.toka.ratio": [0.3]}}, ["bad.yaml", "no method entry 'toka'", "allowed: toca"]),
-    ({"experiment": BASE, "grid": {"methods.toca.ratio": [0.3, 2.0]}},
-     ["bad.yaml", "point methods.toca.ratio=2.0", "methods[0].params", "ratio"]),
-    ({"experiment": BASE, "grid": {"steps": [0]}}, ["bad.yaml", "point steps=0", "'steps'", "greater than or equal to 1"]),
-    ({"experiment": "missing.yaml", "grid": {"steps": [2]}}, ["bad.yaml", "field 'experiment'", "missing.yaml"]),
-    ({"experiment": {**BASE, "metrics": ["fd"]}, "grid": {"steps": [2]}}, ["bad.yaml", "metrics[0]", "allowed:", "fid"]),
-    ({"experiment": BASE, "optuna": {"space": {"methods.toca.ratio": {"type": "uniform", "low": 0, "high": 1}},
-                                     "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 2}},
-     ["bad.yaml", "optuna.space.methods.toca.ratio", "float, int, categorical", "'uniform'"]),
-    ({"experiment": BASE, "optuna": {"space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}},
-                                     "objectives": [{"metric": "psnr", "direction": "up"}], "n_trials": 2}},
-     ["bad.yaml", "optuna.objectives[0].direction", "'minimize' or 'maximize'"]),
-    ({"experiment": BASE, "optuna": {"space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}},
-                                     "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 2,
-                                     "sampler": "cmaes"}},
-     ["bad.yaml", "optuna.sampler", "'tpe', 'random' or 'nsga2'"]),
-    ({"experiment": BASE, "optuna": {"space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 1.5}},
-                                     "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 2}},
-     ["bad.yaml", "point methods.toca.ratio=1.5", "methods[0].params"]),
-    ({"experiment": BASE, "optuna": {"space": {"steps": {"type": "int", "low": 5, "high": 2}},
-                                     "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 2}},
-     ["bad.yaml", "optuna.space.steps: low 5 is above high 2"]),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"experiment": BASE}, ["bad.yaml", "exactly one of `grid` and `optuna`"]),
+        (
+            {"experiment": BASE, "grid": {"methods.toca.ratio": [0.3]}, "gird": 1},
+            ["bad.yaml", "unknown field 'gird'", "allowed fields: name, experiment, grid, optuna"],
+        ),
+        (
+            {"experiment": BASE, "grid": {"methods.toca.ratio": []}},
+            ["bad.yaml", "grid.methods.toca.ratio", "at least one"],
+        ),
+        ({"experiment": BASE, "grid": {}}, ["bad.yaml", "`grid` needs at least one field path"]),
+        ({"experiment": BASE, "grid": {"stepz": [2]}}, ["bad.yaml", "'stepz'", "allowed:", "steps"]),
+        (
+            {"experiment": BASE, "grid": {"methods.toka.ratio": [0.3]}},
+            ["bad.yaml", "no method entry 'toka'", "allowed: toca"],
+        ),
+        (
+            {"experiment": BASE, "grid": {"methods.toca.ratio": [0.3, 2.0]}},
+            ["bad.yaml", "point methods.toca.ratio=2.0", "methods[0].params", "ratio"],
+        ),
+        (
+            {"experiment": BASE, "grid": {"steps": [0]}},
+            ["bad.yaml", "point steps=0", "'steps'", "greater than or equal to 1"],
+        ),
+        ({"experiment": "missing.yaml", "grid": {"steps": [2]}}, ["bad.yaml", "field 'experiment'", "missing.yaml"]),
+        (
+            {"experiment": {**BASE, "metrics": ["fd"]}, "grid": {"steps": [2]}},
+            ["bad.yaml", "metrics[0]", "allowed:", "fid"],
+        ),
+        (
+            {
+                "experiment": BASE,
+                "optuna": {
+                    "space": {"methods.toca.ratio": {"type": "uniform", "low": 0, "high": 1}},
+                    "objectives": [{"metric": "psnr", "direction": "maximize"}],
+                    "n_trials": 2,
+                },
+            },
+            ["bad.yaml", "optuna.space.methods.toca.ratio", "float, int, categorical", "'uniform'"],
+        ),
+        (
+            {
+                "experiment": BASE,
+                "optuna": {
+                    "space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}},
+                    "objectives": [{"metric": "psnr", "direction": "up"}],
+                    "n_trials": 2,
+                },
+            },
+            ["bad.yaml", "optuna.objectives[0].direction", "'minimize' or 'maximize'"],
+        ),
+        (
+            {
+                "experiment": BASE,
+                "optuna": {
+                    "space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}},
+                    "objectives": [{"metric": "psnr", "direction": "maximize"}],
+                    "n_trials": 2,
+                    "sampler": "cmaes",
+                },
+            },
+            ["bad.yaml", "optuna.sampler", "'tpe', 'random' or 'nsga2'"],
+        ),
+        (
+            {
+                "experiment": BASE,
+                "optuna": {
+                    "space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 1.5}},
+                    "objectives": [{"metric": "psnr", "direction": "maximize"}],
+                    "n_trials": 2,
+                },
+            },
+            ["bad.yaml", "point methods.toca.ratio=1.5", "methods[0].params"],
+        ),
+        (
+            {
+                "experiment": BASE,
+                "optuna": {
+                    "space": {"steps": {"type": "int", "low": 5, "high": 2}},
+                    "objectives": [{"metric": "psnr", "direction": "maximize"}],
+                    "n_trials": 2,
+                },
+            },
+            ["bad.yaml", "optuna.space.steps: low 5 is above high 2"],
+        ),
+    ],
+)
 def test_validation_errors_name_file_field_and_allowed_values(tmp_path, data, expected):
     with pytest.raises(ValueError) as err:
         sweep.load(_write(tmp_path / "bad.yaml", data))
@@ -107,8 +174,20 @@ def test_example_sweeps_validate():
 
 def test_field_paths_reach_method_params_overrides_and_list_fields(tmp_path):
     base = {**BASE, "methods": [{"name": "full"}, {"name": "toca", "params": {"interval": 2}}]}
-    spec = sweep.load(_write(tmp_path / "s.yaml", {"experiment": base, "grid": {
-        "methods.toca.ratio": [0.3], "methods.toca.models.mnist-dit.bonus": [0.5], "seeds": [1], "eval.size": [3]}}))
+    spec = sweep.load(
+        _write(
+            tmp_path / "s.yaml",
+            {
+                "experiment": base,
+                "grid": {
+                    "methods.toca.ratio": [0.3],
+                    "methods.toca.models.mnist-dit.bonus": [0.5],
+                    "seeds": [1],
+                    "eval.size": [3],
+                },
+            },
+        )
+    )
     exp = spec.experiment_for(spec.points()[0])
     assert exp.name == "s" and exp.seeds == [1] and exp.eval.size == 3
     assert exp.methods[1].params_for("mnist-dit") == {"interval": 2, "ratio": 0.3, "bonus": 0.5}
@@ -133,7 +212,7 @@ def test_grid_killed_with_sigkill_resumes_to_the_uninterrupted_table(tmp_path):
     assert "methods.toca.ratio" in [c.header for c in expected.columns]
 
     killed = tmp_path / "killed" / "r.db"
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "--store", str(killed), "--no-wandb"]
+    cmd = [sys.executable, "-m", "dsbench.cli", "sweep", str(path), "--store", str(killed), "--no-wandb"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -169,10 +248,18 @@ def _count(conn) -> int:
 
 # -- Optuna: two workers on one SQLite study, then a dead worker's trial -----------------------------------------------
 def test_two_workers_complete_n_trials_and_a_dead_workers_trial_is_asked_again(tmp_path):
-    study_file = {"experiment": BASE, "optuna": {
-        "space": {"methods.toca.ratio": {"type": "categorical", "choices": [0.2, 0.4, 0.6, 0.8]}},
-        "objectives": [{"metric": "psnr", "direction": "maximize"}, {"metric": "macs_ratio", "direction": "minimize"}],
-        "n_trials": 5, "sampler": "random"}}
+    study_file = {
+        "experiment": BASE,
+        "optuna": {
+            "space": {"methods.toca.ratio": {"type": "categorical", "choices": [0.2, 0.4, 0.6, 0.8]}},
+            "objectives": [
+                {"metric": "psnr", "direction": "maximize"},
+                {"metric": "macs_ratio", "direction": "minimize"},
+            ],
+            "n_trials": 5,
+            "sampler": "random",
+        },
+    }
     path = _write(tmp_path / "study.yaml", study_file)
     spec = sweep.load(path)
     store = tmp_path / "r.db"
@@ -227,9 +314,15 @@ def test_stale_trial_rules():
 
 
 # -- user errors: one line, exit 2, before any work --------------------------------------------------------------
-STUDY = {"experiment": BASE, "optuna": {
-    "space": {"methods.toca.ratio": {"type": "categorical", "choices": [0.2, 0.4, 0.6, 0.8]}},
-    "objectives": [{"metric": "psnr", "direction": "maximize"}], "n_trials": 3, "sampler": "random"}}
+STUDY = {
+    "experiment": BASE,
+    "optuna": {
+        "space": {"methods.toca.ratio": {"type": "categorical", "choices": [0.2, 0.4, 0.6, 0.8]}},
+        "objectives": [{"metric": "psnr", "direction": "maximize"}],
+        "n_trials": 3,
+        "sampler": "random",
+    },
+}
 
 
 def _one_line_error(capsys, argv: list[str], *expected: str) -> str:
@@ -247,8 +340,19 @@ def _garbage(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["store under a file", "storage under a file", "not a url", "in-memory storage",
-                                  "unwritable storage", "corrupt storage", "corrupt lock", "in-memory store"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "store under a file",
+        "storage under a file",
+        "not a url",
+        "in-memory storage",
+        "unwritable storage",
+        "corrupt storage",
+        "corrupt lock",
+        "in-memory store",
+    ],
+)
 def test_store_and_storage_that_cannot_work_fail_in_one_line(tmp_path, capsys, case):
     path = _write(tmp_path / "study.yaml", STUDY)
     (tmp_path / "afile").write_text("x")
@@ -290,8 +394,14 @@ def test_invalid_base_experiment_file_fails_in_one_line(tmp_path, capsys):
     path = _write(tmp_path / "s.yaml", {"experiment": "base.yaml", "grid": {"steps": [2]}})
     _one_line_error(capsys, ["sweep", str(path), "--store", str(tmp_path / "r.db")], "base.yaml", "not valid YAML")
     _write(tmp_path / "base.yaml", {**BASE, "models": ["mnist-dt"], "stepz": 3})
-    _one_line_error(capsys, ["sweep", str(path), "--store", str(tmp_path / "r.db")],
-                    "base.yaml (the base experiment of", "s.yaml", "'stepz'", "; ")  # two problems, one line
+    _one_line_error(
+        capsys,
+        ["sweep", str(path), "--store", str(tmp_path / "r.db")],
+        "base.yaml (the base experiment of",
+        "s.yaml",
+        "'stepz'",
+        "; ",
+    )  # two problems, one line
     (tmp_path / "base.yaml").write_bytes(b"\xff\xfe\x00binary")
     _one_line_error(capsys, ["sweep", str(path), "--store", str(tmp_path / "r.db")], "base.yaml", "not UTF-8")
 
@@ -300,12 +410,14 @@ def test_search_space_optuna_would_reject_or_alter_is_a_load_error(tmp_path):
     def space(**param):
         return {"experiment": BASE, "optuna": {**STUDY["optuna"], "space": {"steps": param}}}
 
-    cases = [({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "log: true needs low > 0"),
-             ({"type": "int", "low": 0, "high": 4, "log": True}, "log: true needs low >= 1"),
-             ({"type": "int", "low": 1, "high": 9, "log": True, "step": 2}, "does not combine with step"),
-             ({"type": "float", "low": 0.0, "high": 1.0, "step": 0.3}, "not a multiple of step 0.3"),
-             ({"type": "float", "low": 0.0, "high": float("nan")}, "finite number"),
-             ({"type": "categorical", "choices": [1, [2, 3]]}, "choices must be numbers, strings")]
+    cases = [
+        ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "log: true needs low > 0"),
+        ({"type": "int", "low": 0, "high": 4, "log": True}, "log: true needs low >= 1"),
+        ({"type": "int", "low": 1, "high": 9, "log": True, "step": 2}, "does not combine with step"),
+        ({"type": "float", "low": 0.0, "high": 1.0, "step": 0.3}, "not a multiple of step 0.3"),
+        ({"type": "float", "low": 0.0, "high": float("nan")}, "finite number"),
+        ({"type": "categorical", "choices": [1, [2, 3]]}, "choices must be numbers, strings"),
+    ]
     for param, expected in cases:
         with pytest.raises(ValueError) as err:
             sweep.load(_write(tmp_path / "bad.yaml", space(**param)))
@@ -316,9 +428,25 @@ def test_worker_error_of_the_sweep_is_one_line_from_every_worker(tmp_path):
     """An error each worker meets at run time (a missing prompt file) ends the sweep with that one line."""
     base = {**BASE, "eval": {"set": "prompts", "prompts": "missing-prompts.txt", "size": 2}}
     path = _write(tmp_path / "grid.yaml", {"experiment": base, "grid": {"methods.toca.ratio": [0.2, 0.4]}})
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(path), "--workers", "2", "--store",
-                           str(tmp_path / "r.db"), "--no-wandb"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsbench.cli",
+            "sweep",
+            str(path),
+            "--workers",
+            "2",
+            "--store",
+            str(tmp_path / "r.db"),
+            "--no-wandb",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert sum("exited with code 2: experiment grid: field 'eval.prompts'" in line for line in lines) == 2, lines
@@ -332,22 +460,26 @@ def _running_workers(db: Path) -> tuple[dict[int, int], int]:
 
     try:
         with sqlite3.connect(db, timeout=60) as conn:
-            rows = conn.execute("SELECT t.number, t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
-                                "ON a.trial_id = t.trial_id WHERE a.key = 'worker'").fetchall()
+            rows = conn.execute(
+                "SELECT t.number, t.state, a.value_json FROM trials t JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id WHERE a.key = 'worker'"
+            ).fetchall()
             complete = conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
     except sqlite3.OperationalError:  # not created yet, or busy
         return {}, 0
     return {_json.loads(v)["pid"]: n for n, state, v in rows if state == "RUNNING"}, complete
 
 
-def _sweep_and_kill(cmd: list[str], db: Path, victims: int, cwd: Path,
-                    max_complete: int | None = 0) -> tuple[subprocess.CompletedProcess, list[int]]:
+def _sweep_and_kill(
+    cmd: list[str], db: Path, victims: int, cwd: Path, max_complete: int | None = 0
+) -> tuple[subprocess.CompletedProcess, list[int]]:
     """Run the sweep command; SIGKILL ``victims`` workers as soon as that many run a trial (and, unless
     ``max_complete`` is None, at most that many trials are complete, so survivors cannot have finished)."""
     out, err = cwd / "sweep.out", cwd / "sweep.err"  # files, not pipes: a full pipe would stall the workers
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=stdout,
-                                stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=stdout, stderr=stderr, text=True
+        )
         killed = []
         try:
             while not killed and proc.poll() is None:
@@ -368,13 +500,25 @@ def _sweep_and_kill(cmd: list[str], db: Path, victims: int, cwd: Path,
 def test_killed_worker_is_reported_in_one_line_and_the_study_completes_or_resumes(tmp_path):
     # a continuous ratio: every trial is a new point that samples (a repeated choice would resume at once, and
     # two workers would rarely be seen running together)
-    study_file = {**STUDY, "optuna": {**STUDY["optuna"],
-                                      "space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}}}}
+    study_file = {
+        **STUDY,
+        "optuna": {**STUDY["optuna"], "space": {"methods.toca.ratio": {"type": "float", "low": 0.1, "high": 0.9}}},
+    }
     path = _write(tmp_path / "study.yaml", study_file)
     store = tmp_path / "new" / "deeper" / "r.db"  # folders that do not exist yet (the study storage sits there too)
     db = store.with_name("r-optuna.db")
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "--workers", "2", "--store", str(store),
-           "--no-wandb"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dsbench.cli",
+        "sweep",
+        str(path),
+        "--workers",
+        "2",
+        "--store",
+        str(store),
+        "--no-wandb",
+    ]
 
     # one worker killed mid-trial: the other marks its trial FAIL, asks it again, and finishes the study
     done, (pid,) = _sweep_and_kill(cmd, db, 1, tmp_path)
@@ -397,27 +541,78 @@ def test_killed_worker_is_reported_in_one_line_and_the_study_completes_or_resume
     assert lines[-1].startswith("dsbench sweep: error: sweep study: worker ")
     assert lines[-1].endswith("rerun the same command to resume")
     assert re.search(r"; [34] of 6 trials complete \(every finished run is in ", lines[-1]), lines[-1]
-    rerun = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run(
+        cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 6 and rerun.stdout.count("| mnist-dit |") == 6
 
 
 # -- fuzzing: any sweep document loads or fails with a one-line ValueError ----------------------------------------
-SEEDS = [yaml.safe_load((ROOT / "experiments" / name).read_text())
-         for name in ("sweep_toca_ratio.yaml", "sweep_optuna_pareto.yaml")]
+SEEDS = [
+    yaml.safe_load((ROOT / "experiments" / name).read_text())
+    for name in ("sweep_toca_ratio.yaml", "sweep_optuna_pareto.yaml")
+]
 SEEDS += [{"name": "g", "experiment": BASE, "grid": {"methods.toca.ratio": [0.2, 0.4]}}, {"name": "s", **STUDY}]
-NEAR = [0, 1, -1, 2, 0.5, 1.5, 1e9, -0.0, "", "x", "tpe", "nsga2", "float", "int", "categorical", "minimize",
-        "maximize", "psnr", "toca", "mnist-dit", "all", True, None, [], {}, [0.3], {"type": "float"}]
-PATHS = ["name", "steps", "seeds", "models", "model", "metrics", "eval.size", "eval", "methods", "methods.toca",
-         "methods.toca.ratio", "methods.0.ratio", "methods.9.ratio", "methods.toca.params", "methods.toca.models",
-         "methods.toca.models.mnist-dit.ratio", "methods.nope.ratio", "latency.repeats", "budget.macs_ratio", ""]
+NEAR = [
+    0,
+    1,
+    -1,
+    2,
+    0.5,
+    1.5,
+    1e9,
+    -0.0,
+    "",
+    "x",
+    "tpe",
+    "nsga2",
+    "float",
+    "int",
+    "categorical",
+    "minimize",
+    "maximize",
+    "psnr",
+    "toca",
+    "mnist-dit",
+    "all",
+    True,
+    None,
+    [],
+    {},
+    [0.3],
+    {"type": "float"},
+]
+PATHS = [
+    "name",
+    "steps",
+    "seeds",
+    "models",
+    "model",
+    "metrics",
+    "eval.size",
+    "eval",
+    "methods",
+    "methods.toca",
+    "methods.toca.ratio",
+    "methods.0.ratio",
+    "methods.9.ratio",
+    "methods.toca.params",
+    "methods.toca.models",
+    "methods.toca.models.mnist-dit.ratio",
+    "methods.nope.ratio",
+    "latency.repeats",
+    "budget.macs_ratio",
+    "",
+]
 VALUES = st.recursive(
-    st.one_of(st.sampled_from(NEAR), st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(),
-              st.text(max_size=8)),
+    st.one_of(
+        st.sampled_from(NEAR), st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(), st.text(max_size=8)
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=6)
+    max_leaves=6,
+)
 
 
 def _slots(node, prefix=()):
@@ -457,8 +652,13 @@ def sweep_documents(draw):
     return doc
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(doc=sweep_documents())
 def test_fuzzed_sweep_files_load_or_fail_with_one_line_value_error(tmp_path, doc):
     path = tmp_path / "fuzz.yaml"

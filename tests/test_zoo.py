@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import dit_pipeline
 
-from harness.cli import main
-from harness.models import zoo
-from harness.models.hub import CheckpointUnavailable
+from dsbench.cli import main
+from dsbench.models import zoo
+from dsbench.models.hub import CheckpointUnavailable
 
 
 @pytest.fixture
@@ -22,8 +22,9 @@ def empty_hub(tmp_path, monkeypatch):
     return tmp_path / "hub"
 
 
-@pytest.mark.parametrize("name, repo", [("dit-xl-2-256", "facebook/DiT-XL-2-256"),
-                                        ("flux-schnell", "black-forest-labs/FLUX.1-schnell")])
+@pytest.mark.parametrize(
+    "name, repo", [("dit-xl-2-256", "facebook/DiT-XL-2-256"), ("flux-schnell", "black-forest-labs/FLUX.1-schnell")]
+)
 def test_offline_hub_entry_fails_fast_naming_the_checkpoint(empty_hub, name, repo):
     with pytest.raises(CheckpointUnavailable, match=repo):
         zoo.load(name, device="cpu")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.accounting import MacCounter
-from harness.scores import CROSS_ENTROPY, SELF_ATTN, SELF_ATTN_RECEIVED, VALUE_NORM
+from dsbench.accounting import MacCounter
+from dsbench.scores import CROSS_ENTROPY, SELF_ATTN, SELF_ATTN_RECEIVED, VALUE_NORM
 
 # [PD] probabilities per chunk of batch rows when only column sums are kept: ~1 MiB in bf16, so a
 # chunk's maps stay in a CPU's L2 cache; one DiT-S sample (6 heads × 256²) is about this size
@@ -34,12 +34,20 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + 1e-7)).sum(dim=-1)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, counter: MacCounter,
-              mask: torch.Tensor | None = None, want: frozenset[str] = frozenset(),
-              text_keys: int = 0, cross: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    counter: MacCounter,
+    mask: torch.Tensor | None = None,
+    want: frozenset[str] = frozenset(),
+    text_keys: int = 0,
+    cross: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """softmax(q kᵀ/√d + mask) v on B×H×N×d tensors → (B×N_q×H·d output, statistics).
 
-    want: statistics to return (names from harness.scores). ``cross`` marks a pure
+    want: statistics to return (names from dsbench.scores). ``cross`` marks a pure
     cross-attention (its entropy is over all keys); ``text_keys`` > 0 marks a joint attention
     whose first keys are text (FLUX), whose text entropy is over those keys renormalised.
     """
@@ -74,8 +82,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, counter: Mac
     return merge_heads(out), stats
 
 
-def attention_and_received(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_and_received(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q kᵀ/√d + mask) v (B×H×N_q×d) and the head-mean column sums of the probabilities
     (B×N_k, float32), for layers whose maps are only ever read as column sums (s1).
 
@@ -88,11 +97,11 @@ def attention_and_received(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q = q * d**-0.5
     outs, received = [], []
     for r in range(0, b, rows):
-        logits = torch.matmul(q[r:r + rows], k[r:r + rows].transpose(-1, -2))
+        logits = torch.matmul(q[r : r + rows], k[r : r + rows].transpose(-1, -2))
         if mask is not None:
-            chunk_mask = mask[r:r + rows] if mask.dim() == 4 and mask.shape[0] == b else mask
+            chunk_mask = mask[r : r + rows] if mask.dim() == 4 and mask.shape[0] == b else mask
             logits = logits + chunk_mask.to(logits.dtype)
         probs = logits.softmax(dim=-1).to(v.dtype)
-        outs.append(torch.matmul(probs, v[r:r + rows]))
+        outs.append(torch.matmul(probs, v[r : r + rows]))
         received.append(probs.sum(dim=2, dtype=torch.float32).mean(dim=1))
     return torch.cat(outs), torch.cat(received)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from harness.engine import CallInfo, Engine, _set_instance_attr
-from methods.base import Layer
+from dsbench.core import CallInfo, Layer, LayerExecutor, set_instance_attr
 
 
 class Adapter:
@@ -22,9 +22,9 @@ class Adapter:
     family = ""
     variant = ""
     default_cfg_batched = False
-    # statistics each sub-module can record for the scorers (names from harness.scores)
+    # statistics each sub-module can record for the scorers (names from dsbench.scores)
     module_provides: dict[str, frozenset[str]] = {}
-    # sub-modules whose computation accepts ``keys=`` (TOPK with kv other than "all", harness.engine)
+    # sub-modules whose computation accepts ``keys=`` (TOPK with kv other than "all", dsbench.engine)
     partial_keys: frozenset[str] = frozenset()
     noise_channels: int | None = None  # output channels predicting the noise, when known
 
@@ -40,8 +40,17 @@ class Adapter:
             ids = {}
             for module, tokens, supports_topk in self.modules_of(block, stream):
                 ids[module] = len(self.layers)
-                self.layers.append(Layer(index=len(self.layers), block=b, stream_block=stream_block, stream=stream,
-                                         module=module, tokens=tokens, supports_topk=supports_topk))
+                self.layers.append(
+                    Layer(
+                        index=len(self.layers),
+                        block=b,
+                        stream_block=stream_block,
+                        stream=stream,
+                        module=module,
+                        tokens=tokens,
+                        supports_topk=supports_topk,
+                    )
+                )
             self.block_layers.append(ids)
         self._signature = inspect.signature(model.forward)
 
@@ -55,10 +64,10 @@ class Adapter:
     def bind(self, forward: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
         return inspect.signature(forward).bind(*args, **kwargs).arguments
 
-    def install(self, engine: Engine, undo: list) -> None:
+    def install(self, engine: LayerExecutor, undo: list) -> None:
         """Per-instance forward override on every block (restored by ``undo``)."""
         for b, (block, _stream) in enumerate(self.blocks):
-            _set_instance_attr(block, "forward", self.make_forward(engine, b, block), undo)
+            set_instance_attr(block, "forward", self.make_forward(engine, b, block), undo)
 
     # -- to implement -------------------------------------------------------------------------
     def list_blocks(self) -> list[tuple[torch.nn.Module, str]]:
@@ -71,7 +80,7 @@ class Adapter:
     def call_info(self, forward: Callable, args: tuple, kwargs: dict) -> CallInfo:
         raise NotImplementedError
 
-    def make_forward(self, engine: Engine, b: int, block: torch.nn.Module) -> Callable:
+    def make_forward(self, engine: LayerExecutor, b: int, block: torch.nn.Module) -> Callable:
         raise NotImplementedError
 
     def output_sample(self, out: Any) -> torch.Tensor:

@@ -8,22 +8,22 @@ METHODS §0.3; gates, norms and modulation are recomputed every step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from harness.adapters.attention import attention, split_heads
-from harness.adapters.base import Adapter
-from harness.engine import AttentionKeys, CallInfo, Engine, LayerInput, LayerResult, gather_rows
-from harness.scores import CROSS_ENTROPY, SELF_ATTN, SELF_KEYS, SELF_VALUES, VALUE_NORM
-
-
-def check_plain_attention(attn, where: str) -> None:
-    """Our kernel reproduces AttnProcessor2_0 for the plain configuration only."""
-    if (attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection
-            or attn.rescale_output_factor != 1.0 or attn.norm_cross):
-        raise TypeError(f"{where}: unsupported Attention configuration (spatial/group norm, residual "
-                        "connection, output rescaling or cross norm)")
+from dsbench.adapters.attention import attention, split_heads
+from dsbench.adapters.base import Adapter
+from dsbench.core import (
+    AttentionKeys,
+    CallInfo,
+    LayerExecutor,
+    LayerInput,
+    LayerResult,
+    check_plain_attention,
+    gather_rows,
+)
+from dsbench.scores import CROSS_ENTROPY, SELF_ATTN, SELF_KEYS, SELF_VALUES, VALUE_NORM
 
 
 def attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, mask=None, cross=False, stale=None):
@@ -53,21 +53,26 @@ def attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, mask=N
 
 class BasicBlockAdapter(Adapter):
     default_cfg_batched = True
-    module_provides = {"sa": frozenset({SELF_ATTN, VALUE_NORM, SELF_KEYS, SELF_VALUES}),
-                       "ca": frozenset({CROSS_ENTROPY})}
+    module_provides = {
+        "sa": frozenset({SELF_ATTN, VALUE_NORM, SELF_KEYS, SELF_VALUES}),
+        "ca": frozenset({CROSS_ENTROPY}),
+    }
     partial_keys = frozenset({"sa"})
 
     def __init__(self, model):
         norm_type = model.transformer_blocks[0].norm_type
         if norm_type not in ("ada_norm_zero", "ada_norm_single"):
-            raise TypeError(f"{type(model).__name__} with norm_type={norm_type!r} is not supported; "
-                            "supported: ada_norm_zero (DiT) and ada_norm_single (PixArt)")
+            raise TypeError(
+                f"{type(model).__name__} with norm_type={norm_type!r} is not supported; "
+                "supported: ada_norm_zero (DiT) and ada_norm_single (PixArt)"
+            )
         self.family = "dit" if norm_type == "ada_norm_zero" else "pixart"
         for i, block in enumerate(model.transformer_blocks):
             where = f"{type(model).__name__}.transformer_blocks[{i}]"
             if block.only_cross_attention or block.pos_embed is not None or block.double_self_attention:
-                raise TypeError(f"{where}: only_cross_attention / positional embeddings / double self-"
-                                "attention are not supported")
+                raise TypeError(
+                    f"{where}: only_cross_attention / positional embeddings / double self-attention are not supported"
+                )
             check_plain_attention(block.attn1, where)
             if block.attn2 is not None:
                 check_plain_attention(block.attn2, where)
@@ -89,8 +94,9 @@ class BasicBlockAdapter(Adapter):
         p = self.model.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         text = bound.get("encoder_hidden_states")
-        return CallInfo(batch=x.shape[0], n_image=grid[0] * grid[1],
-                        n_text=0 if text is None else text.shape[1], grid=grid)
+        return CallInfo(
+            batch=x.shape[0], n_image=grid[0] * grid[1], n_text=0 if text is None else text.shape[1], grid=grid
+        )
 
     def output_state(self, out):
         return (out,)
@@ -108,15 +114,18 @@ class BasicBlockAdapter(Adapter):
             return (merged, *out[1:])
         return type(out)(**{**out, "sample": merged})
 
-    def make_forward(self, engine: Engine, b: int, block) -> Callable:
+    def make_forward(self, engine: LayerExecutor, b: int, block) -> Callable:
         ids = self.block_layers[b]
         counter = engine.counter
         pixart = block.norm_type == "ada_norm_single"
 
         def modulated(norm, x, scale, shift) -> LayerInput:
             """norm(x)·(1 + scale) + shift, computed for all tokens or only the rows a TOPK needs."""
-            return LayerInput(lambda: norm(x) * (1 + scale) + shift,
-                              lambda index: norm(gather_rows(x, index)) * (1 + scale) + shift, hidden=x)
+            return LayerInput(
+                lambda: norm(x) * (1 + scale) + shift,
+                lambda index: norm(gather_rows(x, index)) * (1 + scale) + shift,
+                hidden=x,
+            )
 
         def self_attn(h: LayerInput):  # exact-query (keys/values from all tokens) unless told otherwise
             def compute(index, want, keys: AttentionKeys | None = None):
@@ -130,8 +139,9 @@ class BasicBlockAdapter(Adapter):
             return compute
 
         def cross_attn(x, text, mask):
-            return lambda index, want: attend(block.attn2, counter, gather_rows(x, index), text, want,
-                                              mask=mask, cross=True)
+            return lambda index, want: attend(
+                block.attn2, counter, gather_rows(x, index), text, want, mask=mask, cross=True
+            )
 
         def mlp(h: LayerInput):
             return lambda index, want: LayerResult(block.ff(h.rows(index)))
@@ -147,7 +157,8 @@ class BasicBlockAdapter(Adapter):
 
         def pixart_body(x, timestep, text, text_mask):
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-                block.scale_shift_table[None] + timestep.reshape(x.shape[0], 6, -1)).chunk(6, dim=1)
+                block.scale_shift_table[None] + timestep.reshape(x.shape[0], 6, -1)
+            ).chunk(6, dim=1)
             h = modulated(block.norm1, x, scale_msa, shift_msa)
             x = gate_msa * engine.layer(ids["sa"], h, self_attn(h)) + x
             if block.attn2 is not None:  # PixArt applies no norm before attn2
@@ -156,8 +167,16 @@ class BasicBlockAdapter(Adapter):
             h = modulated(block.norm2, x, scale_mlp, shift_mlp)
             return gate_mlp * engine.layer(ids["mlp"], h, mlp(h)) + x
 
-        def forward(hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                    timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
+        def forward(
+            hidden_states,
+            attention_mask=None,
+            encoder_hidden_states=None,
+            encoder_attention_mask=None,
+            timestep=None,
+            cross_attention_kwargs=None,
+            class_labels=None,
+            added_cond_kwargs=None,
+        ):
             if attention_mask is not None:
                 raise ValueError("self-attention masks are not supported by the token cache")
             if pixart:

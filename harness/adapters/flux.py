@@ -11,16 +11,16 @@ together with the MLP branch. Norms, modulation and gates are recomputed every c
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from harness.adapters.attention import attention
-from harness.adapters.base import Adapter
-from harness.engine import CallInfo, Engine, LayerResult, gather_rows
-from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
+from dsbench.adapters.attention import attention
+from dsbench.adapters.base import Adapter
+from dsbench.core import CallInfo, LayerExecutor, LayerResult, gather_rows
+from dsbench.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
 
 FP16_MAX = 65504
 
@@ -29,11 +29,15 @@ def check_processor(attn, where: str) -> None:
     """The kernel below reproduces FluxAttnProcessor on torch SDPA, nothing else."""
     processor = attn.processor
     if type(processor) is not FluxAttnProcessor:
-        raise TypeError(f"{where}: attention processor {type(processor).__name__} is not supported (IP-adapter "
-                        "and custom processors change the block outputs); only FluxAttnProcessor is")
+        raise TypeError(
+            f"{where}: attention processor {type(processor).__name__} is not supported (IP-adapter "
+            "and custom processors change the block outputs); only FluxAttnProcessor is"
+        )
     if processor._attention_backend not in (None, "native") or processor._parallel_config is not None:
-        raise TypeError(f"{where}: attention backend {processor._attention_backend!r} / context parallelism is "
-                        "not supported; the token cache runs its own torch SDPA kernel")
+        raise TypeError(
+            f"{where}: attention backend {processor._attention_backend!r} / context parallelism is "
+            "not supported; the token cache runs its own torch SDPA kernel"
+        )
 
 
 def projections(attn, x: torch.Tensor, added: bool = False) -> tuple[torch.Tensor, ...]:
@@ -52,8 +56,9 @@ def attend(counter, q, k, v, rope, want, n_text: int) -> tuple[torch.Tensor, dic
     if rope is not None:
         q = apply_rotary_emb(q, rope, sequence_dim=1)
         k = apply_rotary_emb(k, rope, sequence_dim=1)
-    out, stats = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), counter=counter, want=want,
-                           text_keys=n_text)
+    out, stats = attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), counter=counter, want=want, text_keys=n_text
+    )
     return out.to(q.dtype), stats
 
 
@@ -105,8 +110,9 @@ class FluxAdapter(Adapter):
         super().__init__(model)
 
     def list_blocks(self):
-        return ([(block, "double") for block in self.model.transformer_blocks]
-                + [(block, "single") for block in self.model.single_transformer_blocks])
+        return [(block, "double") for block in self.model.transformer_blocks] + [
+            (block, "single") for block in self.model.single_transformer_blocks
+        ]
 
     def modules_of(self, block, stream):
         if stream == "double":
@@ -117,8 +123,10 @@ class FluxAdapter(Adapter):
         bound = self.bind(forward, args, kwargs)
         extra = set(bound.get("joint_attention_kwargs") or {}) - {"scale"}
         if extra:  # IP-adapter embeddings, attention masks, ...
-            raise TypeError(f"FluxTransformer2DModel: joint_attention_kwargs {sorted(extra)} are not supported "
-                            "by the token cache (only the LoRA 'scale')")
+            raise TypeError(
+                f"FluxTransformer2DModel: joint_attention_kwargs {sorted(extra)} are not supported "
+                "by the token cache (only the LoRA 'scale')"
+            )
         x, text = bound["hidden_states"], bound["encoder_hidden_states"]
         n = x.shape[1]
         return CallInfo(batch=x.shape[0], n_image=n, n_text=text.shape[1], grid=image_grid(n, bound.get("img_ids")))
@@ -126,7 +134,7 @@ class FluxAdapter(Adapter):
     def output_state(self, out):
         return tuple(out)
 
-    def make_forward(self, engine: Engine, b: int, block) -> Callable:
+    def make_forward(self, engine: LayerExecutor, b: int, block) -> Callable:
         ids = self.block_layers[b]
         counter = engine.counter
 
@@ -136,8 +144,11 @@ class FluxAdapter(Adapter):
         def double_body(x, text, temb, rope):
             norm_x, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(x, emb=temb)
             norm_t, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(text, emb=temb)
-            attn = engine.layer(ids["attn"], torch.cat([norm_t, norm_x], dim=1),
-                                lambda index, want: double_attention(block.attn, counter, norm_x, norm_t, rope, want))
+            attn = engine.layer(
+                ids["attn"],
+                torch.cat([norm_t, norm_x], dim=1),
+                lambda index, want: double_attention(block.attn, counter, norm_x, norm_t, rope, want),
+            )
             n_text = text.shape[1]
             x = x + gate_msa.unsqueeze(1) * attn[:, n_text:]
             norm_x = block.norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
@@ -153,8 +164,11 @@ class FluxAdapter(Adapter):
             n_text = text.shape[1]
             h = torch.cat([text, x], dim=1)
             norm_h, gate = block.norm(h, emb=temb)
-            attn = engine.layer(ids["attn"], norm_h,
-                                lambda index, want: single_attention(block.attn, counter, norm_h, rope, want, n_text))
+            attn = engine.layer(
+                ids["attn"],
+                norm_h,
+                lambda index, want: single_attention(block.attn, counter, norm_h, rope, want, n_text),
+            )
 
             def mlp(index, want):  # proj_out over [attention rows (maybe cached), fresh MLP rows]
                 hidden = block.act_mlp(block.proj_mlp(gather_rows(norm_h, index)))
@@ -169,7 +183,11 @@ class FluxAdapter(Adapter):
 
         def forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
             # joint_attention_kwargs holds nothing here: call_info rejects every key the blocks would use
-            return engine.run_block(b, lambda: body(hidden_states, encoder_hidden_states, temb, image_rotary_emb),
-                                    (encoder_hidden_states, hidden_states), tuple)
+            return engine.run_block(
+                b,
+                lambda: body(hidden_states, encoder_hidden_states, temb, image_rotary_emb),
+                (encoder_hidden_states, hidden_states),
+                tuple,
+            )
 
         return forward

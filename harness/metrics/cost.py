@@ -21,17 +21,20 @@ import functools
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 
 def macs(report: dict) -> dict[str, float]:
     """The MAC counts of ``handle.report()`` (per generated image, whole run; METHODS §0.9) as flat metrics."""
-    return {"macs": report["macs_cfg_not_counted"], "macs_cfg_counted": report["macs_cfg_counted"],
-            "macs_attention": report["macs_attention_cfg_not_counted"],
-            "macs_attention_cfg_counted": report["macs_attention_cfg_counted"]}
+    return {
+        "macs": report["macs_cfg_not_counted"],
+        "macs_cfg_counted": report["macs_cfg_counted"],
+        "macs_attention": report["macs_attention_cfg_not_counted"],
+        "macs_attention_cfg_counted": report["macs_attention_cfg_counted"],
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -55,12 +58,18 @@ def timed(fn: Callable[[], object], device: str | torch.device = "cpu") -> float
 
 def _summary(seconds: list[float]) -> dict:
     """Median, min, max and count of the timed calls, and the calls themselves (``seconds``, in order)."""
-    return {"latency_median": statistics.median(seconds), "latency_min": min(seconds),
-            "latency_max": max(seconds), "latency_n": len(seconds), "seconds": list(seconds)}
+    return {
+        "latency_median": statistics.median(seconds),
+        "latency_min": min(seconds),
+        "latency_max": max(seconds),
+        "latency_n": len(seconds),
+        "seconds": list(seconds),
+    }
 
 
-def latency(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 3,
-            device: str | torch.device = "cpu") -> dict[str, float]:
+def latency(
+    fn: Callable[[], object], *, repeats: int = 5, warmup: int = 3, device: str | torch.device = "cpu"
+) -> dict[str, float]:
     """Median (and min/max) seconds of ``repeats`` calls after ``warmup`` untimed ones."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
@@ -70,8 +79,9 @@ def latency(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 3,
     return _summary([timed(fn, device) for _ in range(repeats)])
 
 
-def interleaved(arms: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
-                device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+def interleaved(
+    arms: dict[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1, device: str | torch.device = "cpu"
+) -> dict[str, dict[str, float]]:
     """:func:`latency` of every arm, timed in ABBA order (A B, B A, A B, ...) after warm-up of each."""
     for fn in arms.values():
         for _ in range(warmup):

@@ -15,11 +15,19 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from dsbench import weights
+
 INCEPTION = "inception-v3-compat"
 # torch-fidelity's result keys → ours
-_KEYS = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid_mean",
-         "kernel_inception_distance_std": "kid_std", "precision": "precision", "recall": "recall",
-         "inception_score_mean": "is_mean", "inception_score_std": "is_std"}
+_KEYS = {
+    "frechet_inception_distance": "fid",
+    "kernel_inception_distance_mean": "kid_mean",
+    "kernel_inception_distance_std": "kid_std",
+    "precision": "precision",
+    "recall": "recall",
+    "inception_score_mean": "is_mean",
+    "inception_score_std": "is_std",
+}
 
 
 class ImageDataset(Dataset):
@@ -102,12 +110,16 @@ def register_domain_extractor(name: str, classifier: torch.nn.Module) -> None:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
     if not isinstance(name, str) or not name or name.strip() != name or os.sep in name or "/" in name:
-        raise ValueError(f"feature extractor name {name!r} must be a non-empty string without surrounding "
-                         "blanks or path separators (torch-fidelity uses it in file names)")
+        raise ValueError(
+            f"feature extractor name {name!r} must be a non-empty string without surrounding "
+            "blanks or path separators (torch-fidelity uses it in file names)"
+        )
     for method in ("features", "logits"):
         if not callable(getattr(classifier, method, None)):
-            raise TypeError(f"the domain classifier for {name!r} has no {method}() method "
-                            "(expected features/logits on uint8 N×3×H×W)")
+            raise TypeError(
+                f"the domain classifier for {name!r} has no {method}() method "
+                "(expected features/logits on uint8 N×3×H×W)"
+            )
     known = FEATURE_EXTRACTORS_REGISTRY.get(name)
     if known is not None and not issubclass(known, DomainExtractor):
         raise ValueError(f"{name!r} is a torch-fidelity built-in feature extractor; choose another name")
@@ -117,17 +129,28 @@ def register_domain_extractor(name: str, classifier: torch.nn.Module) -> None:
 
 def check_inception() -> None:
     """Install torch-fidelity's FID Inception on first need (MetricUnavailable, one line, where it cannot)."""
-    from harness import weights
-
     weights.ensure("fid_inception")
 
 
-def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None = None, *, fid: bool = True,
-                         kid: bool = True, prc: bool = True, isc: bool = False,
-                         feature_extractor: str = INCEPTION, device: str = "cpu", batch_size: int = 64,
-                         kid_subsets: int = 100, kid_subset_size: int | None = None, isc_splits: int | None = None,
-                         prc_neighborhood: int = 3, feature_layer: str | None = None,
-                         seed: int = 2020, resamples: int = 0) -> dict[str, float]:
+def distribution_metrics(
+    samples: torch.Tensor,
+    references: torch.Tensor | None = None,
+    *,
+    fid: bool = True,
+    kid: bool = True,
+    prc: bool = True,
+    isc: bool = False,
+    feature_extractor: str = INCEPTION,
+    device: str = "cpu",
+    batch_size: int = 64,
+    kid_subsets: int = 100,
+    kid_subset_size: int | None = None,
+    isc_splits: int | None = None,
+    prc_neighborhood: int = 3,
+    feature_layer: str | None = None,
+    seed: int = 2020,
+    resamples: int = 0,
+) -> dict[str, float]:
     """FID / KID / precision-recall of ``samples`` against ``references``, and ISC of ``samples``.
 
     Small sets get subset sizes that fit them: KID subsets of min(1000, N₁, N₂) images, ISC splits of
@@ -147,8 +170,10 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     if feature_extractor not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"feature extractor {feature_extractor!r} is not registered with torch-fidelity "
-                         "(register a domain classifier with register_domain_extractor)")
+        raise ValueError(
+            f"feature extractor {feature_extractor!r} is not registered with torch-fidelity "
+            "(register a domain classifier with register_domain_extractor)"
+        )
     if feature_extractor == INCEPTION:
         check_inception()
     binary = fid or kid or prc
@@ -156,13 +181,27 @@ def distribution_metrics(samples: torch.Tensor, references: torch.Tensor | None 
         raise ValueError("FID/KID/precision/recall need reference images")
     n = len(samples) if references is None else min(len(samples), len(references))
     options = dict(
-        input1=ImageDataset(samples), input2=ImageDataset(references) if binary else None,
-        fid=fid, kid=kid, prc=prc, isc=isc, feature_extractor=feature_extractor,
-        cuda=torch.device(device).type == "cuda", batch_size=batch_size, cache=False, verbose=False,
+        input1=ImageDataset(samples),
+        input2=ImageDataset(references) if binary else None,
+        fid=fid,
+        kid=kid,
+        prc=prc,
+        isc=isc,
+        feature_extractor=feature_extractor,
+        cuda=torch.device(device).type == "cuda",
+        batch_size=batch_size,
+        cache=False,
+        verbose=False,
         save_cpu_ram=True,  # no DataLoader worker processes
-        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size or min(1000, n),
-        isc_splits=isc_splits or min(10, len(samples)), prc_neighborhood=prc_neighborhood, rng_seed=seed,
-        feature_layer_fid=feature_layer, feature_layer_kid=feature_layer, feature_layer_prc=feature_layer)
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size or min(1000, n),
+        isc_splits=isc_splits or min(10, len(samples)),
+        prc_neighborhood=prc_neighborhood,
+        rng_seed=seed,
+        feature_layer_fid=feature_layer,
+        feature_layer_kid=feature_layer,
+        feature_layer_prc=feature_layer,
+    )
     result = torch_fidelity.calculate_metrics(**options)
     out = {_KEYS[k]: float(v) for k, v in result.items() if k in _KEYS}
     if resamples > 0 and binary:
@@ -188,11 +227,13 @@ def _bootstrap_draws(options: dict, fid: bool, kid: bool, prc: bool, resamples: 
         picked = samples[torch.as_tensor(rng.integers(0, len(samples), len(samples)))]
         values = {}
         if fid:
-            values |= metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(picked),
-                                                          reference_stats, False)
+            values |= metric_fid.fid_statistics_to_metric(
+                metric_fid.fid_features_to_statistics(picked), reference_stats, False
+            )
         if kid:  # 20 subsets per resample: the resamples, not the subsets, carry the interval
-            values |= metric_kid.kid_features_to_metric(picked, references,
-                                                        **{**options, "kid_subsets": min(options["kid_subsets"], 20)})
+            values |= metric_kid.kid_features_to_metric(
+                picked, references, **{**options, "kid_subsets": min(options["kid_subsets"], 20)}
+            )
         if prc:
             values |= metric_prc.prc_features_to_metric(picked, references, **options)
         for key, value in values.items():

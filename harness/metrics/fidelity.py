@@ -13,6 +13,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from dsbench import weights
+
 LPIPS_NETS = ("alex", "vgg")
 
 
@@ -62,16 +64,14 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ssim_map.mean(dim=(2, 3)).mean(1)  # per channel → per image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lpips_model(net: str, device: str = "cpu") -> torch.nn.Module:
     """The ``lpips`` package's LPIPS v0.1 with its real weights, built once per (net, device).
 
-    Its ImageNet backbone is installed on first need (``harness.weights.ensure``), so torch.hub never
+    Its ImageNet backbone is installed on first need (``dsbench.weights.ensure``), so torch.hub never
     tries to download it; where that cannot work the error says how to fix it.
     """
     import lpips
-
-    from harness import weights
 
     if net not in LPIPS_NETS:
         raise ValueError(f"unknown LPIPS net {net!r}; allowed: {', '.join(LPIPS_NETS)}")
@@ -83,19 +83,21 @@ def lpips_model(net: str, device: str = "cpu") -> torch.nn.Module:
     return model.eval().requires_grad_(False).to(device)
 
 
-def lpips_per_image(a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu",
-                    batch_size: int = 32) -> torch.Tensor:
+def lpips_per_image(
+    a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu", batch_size: int = 32
+) -> torch.Tensor:
     """LPIPS distance of each image pair; uint8 images are mapped to [−1, 1] as LPIPS expects."""
     model = lpips_model(net, str(device))
     out = []
     with torch.no_grad():
         for i in range(0, len(a), batch_size):
-            x, y = (t[i:i + batch_size].to(device).float() / 127.5 - 1 for t in (a, b))
+            x, y = (t[i : i + batch_size].to(device).float() / 127.5 - 1 for t in (a, b))
             out.append(model(x, y).flatten().double().cpu())
     return torch.cat(out)
 
 
-def lpips_distance(a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu",
-                   batch_size: int = 32) -> float:
+def lpips_distance(
+    a: torch.Tensor, b: torch.Tensor, net: str = "alex", device: str = "cpu", batch_size: int = 32
+) -> float:
     """Mean LPIPS distance over the image pairs (:func:`lpips_per_image`)."""
     return lpips_per_image(a, b, net, device, batch_size).mean().item()

@@ -23,26 +23,50 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.metrics import MetricUnavailable
+from dsbench.metrics.errors import MetricUnavailable
 
 ENV = "DSBENCH_VBENCH_PYTHON"
-QUALITY = ("subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
-           "dynamic_degree", "aesthetic_quality", "imaging_quality")
-SEMANTIC = ("object_class", "multiple_objects", "human_action", "color", "spatial_relationship", "scene",
-            "appearance_style", "temporal_style", "overall_consistency")
+QUALITY = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "dynamic_degree",
+    "aesthetic_quality",
+    "imaging_quality",
+)
+SEMANTIC = (
+    "object_class",
+    "multiple_objects",
+    "human_action",
+    "color",
+    "spatial_relationship",
+    "scene",
+    "appearance_style",
+    "temporal_style",
+    "overall_consistency",
+)
 DIMENSIONS = QUALITY + SEMANTIC
 # VBench's min–max normalisation (scripts/constant.py); every other dimension spans [0, 1]
 NORMALIZE = {d: (0.0, 1.0) for d in DIMENSIONS} | {
-    "subject_consistency": (0.1462, 1.0), "background_consistency": (0.2615, 1.0),
-    "temporal_flickering": (0.6293, 1.0), "motion_smoothness": (0.706, 0.9975), "scene": (0.0, 0.8222),
-    "appearance_style": (0.0009, 0.2855), "temporal_style": (0.0, 0.364), "overall_consistency": (0.0, 0.364)}
+    "subject_consistency": (0.1462, 1.0),
+    "background_consistency": (0.2615, 1.0),
+    "temporal_flickering": (0.6293, 1.0),
+    "motion_smoothness": (0.706, 0.9975),
+    "scene": (0.0, 0.8222),
+    "appearance_style": (0.0009, 0.2855),
+    "temporal_style": (0.0, 0.364),
+    "overall_consistency": (0.0, 0.364),
+}
 WEIGHTS = {d: 1.0 for d in DIMENSIONS} | {"dynamic_degree": 0.5}
 QUALITY_WEIGHT, SEMANTIC_WEIGHT = 4, 1
 
-SETUP = (f"set {ENV} to the python of a separate environment with vbench 0.1.5 (it pins transformers 4.33 and "
-         "numpy<2, so it cannot live beside diffusers): python3.10 -m venv ~/.venvs/vbench && "
-         "~/.venvs/vbench/bin/pip install vbench==0.1.5 torch torchvision opencv-python && "
-         f"export {ENV}=~/.venvs/vbench/bin/python (see harness/metrics/video.py)")
+SETUP = (
+    f"set {ENV} to the python of a separate environment with vbench 0.1.5 (it pins transformers 4.33 and "
+    "numpy<2, so it cannot live beside diffusers): python3.10 -m venv ~/.venvs/vbench && "
+    "~/.venvs/vbench/bin/pip install vbench==0.1.5 torch torchvision opencv-python && "
+    f"export {ENV}=~/.venvs/vbench/bin/python (see harness/metrics/video.py)"
+)
 
 # runs in the VBench interpreter: argv[1] is the job file written by run_vbench
 _RUNNER = r"""
@@ -79,8 +103,11 @@ def aggregate(scores: dict[str, float]) -> dict[str, float]:
     semantic = sum(norm[d] for d in SEMANTIC) / sum(WEIGHTS[d] for d in SEMANTIC)
     total = (QUALITY_WEIGHT * quality + SEMANTIC_WEIGHT * semantic) / (QUALITY_WEIGHT + SEMANTIC_WEIGHT)
     return {f"vbench_{d}": float(scores[d]) for d in DIMENSIONS} | {
-        "vbench_quality": quality, "vbench_semantic": semantic, "vbench_total": total,
-        "vbench_raw_mean": sum(scores[d] for d in DIMENSIONS) / len(DIMENSIONS)}
+        "vbench_quality": quality,
+        "vbench_semantic": semantic,
+        "vbench_total": total,
+        "vbench_raw_mean": sum(scores[d] for d in DIMENSIONS) / len(DIMENSIONS),
+    }
 
 
 def vbench_python(python: str | None = None) -> str:
@@ -97,9 +124,19 @@ def vbench_python(python: str | None = None) -> str:
     return python
 
 
-def run_vbench(videos, prompts: list[str], workdir: str | Path, *, dimensions=DIMENSIONS,
-               mode: str = "vbench_standard", indices: list[int] | None = None, device: str = "cuda",
-               fps: int = 8, python: str | None = None, full_info: str | None = None) -> dict[str, float]:
+def run_vbench(
+    videos,
+    prompts: list[str],
+    workdir: str | Path,
+    *,
+    dimensions=DIMENSIONS,
+    mode: str = "vbench_standard",
+    indices: list[int] | None = None,
+    device: str = "cuda",
+    fps: int = 8,
+    python: str | None = None,
+    full_info: str | None = None,
+) -> dict[str, float]:
     """Score uint8 videos (N×T×3×H×W, or a list of T×3×H×W) with VBench in its own interpreter.
 
     Video i is named ``{prompts[i]}-{indices[i]}.mp4``; by default the index counts repeats of a prompt
@@ -124,15 +161,23 @@ def run_vbench(videos, prompts: list[str], workdir: str | Path, *, dimensions=DI
     for i, (video, prompt, index) in enumerate(zip(videos, prompts, indices, strict=True)):
         if "/" in prompt or os.sep in prompt:
             raise ValueError(f"prompt {prompt!r} cannot name a video file (VBench names videos by prompt)")
-        if not (isinstance(video, torch.Tensor) and video.dtype == torch.uint8 and video.dim() == 4
-                and video.shape[1] == 3):
+        if not (
+            isinstance(video, torch.Tensor) and video.dtype == torch.uint8 and video.dim() == 4 and video.shape[1] == 3
+        ):
             raise ValueError(f"video {i} must be a uint8 tensor T×3×H×W")
         frames = workdir / "frames" / f"{i:06d}.npy"
         np.save(frames, video.permute(0, 2, 3, 1).contiguous().cpu().numpy())
         items.append({"frames": str(frames), "name": f"{prompt}-{index}.mp4"})
-    job = {"items": items, "videos": str(workdir / "videos"), "results": str(workdir / "results"), "fps": fps,
-           "device": device, "dimensions": list(dimensions), "mode": mode,
-           "full_info": full_info or _default_full_info(python)}
+    job = {
+        "items": items,
+        "videos": str(workdir / "videos"),
+        "results": str(workdir / "results"),
+        "fps": fps,
+        "device": device,
+        "dimensions": list(dimensions),
+        "mode": mode,
+        "full_info": full_info or _default_full_info(python),
+    }
     (workdir / "job.json").write_text(json.dumps(job))
     run = subprocess.run([python, "-c", _RUNNER, str(workdir / "job.json")], capture_output=True, text=True)
     if run.returncode:
@@ -147,6 +192,14 @@ def run_vbench(videos, prompts: list[str], workdir: str | Path, *, dimensions=DI
 
 def _default_full_info(python: str) -> str:
     """VBench_full_info.json as installed in the VBench environment (the official 946-prompt list)."""
-    run = subprocess.run([python, "-c", "import os, vbench; print(os.path.join(os.path.dirname(vbench.__file__), "
-                                        "'VBench_full_info.json'))"], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [
+            python,
+            "-c",
+            "import os, vbench; print(os.path.join(os.path.dirname(vbench.__file__), 'VBench_full_info.json'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return run.stdout.strip()

@@ -31,17 +31,45 @@ class Architecture:
         return json.loads((CONFIG_DIR / f"{self.name}.json").read_text())
 
 
-ARCHITECTURES = {a.name: a for a in (
-    Architecture("dit-xl-2-256", "dit", 50, cfg=True, cfg_counted=True, latent=(4, 32, 32)),
-    Architecture("pixart-alpha-256", "pixart", 20, cfg=True, cfg_counted=False, latent=(4, 32, 32),
-                 text_tokens=120, text_dim=4096),
-    Architecture("pixart-alpha-512", "pixart", 20, cfg=True, cfg_counted=False, latent=(4, 64, 64),
-                 text_tokens=120, text_dim=4096),
-    Architecture("flux-schnell", "flux", 4, cfg=False, cfg_counted=False, latent=(256, 64),
-                 text_tokens=256, text_dim=4096),  # 256² image: 16×16 packed latent tokens
-    Architecture("wan2.1-1.3b", "wan", 20, cfg=True, cfg_counted=False, latent=(16, 5, 32, 32),
-                 text_tokens=512, text_dim=4096),  # 17 frames at 256²: 5 latent frames of 32×32
-)}
+ARCHITECTURES = {
+    a.name: a
+    for a in (
+        Architecture("dit-xl-2-256", "dit", 50, cfg=True, cfg_counted=True, latent=(4, 32, 32)),
+        Architecture(
+            "pixart-alpha-256",
+            "pixart",
+            20,
+            cfg=True,
+            cfg_counted=False,
+            latent=(4, 32, 32),
+            text_tokens=120,
+            text_dim=4096,
+        ),
+        Architecture(
+            "pixart-alpha-512",
+            "pixart",
+            20,
+            cfg=True,
+            cfg_counted=False,
+            latent=(4, 64, 64),
+            text_tokens=120,
+            text_dim=4096,
+        ),
+        Architecture(
+            "flux-schnell", "flux", 4, cfg=False, cfg_counted=False, latent=(256, 64), text_tokens=256, text_dim=4096
+        ),  # 256² image: 16×16 packed latent tokens
+        Architecture(
+            "wan2.1-1.3b",
+            "wan",
+            20,
+            cfg=True,
+            cfg_counted=False,
+            latent=(16, 5, 32, 32),
+            text_tokens=512,
+            text_dim=4096,
+        ),  # 17 frames at 256²: 5 latent frames of 32×32
+    )
+}
 
 
 def architecture(name: str) -> Architecture:
@@ -68,22 +96,36 @@ def call_inputs(name: str, timestep: float, device: str | torch.device = "meta")
     opts = {"device": device}
     t = torch.full((rows,), timestep, **opts)
     if arch.family == "dit":
-        return {"hidden_states": torch.zeros(rows, *arch.latent, **opts), "timestep": t.long(),
-                "class_labels": torch.zeros(rows, dtype=torch.long, **opts)}
+        return {
+            "hidden_states": torch.zeros(rows, *arch.latent, **opts),
+            "timestep": t.long(),
+            "class_labels": torch.zeros(rows, dtype=torch.long, **opts),
+        }
     text = torch.zeros(rows, arch.text_tokens, arch.text_dim, **opts)
     if arch.family == "pixart":
-        return {"hidden_states": torch.zeros(rows, *arch.latent, **opts), "timestep": t.long(),
-                "encoder_hidden_states": text,
-                "encoder_attention_mask": torch.ones(rows, arch.text_tokens, **opts),
-                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+        return {
+            "hidden_states": torch.zeros(rows, *arch.latent, **opts),
+            "timestep": t.long(),
+            "encoder_hidden_states": text,
+            "encoder_attention_mask": torch.ones(rows, arch.text_tokens, **opts),
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+        }
     if arch.family == "flux":
         side = int(arch.latent[0] ** 0.5)
         img_ids = torch.zeros(side, side, 3, **opts)
         img_ids[..., 1] = torch.arange(side, **opts)[:, None]
         img_ids[..., 2] = torch.arange(side, **opts)[None, :]
-        return {"hidden_states": torch.zeros(rows, *arch.latent, **opts), "timestep": t / 1000,
-                "encoder_hidden_states": text, "pooled_projections": torch.zeros(rows, 768, **opts),
-                "img_ids": img_ids.reshape(-1, 3), "txt_ids": torch.zeros(arch.text_tokens, 3, **opts),
-                "guidance": None}
-    return {"hidden_states": torch.zeros(rows, *arch.latent, **opts), "timestep": t.long(),
-            "encoder_hidden_states": text}
+        return {
+            "hidden_states": torch.zeros(rows, *arch.latent, **opts),
+            "timestep": t / 1000,
+            "encoder_hidden_states": text,
+            "pooled_projections": torch.zeros(rows, 768, **opts),
+            "img_ids": img_ids.reshape(-1, 3),
+            "txt_ids": torch.zeros(arch.text_tokens, 3, **opts),
+            "guidance": None,
+        }
+    return {
+        "hidden_states": torch.zeros(rows, *arch.latent, **opts),
+        "timestep": t.long(),
+        "encoder_hidden_states": text,
+    }

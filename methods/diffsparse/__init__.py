@@ -5,7 +5,7 @@ schedule (export/import), cost + train (training), method (the ``diffsparse`` in
 registered on import), compare (learned vs search baselines at equal wall time).
 """
 
-from methods.diffsparse import method  # noqa: F401  (registers "diffsparse")
-from methods.diffsparse.dp import solve
+from dsbench.methods.diffsparse import method  # noqa: F401  (registers "diffsparse")
+from dsbench.methods.diffsparse.dp import solve
 
 __all__ = ["solve"]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.diffsparse.space import LevelSpace
+from dsbench.methods.diffsparse.space import LevelSpace
 
 
 class CostTable(nn.Module):
@@ -38,7 +38,9 @@ class CostTable(nn.Module):
         nearest to the cell's ToCa fresh ratio."""
         ratios = torch.as_tensor(np.asarray(ratios, dtype=np.float64))
         if ratios.shape != (self.P.shape[0],):
-            raise ValueError(f"ratios must have one value per cell ({self.P.shape[0]}), got shape {tuple(ratios.shape)}")
+            raise ValueError(
+                f"ratios must have one value per cell ({self.P.shape[0]}), got shape {tuple(ratios.shape)}"
+            )
         levels = torch.linspace(0.0, 1.0, self.P.shape[1], dtype=torch.float64)
         self.P.copy_(alpha * (levels[None, :] - ratios[:, None]).abs())
 
@@ -85,8 +87,10 @@ def toca_fresh_ratios(schedule, space: LevelSpace) -> tuple[np.ndarray, list[int
     """ρ_ToCa(c) per cell (tokens computed / N) and ToCa's full steps excluding step 0, from the
     ``Schedule`` of a ToCa run of the same model and steps (``handle.report()["schedule"]``)."""
     if schedule.T != space.steps or len(schedule.layers) != len(space.layers):
-        raise ValueError(f"the ToCa schedule has T={schedule.T}, L={len(schedule.layers)}; the level space has "
-                         f"T={space.steps}, L={len(space.layers)}")
+        raise ValueError(
+            f"the ToCa schedule has T={schedule.T}, L={len(schedule.layers)}; the level space has "
+            f"T={space.steps}, L={len(space.layers)}"
+        )
     counts = np.asarray(schedule.counts(), dtype=np.float64)  # T × L tokens computed
     ratios = counts / np.asarray(schedule.meta["n_tokens"], dtype=np.float64)[None, :]
     per_cell = ratios[1:, space.cell_layers].reshape(-1)

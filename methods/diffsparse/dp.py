@@ -35,8 +35,10 @@ def _check(costs, weights, budget: int, window: int) -> tuple[np.ndarray, np.nda
 def _infeasible(budget: int, window: int, low: int, high: int, g: int = 1) -> ValueError:
     target = f"exactly {budget}" if window == 0 else f"in [{budget - window}, {budget}]"
     step = f"; every total is a multiple of {g}, the weights' gcd" if g > 1 else ""
-    return ValueError(f"infeasible budget: the summed weights must be {target}, but the cells can only "
-                      f"reach totals in [{low}, {high}] (with gaps where no level combination lands{step})")
+    return ValueError(
+        f"infeasible budget: the summed weights must be {target}, but the cells can only "
+        f"reach totals in [{low}, {high}] (with gaps where no level combination lands{step})"
+    )
 
 
 def solve(costs, weights, budget: int, *, window: int = 0) -> np.ndarray:
@@ -74,20 +76,20 @@ def solve(costs, weights, budget: int, *, window: int = 0) -> np.ndarray:
         new = np.full(size, np.inf)
         if lo <= hi:
             # running minimum over the levels; strict < keeps the first, i.e. smaller, level on ties
-            best, pick = new[lo:hi + 1], choice[j, lo:hi + 1]
-            cand, better = shifted[:hi + 1 - lo], less[:hi + 1 - lo]
+            best, pick = new[lo : hi + 1], choice[j, lo : hi + 1]
+            cand, better = shifted[: hi + 1 - lo], less[: hi + 1 - lo]
             for k in range(levels):  # F[r − w_j(k)] + C[j, k] for r in [lo, hi]
                 w = int(weights[j, k])
                 start = max(lo, w)
                 if start > hi:
                     continue
                 seg = slice(start - lo, None)
-                np.add(F[start - w:hi + 1 - w], costs[j, k], out=cand[seg])
+                np.add(F[start - w : hi + 1 - w], costs[j, k], out=cand[seg])
                 np.less(cand[seg], best[seg], out=better[seg])
                 np.copyto(best[seg], cand[seg], where=better[seg])
                 np.copyto(pick[seg], k, where=better[seg])
         F = new
-    window_costs = F[lo_target:top + 1]
+    window_costs = F[lo_target : top + 1]
     if not np.isfinite(window_costs).any():
         raise _infeasible(budget, window, int(wmin.sum()) * g, int(wmax.sum()) * g, g)
     # the last minimum in the window: the largest total among equal costs

@@ -14,14 +14,16 @@ from typing import Literal
 
 import pydantic
 
-from methods.base import Decision, Layer, Method, MethodConfig, RunInfo, register
-from methods.diffsparse.schedule import load_schedule
-from methods.diffsparse.selector import selector_spec
-
+from dsbench.core import Decision, Layer, Method, MethodConfig, RunInfo
+from dsbench.methods.base import register
+from dsbench.methods.diffsparse.schedule import load_schedule
+from dsbench.methods.diffsparse.selector import selector_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_HINT = ("train one with `dsbench train diffsparse FILE` (training files: experiments/train_*.yaml) "
-              "or `python -m methods.diffsparse.train --model MODEL --out FOLDER`")
+TRAIN_HINT = (
+    "train one with `dsbench train diffsparse FILE` (training files: experiments/train_*.yaml) "
+    "or `python -m dsbench.training.diffsparse --model MODEL --out FOLDER`"
+)
 
 
 def committed_schedules() -> list[str]:
@@ -31,26 +33,34 @@ def committed_schedules() -> list[str]:
 
 class DiffSparseConfig(MethodConfig):
     schedule: str = pydantic.Field(
-        ..., description="path of a schedule JSON written by methods.diffsparse.schedule.export_schedule; "
-        + TRAIN_HINT)
+        ...,
+        description="path of a schedule JSON written by dsbench.methods.diffsparse.schedule.export_schedule; "
+        + TRAIN_HINT,
+    )
     importance: Literal["attention", "similarity", "norm"] | None = pydantic.Field(
-        None, description="token importance: attention (model default score), similarity or norm; "
-        "default: what the schedule was trained with")
+        None,
+        description="token importance: attention (model default score), similarity or norm; "
+        "default: what the schedule was trained with",
+    )
     drop: tuple[Literal["s1", "s2", "s3", "B"], ...] | None = pydantic.Field(
-        None, description="score terms removed (ablation): any of s1, s2, s3, B; default: the schedule's")
+        None, description="score terms removed (ablation): any of s1, s2, s3, B; default: the schedule's"
+    )
     cfg_selection: Literal["shared", "per_half"] | None = pydantic.Field(
-        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection")
+        None, description="shared (PixArt/FLUX/Wan default) or per_half (DiT default) token selection"
+    )
     pixart_lambda1: float | None = pydantic.Field(
-        None, ge=0.0, description="PixArt λ1 (s1 weight) >= 0; default: the schedule's, else 0 as in the paper's "
-        "A.5.1")
+        None, ge=0.0, description="PixArt λ1 (s1 weight) >= 0; default: the schedule's, else 0 as in the paper's A.5.1"
+    )
 
     @classmethod
     def required_hint(cls, field_name: str) -> str:
         if field_name != "schedule":
             return super().required_hint(field_name)
         shipped = committed_schedules()
-        return ("the path of a learned schedule JSON, e.g. schedule: results/diffsparse/<model>/schedule.json "
-                f"(committed: {', '.join(shipped) if shipped else 'none in this checkout'}); {TRAIN_HINT}")
+        return (
+            "the path of a learned schedule JSON, e.g. schedule: results/diffsparse/<model>/schedule.json "
+            f"(committed: {', '.join(shipped) if shipped else 'none in this checkout'}); {TRAIN_HINT}"
+        )
 
 
 @register
@@ -58,7 +68,7 @@ class DiffSparse(Method):
     name = "diffsparse"
     Config = DiffSparseConfig
     # A schedule is trained for one budget R: there is no field to tune at run time; retrain
-    # (python -m methods.diffsparse.train) for another budget.
+    # (python -m dsbench.training.diffsparse) for another budget.
     budget_field = None
     summary = "learned per-(step, layer) token sparsity: a static schedule trained under a MAC budget"
 
@@ -73,17 +83,27 @@ class DiffSparse(Method):
         self.drop = tuple(trained.get("drop") or ()) if c.drop is None else c.drop
         importance = c.importance or trained.get("importance") or "attention"
         lambda1 = trained.get("pixart_lambda1") if c.pixart_lambda1 is None else c.pixart_lambda1
-        self.score = selector_spec(run.family, importance=importance, drop=self.drop, cfg_selection=c.cfg_selection,
-                                   pixart_lambda1=lambda1)
+        self.score = selector_spec(
+            run.family, importance=importance, drop=self.drop, cfg_selection=c.cfg_selection, pixart_lambda1=lambda1
+        )
 
     def decide(self, i: int, layer: Layer) -> Decision:
         return self.learned.decision(i, layer.index, self.run.n_tokens(layer))
 
     def resolved_config(self) -> dict:
         s, meta = self.score, self.learned.meta
-        return {"schedule": str(self.learned.path), "config_hash": meta.get("config_hash"),
-                "budget_ratio": meta.get("budget_ratio"), "K": self.learned.K,
-                "levels": (self.learned.levels / self.learned.K).tolist(),
-                "importance": s.importance, "drop": list(self.drop), "cfg_selection": s.cfg_selection,
-                "lambda1": s.attention_received, "lambda2": s.cross_entropy, "lambda3": s.staleness,
-                "bonus": s.bonus, "bonus_grid": s.bonus_grid}
+        return {
+            "schedule": str(self.learned.path),
+            "config_hash": meta.get("config_hash"),
+            "budget_ratio": meta.get("budget_ratio"),
+            "K": self.learned.K,
+            "levels": (self.learned.levels / self.learned.K).tolist(),
+            "importance": s.importance,
+            "drop": list(self.drop),
+            "cfg_selection": s.cfg_selection,
+            "lambda1": s.attention_received,
+            "lambda2": s.cross_entropy,
+            "lambda3": s.staleness,
+            "bonus": s.bonus,
+            "bonus_grid": s.bonus_grid,
+        }

@@ -1,6 +1,6 @@
 """Export and import of a learned DiffSparse schedule (METHODS §1.1.7 "Export", §0.6).
 
-The main file is the generic Schedule JSON of ``methods.schedule`` (decisions at the training
+The main file is the generic Schedule JSON of ``dsbench.core`` (decisions at the training
 resolution, kept-token counts via ``n_tokens``) whose ``meta`` carries what inference needs to
 re-derive the decisions at any resolution: the level of every (step, layer) as a fraction of
 tokens (k = ⌊ρN⌋ at run time), K, the layer names and the config hash. The cost tables P, C_f
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.validation import is_file, one_line, show
-from methods.base import NORMAL, Decision
-from methods.diffsparse.space import LevelSpace, level_decision
-from methods.schedule import Schedule
+from dsbench.core import NORMAL, Decision, Schedule
+from dsbench.methods.diffsparse.selector import IMPORTANCES, LAMBDAS, TERMS
+from dsbench.methods.diffsparse.space import MODES, LevelSpace, level_decision
+from dsbench.validation import is_file, one_line, show
 
 FORMAT = "dsbench.diffsparse.v1"
 
@@ -30,8 +30,15 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def export_schedule(path: str | Path, space: LevelSpace, levels_per_cell, *, config: dict[str, Any] | None = None,
-                    budget_ratio: float | None = None, tables: dict[str, np.ndarray] | None = None) -> Path:
+def export_schedule(
+    path: str | Path,
+    space: LevelSpace,
+    levels_per_cell,
+    *,
+    config: dict[str, Any] | None = None,
+    budget_ratio: float | None = None,
+    tables: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write the schedule JSON (and ``<stem>.npz`` with ``tables``, e.g. P, C_f, T_f); returns the JSON path."""
     path = Path(path)
     grid = space.level_grid(levels_per_cell)
@@ -41,14 +48,31 @@ def export_schedule(path: str | Path, space: LevelSpace, levels_per_cell, *, con
         side = path.with_suffix(".npz")
         np.savez(side, **{name: np.asarray(value) for name, value in tables.items()})
     schedule = Schedule(
-        T=space.steps, layers=space.layers, directives=[NORMAL] * space.steps, decisions=space.decisions(levels_per_cell),
-        meta={"method": "diffsparse", "format": FORMAT, "family": space.family, "T": space.steps,
-              "L": len(space.layers), "K": space.K, "num_levels": space.K + 1, "mode": space.mode,
-              "levels": (grid / space.K).tolist(), "n_tokens": space.n_tokens,
-              "cell_layers": [space.layers[ell].name for ell in space.cell_layers],
-              "macs": space.macs(levels_per_cell), "base_macs": space.base_macs, "cfg_counted": space.cfg_counted,
-              "budget_ratio": budget_ratio, "config": config, "config_hash": config_hash(config),
-              "tables": side.name if side else None})
+        T=space.steps,
+        layers=space.layers,
+        directives=[NORMAL] * space.steps,
+        decisions=space.decisions(levels_per_cell),
+        meta={
+            "method": "diffsparse",
+            "format": FORMAT,
+            "family": space.family,
+            "T": space.steps,
+            "L": len(space.layers),
+            "K": space.K,
+            "num_levels": space.K + 1,
+            "mode": space.mode,
+            "levels": (grid / space.K).tolist(),
+            "n_tokens": space.n_tokens,
+            "cell_layers": [space.layers[ell].name for ell in space.cell_layers],
+            "macs": space.macs(levels_per_cell),
+            "base_macs": space.base_macs,
+            "cfg_counted": space.cfg_counted,
+            "budget_ratio": budget_ratio,
+            "config": config,
+            "config_hash": config_hash(config),
+            "tables": side.name if side else None,
+        },
+    )
     body = schedule.to_dict()
     body["meta"]["kept_tokens"] = schedule.counts()
     path.write_text(json.dumps(body, indent=1, sort_keys=True))
@@ -78,8 +102,10 @@ class LearnedSchedule:
             problems.append(f"the layer counts differ (schedule L={len(self.layers)}, run L={len(layer_names)})")
         elif layer_names != self.layers:
             ell = next(j for j, (a, b) in enumerate(zip(self.layers, layer_names)) if a != b)
-            problems.append(f"the layer names differ (layer {ell} is {self.layers[ell]!r} in the schedule, "
-                            f"{layer_names[ell]!r} in this run)")
+            problems.append(
+                f"the layer names differ (layer {ell} is {self.layers[ell]!r} in the schedule, "
+                f"{layer_names[ell]!r} in this run)"
+            )
         trained = self.meta.get("family")
         if family is not None and trained is not None and family != trained:
             problems.append(f"the model families differ (schedule {trained}, run {family})")
@@ -88,7 +114,8 @@ class LearnedSchedule:
                 f"diffsparse: schedule {self.path} was trained for T={self.T} steps and L={len(self.layers)} "
                 f"layers; this run has T={num_steps} steps and L={len(layer_names)} layers: {'; '.join(problems)}. "
                 "A schedule is tied to (T, L, |S|): retrain it for this model and step count "
-                "(the resolution may differ)")
+                "(the resolution may differ)"
+            )
 
     def tables(self) -> dict[str, np.ndarray]:
         """The cost tables saved next to the schedule (P, C_f, T_f, ...)."""
@@ -129,8 +156,11 @@ class _Fields:
         for part in field.split("."):
             if not isinstance(node, dict) or part not in node:
                 if required:
-                    self.fail(field, "is missing (files written by methods.diffsparse.schedule.export_schedule "
-                                     "have it; re-export or retrain the schedule)")
+                    self.fail(
+                        field,
+                        "is missing (files written by dsbench.methods.diffsparse.schedule.export_schedule "
+                        "have it; re-export or retrain the schedule)",
+                    )
                 return None
             node = node[part]
         return node
@@ -173,20 +203,22 @@ class _Fields:
 
 
 def validate_body(path: Path, body: Any) -> LearnedSchedule:
-    """Check a parsed schedule file as a whole (the Schedule JSON of ``methods.schedule`` plus the DiffSparse ``meta``)."""
-    from methods.diffsparse.selector import IMPORTANCES, LAMBDAS, TERMS
-    from methods.diffsparse.space import MODES
-
+    """Check a parsed schedule file as a whole (the Schedule JSON of ``dsbench.core`` plus the DiffSparse ``meta``)."""
     if not isinstance(body, dict):
-        raise ValueError(f"schedule {path}: must be a JSON object with fields T, layers and meta (a schedule "
-                         f"written by export_schedule), got a JSON {type(body).__name__}")
+        raise ValueError(
+            f"schedule {path}: must be a JSON object with fields T, layers and meta (a schedule "
+            f"written by export_schedule), got a JSON {type(body).__name__}"
+        )
     f = _Fields(path, body)
     meta = f.get("meta")
     if not isinstance(meta, dict):
         f.fail("meta", f"= {show(meta)} is invalid: must be an object (the DiffSparse metadata of export_schedule)")
     if meta.get("format") != FORMAT:
-        f.fail("meta.format", f"= {show(meta.get('format'))} is invalid; allowed: {FORMAT!r} "
-                              "(a schedule written by methods.diffsparse.schedule.export_schedule)")
+        f.fail(
+            "meta.format",
+            f"= {show(meta.get('format'))} is invalid; allowed: {FORMAT!r} "
+            "(a schedule written by dsbench.methods.diffsparse.schedule.export_schedule)",
+        )
     if "method" in meta and meta["method"] != "diffsparse":
         f.fail("meta.method", f"= {show(meta['method'])} is invalid; allowed: 'diffsparse'")
     K = f.integer("meta.K", 1, "levels 0..K: K = 1/interval, 4 for interval 0.25")
@@ -205,8 +237,11 @@ def validate_body(path: Path, body: Any) -> LearnedSchedule:
     grid = np.rint(np.asarray(levels, dtype=np.float64) * K).astype(np.int64)
     if (grid[0] != K).any():
         ell = int(np.flatnonzero(grid[0] != K)[0])
-        f.fail(f"meta.levels[0][{ell}]", f"= {show(levels[0][ell])} is invalid: step 0 must be 1.0 for every layer "
-                                          "(every layer is computed where the caches are created)")
+        f.fail(
+            f"meta.levels[0][{ell}]",
+            f"= {show(levels[0][ell])} is invalid: step 0 must be 1.0 for every layer "
+            "(every layer is computed where the caches are created)",
+        )
 
     family = f.get("meta.family", required=False)
     if family is not None and family not in LAMBDAS:
@@ -224,16 +259,23 @@ def validate_body(path: Path, body: Any) -> LearnedSchedule:
         if family is not None:
             expected = [name for name in layers if not (family == "flux" and name.rsplit(".", 1)[-1] == "attn")]
             if cells != expected:
-                f.fail("meta.cell_layers", f"= {show(cells)} is invalid for a {family} model: every layer but FLUX "
-                                           f"attention has cells, so expected {show(expected)}")
+                f.fail(
+                    "meta.cell_layers",
+                    f"= {show(cells)} is invalid for a {family} model: every layer but FLUX "
+                    f"attention has cells, so expected {show(expected)}",
+                )
         for ell, name in enumerate(layers):
             if name not in cells and (grid[1:, ell] != 0).any():
                 i = 1 + int(np.flatnonzero(grid[1:, ell] != 0)[0])
-                f.fail(f"meta.levels[{i}][{ell}]", f"= {show(levels[i][ell])} is invalid: layer {name!r} has no cells "
-                                                    "(not in meta.cell_layers), so it is 0 after step 0")
+                f.fail(
+                    f"meta.levels[{i}][{ell}]",
+                    f"= {show(levels[i][ell])} is invalid: layer {name!r} has no cells "
+                    "(not in meta.cell_layers), so it is 0 after step 0",
+                )
     n_tokens = f.get("meta.n_tokens", required=False)
-    if n_tokens is not None and (not isinstance(n_tokens, list) or len(n_tokens) != L
-                                 or not all(_is_int(n) and n >= 1 for n in n_tokens)):
+    if n_tokens is not None and (
+        not isinstance(n_tokens, list) or len(n_tokens) != L or not all(_is_int(n) and n >= 1 for n in n_tokens)
+    ):
         f.fail("meta.n_tokens", f"= {show(n_tokens)} is invalid: must be a list of L={L} token counts >= 1")
 
     config = f.get("meta.config", required=False)
@@ -244,20 +286,22 @@ def validate_body(path: Path, body: Any) -> LearnedSchedule:
         f.fail("meta.config.importance", f"= {show(importance)} is invalid; allowed: {', '.join(IMPORTANCES)}")
     drop = (config or {}).get("drop")
     if drop is not None and (not isinstance(drop, list) or not all(isinstance(t, str) and t in TERMS for t in drop)):
-        f.fail("meta.config.drop", f"= {show(drop)} is invalid: must be a list of score terms among "
-                                   f"{', '.join(TERMS)}")
+        f.fail("meta.config.drop", f"= {show(drop)} is invalid: must be a list of score terms among {', '.join(TERMS)}")
     ratio = f.get("meta.budget_ratio", required=False)
     if ratio is not None and not (_is_number(ratio) and 0.0 <= ratio < 1.0):
         f.fail("meta.budget_ratio", f"= {show(ratio)} is invalid: must be a MAC reduction R in [0, 1) or null")
     tables = f.get("meta.tables", required=False)
     if tables is not None and (not isinstance(tables, str) or Path(tables).name != tables or tables in ("", ".", "..")):
-        f.fail("meta.tables", f"= {show(tables)} is invalid: must be the file name of the .npz next to the schedule "
-                              "or null")
+        f.fail(
+            "meta.tables",
+            f"= {show(tables)} is invalid: must be the file name of the .npz next to the schedule or null",
+        )
     for field in ("codes", "k", "m"):  # the generic Schedule's decisions at the training resolution
         f.grid(field, T, L, lambda x: _is_int(x) and x >= 0, "an integer >= 0", required=False)
     directives = f.get("directives", required=False)
-    if directives is not None and (not isinstance(directives, list) or len(directives) != T
-                                   or not all(isinstance(d, str) for d in directives)):
+    if directives is not None and (
+        not isinstance(directives, list) or len(directives) != T or not all(isinstance(d, str) for d in directives)
+    ):
         f.fail("directives", f"= {show(directives)} is invalid: must be a list of T={T} directive names")
     return LearnedSchedule(path=path, T=T, layers=list(layers), K=K, levels=grid, meta=meta)
 
@@ -267,8 +311,10 @@ def load_schedule(path: str | Path) -> LearnedSchedule:
     schema here, so a bad file fails when the method is built, before any sampling."""
     path = Path(path)
     if not is_file(path):
-        raise ValueError(f"schedule: no such file {str(path)!r} (a JSON written by export_schedule; "
-                         "committed ones are results/diffsparse/<model>/schedule.json)")
+        raise ValueError(
+            f"schedule: no such file {str(path)!r} (a JSON written by export_schedule; "
+            "committed ones are results/diffsparse/<model>/schedule.json)"
+        )
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:

@@ -1,15 +1,15 @@
 """The DiffSparse token selector (Eq. 5/10, METHODS §1.1.2): S = B(λ1·s1 + λ2·s2 + λ3·s3), top-k.
 
-Built on the shared score library (``harness.scores.ScoreSpec``); this module only holds the
+Built on the shared score library (``dsbench.scores.ScoreSpec``); this module only holds the
 per-model λ of the paper's A.5.1 and the ablation switches, so the training forward and
 inference rank tokens with the very same spec.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-from harness.scores import ScoreSpec
+from dsbench.scores import ScoreSpec
 
 STALENESS = 0.25 / 3  # the literal λ3 of DiffSparse A.5.1 for every model
 
@@ -24,8 +24,14 @@ IMPORTANCES = ("attention", "similarity", "norm")
 TERMS = ("s1", "s2", "s3", "B")
 
 
-def selector_spec(family: str, *, importance: str = "attention", drop: Iterable[str] = (),
-                  cfg_selection: str | None = None, pixart_lambda1: float | None = None) -> ScoreSpec:
+def selector_spec(
+    family: str,
+    *,
+    importance: str = "attention",
+    drop: Iterable[str] = (),
+    cfg_selection: str | None = None,
+    pixart_lambda1: float | None = None,
+) -> ScoreSpec:
     """The ScoreSpec of the DiffSparse selector for a model family.
 
     importance: attention (the model's attention score; V-norm on Wan), similarity or norm
@@ -53,4 +59,5 @@ def selector_spec(family: str, *, importance: str = "attention", drop: Iterable[
         bonus=0.0 if "B" in drop else bonus,
         bonus_grid=grid,
         importance=importance,
-        cfg_selection=cfg_selection or ("per_half" if family == "dit" else "shared"))
+        cfg_selection=cfg_selection or ("per_half" if family == "dit" else "shared"),
+    )

@@ -3,7 +3,7 @@
 A cell is (step i, layer ℓ) for i = 1..T−1 over the model's cell layers; its level k ∈ 0..K
 means "compute n_c(k) = ⌊k/K · N⌋ tokens" (REUSE at 0, FULL at K, TOPK in between). The MACs
 of every (layer, level) are not computed from a formula: they are *measured* by running the
-engine's own MAC counter (``harness.accounting``) on a meta-device copy of the transformer, one
+engine's own MAC counter (``dsbench.accounting``) on a meta-device copy of the transformer, one
 call per level, so what the solver budgets is exactly what the executor will count.
 """
 
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
 
-from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, topk
+from dsbench.core import FULL, REUSE, Decision, Layer, topk
 
 MODES = ("weighted", "paper")
 
@@ -49,52 +48,6 @@ def is_cell_layer(family: str, layer: Layer) -> bool:
     return not (family == "flux" and layer.module == "attn")
 
 
-class _LevelProbe(Method):
-    """Unregistered probe: step 0 FULL, step k (1..K) puts every cell layer at level k, with the
-    first k·N/K tokens as the 'selection' (which tokens does not change MACs)."""
-
-    name = "diffsparse-probe"
-
-    def __init__(self, K: int):
-        super().__init__(MethodConfig())
-        self.K = K
-
-    def decide(self, i: int, layer: Layer) -> Decision:
-        if i == 0:
-            return FULL
-        if not is_cell_layer(self.run.family, layer):
-            return REUSE
-        return level_decision(i, self.K, self.run.n_tokens(layer))
-
-    def select(self, i, layer, k, ctx):
-        return torch.arange(k, device=ctx.staleness.device).expand(ctx.batch, k)
-
-
-def _default_inputs(transformer: torch.nn.Module, family: str, text_tokens: int) -> dict[str, Any]:
-    """One denoiser call at the model's native latent size (DiT / PixArt only: FLUX and Wan have
-    no native size in their configs, pass ``inputs=``)."""
-    cfg = transformer.config
-    opts = {"device": "meta"}
-    side = cfg.sample_size
-    x = torch.zeros(1, cfg.in_channels, side, side, **opts)
-    t = torch.zeros(1, dtype=torch.long, **opts)
-    if family == "dit":
-        return {"hidden_states": x, "timestep": t, "class_labels": torch.zeros(1, dtype=torch.long, **opts)}
-    if family == "pixart":
-        return {"hidden_states": x, "timestep": t,
-                "encoder_hidden_states": torch.zeros(1, text_tokens, cfg.caption_channels, **opts),
-                "encoder_attention_mask": torch.ones(1, text_tokens, **opts),
-                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
-    raise ValueError(f"LevelSpace: pass inputs= (one denoiser call's keyword inputs) for a {family} transformer; "
-                     "default inputs exist for dit and pixart, or use a model name "
-                     "(harness.models.architectures.ARCHITECTURES)")
-
-
-def _meta_copy(transformer: torch.nn.Module) -> torch.nn.Module:
-    with torch.device("meta"):
-        return type(transformer).from_config(dict(transformer.config)).eval()
-
-
 @dataclass
 class LevelSpace:
     """Cells × levels with their MACs (per generated image) and integer solver weights.
@@ -115,66 +68,6 @@ class LevelSpace:
     fixed_call: float
     step0: float
     cfg_counted: bool
-
-    # -- construction ------------------------------------------------------------------------
-    @classmethod
-    def from_model(cls, model: str, steps: int | None = None, interval: float = 0.25,
-                   mode: Literal["weighted", "paper"] = "weighted", cfg_counted: bool | None = None) -> "LevelSpace":
-        """For a real model name (``harness.models.architectures``), on the meta device."""
-        from harness.models.architectures import architecture, call_inputs, meta_model
-
-        arch = architecture(model)
-        counted = arch.cfg_counted if cfg_counted is None else cfg_counted
-        return cls._probe(meta_model(model), call_inputs(model, 999.0), steps or arch.default_steps, interval,
-                          mode, rows_per_image=2 if (arch.cfg and counted) else 1, cfg_batched=arch.cfg,
-                          cfg_counted=counted)
-
-    @classmethod
-    def from_transformer(cls, target, steps: int, interval: float = 0.25,
-                         mode: Literal["weighted", "paper"] = "weighted", *, inputs: dict | None = None,
-                         text_tokens: int = 120, cfg_counted: bool | None = None) -> "LevelSpace":
-        """For a pipeline or transformer (any size: a meta copy runs). ``inputs``: keyword inputs of
-        one denoiser call for one image row (default for DiT/PixArt: the native latent size and
-        ``text_tokens`` caption tokens). [PD] ``cfg_counted`` defaults to the family's published
-        convention (DiT counted, others not)."""
-        from harness.adapters import adapter_for
-
-        transformer = getattr(target, "transformer", target)
-        family = adapter_for(transformer).family
-        counted = (family == "dit") if cfg_counted is None else cfg_counted
-        cfg = family in ("dit", "pixart", "wan")
-        meta = _meta_copy(transformer)
-        inputs = inputs if inputs is not None else _default_inputs(meta, family, text_tokens)
-        inputs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        return cls._probe(meta, inputs, steps, interval, mode, rows_per_image=2 if (cfg and counted) else 1,
-                          cfg_batched=False, cfg_counted=counted)
-
-    @classmethod
-    def _probe(cls, transformer, inputs, steps, interval, mode, *, rows_per_image, cfg_batched, cfg_counted):
-        from harness.engine import attach
-
-        if steps < 2:
-            raise ValueError(f"steps must be >= 2 (step 0 is always FULL and has no cells), got {steps}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        K = level_count(interval)
-        probe = _LevelProbe(K)
-        with torch.no_grad(), attach(transformer, probe, num_steps=K + 1, cfg_batched=cfg_batched) as handle:
-            for _ in range(K + 1):
-                transformer(**inputs)
-            engine = handle.engine
-            run, branches = engine.latest()
-            records = next(iter(branches.values())).steps
-        layers = list(run.layers)
-        macs = np.zeros((len(layers), K + 1))
-        for k in range(1, K + 1):
-            for ell, value in records[k].macs_per_layer.items():
-                macs[ell, k] = value
-        cells = [layer.index for layer in layers if is_cell_layer(run.family, layer)]
-        return cls(family=run.family, steps=steps, K=K, mode=mode, layers=layers,
-                   n_tokens=[run.n_tokens(layer) for layer in layers], cell_layers=cells,
-                   layer_macs=macs * rows_per_image, fixed_call=(records[1].macs_linear - sum(records[1].macs_per_layer.values())) * rows_per_image,
-                   step0=records[0].macs_linear * rows_per_image, cfg_counted=cfg_counted)
 
     # -- the space ----------------------------------------------------------------------------
     @property
@@ -241,8 +134,10 @@ class LevelSpace:
         low, high = int(self.weights.min(axis=1).sum()), int(self.weights.max(axis=1).sum())
         if not low <= B <= high:
             lo_R, hi_R = self.ratio_range()
-            raise ValueError(f"R = {R} is outside what the {self.n_cells} cells can reach: R must be in "
-                             f"[{lo_R:.4f}, {hi_R:.4f}] (all cells FULL .. all cells REUSE)")
+            raise ValueError(
+                f"R = {R} is outside what the {self.n_cells} cells can reach: R must be in "
+                f"[{lo_R:.4f}, {hi_R:.4f}] (all cells FULL .. all cells REUSE)"
+            )
         return B
 
     def ratio_range(self) -> tuple[float, float]:
@@ -279,11 +174,20 @@ class LevelSpace:
     def decisions(self, levels_per_cell) -> list[list[Decision]]:
         """The executed decision of every (step, layer) at this space's token counts."""
         grid = self.level_grid(levels_per_cell)
-        return [[level_decision(grid[i, ell], self.K, self.n_tokens[ell]) for ell in range(len(self.layers))]
-                for i in range(self.steps)]
+        return [
+            [level_decision(grid[i, ell], self.K, self.n_tokens[ell]) for ell in range(len(self.layers))]
+            for i in range(self.steps)
+        ]
 
     def describe(self) -> dict[str, Any]:
-        return {"family": self.family, "steps": self.steps, "K": self.K, "mode": self.mode,
-                "cells": self.n_cells, "cell_layers": [self.layers[ell].name for ell in self.cell_layers],
-                "base_macs": self.base_macs, "fixed_macs": self.fixed_macs, "cfg_counted": self.cfg_counted}
-
+        return {
+            "family": self.family,
+            "steps": self.steps,
+            "K": self.K,
+            "mode": self.mode,
+            "cells": self.n_cells,
+            "cell_layers": [self.layers[ell].name for ell in self.cell_layers],
+            "base_macs": self.base_macs,
+            "fixed_macs": self.fixed_macs,
+            "cfg_counted": self.cfg_counted,
+        }

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsbench.core import NotApplicable, check_plain_attention
+
 # Layouts by depth (METHODS §1.9): poolingformers, SDTMs, sparse and dense blocks per SDTM, top blocks.
 # [PD] 6 blocks (the embedded mnist-dit): 1 poolingformer + 1 SDTM [1, 1, 1, 1] + 1 top block — the smallest
 # layout that keeps every segment of the paper's design.
@@ -52,17 +54,22 @@ def resolve_layout(num_layers: int, **given: int | None) -> Layout:
     preset = PRESET_LAYOUTS.get(num_layers)
     missing = [name for name in LAYOUT_FIELDS if given.get(name) is None]
     if preset is None and missing:
-        raise ValueError(f"sparsedit: no preset layout for a {num_layers}-block DiT (presets for "
-                         f"{sorted(PRESET_LAYOUTS)} blocks); give {', '.join(missing)}")
+        raise ValueError(
+            f"sparsedit: no preset layout for a {num_layers}-block DiT (presets for "
+            f"{sorted(PRESET_LAYOUTS)} blocks); give {', '.join(missing)}"
+        )
     layout = Layout(**{name: given[name] if given.get(name) is not None else preset[name] for name in LAYOUT_FIELDS})
     if layout.depth != num_layers:
-        raise ValueError(f"sparsedit: layout {', '.join(f'{k}={v}' for k, v in vars(layout).items())} uses "
-                         f"poolingformers + sdtms·(2 + sparse_blocks + dense_blocks) + top_blocks = {layout.depth} "
-                         f"blocks, the transformer has {num_layers}")
+        raise ValueError(
+            f"sparsedit: layout {', '.join(f'{k}={v}' for k, v in vars(layout).items())} uses "
+            f"poolingformers + sdtms·(2 + sparse_blocks + dense_blocks) + top_blocks = {layout.depth} "
+            f"blocks, the transformer has {num_layers}"
+        )
     return layout
 
 
 # -- timestep-wise pruning rate (METHODS §1.9) -------------------------------------------------------
+
 
 def pruning_rate(t: float, r_min: float, r_max: float, num_train_timesteps: int = 1000) -> float:
     """r(t): r_min for t < T/4, then ((4T − 4t)·r_min + (4t − T)·r_max)/(3T), reaching r_max at t = T (pure noise)."""
@@ -91,6 +98,7 @@ def pieces(r_min: float, r_max: float, n_tokens: int, num_train_timesteps: int =
 
 
 # -- blocks ------------------------------------------------------------------------------------------
+
 
 def attention(attn, x_q: torch.Tensor, x_kv: torch.Tensor, counter) -> torch.Tensor:
     """diffusers ``Attention`` (AttnProcessor2_0 arithmetic) with queries from ``x_q``, keys/values from ``x_kv``."""
@@ -163,9 +171,9 @@ class SDTM(nn.Module):
     def __init__(self, blocks: list, sparse_blocks: int, dim: int):
         super().__init__()
         self.generate = Block(blocks[0])
-        self.sparse = nn.ModuleList(Block(b) for b in blocks[1:1 + sparse_blocks])
+        self.sparse = nn.ModuleList(Block(b) for b in blocks[1 : 1 + sparse_blocks])
         self.recover = Block(blocks[1 + sparse_blocks])
-        self.dense = nn.ModuleList(Block(b) for b in blocks[2 + sparse_blocks:])
+        self.dense = nn.ModuleList(Block(b) for b in blocks[2 + sparse_blocks :])
         # W_1 = 0, W_2 = I, zero biases: at initialisation X_m is the module's dense input (plus positions)
         ref = blocks[0].norm1.linear.weight  # new layers on the model's device and dtype
         like = dict(device=ref.device, dtype=ref.dtype)
@@ -196,8 +204,15 @@ class SDTM(nn.Module):
 class SparseDiT(nn.Module):
     """The rebuilt transformer: ``forward`` takes and returns what ``DiTTransformer2DModel.forward`` does."""
 
-    def __init__(self, transformer, layout: Layout, r_min: float, r_max: float, prune: bool = True,
-                 num_train_timesteps: int = 1000):
+    def __init__(
+        self,
+        transformer,
+        layout: Layout,
+        r_min: float,
+        r_max: float,
+        prune: bool = True,
+        num_train_timesteps: int = 1000,
+    ):
         super().__init__()
         blocks = list(transformer.transformer_blocks)
         self.config = transformer.config  # what pipelines read (sample_size, in/out channels, ...)
@@ -210,9 +225,10 @@ class SparseDiT(nn.Module):
         self.poolingformers = nn.ModuleList(Block(b, pooling=prune) for b in blocks[:p])
         per = 2 + layout.sparse_blocks + layout.dense_blocks
         dim = transformer.inner_dim
-        self.sdtms = nn.ModuleList(SDTM(blocks[p + i * per:p + (i + 1) * per], layout.sparse_blocks, dim)
-                                   for i in range(layout.sdtms))
-        self.top = nn.ModuleList(Block(b) for b in blocks[p + layout.sdtms * per:])
+        self.sdtms = nn.ModuleList(
+            SDTM(blocks[p + i * per : p + (i + 1) * per], layout.sparse_blocks, dim) for i in range(layout.sdtms)
+        )
+        self.top = nn.ModuleList(Block(b) for b in blocks[p + layout.sdtms * per :])
         self.norm_out = copy.deepcopy(transformer.norm_out)
         self.proj_out_1 = copy.deepcopy(transformer.proj_out_1)
         self.proj_out_2 = copy.deepcopy(transformer.proj_out_2)
@@ -243,13 +259,17 @@ class SparseDiT(nn.Module):
             return None
         n = grid[0] * grid[1]
         if isinstance(timestep, torch.Tensor) and timestep.is_meta:
-            raise ValueError("sparsedit: its token count depends on the timestep values, which a meta-device "
-                             "MAC simulation does not have; count MACs on a real (random-weight) model instead")
+            raise ValueError(
+                "sparsedit: its token count depends on the timestep values, which a meta-device "
+                "MAC simulation does not have; count MACs on a real (random-weight) model instead"
+            )
         values = torch.as_tensor(timestep).reshape(-1).tolist()
         sides = {grid_side(pruning_rate(t, self.r_min, self.r_max, self.num_train_timesteps), n) for t in values}
         if len(sides) != 1:
-            raise ValueError(f"sparsedit: the timesteps of one call map to sparse grid sides {sorted(sides)}; a call "
-                             "needs one side (draw a training batch inside one piece of methods.sparsedit.pieces)")
+            raise ValueError(
+                f"sparsedit: the timesteps of one call map to sparse grid sides {sorted(sides)}; a call "
+                "needs one side (draw a training batch inside one piece of dsbench.methods.sparsedit.pieces)"
+            )
         return min(sides.pop(), *grid)
 
     def positions(self, grid: tuple[int, int], device) -> torch.Tensor:
@@ -259,12 +279,27 @@ class SparseDiT(nn.Module):
             return pe.pos_embed
         from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-        return get_2d_sincos_pos_embed(embed_dim=pe.pos_embed.shape[-1], grid_size=grid, base_size=pe.base_size,
-                                       interpolation_scale=pe.interpolation_scale, device=device,
-                                       output_type="pt").float().unsqueeze(0)
+        return (
+            get_2d_sincos_pos_embed(
+                embed_dim=pe.pos_embed.shape[-1],
+                grid_size=grid,
+                base_size=pe.base_size,
+                interpolation_scale=pe.interpolation_scale,
+                device=device,
+                output_type="pt",
+            )
+            .float()
+            .unsqueeze(0)
+        )
 
-    def forward(self, hidden_states: torch.Tensor, timestep=None, class_labels=None, cross_attention_kwargs=None,
-                return_dict: bool = True):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep=None,
+        class_labels=None,
+        cross_attention_kwargs=None,
+        return_dict: bool = True,
+    ):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
         p = self.patch_size
@@ -292,14 +327,15 @@ def check_transformer(transformer) -> None:
     """NotApplicable unless ``transformer`` is a DiT this transform supports."""
     import diffusers
 
-    from harness.adapters.basic import check_plain_attention
-    from methods.base import NotApplicable
-
     if not isinstance(transformer, diffusers.DiTTransformer2DModel):
         raise NotApplicable(f"sparsedit transforms a DiTTransformer2DModel, got {type(transformer).__name__}")
     for i, block in enumerate(transformer.transformer_blocks):
-        if (block.norm_type != "ada_norm_zero" or block.attn2 is not None or block.attn1.norm_q is not None
-                or block.attn1.norm_k is not None):
+        if (
+            block.norm_type != "ada_norm_zero"
+            or block.attn2 is not None
+            or block.attn1.norm_q is not None
+            or block.attn1.norm_k is not None
+        ):
             raise NotApplicable("sparsedit supports DiT blocks with ada_norm_zero, no cross-attention and no q/k norm")
         try:
             check_plain_attention(block.attn1, f"DiTTransformer2DModel.transformer_blocks[{i}]")
@@ -307,13 +343,21 @@ def check_transformer(transformer) -> None:
             raise NotApplicable(f"sparsedit: {err}") from None
 
 
-def sparsify(transformer, layout: Layout, r_min: float = 0.61, r_max: float = 0.86, prune: bool = True,
-             num_train_timesteps: int = 1000) -> SparseDiT:
+def sparsify(
+    transformer,
+    layout: Layout,
+    r_min: float = 0.61,
+    r_max: float = 0.86,
+    prune: bool = True,
+    num_train_timesteps: int = 1000,
+) -> SparseDiT:
     """SparseDiT from a pretrained ``DiTTransformer2DModel`` (its weights are copied, never changed)."""
     check_transformer(transformer)
     if layout.depth != len(transformer.transformer_blocks):
-        raise ValueError(f"sparsedit: the layout uses {layout.depth} blocks, the transformer has "
-                         f"{len(transformer.transformer_blocks)}")
+        raise ValueError(
+            f"sparsedit: the layout uses {layout.depth} blocks, the transformer has "
+            f"{len(transformer.transformer_blocks)}"
+        )
     if not 0.0 <= r_min <= r_max < 1.0:
         raise ValueError(f"sparsedit: need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
     return SparseDiT(transformer, layout, r_min, r_max, prune=prune, num_train_timesteps=num_train_timesteps)

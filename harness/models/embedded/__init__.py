@@ -1,9 +1,12 @@
 """Embedded models: small models of the real diffusers classes, trained here, weights in the repo.
 
-Each module registers its bundle with ``harness.models.zoo.register``.
+Each module provides ``NAME`` and ``load``; ``dsbench.models.zoo`` lists them.
 """
-from harness.models.embedded import mnist_dit  # noqa: F401
-from harness.models.embedded import shapes_pixart  # noqa: F401
+
+from dsbench.models.embedded import (
+    mnist_dit,  # noqa: F401
+    shapes_pixart,  # noqa: F401
+)
 
 # model → family, known without loading the model (experiment files are validated before any work)
 FAMILIES = {mnist_dit.NAME: "dit", shapes_pixart.NAME: "pixart", shapes_pixart.TRANSFER_NAME: "pixart"}

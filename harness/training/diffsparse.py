@@ -6,8 +6,8 @@ exactly as at inference, and blended with the cache by the soft mask m = Σ_k G[
 STE gates G (forward value: the DP's hard level). Gradients flow through every sampling step,
 the scheduler updates and the frozen VAE decoder to the cost tables only.
 
-    python -m methods.diffsparse.train --model mnist-dit --ratio 0.5 --out results/diffsparse/mnist-dit
-    python -m methods.diffsparse.train --model mnist-dit --evaluate --out results/diffsparse/mnist-dit
+    python -m dsbench.training.diffsparse --model mnist-dit --ratio 0.5 --out results/diffsparse/mnist-dit
+    python -m dsbench.training.diffsparse --model mnist-dit --evaluate --out results/diffsparse/mnist-dit
 
 Stages (Algorithm 1): 1a layer costs with ToCa's full steps T_f⁰ forced (lr 1.0), 1b step costs C_f
 (lr 0.01, step-DP), warm start δ on the chosen full steps, 2 unified fine-tune (lr 0.1). ``lr_scale``
@@ -27,22 +27,30 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pydantic
 import torch
 import torch.nn.functional as F
 
-from harness.scores import ScoreSpec
-from methods.base import FULL, REUSE, Decision, Layer, Method, MethodConfig, mix
-from methods.diffsparse import dp
-from methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
-from methods.diffsparse.schedule import config_hash, export_schedule
-from methods.diffsparse.selector import selector_spec
-from methods.diffsparse.space import LevelSpace, level_count, tokens_at
+import dsbench
+from dsbench import methods, stats
+from dsbench.adapters import adapter_for
+from dsbench.core import FULL, REUSE, Decision, Layer, Method, MethodConfig, mix
+from dsbench.macs import level_space_of
+from dsbench.methods.diffsparse import dp
+from dsbench.methods.diffsparse.cost import CostTable, StepCosts, ste_gates, toca_fresh_ratios
+from dsbench.methods.diffsparse.schedule import config_hash, export_schedule, load_schedule
+from dsbench.methods.diffsparse.selector import selector_spec
+from dsbench.methods.diffsparse.space import LevelSpace, level_count, tokens_at
+from dsbench.metrics.fidelity import lpips_model, lpips_per_image, psnr_per_image
+from dsbench.models import zoo
+from dsbench.models.embedded.common import Log
+from dsbench.scores import ScoreSpec
 
 SCHEDULE_FILE = "schedule.json"
 STAGE_SHARES = {"1a": 0.4, "1b": 0.2, "2": 0.4, "single": 1.0}  # of a --minutes budget [PD]
@@ -73,12 +81,17 @@ class TrainConfig(MethodConfig):
     checkpoint: bool = pydantic.Field(False, description="gradient checkpointing of every cell's layer")
     bf16: bool = pydantic.Field(False, description="bf16 autocast for the student")
     importance: Literal["attention", "similarity", "norm"] = pydantic.Field(
-        "attention", description="selector importance: attention, similarity, norm")
+        "attention", description="selector importance: attention, similarity, norm"
+    )
     drop: tuple[Literal["s1", "s2", "s3", "B"], ...] = pydantic.Field(
-        (), description="selector score terms removed while training and at inference: any of s1, s2, s3, B")
+        (), description="selector score terms removed while training and at inference: any of s1, s2, s3, B"
+    )
     pixart_lambda1: float | None = pydantic.Field(
-        None, ge=0.0, description="PixArt selector λ1 (s1 weight) >= 0 while training and at inference; "
-        "null: 0 as in the paper's A.5.1 (a nonzero base gives Table 10's −s1 row something to remove)")
+        None,
+        ge=0.0,
+        description="PixArt selector λ1 (s1 weight) >= 0 while training and at inference; "
+        "null: 0 as in the paper's A.5.1 (a nonzero base gives Table 10's −s1 row something to remove)",
+    )
     lr_scale: float = pydantic.Field(1.0, gt=0.0, description="multiplies every learning rate and δ (> 0; 1 = paper)")
     val_conditions: int = pydantic.Field(0, ge=0, description="held-out validation conditions >= 0 (0: no selection)")
     val_every: int = pydantic.Field(1, ge=1, description="validate every N epochs of each stage (N >= 1)")
@@ -96,14 +109,17 @@ class TrainConfig(MethodConfig):
         return value
 
     @pydantic.model_validator(mode="after")
-    def _seeds_differ(self) -> "TrainConfig":
+    def _seeds_differ(self) -> TrainConfig:
         if self.val_conditions and self.val_seed in (self.condition_seed, 0):
-            raise ValueError(f"val_seed ({self.val_seed}) must differ from condition_seed ({self.condition_seed}) "
-                             "and from the evaluation seed 0: validation conditions are held out")
+            raise ValueError(
+                f"val_seed ({self.val_seed}) must differ from condition_seed ({self.condition_seed}) "
+                "and from the evaluation seed 0: validation conditions are held out"
+            )
         return self
 
 
 # -------------------------------------------------------------------------------------- the task
+
 
 @dataclass
 class Task:
@@ -124,12 +140,23 @@ def task_from_bundle(bundle) -> Task:
     """The zoo bundle's pipeline called as its ``sample`` calls it (same guidance and resolution)."""
     s = bundle.sampler
     if bundle.family == "dit":
+
         def inputs(conds, gens):
-            return dict(class_labels=[int(c) for c in conds], guidance_scale=s.guidance_scale, generator=gens, **s.extra)
+            return dict(
+                class_labels=[int(c) for c in conds], guidance_scale=s.guidance_scale, generator=gens, **s.extra
+            )
     elif bundle.family == "pixart":
+
         def inputs(conds, gens):
-            return dict(prompt=[str(c) for c in conds], negative_prompt="", guidance_scale=s.guidance_scale,
-                        generator=gens, height=s.resolution, width=s.resolution, **s.extra)
+            return dict(
+                prompt=[str(c) for c in conds],
+                negative_prompt="",
+                guidance_scale=s.guidance_scale,
+                generator=gens,
+                height=s.resolution,
+                width=s.resolution,
+                **s.extra,
+            )
     else:
         raise ValueError(f"training inputs are defined for the dit and pixart families, got {bundle.family!r}")
     return Task(bundle.name, bundle.pipeline, s.steps, inputs, bundle.conditions)
@@ -168,8 +195,6 @@ def weights_fingerprint(pipeline) -> str:
 def lpips_to_teacher(student: torch.Tensor, teacher: torch.Tensor) -> float:
     """Mean LPIPS (AlexNet, the evaluation metric) of images in [−1, 1]; images under 32 px (test
     pipelines) are upsampled (nearest) to 32 first, the smallest size AlexNet's strides accept."""
-    from harness.metrics.fidelity import lpips_model
-
     if min(student.shape[-2:]) < 32:
         student, teacher = (F.interpolate(x, size=32, mode="nearest") for x in (student, teacher))
     with torch.no_grad():
@@ -193,6 +218,7 @@ def frozen(pipeline):
 
 # -------------------------------------------------------------------------------- training forward
 
+
 class TrainingPolicy(Method):
     """The student's policy (unregistered): step 0 FULL, every cell MIX(n_c(hard level)) blended by the
     soft mask of its gate row; non-cell layers REUSE after step 0 (as at inference)."""
@@ -212,8 +238,10 @@ class TrainingPolicy(Method):
     def set_plan(self, levels: np.ndarray, gates: torch.Tensor) -> None:
         """Hard level per cell and gate rows (cells × levels) whose forward value is one_hot(levels)."""
         if gates.shape != (self.space.n_cells, self.space.K + 1) or len(levels) != self.space.n_cells:
-            raise ValueError(f"a plan needs {self.space.n_cells} levels and gates of shape "
-                             f"({self.space.n_cells}, {self.space.K + 1}), got {len(levels)} and {tuple(gates.shape)}")
+            raise ValueError(
+                f"a plan needs {self.space.n_cells} levels and gates of shape "
+                f"({self.space.n_cells}, {self.space.K + 1}), got {len(levels)} and {tuple(gates.shape)}"
+            )
         self.levels, self.gates = np.asarray(levels), gates
 
     def _cell(self, i: int, layer: Layer) -> int:
@@ -244,10 +272,11 @@ class TrainingPolicy(Method):
 
 # ------------------------------------------------------------------------------------------ losses
 
+
 def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM of images in [0, 1] (11×11 Gaussian window σ 1.5, valid windows), differentiable."""
     coords = torch.arange(11, dtype=x.dtype, device=x.device) - 5
-    g = torch.exp(-coords**2 / (2 * 1.5**2))
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
     window = torch.outer(g, g)[None, None].expand(x.shape[1], 1, 11, 11)
 
@@ -264,8 +293,6 @@ def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def distance(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Per-image distance of images in [−1, 1]: LPIPS (VGG, real offline weights), L2 or 1 − SSIM."""
     if name == "lpips":
-        from harness.metrics.fidelity import lpips_model
-
         model = lpips_model("vgg")
         return lambda a, b: model(a, b).flatten()
     if name == "l2":
@@ -277,6 +304,7 @@ def distance(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 
 # --------------------------------------------------------------------------------------- the trainer
 
+
 class Trainer:
     """Algorithm 1 over a task; state (tables, optimisers, position, best validated schedule, seconds
     spent) is checkpointed after every iteration. ``minutes``: wall-clock budget of the whole training
@@ -284,13 +312,18 @@ class Trainer:
     the current iteration and exports what it has; a later call resumes an interrupted run with the time
     that was left, re-exports a run that used its budget, and trains further only with larger ``minutes``."""
 
-    def __init__(self, task: Task, config: TrainConfig, out: Path, log: Callable[[str], None] = print,
-                 minutes: float | None = None):
+    def __init__(
+        self,
+        task: Task,
+        config: TrainConfig,
+        out: Path,
+        log: Callable[[str], None] = print,
+        minutes: float | None = None,
+    ):
         if minutes is not None and not minutes > 0:
             raise ValueError(f"minutes (wall-clock budget) must be > 0, got {minutes}")
         self.task, self.config, self.out, self.log, self.minutes = task, config, Path(out), log, minutes
         self.out.mkdir(parents=True, exist_ok=True)
-        from harness.adapters import adapter_for
 
         family = adapter_for(task.pipeline.transformer).family
         self.conditions = task.conditions(config.conditions, config.condition_seed)
@@ -298,10 +331,12 @@ class Trainer:
         self.val_conditions = task.conditions(config.val_conditions, config.val_seed) if config.val_conditions else []
         self.val_seeds = seeds_for(config.val_seed, len(self.val_conditions))
         self.toca, run = self.toca_run()
-        self.space = LevelSpace.from_transformer(task.pipeline, task.steps, config.interval, config.mode,
-                                                 text_tokens=max(run.n_text, 1))
-        self.score = selector_spec(family, importance=config.importance, drop=config.drop,
-                                   pixart_lambda1=config.pixart_lambda1)
+        self.space = level_space_of(
+            task.pipeline, task.steps, config.interval, config.mode, text_tokens=max(run.n_text, 1)
+        )
+        self.score = selector_spec(
+            family, importance=config.importance, drop=config.drop, pixart_lambda1=config.pixart_lambda1
+        )
         self.table = CostTable(self.space.n_cells, self.space.K + 1)
         self.weights = self.space.weights
         self.B = self.space.budget(config.ratio)
@@ -314,9 +349,7 @@ class Trainer:
     def toca_run(self):
         """ToCa's schedule for this model and steps (its defaults) and the run's shape, from one cheap
         run of one condition: ToCa's decisions depend on the model and steps, not on the content."""
-        import methods
-
-        with methods.attach(self.task.pipeline, methods.build("toca")) as handle:
+        with dsbench.attach(self.task.pipeline, methods.build("toca")) as handle:
             images(self.task, self.conditions[:1], self.seeds[:1], grad=False)
             run, _ = handle.engine.latest()
             return handle.report()["schedule"], run
@@ -338,8 +371,10 @@ class Trainer:
         levels = np.full(len(costs), self.space.K, dtype=np.int64)
         budget = self.B - int(self.weights[forced, -1].sum())
         if budget < int(self.weights[~forced, 0].sum()):
-            raise ValueError(f"ratio {self.config.ratio} leaves no budget beyond the forced full steps; "
-                             "lower ratio or use stages='single'")
+            raise ValueError(
+                f"ratio {self.config.ratio} leaves no budget beyond the forced full steps; "
+                "lower ratio or use stages='single'"
+            )
         solver = dp.solve if self.config.solver == "dp" else dp.solve_no_dp
         levels[~forced] = solver(costs[~forced], self.weights[~forced], budget, window=self.space.window(budget))
         return levels
@@ -357,8 +392,10 @@ class Trainer:
         if config_part != self.config_hash:
             raise ValueError(f"{path} belongs to a different training configuration; remove it or use another --out")
         if weights_part != self.fingerprint:
-            self.log(f"{path} was made with other model weights ({weights_part or 'unknown'}, now "
-                     f"{self.fingerprint}): starting over")
+            self.log(
+                f"{path} was made with other model weights ({weights_part or 'unknown'}, now "
+                f"{self.fingerprint}): starting over"
+            )
             return None
         return state
 
@@ -383,19 +420,31 @@ class Trainer:
             step_costs.load_state_dict(state["step_costs"])
             full_steps, position = state["full_steps"], tuple(state["position"])
             validated = state.get("validated", [])
-            self.log(f"resumed at stage {stages[position[0]]}, iteration {position[1]}" if position[0] < len(stages)
-                     else "resumed after the last stage: exporting")
+            self.log(
+                f"resumed at stage {stages[position[0]]}, iteration {position[1]}"
+                if position[0] < len(stages)
+                else "resumed after the last stage: exporting"
+            )
         policy = TrainingPolicy(self.space, self.score, cfg.detach_cache, cfg.checkpoint)
         loss_fn = distance(cfg.loss)
         per_epoch = -(-len(self.conditions) // cfg.batch)
         lrs = {"1a": cfg.lr_layer, "single": cfg.lr_layer, "1b": cfg.lr_step, "2": cfg.lr_finetune}
-        import methods
         from tqdm.auto import tqdm
 
         def save(position_, optimizer=None):
-            torch.save({"hash": self.hash, "table": self.table.state_dict(), "step_costs": step_costs.state_dict(),
-                        "full_steps": full_steps, "position": position_, "optimizer": optimizer,
-                        "validated": validated, "seconds": spent + time.monotonic() - started}, ckpt)
+            torch.save(
+                {
+                    "hash": self.hash,
+                    "table": self.table.state_dict(),
+                    "step_costs": step_costs.state_dict(),
+                    "full_steps": full_steps,
+                    "position": position_,
+                    "optimizer": optimizer,
+                    "validated": validated,
+                    "seconds": spent + time.monotonic() - started,
+                },
+                ckpt,
+            )
 
         def validate(label: str) -> None:
             """LPIPS to the teacher of the schedule exported now (DP over the whole table, hard levels)."""
@@ -409,22 +458,29 @@ class Trainer:
             else:
                 value = known["val_lpips"]
             validated.append({"label": label, "val_lpips": value, "levels": levels.tolist()})
-            self.log(f"validation {label}: LPIPS to teacher {value:.5f} on {len(self.val_conditions)} held-out "
-                     f"conditions, macs_ratio {self.mac_ratio(levels):.4f}")
+            self.log(
+                f"validation {label}: LPIPS to teacher {value:.5f} on {len(self.val_conditions)} held-out "
+                f"conditions, macs_ratio {self.mac_ratio(levels):.4f}"
+            )
 
         # [PD] with a time budget each remaining stage may run until its cumulative share of it has
         # passed (1a 0.4, 1b 0.2, 2 0.4; time a stage leaves unused carries over); the last stage's
         # deadline is the budget itself, where the run stops resumably
-        shares = [STAGE_SHARES[stage] for stage in stages[position[0]:]]
+        shares = [STAGE_SHARES[stage] for stage in stages[position[0] :]]
         left = None if self.minutes is None else 60 * self.minutes - spent
-        deadlines = {position[0] + j: started + left * sum(shares[:j + 1]) / sum(shares)
-                     for j in range(len(shares))} if left is not None else {}
+        deadlines = (
+            {position[0] + j: started + left * sum(shares[: j + 1]) / sum(shares) for j in range(len(shares))}
+            if left is not None
+            else {}
+        )
 
         stopped = left is not None and left <= 0 and position[0] < len(stages)
         if stopped:
-            self.log(f"the time budget of {self.minutes} min was used by earlier calls ({spent / 60:.1f} min): "
-                     "exporting what they trained (give more minutes to train further)")
-        with frozen(self.task.pipeline), methods.attach(self.task.pipeline, policy):
+            self.log(
+                f"the time budget of {self.minutes} min was used by earlier calls ({spent / 60:.1f} min): "
+                "exporting what they trained (give more minutes to train further)"
+            )
+        with frozen(self.task.pipeline), dsbench.attach(self.task.pipeline, policy):
             if cfg.val_conditions and not validated:
                 validate("ToCa init")
                 save(position)
@@ -442,11 +498,15 @@ class Trainer:
                     if deadlines and time.monotonic() > deadlines[s]:
                         if s == len(stages) - 1:
                             stopped = True
-                            self.log(f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
-                                     "checkpointed: a later call with more minutes trains further")
+                            self.log(
+                                f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
+                                "checkpointed: a later call with more minutes trains further"
+                            )
                         else:
-                            self.log(f"stage {stage}: its share of the {self.minutes} min budget is used after "
-                                     f"{it} iterations; next stage")
+                            self.log(
+                                f"stage {stage}: its share of the {self.minutes} min budget is used after "
+                                f"{it} iterations; next stage"
+                            )
                         break
                     batch = [(it % per_epoch) * cfg.batch + j for j in range(cfg.batch)]
                     batch = [j for j in batch if j < len(self.conditions)]
@@ -454,18 +514,26 @@ class Trainer:
                     levels, gates = self.plan(stage, step_costs, full_steps)
                     policy.set_plan(levels, gates)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                        student = images(self.task, [self.conditions[j] for j in batch],
-                                         [self.seeds[j] for j in batch], grad=True)
+                        student = images(
+                            self.task, [self.conditions[j] for j in batch], [self.seeds[j] for j in batch], grad=True
+                        )
                     loss = loss_fn(student.float(), teacher[batch]).mean()
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    self.log(f"stage {stage} iter {it + 1}/{total} loss {loss.item():.5f} "
-                             f"macs_ratio {self.mac_ratio(levels):.4f} full_steps {full_steps} "
-                             f"{time.perf_counter() - t0:.1f}s")
+                    self.log(
+                        f"stage {stage} iter {it + 1}/{total} loss {loss.item():.5f} "
+                        f"macs_ratio {self.mac_ratio(levels):.4f} full_steps {full_steps} "
+                        f"{time.perf_counter() - t0:.1f}s"
+                    )
                     epoch = (it + 1) // per_epoch
-                    if (cfg.val_conditions and (it + 1) % per_epoch == 0 and epoch % cfg.val_every == 0
-                            and it + 1 < total and stage != "1b"):  # 1b leaves P (the exported costs) alone
+                    if (
+                        cfg.val_conditions
+                        and (it + 1) % per_epoch == 0
+                        and epoch % cfg.val_every == 0
+                        and it + 1 < total
+                        and stage != "1b"
+                    ):  # 1b leaves P (the exported costs) alone
                         validate(f"stage {stage} epoch {epoch}")
                     save((s, it + 1), opt.state_dict())
                 if not stopped:
@@ -477,25 +545,51 @@ class Trainer:
                     if cfg.val_conditions:
                         validate(f"end of stage {stage}")
                     save((s + 1, 0))
-        export_schedule(self.out / INIT_FILE, self.space, init_levels, budget_ratio=cfg.ratio,
-                        config={"task": self.task.name, "init": "toca", **cfg.recorded()})
+        export_schedule(
+            self.out / INIT_FILE,
+            self.space,
+            init_levels,
+            budget_ratio=cfg.ratio,
+            config={"task": self.task.name, "init": "toca", **cfg.recorded()},
+        )
         final = self.solve(self.table.costs())
         levels, chosen = final, "the final costs"
         if validated:
             best = min(validated, key=lambda v: v["val_lpips"])  # first of equals: the earliest
             levels, chosen = np.asarray(best["levels"], dtype=np.int64), f"best on validation: {best['label']}"
-            (self.out / "validation.json").write_text(json.dumps(
-                {"conditions": len(self.val_conditions), "seed": cfg.val_seed, "metric": "lpips_alex",
-                 "chosen": best["label"], "history": [{k: v[k] for k in ("label", "val_lpips")} for v in validated]},
-                indent=1))
-        self.log(f"exported schedule ({chosen}{'; stopped early' if stopped else ''}): "
-                 f"macs_ratio {self.mac_ratio(levels):.4f} (target {1 - cfg.ratio:.4f})")
+            (self.out / "validation.json").write_text(
+                json.dumps(
+                    {
+                        "conditions": len(self.val_conditions),
+                        "seed": cfg.val_seed,
+                        "metric": "lpips_alex",
+                        "chosen": best["label"],
+                        "history": [{k: v[k] for k in ("label", "val_lpips")} for v in validated],
+                    },
+                    indent=1,
+                )
+            )
+        self.log(
+            f"exported schedule ({chosen}{'; stopped early' if stopped else ''}): "
+            f"macs_ratio {self.mac_ratio(levels):.4f} (target {1 - cfg.ratio:.4f})"
+        )
         return export_schedule(
-            self.out / SCHEDULE_FILE, self.space, levels,
-            config={"task": self.task.name, "weights": self.fingerprint, **cfg.recorded()}, budget_ratio=cfg.ratio,
-            tables={"P": self.table.P.detach().numpy(), "C": self.table.costs(), "C_init": init_costs,
-                    "C_f": step_costs.C.detach().numpy(), "T_f": np.asarray(full_steps, dtype=np.int64),
-                    "T_f0": np.asarray(tf0, dtype=np.int64), "levels_init": init_levels, "levels_final": final})
+            self.out / SCHEDULE_FILE,
+            self.space,
+            levels,
+            config={"task": self.task.name, "weights": self.fingerprint, **cfg.recorded()},
+            budget_ratio=cfg.ratio,
+            tables={
+                "P": self.table.P.detach().numpy(),
+                "C": self.table.costs(),
+                "C_init": init_costs,
+                "C_f": step_costs.C.detach().numpy(),
+                "T_f": np.asarray(full_steps, dtype=np.int64),
+                "T_f0": np.asarray(tf0, dtype=np.int64),
+                "levels_init": init_levels,
+                "levels_final": final,
+            },
+        )
 
     def plan(self, stage: str, step_costs: StepCosts, full_steps: list[int]) -> tuple[np.ndarray, torch.Tensor]:
         """Hard levels and STE gate rows of one iteration (§1.1.5, §1.1.7)."""
@@ -535,7 +629,7 @@ class Trainer:
         keys = [f"{c!r}|{s}" for c, s in zip(conditions, seeds)]
         missing = [j for j, key in enumerate(keys) if key not in stored]
         for a in range(0, len(missing), self.config.batch):
-            chunk = missing[a:a + self.config.batch]
+            chunk = missing[a : a + self.config.batch]
             out = images(self.task, [conditions[j] for j in chunk], [seeds[j] for j in chunk], grad=False)
             stored.update({keys[j]: img for j, img in zip(chunk, out)})
         if missing:
@@ -545,11 +639,10 @@ class Trainer:
 
 # ---------------------------------------------------------------------------------------- evaluation
 
+
 def check_schedules(pipeline, steps: int, paths: list[Path]) -> None:
     """Every schedule file must exist and be for this pipeline's (T, L): a clear error before any sampling."""
-    from methods.diffsparse.schedule import load_schedule
-
-    layers = [layer.name for layer in LevelSpace.from_transformer(pipeline, steps).layers]
+    layers = [layer.name for layer in level_space_of(pipeline, steps).layers]
     for path in paths:
         load_schedule(path).check_run(steps, layers)
 
@@ -559,46 +652,57 @@ def evaluate(bundle, out: Path, n: int = 32, seed: int = 0) -> str:
     learned schedule, the ToCa-initialised schedule at the same budget (the DP on the initial costs) and
     ToCa itself, each with its 95 % bootstrap interval over the images; writes ``eval.json`` and returns a
     Markdown table."""
-    import methods
-    from harness import stats
-    from harness.metrics.fidelity import lpips_per_image, psnr_per_image
-
     out = Path(out)
     paths = [out / SCHEDULE_FILE, out / INIT_FILE]
     check_schedules(bundle.pipeline, bundle.sampler.steps, paths)
     conds = bundle.conditions(n, seed)
     teacher = bundle.sample(conds, seed)
     rows = []
-    with methods.attach(bundle.pipeline, methods.build("full")) as handle:
+    with dsbench.attach(bundle.pipeline, methods.build("full")) as handle:
         bundle.sample(conds[:1], seed)
         base = handle.report()["macs_cfg_not_counted"]
-    candidates = [("learned (DiffSparse)", methods.build("diffsparse", schedule=str(paths[0]))),
-                  ("ToCa-initialised, DP at the same budget", methods.build("diffsparse", schedule=str(paths[1]))),
-                  ("ToCa (its default schedule)", methods.build("toca"))]
+    candidates = [
+        ("learned (DiffSparse)", methods.build("diffsparse", schedule=str(paths[0]))),
+        ("ToCa-initialised, DP at the same budget", methods.build("diffsparse", schedule=str(paths[1]))),
+        ("ToCa (its default schedule)", methods.build("toca")),
+    ]
     for label, method in candidates:
-        with methods.attach(bundle.pipeline, method) as handle:
+        with dsbench.attach(bundle.pipeline, method) as handle:
             student = bundle.sample(conds, seed)
             macs = handle.report()["macs_cfg_not_counted"]
         lpips, psnr = lpips_per_image(teacher, student).double().numpy(), psnr_per_image(teacher, student).numpy()
-        rows.append({"schedule": label, "macs_ratio": macs / base,
-                     "lpips_alex": float(lpips.mean()), "lpips_alex_ci": list(stats.mean_ci(lpips)),
-                     "psnr_db": float(psnr.mean()), "psnr_db_ci": list(stats.mean_ci(psnr))})
+        rows.append(
+            {
+                "schedule": label,
+                "macs_ratio": macs / base,
+                "lpips_alex": float(lpips.mean()),
+                "lpips_alex_ci": list(stats.mean_ci(lpips)),
+                "psnr_db": float(psnr.mean()),
+                "psnr_db_ci": list(stats.mean_ci(psnr)),
+            }
+        )
     (out / "eval.json").write_text(json.dumps({"n": n, "seed": seed, "rows": rows}, indent=1))
-    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ [95 % CI] "
-             "| PSNR to teacher (dB) ↑ [95 % CI] |", "|---|---|---|---|"]
-    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {r['lpips_alex']:.4f} [{r['lpips_alex_ci'][0]:.4f}, "
-              f"{r['lpips_alex_ci'][1]:.4f}] | {r['psnr_db']:.2f} [{r['psnr_db_ci'][0]:.2f}, {r['psnr_db_ci'][1]:.2f}] |"
-              for r in rows]
+    lines = [
+        "| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ [95 % CI] | PSNR to teacher (dB) ↑ [95 % CI] |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['schedule']} | {r['macs_ratio']:.4f} | {r['lpips_alex']:.4f} [{r['lpips_alex_ci'][0]:.4f}, "
+        f"{r['lpips_alex_ci'][1]:.4f}] | {r['psnr_db']:.2f} [{r['psnr_db_ci'][0]:.2f}, {r['psnr_db_ci'][1]:.2f}] |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+
 
 def parse_config(cls: type[pydantic.BaseModel], values: dict) -> Any:
     """A validated config; errors name the command-line flag and what it allows."""
     try:
         return cls(**values)
     except pydantic.ValidationError as err:
+
         def one(e) -> str:
             if not e["loc"]:
                 return e["msg"].removeprefix("Value error, ")
@@ -609,46 +713,58 @@ def parse_config(cls: type[pydantic.BaseModel], values: dict) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m methods.diffsparse.train`` (and the ``dsbench train`` subcommand)."""
+    """``python -m dsbench.training.diffsparse`` (and the ``dsbench train`` subcommand)."""
     parser = argparse.ArgumentParser(prog="dsbench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model zoo name with a dit or pixart pipeline")
     parser.add_argument("--out", required=True, help="output folder: schedule.json/.npz, log, checkpoint")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="evaluate the schedules in --out on --eval-n held-out conditions and write README.md")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate the schedules in --out on --eval-n held-out conditions and write README.md",
+    )
     parser.add_argument("--eval-n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="wall-clock budget: stop cleanly (checkpointed; rerun to resume) and export the best so far")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget: stop cleanly (checkpointed; rerun to resume) and export the best so far",
+    )
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=field.description)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=field.default, help=field.description
+            )
         elif isinstance(field.default, tuple):
             parser.add_argument(flag, nargs="*", default=field.default, help=field.description)
-        else:  # numbers arrive as numbers: the config takes no text for a number (harness.validation)
+        else:  # numbers arrive as numbers: the config takes no text for a number (dsbench.validation)
             kind = next((t for t in (int, float) if field.annotation in (t, t | None)), None)
             parser.add_argument(flag, type=kind, default=field.default, help=field.description)
     args = parser.parse_args(argv)
     config = parse_config(TrainConfig, {name: getattr(args, name) for name in TrainConfig.model_fields})
     if args.minutes is not None and not args.minutes > 0:
         raise ValueError(f"--minutes (wall-clock budget) must be > 0, got {args.minutes}")
-    command = "python -m methods.diffsparse.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m dsbench.training.diffsparse " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.evaluate:
         print(evaluate_to_readme(args.model, Path(args.out), n=args.eval_n, threads=args.threads, command=command))
         return 0
-    train_and_evaluate(args.model, Path(args.out), config, minutes=args.minutes, threads=args.threads,
-                       command=command)
+    train_and_evaluate(args.model, Path(args.out), config, minutes=args.minutes, threads=args.threads, command=command)
     return 0
 
 
-def train_and_evaluate(model: str, out: Path, config: TrainConfig, *, minutes: float | None = None,
-                       threads: int = 1, evaluate_n: int = 0, command: str) -> Path:
+def train_and_evaluate(
+    model: str,
+    out: Path,
+    config: TrainConfig,
+    *,
+    minutes: float | None = None,
+    threads: int = 1,
+    evaluate_n: int = 0,
+    command: str,
+) -> Path:
     """Train (resuming from ``out``'s checkpoint) and export; with ``evaluate_n`` > 0 also write the
     evaluation table to ``out/README.md``. ``command`` is what reproduces this call (recorded)."""
-    from harness.models import zoo
-    from harness.models.embedded.common import Log
-
     torch.set_num_threads(threads)
     bundle = zoo.load(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -659,15 +775,15 @@ def train_and_evaluate(model: str, out: Path, config: TrainConfig, *, minutes: f
     path = Trainer(task_from_bundle(bundle), config, out, log, minutes=minutes).train()
     log(f"wrote {path}")
     if evaluate_n:
-        log("evaluation on held-out conditions:\n" + evaluate_to_readme(model, out, n=evaluate_n, threads=threads,
-                                                                        command=command, bundle=bundle))
+        log(
+            "evaluation on held-out conditions:\n"
+            + evaluate_to_readme(model, out, n=evaluate_n, threads=threads, command=command, bundle=bundle)
+        )
     return path
 
 
 def evaluate_to_readme(model: str, out: Path, *, n: int, threads: int, command: str, bundle=None) -> str:
     """``evaluate`` and write ``out/README.md`` around its table; returns the table."""
-    from harness.models import zoo
-
     torch.set_num_threads(threads)
     bundle = bundle or zoo.load(model)
     table = evaluate(bundle, out, n=n)
@@ -678,7 +794,7 @@ def evaluate_to_readme(model: str, out: Path, *, n: int, threads: int, command: 
 def _readme(model: str, out: Path, table: str, command: str) -> str:
     config = json.loads((out / SCHEDULE_FILE).read_text())["meta"]["config"]
     train_command = (out / "train_command.txt").read_text().strip()
-    return f"""# DiffSparse schedule for `{model}` at R = {config['ratio']}
+    return f"""# DiffSparse schedule for `{model}` at R = {config["ratio"]}
 
 Learned with `{train_command}` (log: `train_log.txt`; schedule: `{SCHEDULE_FILE}`, cost tables in
 `schedule.npz`). Below: distance to the uncached teacher (same conditions and noise) on held-out

@@ -8,7 +8,7 @@ schedule (before any training) are then evaluated on held-out conditions (evalua
 LPIPS (AlexNet) to the uncached model, FID with the model's domain features against real images,
 and the executed M_lin ratio.
 
-    python -m methods.diffsparse.compare --model shapes-pixart --minutes 10
+    python -m dsbench.training.compare --model shapes-pixart --minutes 10
 
 writes ``results/diffsparse/<model>/compare/{table.md,results.json,log.txt,command.txt}`` (and the
 arms' own folders ``diffsparse/``, ``ga/``, ``random/`` under it).
@@ -26,8 +26,14 @@ from pathlib import Path
 
 import torch
 
-from methods.diffsparse.train import INIT_FILE, SCHEDULE_FILE, Trainer, TrainConfig, parse_config, task_from_bundle
-from methods.diffsparse.train_file import matched_ratio
+import dsbench
+from dsbench import methods, stats
+from dsbench.metrics import compute
+from dsbench.models import zoo
+from dsbench.models.embedded.common import Log
+from dsbench.training.diffsparse import INIT_FILE, SCHEDULE_FILE, TrainConfig, Trainer, parse_config, task_from_bundle
+from dsbench.training.search import run_search
+from dsbench.training.train_file import matched_ratio
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,29 +42,28 @@ def evaluate_all(bundle, candidates: dict[str, object], n: int, log) -> list[dic
     """LPIPS (AlexNet) to the teacher, FID (domain features) to ``n`` real images and M_lin ratio of
     each candidate (a method instance) on ``n`` held-out conditions, evaluation seed 0; LPIPS with its 95 %
     bootstrap interval over the images, FID with its bootstrap interval over the sample set."""
-    import methods
-    from harness import stats
-    from harness.metrics import compute
-
     conds = bundle.conditions(n, 0)
-    with methods.attach(bundle.pipeline, methods.build("full")) as handle:
+    with dsbench.attach(bundle.pipeline, methods.build("full")) as handle:
         teacher = bundle.sample(conds, 0)
         base = handle.report()["macs_cfg_not_counted"]
     references = bundle.references(n) if bundle.references is not None else None
     rows = []
     for label, method in [("uncached model (teacher)", methods.build("full")), *candidates.items()]:
-        with methods.attach(bundle.pipeline, method) as handle:
+        with dsbench.attach(bundle.pipeline, method) as handle:
             student = bundle.sample(conds, 0)
             macs = handle.report()["macs_cfg_not_counted"]
         lpips = compute(student, teacher=teacher, metrics=("lpips",), lpips_nets=("alex",), per_sample=True)
-        row = {"schedule": label, "macs_ratio": macs / base, "lpips_alex": lpips["lpips_alex"],
-               "lpips_alex_ci": list(stats.mean_ci(lpips["per_sample"]["lpips_alex"]["values"]))}
+        row = {
+            "schedule": label,
+            "macs_ratio": macs / base,
+            "lpips_alex": lpips["lpips_alex"],
+            "lpips_alex_ci": list(stats.mean_ci(lpips["per_sample"]["lpips_alex"]["values"])),
+        }
         if references is not None:
             fid = compute(student, references=references, bundle=bundle, metrics=("fid",), per_sample=True)
             row |= {"fid": fid["fid"], "fid_ci": [fid["fid_ci_low"], fid["fid_ci_high"]]}
         rows.append(row)
-        log(f"evaluated {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                                              if isinstance(v, float)))
+        log(f"evaluated {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
     return rows
 
 
@@ -68,19 +73,23 @@ def _with_interval(value: float, interval: list[float], digits: int) -> str:
 
 def table(rows: list[dict]) -> str:
     fid = all("fid" in r for r in rows)
-    lines = ["| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ [95 % CI] |"
-             + (" FID (domain) ↓ [95 % CI] |" if fid else ""), "|---|---|---|" + ("---|" if fid else "")]
-    lines += [f"| {r['schedule']} | {r['macs_ratio']:.4f} | {_with_interval(r['lpips_alex'], r['lpips_alex_ci'], 4)} |"
-              + (f" {_with_interval(r['fid'], r['fid_ci'], 2)} |" if fid else "") for r in rows]
+    lines = [
+        "| schedule | M_lin / full | LPIPS (AlexNet) to teacher ↓ [95 % CI] |"
+        + (" FID (domain) ↓ [95 % CI] |" if fid else ""),
+        "|---|---|---|" + ("---|" if fid else ""),
+    ]
+    lines += [
+        f"| {r['schedule']} | {r['macs_ratio']:.4f} | {_with_interval(r['lpips_alex'], r['lpips_alex_ci'], 4)} |"
+        + (f" {_with_interval(r['fid'], r['fid_ci'], 2)} |" if fid else "")
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
-def compare(bundle, minutes: float, out: Path, *, config: TrainConfig, eval_n: int, fitness_n: int,
-            seed: int = 0, log=print) -> list[dict]:
+def compare(
+    bundle, minutes: float, out: Path, *, config: TrainConfig, eval_n: int, fitness_n: int, seed: int = 0, log=print
+) -> list[dict]:
     """Run the three arms for ``minutes`` each and evaluate everything; returns the table rows."""
-    import methods
-    from methods.search import run_search
-
     out = Path(out)
     ratio = matched_ratio(bundle, methods.build("toca"))
     config = config.model_copy(update={"ratio": ratio})
@@ -96,30 +105,55 @@ def compare(bundle, minutes: float, out: Path, *, config: TrainConfig, eval_n: i
     searches = {}
     for arm in ("ga", "random"):
         t0 = time.monotonic()
-        result = run_search(bundle, arm, ratio, minutes, out / arm, fitness="lpips", fitness_n=fitness_n,
-                            fitness_seed=config.condition_seed, seed=seed, space=trainer.space, log=log)
+        result = run_search(
+            bundle,
+            arm,
+            ratio,
+            minutes,
+            out / arm,
+            fitness="lpips",
+            fitness_n=fitness_n,
+            fitness_seed=config.condition_seed,
+            seed=seed,
+            space=trainer.space,
+            log=log,
+        )
         seconds[arm] = time.monotonic() - t0
         searches[arm] = result.evaluations
     candidates = {
         "ToCa (its default configuration)": methods.build("toca"),
-        "ToCa-initialised costs, DP at the same MACs (untrained)":
-            methods.build("diffsparse", schedule=str(out / "diffsparse" / INIT_FILE)),
+        "ToCa-initialised costs, DP at the same MACs (untrained)": methods.build(
+            "diffsparse", schedule=str(out / "diffsparse" / INIT_FILE)
+        ),
         "DiffSparse (learned)": methods.build("diffsparse", schedule=str(out / "diffsparse" / SCHEDULE_FILE)),
         "GA search": methods.build("diffsparse", schedule=str(out / "ga" / "schedule.json")),
         "random search": methods.build("diffsparse", schedule=str(out / "random" / "schedule.json")),
     }
     rows = evaluate_all(bundle, candidates, eval_n, log)
     validation = out / "diffsparse" / "validation.json"
-    (out / "results.json").write_text(json.dumps({
-        "model": bundle.name, "ratio": ratio, "minutes_per_arm": minutes, "wall_seconds": seconds,
-        "search_evaluations": searches, "eval_n": eval_n, "eval_seed": 0, "fitness_n": fitness_n,
-        "train_config": config.model_dump(),
-        "validation": json.loads(validation.read_text()) if validation.exists() else None, "rows": rows}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "model": bundle.name,
+                "ratio": ratio,
+                "minutes_per_arm": minutes,
+                "wall_seconds": seconds,
+                "search_evaluations": searches,
+                "eval_n": eval_n,
+                "eval_seed": 0,
+                "fitness_n": fitness_n,
+                "train_config": config.model_dump(),
+                "validation": json.loads(validation.read_text()) if validation.exists() else None,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m methods.diffsparse.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dsbench.training.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model zoo name with a dit or pixart pipeline")
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock minutes per arm (> 0)")
     parser.add_argument("--out", default=None, help="default results/diffsparse/<model>/compare")
@@ -138,11 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_n < 2 or args.fitness_n < 1:
         raise ValueError(f"--eval-n must be >= 2 and --fitness-n >= 1, got {args.eval_n} and {args.fitness_n}")
     # ratio is replaced by ToCa's; 0.5 only passes validation here
-    config = parse_config(TrainConfig, {"ratio": 0.5, "conditions": args.conditions, "batch": args.batch,
-                                        "val_conditions": args.val_conditions, "lr_scale": args.lr_scale,
-                                        "epochs": args.epochs})
-    from harness.models import zoo
-    from harness.models.embedded.common import Log
+    config = parse_config(
+        TrainConfig,
+        {
+            "ratio": 0.5,
+            "conditions": args.conditions,
+            "batch": args.batch,
+            "val_conditions": args.val_conditions,
+            "lr_scale": args.lr_scale,
+            "epochs": args.epochs,
+        },
+    )
 
     torch.set_num_threads(args.threads)
     import optuna
@@ -151,18 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     bundle = zoo.load(args.model)
     out = Path(args.out) if args.out else ROOT / "results" / "diffsparse" / args.model / "compare"
     out.mkdir(parents=True, exist_ok=True)
-    command = "python -m methods.diffsparse.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m dsbench.training.compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     (out / "command.txt").write_text(command + "\n")
     (out / "log.txt").unlink(missing_ok=True)  # one comparison per log
     log = Log(out / "log.txt")
 
-    rows = compare(bundle, args.minutes, out, config=config, eval_n=args.eval_n, fitness_n=args.fitness_n,
-                   seed=args.seed, log=log)
+    rows = compare(
+        bundle, args.minutes, out, config=config, eval_n=args.eval_n, fitness_n=args.fitness_n, seed=args.seed, log=log
+    )
     result = json.loads((out / "results.json").read_text())
     (out / "table.md").write_text(
         f"# DiffSparse vs search baselines on `{args.model}` at ToCa's default MACs (R = {result['ratio']:.4f})\n\n"
         f"`{command}`: {args.minutes} min of wall time per arm; {args.eval_n} held-out conditions "
-        f"(evaluation seed 0). Search evaluations: {result['search_evaluations']}.\n\n{table(rows)}\n")
+        f"(evaluation seed 0). Search evaluations: {result['search_evaluations']}.\n\n{table(rows)}\n"
+    )
     log(f"wrote {out / 'table.md'}")
     return 0
 

@@ -11,7 +11,7 @@ already evaluated, so an interrupted search ends exactly where an uninterrupted 
 :func:`teacher_lpips_fitness`). Genomes are one level index per cell of a ``LevelSpace``.
 ``minutes`` bounds a search by wall time as well (equal-time baselines against training).
 
-    python -m methods.search --model shapes-pixart --method ga --ratio 0.5 --minutes 10 --out DIR \
+    python -m dsbench.training.search --model shapes-pixart --method ga --ratio 0.5 --minutes 10 --out DIR \
         [--storage sqlite:///DIR/search.db --study ga] [--fitness lpips|fid]
 
 writes ``DIR/schedule.json`` (the trainer's export format; ``methods.build("diffsparse", schedule=...)``
@@ -26,14 +26,21 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import optuna
 
-from methods.diffsparse.space import LevelSpace
+import dsbench
+from dsbench import methods
+from dsbench.macs import level_space_of
+from dsbench.methods.diffsparse.schedule import export_schedule
+from dsbench.methods.diffsparse.space import LevelSpace, level_count
+from dsbench.metrics import compute
+from dsbench.metrics.fidelity import lpips_distance
+from dsbench.models import zoo
 
 Fitness = Callable[[np.ndarray], float]
 
@@ -77,8 +84,19 @@ def repair(levels: np.ndarray, weights: np.ndarray, budget: int, window: int, rn
 class _Search:
     """Shared bookkeeping: the study, the feasible space and replay of stored evaluations."""
 
-    def __init__(self, kind: str, space: LevelSpace, fitness: Fitness, ratio: float, evaluations: int, seed: int,
-                 storage: str | None, study_name: str | None, settings: dict, minutes: float | None = None):
+    def __init__(
+        self,
+        kind: str,
+        space: LevelSpace,
+        fitness: Fitness,
+        ratio: float,
+        evaluations: int,
+        seed: int,
+        storage: str | None,
+        study_name: str | None,
+        settings: dict,
+        minutes: float | None = None,
+    ):
         if evaluations < 1:
             raise ValueError(f"evaluations must be >= 1, got {evaluations}")
         self.deadline = None if minutes is None else time.monotonic() + 60 * _check_minutes(minutes)
@@ -87,26 +105,43 @@ class _Search:
         self.budget = space.budget(ratio)
         self.window = space.window(self.budget)
         self.limit = evaluations
-        identity = {"search": kind, "seed": seed, "ratio": ratio, "cells": space.n_cells, "K": space.K,
-                    "mode": space.mode, "budget": self.budget, **settings}
-        self.study = optuna.create_study(storage=storage, study_name=study_name or f"diffsparse-{kind}-{seed}",
-                                         direction="minimize", load_if_exists=True)
+        identity = {
+            "search": kind,
+            "seed": seed,
+            "ratio": ratio,
+            "cells": space.n_cells,
+            "K": space.K,
+            "mode": space.mode,
+            "budget": self.budget,
+            **settings,
+        }
+        self.study = optuna.create_study(
+            storage=storage,
+            study_name=study_name or f"diffsparse-{kind}-{seed}",
+            direction="minimize",
+            load_if_exists=True,
+        )
         stored = self.study.user_attrs.get("search")
         if stored is None:
             self.study.set_user_attr("search", identity)
         elif stored != identity:
-            raise ValueError(f"study {self.study.study_name!r} holds a different search ({stored}); "
-                             f"use another study_name for {identity}")
-        self.done = {(t.user_attrs["generation"], t.user_attrs["child"]): t
-                     for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+            raise ValueError(
+                f"study {self.study.study_name!r} holds a different search ({stored}); "
+                f"use another study_name for {identity}"
+            )
+        self.done = {
+            (t.user_attrs["generation"], t.user_attrs["child"]): t
+            for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        }
         self.count = 0
 
     def rng(self, generation: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, generation])
 
     def random_genome(self, rng: np.random.Generator) -> np.ndarray:
-        return repair(rng.integers(0, self.space.K + 1, size=self.space.n_cells), self.weights, self.budget,
-                      self.window, rng)
+        return repair(
+            rng.integers(0, self.space.K + 1, size=self.space.n_cells), self.weights, self.budget, self.window, rng
+        )
 
     @property
     def finished(self) -> bool:
@@ -118,22 +153,36 @@ class _Search:
         trial = self.done.get((generation, child))
         if trial is not None:
             if list(trial.user_attrs["levels"]) != levels.tolist():
-                raise ValueError(f"study {self.study.study_name!r}: stored genome ({generation}, {child}) differs "
-                                 "from the replayed one (the code or the space changed); start a new study")
+                raise ValueError(
+                    f"study {self.study.study_name!r}: stored genome ({generation}, {child}) differs "
+                    "from the replayed one (the code or the space changed); start a new study"
+                )
             return float(trial.value)
         value = float(self.fitness(levels))
         # one storage write per evaluation (ask + set_user_attr + tell would make six)
-        self.study.add_trial(optuna.trial.create_trial(
-            value=value, user_attrs={"generation": generation, "child": child, "levels": levels.tolist(),
-                                     "macs": self.space.macs(levels)}))
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                user_attrs={
+                    "generation": generation,
+                    "child": child,
+                    "levels": levels.tolist(),
+                    "macs": self.space.macs(levels),
+                },
+            )
+        )
         return value
 
     def result(self) -> SearchResult:
         best = self.study.best_trial
         levels = np.asarray(best.user_attrs["levels"], dtype=np.int64)
-        return SearchResult(levels=levels, fitness=float(best.value), macs=self.space.macs(levels),
-                            evaluations=len(self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))),
-                            study=self.study)
+        return SearchResult(
+            levels=levels,
+            fitness=float(best.value),
+            macs=self.space.macs(levels),
+            evaluations=len(self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))),
+            study=self.study,
+        )
 
 
 def _check_minutes(minutes: float) -> float:
@@ -142,9 +191,17 @@ def _check_minutes(minutes: float) -> float:
     return minutes
 
 
-def random_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 1000, seed: int = 0,
-                  storage: str | None = None, study_name: str | None = None,
-                  minutes: float | None = None) -> SearchResult:
+def random_search(
+    space: LevelSpace,
+    fitness: Fitness,
+    ratio: float,
+    *,
+    evaluations: int = 1000,
+    seed: int = 0,
+    storage: str | None = None,
+    study_name: str | None = None,
+    minutes: float | None = None,
+) -> SearchResult:
     """``evaluations`` random feasible genomes (uniform levels, repaired); the best one wins [P].
     ``minutes``: stop earlier when the wall time is up (at least one genome is evaluated)."""
     search = _Search("random", space, fitness, ratio, evaluations, seed, storage, study_name, {}, minutes)
@@ -155,22 +212,41 @@ def random_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluati
     return search.result()
 
 
-def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 1000,
-                   population: int = 50, elites: int = 10, parents: int = 25, mutation: float = 0.01, seed: int = 0,
-                   storage: str | None = None, study_name: str | None = None,
-                   initial: np.ndarray | None = None, minutes: float | None = None) -> SearchResult:
+def genetic_search(
+    space: LevelSpace,
+    fitness: Fitness,
+    ratio: float,
+    *,
+    evaluations: int = 1000,
+    population: int = 50,
+    elites: int = 10,
+    parents: int = 25,
+    mutation: float = 0.01,
+    seed: int = 0,
+    storage: str | None = None,
+    study_name: str | None = None,
+    initial: np.ndarray | None = None,
+    minutes: float | None = None,
+) -> SearchResult:
     """The GA of METHODS §1.11: a population of random feasible genomes; each generation keeps the
     elites and breeds the rest by uniform crossover of two parents drawn from the best ``parents``,
     per-gene mutation to a random level, repair. Stops after ``evaluations`` fitness evaluations
     (elites carried over are not re-evaluated) or after ``minutes`` of wall time (at least one
     evaluation). ``initial``: one seed genome (e.g. ToCa's schedule)."""
     if population < 2 or not 0 <= elites < population or not 2 <= parents <= population:
-        raise ValueError(f"need population >= 2, 0 <= elites < population and 2 <= parents <= population; got "
-                         f"population={population}, elites={elites}, parents={parents}")
+        raise ValueError(
+            f"need population >= 2, 0 <= elites < population and 2 <= parents <= population; got "
+            f"population={population}, elites={elites}, parents={parents}"
+        )
     if not 0.0 <= mutation <= 1.0:
         raise ValueError(f"mutation must be a probability in [0, 1], got {mutation}")
-    settings = {"population": population, "elites": elites, "parents": parents, "mutation": mutation,
-                "initial": None if initial is None else np.asarray(initial).tolist()}
+    settings = {
+        "population": population,
+        "elites": elites,
+        "parents": parents,
+        "mutation": mutation,
+        "initial": None if initial is None else np.asarray(initial).tolist(),
+    }
     search = _Search("ga", space, fitness, ratio, evaluations, seed, storage, study_name, settings, minutes)
     K = space.K
     rng = search.rng(0)
@@ -201,9 +277,18 @@ def genetic_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluat
     return search.result()
 
 
-def nsga2_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluations: int = 2000,
-                 population: int = 20, seed: int = 0, storage: str | None = None,
-                 study_name: str | None = None, minutes: float | None = None) -> SearchResult:
+def nsga2_search(
+    space: LevelSpace,
+    fitness: Fitness,
+    ratio: float,
+    *,
+    evaluations: int = 2000,
+    population: int = 20,
+    seed: int = 0,
+    storage: str | None = None,
+    study_name: str | None = None,
+    minutes: float | None = None,
+) -> SearchResult:
     """NSGA-II over (fitness, M_lin) with optuna's NSGAIISampler (METHODS §1.11 template): genomes are
     not repaired, so the front spans budgets; the result is the best fitness with M_lin within
     the budget B_MAC at ``ratio`` (a ValueError if no evaluated genome is within it). ``minutes``:
@@ -213,8 +298,13 @@ def nsga2_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluatio
     timeout = None if minutes is None else 60 * _check_minutes(minutes)
     limit = space.fixed_macs + space.budget_macs(ratio)
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
-    study = optuna.create_study(storage=storage, study_name=study_name or f"diffsparse-nsga2-{seed}",
-                                directions=["minimize", "minimize"], sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name or f"diffsparse-nsga2-{seed}",
+        directions=["minimize", "minimize"],
+        sampler=sampler,
+        load_if_exists=True,
+    )
     complete = (optuna.trial.TrialState.COMPLETE,)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -227,16 +317,24 @@ def nsga2_search(space: LevelSpace, fitness: Fitness, ratio: float, *, evaluatio
         study.optimize(objective, n_trials=remaining, timeout=timeout)
     feasible = [t for t in study.get_trials(deepcopy=False, states=complete) if t.values[1] <= limit]
     if not feasible:
-        raise ValueError(f"nsga2: no evaluated genome is within the budget at ratio {ratio} "
-                         f"({limit:.4g} MACs); raise evaluations or the ratio")
+        raise ValueError(
+            f"nsga2: no evaluated genome is within the budget at ratio {ratio} "
+            f"({limit:.4g} MACs); raise evaluations or the ratio"
+        )
     best = min(feasible, key=lambda t: (t.values[0], t.number))
     levels = np.asarray(best.user_attrs["levels"], dtype=np.int64)
-    return SearchResult(levels=levels, fitness=best.values[0], macs=best.values[1],
-                        evaluations=len(study.get_trials(deepcopy=False, states=complete)), study=study)
+    return SearchResult(
+        levels=levels,
+        fitness=best.values[0],
+        macs=best.values[1],
+        evaluations=len(study.get_trials(deepcopy=False, states=complete)),
+        study=study,
+    )
 
 
-def teacher_lpips_fitness(pipeline_call: Callable[[], np.ndarray], pipeline, space: LevelSpace,
-                          net: str = "alex") -> Fitness:
+def teacher_lpips_fitness(
+    pipeline_call: Callable[[], np.ndarray], pipeline, space: LevelSpace, net: str = "alex"
+) -> Fitness:
     """Fitness = mean LPIPS between the uncached pipeline's images and the images of the genome's
     schedule, run by the real ``diffsparse`` method (METHODS §1.11 option; cheaper than FID).
 
@@ -245,16 +343,12 @@ def teacher_lpips_fitness(pipeline_call: Callable[[], np.ndarray], pipeline, spa
     """
     import torch
 
-    import methods
-    from harness.metrics.fidelity import lpips_distance
-    from methods.diffsparse.schedule import export_schedule
-
     teacher = torch.as_tensor(pipeline_call())
     workdir = Path(tempfile.mkdtemp(prefix="dsbench-search-"))
 
     def fitness(levels: np.ndarray) -> float:
         path = export_schedule(workdir / "candidate.json", space, levels)
-        with methods.attach(pipeline, methods.build("diffsparse", schedule=str(path))):
+        with dsbench.attach(pipeline, methods.build("diffsparse", schedule=str(path))):
             student = torch.as_tensor(pipeline_call())
         return lpips_distance(student, teacher, net=net)
 
@@ -269,13 +363,10 @@ FITNESSES = ("lpips", "fid")
 
 def bundle_space(bundle, interval: float = 0.25, mode: str = "weighted") -> LevelSpace:
     """The trainer's level space for a zoo model (same steps, text length and MAC weights)."""
-    import methods
-
-    with methods.attach(bundle.pipeline, methods.build("full")) as handle:
+    with dsbench.attach(bundle.pipeline, methods.build("full")) as handle:
         bundle.sample(bundle.conditions(1, 0), 0)
         run, _ = handle.engine.latest()
-    return LevelSpace.from_transformer(bundle.pipeline, bundle.sampler.steps, interval, mode,
-                                       text_tokens=max(run.n_text, 1))
+    return level_space_of(bundle.pipeline, bundle.sampler.steps, interval, mode, text_tokens=max(run.n_text, 1))
 
 
 def bundle_fitness(bundle, space: LevelSpace, kind: str, n: int, seed: int) -> Fitness:
@@ -286,9 +377,6 @@ def bundle_fitness(bundle, space: LevelSpace, kind: str, n: int, seed: int) -> F
     conds = bundle.conditions(n, seed)
     if kind == "lpips":
         return teacher_lpips_fitness(lambda: bundle.sample(conds, seed), bundle.pipeline, space)
-    import methods
-    from harness.metrics import compute
-    from methods.diffsparse.schedule import export_schedule
 
     if bundle.references is None:
         raise ValueError(f"fitness fid needs reference images; {bundle.name} has none here (use --fitness lpips)")
@@ -297,18 +385,17 @@ def bundle_fitness(bundle, space: LevelSpace, kind: str, n: int, seed: int) -> F
 
     def fitness(levels: np.ndarray) -> float:
         path = export_schedule(workdir / "candidate.json", space, levels)
-        with methods.attach(bundle.pipeline, methods.build("diffsparse", schedule=str(path))):
+        with dsbench.attach(bundle.pipeline, methods.build("diffsparse", schedule=str(path))):
             student = bundle.sample(conds, seed)
         return compute(student, references=references, bundle=bundle, metrics=("fid",))["fid"]
 
     return fitness
 
 
-def check_search_args(method: str, ratio: float, minutes: float, fitness: str, fitness_n: int,
-                      evaluations: int | None, interval: float) -> None:
+def check_search_args(
+    method: str, ratio: float, minutes: float, fitness: str, fitness_n: int, evaluations: int | None, interval: float
+) -> None:
     """Bad settings fail here, before a model is loaded."""
-    from methods.diffsparse.space import level_count
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if fitness not in FITNESSES:
@@ -323,14 +410,28 @@ def check_search_args(method: str, ratio: float, minutes: float, fitness: str, f
     level_count(interval)
 
 
-def run_search(bundle, method: str, ratio: float, minutes: float, out: str | Path, *, fitness: str = "lpips",
-               fitness_n: int = 16, fitness_seed: int = 1, evaluations: int | None = None, seed: int = 0,
-               storage: str | None = None, study: str | None = None, interval: float = 0.25,
-               mode: str = "weighted", space: LevelSpace | None = None, log=print) -> SearchResult:
+def run_search(
+    bundle,
+    method: str,
+    ratio: float,
+    minutes: float,
+    out: str | Path,
+    *,
+    fitness: str = "lpips",
+    fitness_n: int = 16,
+    fitness_seed: int = 1,
+    evaluations: int | None = None,
+    seed: int = 0,
+    storage: str | None = None,
+    study: str | None = None,
+    interval: float = 0.25,
+    mode: str = "weighted",
+    space: LevelSpace | None = None,
+    log=print,
+) -> SearchResult:
     """One equal-wall-time search baseline: writes ``out/schedule.json`` (+ ``search.json``). The clock
     starts before the fitness set's teacher images, as the trainer's starts before its own."""
     check_search_args(method, ratio, minutes, fitness, fitness_n, evaluations, interval)
-    from methods.diffsparse.schedule import export_schedule
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -349,27 +450,54 @@ def run_search(bundle, method: str, ratio: float, minutes: float, out: str | Pat
     else:
         result = nsga2_search(space, fit, ratio, evaluations=limit, **common)
     seconds = time.monotonic() - started
-    config = {"task": bundle.name, "search": method, "ratio": ratio, "minutes": minutes, "fitness": fitness,
-              "fitness_n": fitness_n, "fitness_seed": fitness_seed, "seed": seed, "interval": interval, "mode": mode}
+    config = {
+        "task": bundle.name,
+        "search": method,
+        "ratio": ratio,
+        "minutes": minutes,
+        "fitness": fitness,
+        "fitness_n": fitness_n,
+        "fitness_seed": fitness_seed,
+        "seed": seed,
+        "interval": interval,
+        "mode": mode,
+    }
     export_schedule(out / "schedule.json", space, result.levels, config=config, budget_ratio=ratio)
-    (out / "search.json").write_text(json.dumps(
-        {**config, "study": name, "storage": storage, "evaluations": result.evaluations, "best_fitness": result.fitness,
-         "macs_ratio": result.macs / space.base_macs, "seconds": seconds}, indent=1))
-    log(f"{method}: {result.evaluations} evaluations in {seconds:.0f} s, best {fitness} {result.fitness:.5f}, "
-        f"macs_ratio {result.macs / space.base_macs:.4f}; wrote {out / 'schedule.json'}")
+    (out / "search.json").write_text(
+        json.dumps(
+            {
+                **config,
+                "study": name,
+                "storage": storage,
+                "evaluations": result.evaluations,
+                "best_fitness": result.fitness,
+                "macs_ratio": result.macs / space.base_macs,
+                "seconds": seconds,
+            },
+            indent=1,
+        )
+    )
+    log(
+        f"{method}: {result.evaluations} evaluations in {seconds:.0f} s, best {fitness} {result.fitness:.5f}, "
+        f"macs_ratio {result.macs / space.base_macs:.4f}; wrote {out / 'schedule.json'}"
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m methods.search``: one search baseline under a wall-time budget."""
-    parser = argparse.ArgumentParser(prog="python -m methods.search", description=__doc__.split("\n\n")[0])
+    """``python -m dsbench.training.search``: one search baseline under a wall-time budget."""
+    parser = argparse.ArgumentParser(prog="python -m dsbench.training.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model zoo name with a dit or pixart pipeline")
     parser.add_argument("--method", required=True, choices=METHODS, help="search: ga, random or nsga2")
     parser.add_argument("--ratio", type=float, required=True, help="budget R: fractional M_lin reduction in (0, 1)")
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget (> 0)")
     parser.add_argument("--out", required=True, help="output folder: schedule.json, search.json, command.txt")
-    parser.add_argument("--fitness", default="lpips", choices=FITNESSES,
-                        help="lpips (AlexNet, to the uncached model) or fid (domain features, to real images)")
+    parser.add_argument(
+        "--fitness",
+        default="lpips",
+        choices=FITNESSES,
+        help="lpips (AlexNet, to the uncached model) or fid (domain features, to real images)",
+    )
     parser.add_argument("--fitness-n", type=int, default=16, help="conditions of the fitness set")
     parser.add_argument("--fitness-seed", type=int, default=1, help="seed of the fitness set (evaluation uses 0)")
     parser.add_argument("--evaluations", type=int, default=None, help="also stop after this many evaluations")
@@ -382,20 +510,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from harness.models import zoo
-
-    check_search_args(args.method, args.ratio, args.minutes, args.fitness, args.fitness_n, args.evaluations,
-                      args.interval)
+    check_search_args(
+        args.method, args.ratio, args.minutes, args.fitness, args.fitness_n, args.evaluations, args.interval
+    )
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     bundle = zoo.load(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text("python -m methods.search " + shlex.join(sys.argv[1:] if argv is None else argv)
-                                     + "\n")
-    run_search(bundle, args.method, args.ratio, args.minutes, out, fitness=args.fitness, fitness_n=args.fitness_n,
-               fitness_seed=args.fitness_seed, evaluations=args.evaluations, seed=args.seed, storage=args.storage,
-               study=args.study, interval=args.interval, mode=args.mode)
+    (out / "command.txt").write_text(
+        "python -m dsbench.training.search " + shlex.join(sys.argv[1:] if argv is None else argv) + "\n"
+    )
+    run_search(
+        bundle,
+        args.method,
+        args.ratio,
+        args.minutes,
+        out,
+        fitness=args.fitness,
+        fitness_n=args.fitness_n,
+        fitness_seed=args.fitness_seed,
+        evaluations=args.evaluations,
+        seed=args.seed,
+        storage=args.storage,
+        study=args.study,
+        interval=args.interval,
+        mode=args.mode,
+    )
     return 0
 
 

@@ -2,7 +2,7 @@
 
     dsbench train diffsparse experiments/train_embedded.yaml [--only OUT ...]
 
-A training file lists schedules; each is one ``methods.diffsparse.train`` run (model, output folder,
+A training file lists schedules; each is one ``dsbench.training.diffsparse`` run (model, output folder,
 ``TrainConfig`` parameters, optional wall-clock budget) and, optionally, its evaluation against the
 teacher. ``defaults`` apply to every entry (an entry's ``params`` are merged over the defaults'). The
 whole file is validated before any training starts; a finished entry — all its epochs done, or its
@@ -32,8 +32,11 @@ from typing import Any
 
 import pydantic
 
-from harness.validation import StrictModel, read_yaml, schema_errors
-from methods.diffsparse.train import TrainConfig
+import dsbench
+from dsbench import methods
+from dsbench.models import zoo
+from dsbench.training.diffsparse import TrainConfig, train_and_evaluate
+from dsbench.validation import StrictModel, read_yaml, schema_errors
 
 
 class Match(StrictModel):
@@ -90,7 +93,6 @@ def entries(data: dict, source: str) -> tuple[TrainFile, list[tuple[Entry, Train
         spec = TrainFile(**data)
     except pydantic.ValidationError as err:
         raise ValueError(schema_errors(source, err, _allowed_fields)) from None
-    from harness.models import zoo
 
     out, seen = [], {}
     for j, raw in enumerate(spec.schedules):
@@ -102,12 +104,16 @@ def entries(data: dict, source: str) -> tuple[TrainFile, list[tuple[Entry, Train
         except pydantic.ValidationError as err:
             raise ValueError(schema_errors(where, err, lambda loc: list(Entry.model_fields))) from None
         if entry.model not in zoo.available():
-            raise ValueError(f"{where}: field 'model': {entry.model!r} is not in the model zoo "
-                             f"(available: {', '.join(zoo.available())})")
+            raise ValueError(
+                f"{where}: field 'model': {entry.model!r} is not in the model zoo "
+                f"(available: {', '.join(zoo.available())})"
+            )
         try:
             config = TrainConfig(**entry.params)
         except pydantic.ValidationError as err:
-            raise ValueError(schema_errors(f"{where}: params", err, lambda loc: list(TrainConfig.model_fields))) from None
+            raise ValueError(
+                schema_errors(f"{where}: params", err, lambda loc: list(TrainConfig.model_fields))
+            ) from None
         if entry.match is not None:
             _check_match(entry.match, raw, where)
         key = str(Path(entry.out).resolve())
@@ -119,24 +125,22 @@ def entries(data: dict, source: str) -> tuple[TrainFile, list[tuple[Entry, Train
 
 
 def _check_match(match: Match, raw: dict, where: str) -> None:
-    import methods
-
     if "ratio" in (raw.get("params") or {}):
         raise ValueError(f"{where}: fields 'match' and 'params.ratio' both set the budget; keep one")
     if match.method not in methods.available():
-        raise ValueError(f"{where}: field 'match.method': unknown method {match.method!r} "
-                         f"(available: {', '.join(methods.available())})")
+        raise ValueError(
+            f"{where}: field 'match.method': unknown method {match.method!r} "
+            f"(available: {', '.join(methods.available())})"
+        )
     methods.build(match.method, **match.params)  # its own one-line error for a bad parameter
 
 
 def matched_ratio(bundle, method) -> float:
     """The budget R at which a schedule costs what ``method`` costs on this model: 1 − M_lin(method) /
     M_lin(full), counted on one condition (the MACs of a run do not depend on the condition)."""
-    import methods
-
     macs = {}
     for name, instance in (("full", methods.build("full")), ("method", method)):
-        with methods.attach(bundle.pipeline, instance) as handle:
+        with dsbench.attach(bundle.pipeline, instance) as handle:
             bundle.sample(bundle.conditions(1, 0), 0)
             macs[name] = handle.report()["macs_cfg_not_counted"]
     return 1.0 - macs["method"] / macs["full"]
@@ -146,8 +150,6 @@ def _resolve_budget(entry: Entry, config: TrainConfig, log=print) -> TrainConfig
     """The entry's config with ``ratio`` set from its ``match`` method's MACs (unchanged without one)."""
     if entry.match is None:
         return config
-    import methods
-    from harness.models import zoo
 
     ratio = matched_ratio(zoo.load(entry.model), methods.build(entry.match.method, **entry.match.params))
     log(f"  budget: the MACs of {entry.match.method} {entry.match.params or ''} on {entry.model} → R = {ratio:.4f}")
@@ -160,20 +162,29 @@ def load(path: str | Path) -> tuple[TrainFile, list[tuple[Entry, TrainConfig]]]:
 
 def run(path: str | Path, only: list[str] | None = None) -> list[Path]:
     """Train (or resume, or re-export) every schedule of the file, or those whose ``out`` is in ``only``."""
-    from methods.diffsparse.train import train_and_evaluate
-
     spec, todo = load(path)
     if only:
         known = {e.out for e, _ in todo}
         unknown = [o for o in only if o not in known]
         if unknown:
-            raise ValueError(f"--only {', '.join(unknown)}: not an 'out' of {path} (its outputs: {', '.join(sorted(known))})")
+            raise ValueError(
+                f"--only {', '.join(unknown)}: not an 'out' of {path} (its outputs: {', '.join(sorted(known))})"
+            )
         todo = [(e, c) for e, c in todo if e.out in only]
     written = []
     for j, (entry, config) in enumerate(todo, 1):
         print(f"[{j}/{len(todo)}] {entry.model} → {entry.out}", flush=True)
         command = f"dsbench train diffsparse {path} --only {entry.out}"
         config = _resolve_budget(entry, config)
-        written.append(train_and_evaluate(entry.model, Path(entry.out), config, minutes=entry.minutes,
-                                          threads=spec.threads, evaluate_n=entry.evaluate, command=command))
+        written.append(
+            train_and_evaluate(
+                entry.model,
+                Path(entry.out),
+                config,
+                minutes=entry.minutes,
+                threads=spec.threads,
+                evaluate_n=entry.evaluate,
+                command=command,
+            )
+        )
     return written

@@ -13,8 +13,8 @@ initial weights.
 to the frozen dense model's ε on the same noisy input, timestep and label: a noise-free target, so a short run
 learns from far fewer steps), ``both`` (their sum). The paper fine-tunes without a teacher.
 
-    python -m methods.sparsedit finetune --model mnist-dit --minutes 14
-    python -m methods.sparsedit check --model mnist-dit -n 200
+    python -m dsbench.training.sparsedit finetune --model mnist-dit --minutes 14
+    python -m dsbench.training.sparsedit check --model mnist-dit -n 200
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.models.embedded.common import Log, bf16_autocast, native_bf16
-from methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, save_weights, sparsify
+import dsbench
+from dsbench import methods
+from dsbench.methods.sparsedit import grid_side, pieces, pruning_rate, resolve_layout, save_weights, sparsify
+from dsbench.models import zoo
+from dsbench.models.embedded import mnist_dit as md
+from dsbench.models.embedded.common import Log, bf16_autocast, native_bf16
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("mnist-dit",)
@@ -62,31 +66,44 @@ def timestep_weights(alphas: torch.Tensor) -> torch.Tensor:
     return weights / weights.mean()
 
 
-def finetune_loss(loss: str, pred: torch.Tensor, noise: torch.Tensor, teacher: torch.Tensor | None,
-                  weight: torch.Tensor) -> torch.Tensor:
+def finetune_loss(
+    loss: str, pred: torch.Tensor, noise: torch.Tensor, teacher: torch.Tensor | None, weight: torch.Tensor
+) -> torch.Tensor:
     """The fine-tuning loss of a batch: weighted MSE of the student's ε ``pred`` to the true ``noise`` (eps), to the
     dense ``teacher``'s ε (distill), or their sum (both); ``weight`` is per sample."""
     _check_loss(loss)
-    pred = pred[:, :noise.shape[1]].float()
+    pred = pred[:, : noise.shape[1]].float()
     terms = []
     if loss in ("eps", "both"):
         terms.append((pred - noise).pow(2).mean((1, 2, 3)))
     if loss in ("distill", "both"):
-        terms.append((pred - teacher[:, :noise.shape[1]].float()).pow(2).mean((1, 2, 3)))
+        terms.append((pred - teacher[:, : noise.shape[1]].float()).pow(2).mean((1, 2, 3)))
     return (sum(terms) * weight).mean()
 
 
-def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: int | None = None, batch_size: int = 64,
-             lr: float = 1e-4, ema_decay: float = 0.999, label_drop: float = 0.1, r_min: float = 0.61,
-             r_max: float = 0.86, loss: str = "eps", seed: int = 0, resume: bool = True, checkpoint_every: int = 50,
-             log_every: int = 50, out_dir: Path | None = None, log=None) -> dict:
+def finetune(
+    model: str = "mnist-dit",
+    minutes: float | None = 14.0,
+    max_steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    ema_decay: float = 0.999,
+    label_drop: float = 0.1,
+    r_min: float = 0.61,
+    r_max: float = 0.86,
+    loss: str = "eps",
+    seed: int = 0,
+    resume: bool = True,
+    checkpoint_every: int = 50,
+    log_every: int = 50,
+    out_dir: Path | None = None,
+    log=None,
+) -> dict:
     """Fine-tune SparseDiT from the embedded model's transformer; writes ``transformer.safetensors`` (EMA) and keeps
     its resumable state in ``checkpoint.pt`` (git-ignored) in ``out_dir``."""
     from diffusers import DDIMScheduler
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from tqdm import tqdm
-
-    from harness.models.embedded import mnist_dit as md
 
     _check_model(model)
     _check_loss(loss)
@@ -113,8 +130,19 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
     spans = pieces(r_min, r_max, n_tokens, len(alphas))
     weights = torch.tensor([hi - lo for lo, hi, _ in spans], dtype=torch.float)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    hparams = dict(model=model, batch_size=batch_size, lr=lr, ema_decay=ema_decay, label_drop=label_drop,
-                   r_min=r_min, r_max=r_max, loss=loss, seed=seed, layout=vars(layout), pieces=spans)
+    hparams = dict(
+        model=model,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        label_drop=label_drop,
+        r_min=r_min,
+        r_max=r_max,
+        loss=loss,
+        seed=seed,
+        layout=vars(layout),
+        pieces=spans,
+    )
     hparams = json.loads(json.dumps(hparams))
     step = 0
     if resume and ckpt.exists():
@@ -130,17 +158,28 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
         else:
             log(f"sparsedit: ignoring {ckpt} (other hyperparameters)")
     n_params = sum(p.numel() for p in net.parameters())
-    log(f"sparsedit finetune {model}: layout {vars(layout)}, {n_params / 1e6:.3f}M params "
+    log(
+        f"sparsedit finetune {model}: layout {vars(layout)}, {n_params / 1e6:.3f}M params "
         f"(pretrained {sum(p.numel() for p in transformer.parameters()) / 1e6:.3f}M), r ∈ [{r_min}, {r_max}], "
         f"pieces (t_lo, t_hi, side) {spans}, loss {loss} (base model's timestep weights), batch {batch_size}, "
         f"AdamW lr {lr} wd 0, EMA {ema_decay}, "
-        f"{'bf16 autocast' if native_bf16() else 'fp32'}, threads {torch.get_num_threads()}")
+        f"{'bf16 autocast' if native_bf16() else 'fp32'}, threads {torch.get_num_threads()}"
+    )
 
     def save_checkpoint() -> None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"hparams": hparams, "step": step, "model": net.state_dict(), "ema": ema.state_dict(),
-                    "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
-                   ckpt.with_suffix(".tmp"))
+        torch.save(
+            {
+                "hparams": hparams,
+                "step": step,
+                "model": net.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            ckpt.with_suffix(".tmp"),
+        )
         os.replace(ckpt.with_suffix(".tmp"), ckpt)
 
     # eval mode: diffusers' label dropout would otherwise drop labels independently in every block
@@ -180,61 +219,102 @@ def finetune(model: str = "mnist-dit", minutes: float | None = 14.0, max_steps: 
             save_checkpoint()
     bar.close()
     save_checkpoint()
-    save_weights(ema, out_dir / "transformer.safetensors", base_model=model, steps=step, lr=lr, ema_decay=ema_decay,
-                 batch_size=batch_size, loss=loss)
-    summary = {"model": model, "steps": step, "seconds_this_run": round(time.time() - t0, 1), "layout": vars(layout),
-               "r_min": r_min, "r_max": r_max, "loss": loss, "pieces": spans, "params": n_params,
-               "final_loss_by_side": {str(s): round(float(np.mean(v[-50:])), 5) for s, v in losses.items() if v}}
+    save_weights(
+        ema,
+        out_dir / "transformer.safetensors",
+        base_model=model,
+        steps=step,
+        lr=lr,
+        ema_decay=ema_decay,
+        batch_size=batch_size,
+        loss=loss,
+    )
+    summary = {
+        "model": model,
+        "steps": step,
+        "seconds_this_run": round(time.time() - t0, 1),
+        "layout": vars(layout),
+        "r_min": r_min,
+        "r_max": r_max,
+        "loss": loss,
+        "pieces": spans,
+        "params": n_params,
+        "final_loss_by_side": {str(s): round(float(np.mean(v[-50:])), 5) for s, v in losses.items() if v},
+    }
     (out_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"sparsedit finetune done: {summary}")
     return summary
 
 
-def check(model: str = "mnist-dit", n: int = 200, seed: int = 0, weights: Path | None = None,
-          out_dir: Path | None = None, command: str | None = None) -> dict:
+def check(
+    model: str = "mnist-dit",
+    n: int = 200,
+    seed: int = 0,
+    weights: Path | None = None,
+    out_dir: Path | None = None,
+    command: str | None = None,
+) -> dict:
     """Class accuracy and MACs of ``n`` generated digits: the original model, SparseDiT as initialised from it,
     and fine-tuned SparseDiT (the same seeds for all)."""
-    import methods
-    from harness.models import zoo
-
     _check_model(model)
     out_dir = Path(out_dir or results_dir(model))
     weights = Path(weights or out_dir / "transformer.safetensors")
     bundle = zoo.load(model)
     conds = bundle.conditions(n, seed)
-    arms = {"original": methods.build("full"), "sparsedit, not fine-tuned": methods.build("sparsedit"),
-            "sparsedit": methods.build("sparsedit", weights=str(weights))}
+    arms = {
+        "original": methods.build("full"),
+        "sparsedit, not fine-tuned": methods.build("sparsedit"),
+        "sparsedit": methods.build("sparsedit", weights=str(weights)),
+    }
     rows = {}
     for name, method in arms.items():
-        with methods.attach(bundle.pipeline, method) as handle:
+        with dsbench.attach(bundle.pipeline, method) as handle:
             t0 = time.perf_counter()
             images = bundle.sample(conds, seed)
             seconds = time.perf_counter() - t0
             report = handle.report()
-        rows[name] = {"class_accuracy": bundle.alignment(images, conds)["class_accuracy"],
-                      "macs_per_image_cfg_counted": report["macs_cfg_counted"],
-                      "macs_attention_per_image_cfg_counted": report["macs_attention_cfg_counted"],
-                      "seconds": round(seconds, 1)}
+        rows[name] = {
+            "class_accuracy": bundle.alignment(images, conds)["class_accuracy"],
+            "macs_per_image_cfg_counted": report["macs_cfg_counted"],
+            "macs_attention_per_image_cfg_counted": report["macs_attention_cfg_counted"],
+            "seconds": round(seconds, 1),
+        }
     meta = arms["sparsedit"].weights_meta
-    config, tokens = arms["sparsedit"].config, (bundle.pipeline.transformer.config.sample_size
-                                                // bundle.pipeline.transformer.config.patch_size) ** 2
-    sides = [grid_side(pruning_rate(int(t), config.r_min, config.r_max), tokens) for t in bundle.pipeline.scheduler.timesteps]
-    result = {"model": model, "n": n, "seed": seed, "steps": bundle.sampler.steps,
-              "guidance_scale": bundle.sampler.guidance_scale, "weights": str(weights.relative_to(REPO))
-              if weights.is_relative_to(REPO) else str(weights), "weights_meta": meta, "grid_sides": sides, "arms": rows,
-              "threads": torch.get_num_threads(), "command": command}
+    config, tokens = (
+        arms["sparsedit"].config,
+        (bundle.pipeline.transformer.config.sample_size // bundle.pipeline.transformer.config.patch_size) ** 2,
+    )
+    sides = [
+        grid_side(pruning_rate(int(t), config.r_min, config.r_max), tokens) for t in bundle.pipeline.scheduler.timesteps
+    ]
+    result = {
+        "model": model,
+        "n": n,
+        "seed": seed,
+        "steps": bundle.sampler.steps,
+        "guidance_scale": bundle.sampler.guidance_scale,
+        "weights": str(weights.relative_to(REPO)) if weights.is_relative_to(REPO) else str(weights),
+        "weights_meta": meta,
+        "grid_sides": sides,
+        "arms": rows,
+        "threads": torch.get_num_threads(),
+        "command": command,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "check.json").write_text(json.dumps(result, indent=2) + "\n")
     o, s = rows["original"], rows["sparsedit"]
-    table = "\n".join(f"| {k} | {r['class_accuracy']:.3f} | {r['macs_per_image_cfg_counted'] / 1e6:.2f} | "
-                      f"{r['macs_attention_per_image_cfg_counted'] / 1e6:.2f} | {r['seconds']} |" for k, r in rows.items())
+    table = "\n".join(
+        f"| {k} | {r['class_accuracy']:.3f} | {r['macs_per_image_cfg_counted'] / 1e6:.2f} | "
+        f"{r['macs_attention_per_image_cfg_counted'] / 1e6:.2f} | {r['seconds']} |"
+        for k, r in rows.items()
+    )
     (out_dir / "check.md").write_text(f"""# SparseDiT on {model}: class accuracy of generated digits
 
 `{command}`
 
-{n} generated digits (balanced classes, seed {seed}, the same seeds for every arm), DDIM {result['steps']} steps,
-CFG {result['guidance_scale']}, classified by the bundle's domain classifier. SparseDiT weights: `{result['weights']}`
-(fine-tuned {meta.get('steps', '?')} steps, layout {meta.get('layout', '?')}, r ∈ [{meta.get('r_min')}, {meta.get('r_max')}]).
+{n} generated digits (balanced classes, seed {seed}, the same seeds for every arm), DDIM {result["steps"]} steps,
+CFG {result["guidance_scale"]}, classified by the bundle's domain classifier. SparseDiT weights: `{result["weights"]}`
+(fine-tuned {meta.get("steps", "?")} steps, layout {meta.get("layout", "?")}, r ∈ [{meta.get("r_min")}, {meta.get("r_max")}]).
 Sparse grid side per sampler call (i = 0 first): {sides} ({tokens} dense tokens).
 MACs per generated image over the whole run, both CFG halves counted (M_lin, and attention M_attn separately).
 
@@ -242,7 +322,7 @@ MACs per generated image over the whole run, both CFG halves counted (M_lin, and
 |---|---|---|---|---|
 {table}
 
-MAC ratio original / SparseDiT: {o['macs_per_image_cfg_counted'] / s['macs_per_image_cfg_counted']:.3f} (M_lin).
+MAC ratio original / SparseDiT: {o["macs_per_image_cfg_counted"] / s["macs_per_image_cfg_counted"]:.3f} (M_lin).
 """)
     print(json.dumps(result, indent=2))
     return result
@@ -252,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m methods.sparsedit", description="SparseDiT fine-tuning and check")
+    parser = argparse.ArgumentParser(
+        prog="python -m dsbench.training.sparsedit", description="SparseDiT fine-tuning and check"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("finetune", help="fine-tune SparseDiT from an embedded model → results/sparsedit/MODEL/")
     p.add_argument("--model", default="mnist-dit", choices=MODELS)
@@ -262,8 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--r-min", type=float, default=0.61)
     p.add_argument("--r-max", type=float, default=0.86)
-    p.add_argument("--loss", default="eps", choices=LOSSES,
-                   help="eps: to the true noise (the paper); distill: to the frozen dense model's prediction; both")
+    p.add_argument(
+        "--loss",
+        default="eps",
+        choices=LOSSES,
+        help="eps: to the true noise (the paper); distill: to the frozen dense model's prediction; both",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50, help="steps between loss lines in the log")
@@ -278,15 +364,30 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--out", type=Path, default=None, help="output folder (default results/sparsedit/MODEL)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m methods.sparsedit " + shlex.join(argv)
+    command = "python -m dsbench.training.sparsedit " + shlex.join(argv)
     out = args.out or results_dir(args.model)
     if args.command == "finetune":
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "finetune_command.txt", "a") as f:
             f.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n{command}\n")
-        finetune(args.model, minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                 r_min=args.r_min, r_max=args.r_max, loss=args.loss, seed=args.seed, resume=not args.no_resume,
-                 log_every=args.log_every, out_dir=out)
+        finetune(
+            args.model,
+            minutes=args.minutes,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            r_min=args.r_min,
+            r_max=args.r_max,
+            loss=args.loss,
+            seed=args.seed,
+            resume=not args.no_resume,
+            log_every=args.log_every,
+            out_dir=out,
+        )
         return 0
     check(args.model, n=args.n, seed=args.seed, weights=args.weights, out_dir=out, command=command)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
