@@ -64,7 +64,7 @@ def build_model(dtype: str, seed: int = 0) -> torch.nn.Module:
 def build_scheduler():
     from diffusers import DDIMScheduler
 
-    # DiT's linear betas; "linspace" reproduces the DiT reference respacing (METHODS §2.1)
+    # DiT's linear betas; "linspace" reproduces the DiT reference respacing (docs/evaluation.md#metrics)
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.0001,
@@ -258,7 +258,7 @@ class Report:
     def save(self, data: dict) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         self(f"total benchmark wall time: {time.perf_counter() - self.t0:.0f} s")
-        self(f"written: {RESULTS / (self.name + '.txt')} and .json")
+        self(f"written: {(RESULTS / (self.name + '.txt')).relative_to(ROOT)} and .json")
         (RESULTS / f"{self.name}.txt").write_text("\n".join(self.lines) + "\n")
         (RESULTS / f"{self.name}.json").write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
 

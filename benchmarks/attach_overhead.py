@@ -321,7 +321,8 @@ def call_interleaved(out, model, sampler: Sampler, args) -> dict:
     out(f"  per call: plain median {median(times['plain']):.4f} s, attached median {median(times['attached']):.4f} s")
     out(
         f"  RATIO attached / plain (median of per-pair ratios): {ratio:.4f}   goal <= {GOAL}  "
-        f"[{'MET' if ratio <= GOAL else 'NOT MET'}]; ratio of medians {median(times['attached']) / median(times['plain']):.4f}"
+        f"[{'MET' if ratio <= GOAL else 'NOT MET'}]; "
+        f"ratio of medians {median(times['attached']) / median(times['plain']):.4f}"
     )
     q = sorted(ratios)
     out(

@@ -1,4 +1,6 @@
-"""DiffSparse DP solver speed (METHODS §1.1.4; issue 5 acceptance: T = 20, L = 84, |S| = 5 "well under a second").
+"""DiffSparse DP solver speed (docs/methods/diffsparse.md#dp-solver).
+
+Issue 5 acceptance: T = 20, L = 84, |S| = 5 "well under a second".
 
 The instance is PixArt-α 256's real level space (``level_space("pixart-alpha-256", steps=20)``:
 19 × 84 = 1,596 cells, |S| = 5, weighted-mode integer weights proportional to each cell's measured

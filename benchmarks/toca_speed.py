@@ -1,4 +1,6 @@
-"""ToCa: measured latency speedup / MAC speedup on a DiT-S-sized model (METHODS §1.2, §2.3).
+"""ToCa: measured latency speedup / MAC speedup on a DiT-S-sized model.
+
+See docs/methods/toca.md and docs/evaluation.md#latency.
 
 Both arms go through the same executor: ``full`` attached vs ``toca`` attached (DiT defaults,
 ``methods.build("toca")``), same model instance and weights, same dtype, batched CFG.
@@ -152,7 +154,7 @@ def main():
     out(malloc_line)
     out(
         "attention: full arm uses fused SDPA (no statistics needed); toca materialises the attention "
-        "probabilities on its FULL steps (s1 needs them, METHODS §1.2 pitfall) — timed that way"
+        "probabilities on its FULL steps (s1 needs them, see docs/methods/toca.md) — timed that way"
     )
     out(
         f"timing: denoising loop only, time.perf_counter (CPU, no sync needed); GC disabled inside the loop; "

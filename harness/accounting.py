@@ -1,4 +1,4 @@
-"""MAC accounting (METHODS §0.9).
+"""MAC accounting (docs/accounting.md).
 
 M_lin: multiply-accumulates of every Linear and Conv layer of the denoiser that actually
 runs, per batch row, counted from the executed shapes by forward hooks (so partial

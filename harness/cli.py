@@ -76,7 +76,7 @@ def cmd_macs(args) -> int:
 
 
 def print_calibration(args) -> int:
-    """The METHODS §0.9 calibration table recomputed by the executor, then the published numbers that no stated
+    """The docs/accounting.md calibration table recomputed by the executor, then the published numbers that no stated
     setting reproduces, each with its reason (Markdown, or JSON)."""
     from pathlib import Path
 
@@ -88,7 +88,7 @@ def print_calibration(args) -> int:
         text = json.dumps({"calibration": rows, "unreproduced": unreproduced}, indent=2)
     else:
         lines = [
-            f"MAC calibration (METHODS §0.9), tolerance ±{macs.CALIBRATION_TOLERANCE} T. "
+            f"MAC calibration (docs/accounting.md), tolerance ±{macs.CALIBRATION_TOLERANCE} T. "
             "Regenerate: dsbench macs --calibration --out results/calibration.md",
             "",
             f"Δ: dsbench to published; a row beyond ±{macs.PUBLISHED_TOLERANCE:g} % needs a note saying why.",
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration",
         action="store_true",
-        help="recompute the METHODS §0.9 calibration table and the published numbers it does not reproduce",
+        help="recompute the docs/accounting.md calibration table and the published numbers it does not reproduce",
     )
     p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)

@@ -33,7 +33,7 @@ class Kind(enum.IntEnum):
     MIX = 4
 
 
-# TOPK variants (METHODS §0.3): where a partial self-attention takes its keys/values, and what
+# TOPK variants (docs/concepts.md#the-token-cache): where a partial self-attention takes its keys/values, and what
 # the rows it does not compute receive
 TOPK_KV = ("all", "selected", "stale")  # all tokens (exact-query); the computed rows only; the last
 # computation's keys/values with the computed rows updated
@@ -72,7 +72,7 @@ REUSE = Decision(Kind.REUSE)
 def topk(k: int, kv: str = "all", fill: str = "cache") -> Decision:
     """TOPK(k); k must be a positive token count (use REUSE for 0 and FULL for all).
 
-    kv and fill choose the variants of METHODS §0.3 (defaults: exact-query, rest from the cache).
+    kv and fill choose the variants of docs/concepts.md#the-token-cache (defaults: exact-query, rest from the cache).
     """
     if k < 0:
         raise ValueError(f"TOPK needs k >= 0 tokens, got {k}")
@@ -105,7 +105,7 @@ class DirectiveKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Directive:
-    """Step-level override of the per-layer grid (METHODS §0.4)."""
+    """Step-level override of the per-layer grid (docs/concepts.md#step-directives)."""
 
     kind: DirectiveKind
     front: int = 0  # BLOCK_RESIDUAL: blocks computed at the start (Fn)
@@ -147,7 +147,7 @@ class RunInfo:
     """What a method learns about a sampling run before its first step."""
 
     family: str  # "dit", "pixart", "flux", "wan"
-    num_steps: int  # denoiser calls in this run (METHODS §0.2)
+    num_steps: int  # denoiser calls in this run (docs/concepts.md#step-index)
     layers: list[Layer]
     n_image: int
     n_text: int
@@ -216,7 +216,7 @@ class Method:
         self.score = ScoreSpec()
         self.selection_macs = 0.0  # selection overhead of the current run, per generated image (§0.9)
 
-    # -- hooks (METHODS §0.7) -------------------------------------------------------------
+    # -- hooks (docs/concepts.md#the-method-interface) -------------------------------------------------------------
     def steps_to_run(self, num_steps: int) -> int:
         """Denoiser calls the pipeline should make when asked for ``num_steps`` (step reduction)."""
         return num_steps
@@ -237,8 +237,9 @@ class Method:
         keep a never-TOPK attention's statistic as column sums (B×N) instead of maps (B×N×N)."""
         return layer.supports_topk
 
-    def select(self, i: int, layer: Layer, k: int, ctx: ScoreContext):
-        """Indices [B, k] of the tokens to recompute; default: the method's composite score."""
+    def select(self, i: int, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor | Selection:
+        """Indices [B, k] of the tokens to recompute (a ``Selection`` for a TOPK with fill="copy"); default:
+        the method's composite score."""
         return select_tokens(ctx, self.score, k)
 
     def mix_weights(self, i: int, layer: Layer, order):
@@ -371,7 +372,8 @@ class LayerInput:
         rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
         hidden: torch.Tensor | None = None,
     ):
-        self._full_fn, self._rows_fn, self._full = full, rows, None
+        self._full_fn, self._rows_fn = full, rows
+        self._full: torch.Tensor | None = None
         self.hidden = hidden  # the hidden states before norm and modulation, when the adapter knows them
 
     @classmethod
@@ -381,9 +383,10 @@ class LayerInput:
         return layer_input
 
     def full(self) -> torch.Tensor:
-        if self._full is None:
-            self._full = self._full_fn()
-        return self._full
+        full = self._full
+        if full is None:
+            full = self._full = self._full_fn()
+        return full
 
     def rows(self, index: torch.Tensor | None) -> torch.Tensor:
         if index is None:

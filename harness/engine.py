@@ -5,7 +5,7 @@
 ``set_timesteps`` (which every pipeline calls once at the start of a call: that is where a
 run starts and how many denoiser calls it will make). The block overrides come from the
 model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns
-the token cache (METHODS §0.3): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
+the token cache (docs/concepts.md#the-token-cache): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
 stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4).
 TOPK variants say what a partial computation uses: keys/values of all tokens (exact-query),
 of the selected ones only, or stale ones with the selected rows updated; unselected rows from
@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ from dsbench.scores import (
 
 
 def block_runs(directive: Directive, block: int, num_blocks: int) -> bool:
-    """Whether ``block`` is computed under a step directive (METHODS §0.4)."""
+    """Whether ``block`` is computed under a step directive (docs/concepts.md#step-directives)."""
     if directive.kind is DirectiveKind.REUSE_OUTPUT:
         return False
     if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
@@ -121,7 +121,7 @@ class Engine:
         self.branch = "main"
         self.branches: dict[str, BranchState] = {}
         self.plan: dict[int, tuple[Directive, list[Decision]]] = {}
-        self.shared_indices: dict[tuple[int, int], torch.Tensor] = {}  # (step, layer) → indices
+        self.shared_indices: dict[tuple[int, int], torch.Tensor | Selection] = {}  # (step, layer) → indices
         self.run: RunInfo | None = None
         self.generator: torch.Generator | None = None
         self.last_run: tuple[RunInfo, dict[str, BranchState]] | None = None
@@ -137,11 +137,11 @@ class Engine:
         self.run = None
 
     def _archive(self) -> None:
-        if any(b.steps for b in self.branches.values()):
+        if self.run is not None and any(b.steps for b in self.branches.values()):
             self.last_run = (self.run, self.branches)
         self.branches = {}
         self.plan = {}
-        self.shared_indices: dict[tuple[int, int], torch.Tensor] = {}
+        self.shared_indices = {}
 
     def _start_run(self, call: CallInfo) -> None:
         if self.planned_steps is None:
@@ -175,6 +175,20 @@ class Engine:
                 self._wants[layer.index] = self._wants[layer.index] - {SELF_ATTN} | {SELF_ATTN_RECEIVED}
 
     # -- per call ---------------------------------------------------------------------------
+    def _live(self) -> BranchState:
+        """The branch state of the call in progress (between ``begin_call`` and ``end_call``)."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("no denoiser call in progress: the engine runs inside an attached forward")
+        return state
+
+    def _current_run(self) -> RunInfo:
+        """The run in progress (started by the first call of a run)."""
+        run = self.run
+        if run is None:
+            raise RuntimeError("no run in progress: the engine runs inside an attached forward")
+        return run
+
     def begin_call(self, call: CallInfo) -> None:
         state = self.branches.get(self.branch)
         known = state.call if state is not None else next((b.call for b in self.branches.values()), None)
@@ -214,9 +228,10 @@ class Engine:
         return directive, decisions
 
     def _normalise(self, d: Decision, layer: Layer) -> Decision:
-        """TOPK(0) ≡ REUSE and TOPK(N) ≡ FULL (METHODS §4.2); reject impossible decisions."""
+        """TOPK(0) ≡ REUSE and TOPK(N) ≡ FULL (docs/guarantees.md#verification-checklist); reject impossible
+        decisions."""
         if d.kind is Kind.TOPK:
-            n = self.run.n_tokens(layer)
+            n = self._current_run().n_tokens(layer)
             if d.k <= 0:
                 return REUSE
             if d.k >= n:
@@ -236,10 +251,8 @@ class Engine:
                     f"{self.method.name}: layer {layer.name} cannot run TOPK with kv={d.kv!r}; "
                     f"{self.adapter.family} supports it on {sorted(self.adapter.partial_keys) or 'no layer'}"
                 )
-        if d.kind is Kind.MIX and not 0 <= d.k <= self.run.n_tokens(layer):
-            raise ValueError(
-                f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= {self.run.n_tokens(layer)} tokens"
-            )
+        if d.kind is Kind.MIX and not 0 <= d.k <= (n := self._current_run().n_tokens(layer)):
+            raise ValueError(f"{self.method.name}: MIX({d.k}) at {layer.name} needs 0 <= k <= {n} tokens")
         if d.kind is Kind.TAYLOR and self.method.taylor_order < d.m:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
@@ -248,7 +261,7 @@ class Engine:
         """Close the call and return its output; ``counts`` (linear, attention, per layer) replaces the
         counted MACs when the call was not executed (MAC-only simulation of a call already seen with
         the same decisions)."""
-        state = self._state
+        state = self._live()
         record = state.steps[-1]
         if counts is None:
             linear, attention = self.counter.take()
@@ -275,15 +288,15 @@ class Engine:
 
     @property
     def current(self) -> StepRecord:
-        return self._state.steps[-1]
+        return self._live().steps[-1]
 
     @property
     def directive(self) -> Directive:
-        return self._state.steps[-1].directive
+        return self._live().steps[-1].directive
 
     @property
     def step(self) -> int:
-        return self._state.step
+        return self._live().step
 
     # -- one layer ----------------------------------------------------------------------------
     def layer(
@@ -299,7 +312,7 @@ class Engine:
         """
         if not isinstance(h, LayerInput):
             h = LayerInput.of(h)
-        state = self._state
+        state = self._live()
         d = state.steps[-1].decisions[ell]
         layer = self.layers[ell]
         normal = state.steps[-1].directive.kind is DirectiveKind.NORMAL
@@ -330,22 +343,9 @@ class Engine:
                 return self._mix(state, layer, h, compute, d.k)
             # TOPK
             t0 = time.perf_counter()
-            ctx = ScoreContext(
-                layer_tokens=layer.tokens,
-                n_image=state.call.n_image,
-                n_text=state.call.n_text,
-                grid=state.call.grid,
-                cfg_batched=self.run.cfg_batched,
-                staleness=state.staleness[ell],
-                layer_input_fn=h.full,
-                stats=state.block_stats.get(layer.block, {}),
-                reference_input=state.reference_input.get(ell),
-                generator=self.generator,
-                hidden_states=h.hidden,
-            )
-            index, source = self._select(state, layer, d.k, ctx), None
-            if isinstance(index, Selection):
-                index, source = index.index, index.source
+            ctx = self._score_context(state, layer, h)
+            selected = self._select(state, layer, d.k, ctx)
+            index, source = (selected.index, selected.source) if isinstance(selected, Selection) else (selected, None)
             if (d.fill == "copy") != (source is not None):
                 raise RuntimeError(
                     f"{self.method.name}: TOPK fill={d.fill!r} at {layer.name} needs select() to "
@@ -353,7 +353,10 @@ class Engine:
                 )
             state.selection_seconds += time.perf_counter() - t0
             keys = self._attention_keys(state, layer, d)
-            res = compute(index, self._wants[ell]) if keys is None else compute(index, self._wants[ell], keys=keys)
+            if keys is None:
+                res = compute(index, self._wants[ell])
+            else:  # only sub-modules in adapter.partial_keys get here (_normalise): their computation takes keys=
+                res = cast(Callable[..., LayerResult], compute)(index, self._wants[ell], keys=keys)
             out = scatter_rows(state.cache[ell], index, res.out)
             if source is not None:  # every row takes the output of the computed token it names
                 out = gather_rows(out, source)
@@ -368,10 +371,27 @@ class Engine:
         finally:
             self.counter.bucket = FIXED
 
+    def _score_context(self, state: BranchState, layer: Layer, h: LayerInput) -> ScoreContext:
+        """What the method's selection reads for ``layer`` at this call (TOPK and MIX alike)."""
+        ell = layer.index
+        return ScoreContext(
+            layer_tokens=layer.tokens,
+            n_image=state.call.n_image,
+            n_text=state.call.n_text,
+            grid=state.call.grid,
+            cfg_batched=self._current_run().cfg_batched,
+            staleness=state.staleness[ell],
+            layer_input_fn=h.full,
+            stats=state.block_stats.get(layer.block, {}),
+            reference_input=state.reference_input.get(ell),
+            generator=self.generator,
+            hidden_states=h.hidden,
+        )
+
     def _stats_read_later(self, state: BranchState) -> bool:
         """Statistics recorded now are read by a TOPK of this step or a later one; none follows the
         run's last step (computing them there would only cost time)."""
-        return state.step < self.run.num_steps - 1 or any(
+        return state.step < self._current_run().num_steps - 1 or any(
             d.kind in (Kind.TOPK, Kind.MIX) for d in state.steps[-1].decisions
         )
 
@@ -382,19 +402,12 @@ class Engine:
         so the ranking at later steps is the one inference sees (DiffSparse training forward)."""
         ell = layer.index
         t0 = time.perf_counter()
-        ctx = ScoreContext(
-            layer_tokens=layer.tokens,
-            n_image=state.call.n_image,
-            n_text=state.call.n_text,
-            grid=state.call.grid,
-            cfg_batched=self.run.cfg_batched,
-            staleness=state.staleness[ell],
-            layer_input_fn=h.full,
-            stats=state.block_stats.get(layer.block, {}),
-            reference_input=state.reference_input.get(ell),
-            generator=self.generator,
-        )
+        ctx = self._score_context(state, layer, h)
         order = self._select(state, layer, ctx.n, ctx)
+        if isinstance(order, Selection):
+            raise RuntimeError(
+                f"{self.method.name}: MIX at {layer.name} needs select() to return a ranking, not a Selection"
+            )
         state.selection_seconds += time.perf_counter() - t0
         if self.method.mix_checkpoint:  # the input first, so the recomputation repeats exactly the layer
             h.full()
@@ -440,10 +453,10 @@ class Engine:
             )
         return AttentionKeys("stale", stats[SELF_KEYS], stats[SELF_VALUES])
 
-    def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor:
+    def _select(self, state: BranchState, layer: Layer, k: int, ctx: ScoreContext) -> torch.Tensor | Selection:
         """The method's selection; with separate CFG passes and shared selection, the first pass's
-        indices serve the later passes of the same step (METHODS §0.5)."""
-        if self.run.cfg_batched or self.method.score.cfg_selection != "shared":
+        indices serve the later passes of the same step (docs/concepts.md#classifier-free-guidance)."""
+        if self._current_run().cfg_batched or self.method.score.cfg_selection != "shared":
             return self.method.select(state.step, layer, k, ctx)
         key = (state.step, layer.index)
         index = self.shared_indices.get(key)
@@ -452,7 +465,7 @@ class Engine:
         return index
 
     def _record_stats(self, state: BranchState, layer: Layer, index, res: LayerResult) -> None:
-        """FULL replaces the statistics; TOPK replaces the rows it recomputed (METHODS §0.3)."""
+        """FULL replaces the statistics; TOPK replaces the rows it recomputed (docs/concepts.md#the-token-cache)."""
         if not res.stats:
             return
         stats = state.block_stats.setdefault(layer.block, {})
@@ -466,7 +479,7 @@ class Engine:
                 stats[name] = stats[name].scatter(1, index, value.to(stats[name].dtype))
 
     def _update_taylor(self, state: BranchState, ell: int, out: torch.Tensor) -> None:
-        """Finite differences in step-index units between FULL steps (METHODS §1.6)."""
+        """Finite differences in step-index units between FULL steps (docs/methods/taylorseer.md)."""
         old = state.taylor.get(ell, [])
         factors = [out.clone()]  # the cache itself may be scatter-updated in place by a later TOPK
         if old:
@@ -491,7 +504,7 @@ class Engine:
         ``state_in`` is the tuple of tensors the block transforms ((hidden,) or (text, image)),
         ``as_output`` turns such a tuple into the block's return value and ``body`` runs the block.
         """
-        state = self._state
+        state = self._live()
         directive = state.steps[-1].directive
         last = self.num_blocks - 1
         if directive.kind is DirectiveKind.REUSE_OUTPUT:
@@ -517,7 +530,7 @@ class Engine:
         return out
 
     def _store_residuals(self, state: BranchState, final: tuple) -> None:
-        """R = h_{L−Bn} − h_{Fn} for every (Fn, Bn) span the method may use (METHODS §1.5)."""
+        """R = h_{L−Bn} − h_{Fn} for every (Fn, Bn) span the method may use (docs/methods/deepcache.md)."""
         for front, back in self.method.residual_spans:
             end = final if back == 0 else state.block_inputs[self.num_blocks - back]
             start = state.block_inputs[front]
@@ -561,13 +574,38 @@ class Handle:
         """Drop all caches now (e.g. between batches driven by your own sampling loop)."""
         self.engine.new_run(num_steps)
 
-    def report(self) -> dict[str, Any]:
-        """MACs, per-(step, layer) decisions and overhead of the most recent run."""
+    def report(self) -> AttachReport:
+        """MACs, per-(step, layer) decisions and overhead of the most recent run (keys: ``AttachReport``)."""
         return build_report(self.engine, *self.engine.latest())
 
 
-def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState]) -> dict[str, Any]:
-    """Per generated image over the whole run (METHODS §0.9), in both CFG conventions."""
+class AttachReport(TypedDict):
+    """What ``Handle.report()`` returns: a plain dict at run time, with these keys (stable; new keys may be
+    added, none removed or renamed without a changelog entry). MACs are per generated image over the whole
+    run (docs/accounting.md); "CFG counted" charges both classifier-free-guidance passes, "not counted" one."""
+
+    method: str  # the method's registered name ("toca", "fora", ...)
+    config: dict[str, Any]  # its parameters in effect for the run (per-model defaults filled in)
+    family: str  # the model family: "dit", "pixart", "flux", "wan"
+    num_steps: int  # denoiser calls the run made (one branch's, with separate CFG passes)
+    cfg_batched: bool  # whether each call carried [cond, uncond] halves in one batch
+    branches: list[str]  # the streams of calls: ["main"], or one per cache_context name (separate CFG passes)
+    macs_cfg_counted: float  # Linear/Conv MACs, both CFG passes charged
+    macs_cfg_not_counted: float  # Linear/Conv MACs of one pass
+    macs_attention_cfg_counted: float  # attention-product MACs (QKᵀ and AV), both CFG passes charged
+    macs_attention_cfg_not_counted: float  # attention-product MACs of one pass
+    macs_per_step: list[float]  # Linear/Conv MACs of each call, one batch row, first branch
+    full_steps: list[int]  # steps whose every layer was FULL under a NORMAL directive
+    directives: list[str]  # per step: "NORMAL", "REUSE_OUTPUT" or "BLOCK_RESIDUAL(front,back)"
+    decisions: list[list[str]]  # [step][layer]: "FULL", "REUSE", "TOPK(k...)", "TAYLOR(m)", "MIX(k)"
+    layers: list[str]  # layer names in execution order ("main0.sa", "double3.attn", ...)
+    selection_seconds: float  # wall time spent in the method's token selection and end-of-step work
+    selection_macs: float  # the method's selection overhead in MACs, per generated image
+    schedule: Schedule  # the whole run's directives and decisions (``Schedule.digest``, ``to_dict``)
+
+
+def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState]) -> AttachReport:
+    """Per generated image over the whole run (docs/accounting.md), in both CFG conventions (``AttachReport``)."""
     first = next(iter(branches))
     steps = branches[first].steps
     linear = {name: sum(s.macs_linear for s in b.steps) for name, b in branches.items()}
@@ -617,7 +655,7 @@ def attach(
 
     num_steps: denoiser calls per run; only needed for a bare transformer (a pipeline's
       scheduler tells it). cfg_batched: whether calls carry [cond, uncond] halves in one batch
-      (default: the family's convention, METHODS §0.1). seed: seeds random token scores.
+      (default: the family's convention, docs/concepts.md#models-layers-and-tokens). seed: seeds random token scores.
     """
     if not isinstance(method, Method):
         raise TypeError(f"expected a method from dsbench.methods.build(...), got {type(method).__name__}")
@@ -627,9 +665,10 @@ def attach(
         if not isinstance(target, torch.nn.Module):
             raise TypeError(f"cannot attach to {type(target).__name__}: pass a diffusers pipeline or its transformer")
         transformer, scheduler = target, None
-    if getattr(transformer, "_dsbench_handle", None) is not None:
+    attached: Handle | None = getattr(transformer, "_dsbench_handle", None)
+    if attached is not None:
         raise RuntimeError(
-            f"a method ({transformer._dsbench_handle.engine.method.name}) is already attached to "
+            f"a method ({attached.engine.method.name}) is already attached to "
             "this transformer; detach it first (handle.detach() or leave its `with` block)"
         )
     if num_steps is not None and num_steps < 1:
@@ -665,7 +704,7 @@ def attach(
     return handle
 
 
-def _install_replacement(transformer, replacement: torch.nn.Module, engine: Engine, undo: list) -> None:
+def _install_replacement(transformer, replacement: Any, engine: Engine, undo: list) -> None:
     """Run a model-transforming method's module in place of the transformer's forward (per instance).
 
     Its own blocks run, not the adapter's, so there are no per-layer decisions; the engine's counter
@@ -723,6 +762,7 @@ def _wrap_set_timesteps(scheduler, engine: Engine, undo: list) -> None:
 def _apply_step_reduction(method: Method, bound: inspect.BoundArguments) -> None:
     """Let a step-reduction method shorten the run before the scheduler builds its timesteps."""
     args = bound.arguments
+    requested: int | None
     if args.get("timesteps") is not None:
         requested = len(args["timesteps"])
     elif args.get("sigmas") is not None:

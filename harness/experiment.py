@@ -44,7 +44,6 @@ SAMPLERS = {
     "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "euler": ("EulerDiscreteScheduler", {}),
 }
-EVAL_SETS = ("default", "prompts")  # the model's own evaluation conditions, or a prompt file (one per line)
 
 # Sane ranges: a value past them is a typo (1e11 samples, a 10⁹-step sampler) that would otherwise fail deep
 # inside numpy or torch (MemoryError, overflow) or run for ever. The paper's largest set is DiT's FID-50K.

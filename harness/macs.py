@@ -22,7 +22,7 @@ from dsbench.methods.diffsparse.space import MODES, LevelSpace, is_cell_layer, l
 from dsbench.models.architectures import architecture, call_inputs, meta_model
 
 # -- whole-run MACs of a real architecture, on the meta device ----------------------------------
-# METHODS §0.9 calibration: (model, method, params, steps, M_lin this MAC model must give, published, note)
+# docs/accounting.md calibration: (model, method, params, steps, M_lin this MAC model must give, published, note)
 CALIBRATION = [
     ("dit-xl-2-256", "full", {}, 50, 11.44, 11.44, ""),
     (
@@ -60,10 +60,10 @@ CALIBRATION = [
         "R tuned: no published config; the default 0.51 gives 7.021",
     ),
 ]
-CALIBRATION_TOLERANCE = 0.01  # T MACs (METHODS §4.5)
+CALIBRATION_TOLERANCE = 0.01  # T MACs (docs/guarantees.md#verification-checklist)
 PUBLISHED_TOLERANCE = 1.0  # %: a row further from its published value needs a note saying why
 
-# Published numbers the stated setting does not reproduce (METHODS §0.9 "not reconcilable"), counted live so a
+# Published numbers the stated setting does not reproduce (docs/accounting.md "not reconcilable"), counted live so a
 # change of the MAC model shows: (model, method, params, steps, published, why)
 UNREPRODUCED = [
     (
@@ -151,7 +151,7 @@ def architecture_macs(model: str, method, steps: int | None = None, cfg_counted:
 
     Runs the executor on a meta-device copy of the architecture (shapes only, no weights), so
     the count is of exactly what the method executes. ``cfg_counted`` defaults to the MAC
-    convention of the model's published tables (METHODS §0.9).
+    convention of the model's published tables (docs/accounting.md).
     """
     arch = architecture(model)
     steps = arch.default_steps if steps is None else steps
@@ -289,10 +289,11 @@ def level_space_of(
     text_tokens: int = 120,
     cfg_counted: bool | None = None,
 ) -> LevelSpace:
-    """The DiffSparse level space of a pipeline or transformer (any size: a meta copy runs). ``inputs``: keyword inputs of
-    one denoiser call for one image row (default for DiT/PixArt: the native latent size and
-    ``text_tokens`` caption tokens). [PD] ``cfg_counted`` defaults to the family's published
-    convention (DiT counted, others not)."""
+    """The DiffSparse level space of a pipeline or transformer (any size: a meta copy runs).
+
+    ``inputs``: keyword inputs of one denoiser call for one image row (default for DiT/PixArt: the native latent
+    size and ``text_tokens`` caption tokens). ``cfg_counted`` defaults to the family's published convention (DiT
+    counted, others not)."""
     transformer = getattr(target, "transformer", target)
     family = adapter_for(transformer).family
     counted = (family == "dit") if cfg_counted is None else cfg_counted

@@ -8,7 +8,7 @@ carries its source label.
 A :class:`Row` says which of our runs measure it (``match``: the method name, a subset of its
 parameters, the compute budget); a :class:`Column` says which store column holds our value and how it
 is scaled to the paper's unit. [PD] The matching rules and column mappings are ours: the paper has no
-code. CLIP in the DiffSparse tables is Convention A divided by 100 (METHODS §2.1), i.e. our
+code. CLIP in the DiffSparse tables is Convention A divided by 100 (docs/evaluation.md#metrics), i.e. our
 ``clip_score_legacy`` / 100; its single "VBench" number uses an unstated aggregation, which we put
 beside our ``vbench_total``. An :class:`Analogue` reruns a table's comparison on the embedded model of its
 family, where the paper's FID on 30k COCO captions cannot be computed: quality is measured against the
@@ -138,7 +138,7 @@ TABLES: dict[str, PaperTable] = {
                 ("DiffSparse (R=43%)", _diffsparse("r43"), 1.64, 1.74, 26.91, 0.164),
                 ("DiffSparse (R=54%)", _diffsparse("r54"), 1.30, 1.91, 27.79, 0.164),
             ),
-            "MACs without the CFG half (METHODS §0.9); CLIP = Convention A / 100 (METHODS §2.1).",
+            "MACs without the CFG half (docs/accounting.md); CLIP = Convention A / 100 (docs/evaluation.md#metrics).",
             Analogue("shapes-pixart", "paper_table1", SHAPES, absent=NO_DICACHE),
         ),
         PaperTable(
@@ -166,7 +166,7 @@ TABLES: dict[str, PaperTable] = {
                 ("DuCa", {"method": "duca"}, 4.94, 2.10, 3.04, 4.70, 0.79, 0.57),
                 ("DiffSparse", _diffsparse("default"), 4.97, 2.07, 2.81, 4.61, 0.80, 0.59),
             ),
-            "MACs count both CFG halves (METHODS §0.9). sFID is not computed by dsbench.metrics (ADM evaluator).",
+            "MACs count both CFG halves (docs/accounting.md). sFID is not computed by dsbench.metrics (ADM evaluator).",
             Analogue(
                 "mnist-dit",
                 "paper_table2",
@@ -193,7 +193,7 @@ TABLES: dict[str, PaperTable] = {
                 ("DuCa (R=59%)", {"method": "duca", "budget_macs_ratio": 0.41}, 18.124, 1.68, 43.30),
                 ("DiffSparse", _diffsparse("default"), 18.124, 2.05, 43.83),
             ),
-            "The paper's VBench aggregation is unstated; ours is the VBench Total × 100 (METHODS §2.1).",
+            "The paper's VBench aggregation is unstated; ours is the VBench Total × 100 (docs/evaluation.md#metrics).",
             no_analogue="the embedded model zoo has no video model yet (a small WanTransformer3DModel is planned)",
         ),
         PaperTable(
@@ -310,7 +310,9 @@ TABLES: dict[str, PaperTable] = {
             ),
             "The text reports a 1.81× speedup for DiffSparse on FLUX (§A.6); ToCa runs R = 0.571, tuned to the "
             "published 7.313 T (its public configuration is not given).",
-            no_analogue="the embedded model zoo has no FLUX-class model yet (a small FluxTransformer2DModel is planned)",
+            no_analogue=(
+                "the embedded model zoo has no FLUX-class model yet (a small FluxTransformer2DModel is planned)"
+            ),
         ),
         PaperTable(
             "table10",

@@ -188,8 +188,8 @@ def readme(frame, tables: list[str], needs: dict, timing: list[dict]) -> str:
         "| command | machine | wall (min) | CPU (min) | runs measured | schedules trained |",
         "|---|---|---|---|---|---|",
         *(
-            f"| `{e['command']}` | {e['machine']} | {e['wall_s'] / 60:.1f} | {e['cpu_s'] / 60:.1f} | {e['runs_measured']} "
-            f"| {', '.join(e['trained']) or '—'} |"
+            f"| `{e['command']}` | {e['machine']} | {e['wall_s'] / 60:.1f} | {e['cpu_s'] / 60:.1f} "
+            f"| {e['runs_measured']} | {', '.join(e['trained']) or '—'} |"
             for e in timing
         ),
         "",

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 import dsbench
 from dsbench import machine, methods, metrics
+from dsbench.core import DirectiveKind, NotApplicable
 from dsbench.experiment import SAMPLERS, Experiment, MethodEntry, check_inputs
 from dsbench.files import sha256_file
 from dsbench.metrics import NEEDS, cost
@@ -212,8 +213,11 @@ class ModelContext:
         return self._macs_full
 
 
-def _load_model(exp: Experiment, name: str, progress: bool, device: torch.device | None = None) -> ModelContext:
-    """``device``: where a GPU rank under ``accelerate launch`` puts the model (default: the bundle's own)."""
+def load_model(exp: Experiment, name: str, progress: bool, device: torch.device | None = None) -> ModelContext:
+    """Model ``name`` from the zoo, set up as experiment ``exp`` runs it (sampler, steps, evaluation conditions,
+    reference images its metrics need); the context counts a method's MACs (``macs_of``) and generates with it.
+
+    ``device``: where a GPU rank under ``accelerate launch`` puts the model (default: the bundle's own)."""
     from diffusers import schedulers
 
     bundle = zoo.load(name, **({"device": device} if device is not None and device.type == "cuda" else {}))
@@ -314,9 +318,10 @@ def tune(
     """Bisect ``field`` of method ``name`` until its MACs are closest to, but not above, ``budget``.
 
     Integer fields are bisected over integers; a float field until the bracket is narrower than
-    ``tolerance`` × its range or the MACs are within ``close`` × budget below it. MACs are assumed monotone in the field (either direction, found from the
-    two ends); the answer is nevertheless the best of all values measured. Returns {"value", "macs",
-    "evaluations": [(value, macs), ...]}; BudgetUnreachable when even the cheapest end is above budget.
+    ``tolerance`` × its range or the MACs are within ``close`` × budget below it. MACs are assumed monotone in
+    the field (either direction, found from the two ends); the answer is nevertheless the best of all values
+    measured. Returns {"value", "macs", "evaluations": [(value, macs), ...]}; BudgetUnreachable when even the
+    cheapest end is above budget.
     """
     cls = dsbench.methods.base.method_class(name)
     low, high, is_int = _bounds(cls, field, steps)
@@ -365,7 +370,7 @@ def decision_map(report: dict) -> np.ndarray:
     n = np.asarray(schedule.meta["n_tokens"], dtype=float)
     kept = np.asarray(schedule.counts(), dtype=float) / n
     for i, d in enumerate(schedule.directives):
-        if d.kind is dsbench.methods.base.DirectiveKind.REUSE_OUTPUT:
+        if d.kind is DirectiveKind.REUSE_OUTPUT:
             kept[i] = 0.0
     return kept
 
@@ -476,7 +481,7 @@ def run_experiment(
     progress = progress and main
     contexts, setups = {}, {}
     for model, runs in todo.items():  # set every method up on every model before any evaluation sampling
-        contexts[model] = ctx = _load_model(exp, model, progress, shard.state.device)
+        contexts[model] = ctx = load_model(exp, model, progress, shard.state.device)
         if main:  # the metrics' weights installed (or a one-line error) before any sampling
             metrics.prepare(exp.metrics, bundle=ctx.bundle)
         for index in sorted({index for _, index, _ in runs}):
@@ -648,7 +653,7 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
                 entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps, progress=ctx.progress
             )
             tuned, macs = {field: result["value"]}, result["macs"]
-    except dsbench.methods.base.NotApplicable as err:
+    except NotApplicable as err:
         return {"skip": str(err)}
     except BudgetUnreachable as err:
         if entry._curve_point:  # one budget of a curve this method cannot reach: the curve goes without it

@@ -1,4 +1,4 @@
-"""The shared token-score library (METHODS §0.8): which tokens a TOPK layer recomputes.
+"""The shared token-score library (docs/concepts.md#token-scores): which tokens a TOPK layer recomputes.
 
 Composite score S = B(base + λ3·n), top-k by a stable descending argsort so that the
 selections for different k are nested. ``base`` is λ1·s1 + λ2·s2 for the attention
@@ -15,7 +15,7 @@ import torch
 IMPORTANCES = ("attention", "vnorm", "norm", "similarity", "random")
 CFG_SELECTIONS = ("shared", "per_half")
 
-# Names of the statistics the engine records on demand (METHODS §0.3).
+# Names of the statistics the engine records on demand (docs/concepts.md#the-token-cache).
 SELF_ATTN = "self_attn"  # head-mean self-attention probabilities, B×N_q×N_k
 # its column sums (attention each key receives), B×N_k float32: all s1 reads, and B×N instead of
 # B×N×N; recorded in place of SELF_ATTN at layers that never run TOPK (whose map rows never change)
@@ -148,7 +148,7 @@ def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], k: int, weight: fl
     h, w = grid
     if h * w != n:
         raise ValueError(f"spatial bonus needs the image grid {h}×{w} to cover the {n} tokens")
-    ph, pw = (-h) % k, (-w) % k  # pad so the tiles cover the grid (METHODS §0.8)
+    ph, pw = (-h) % k, (-w) % k  # pad so the tiles cover the grid (docs/concepts.md#token-scores)
     s = score.view(b, h, w)
     if ph or pw:
         s = torch.nn.functional.pad(s, (0, pw, 0, ph), value=float("-inf"))

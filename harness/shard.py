@@ -1,4 +1,4 @@
-"""Sample generation sharded across processes with ``accelerate launch`` (DESIGN §6).
+"""Sample generation sharded across processes with ``accelerate launch`` (docs/architecture.md).
 
 ``accelerate launch --num_processes N [--cpu] -m dsbench.cli run FILE`` starts N ranks that all run the
 same experiment in lockstep: each rank generates a contiguous slice of the evaluation conditions (image i

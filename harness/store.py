@@ -1,4 +1,4 @@
-"""The results database: one row per run, the source of truth every report is made from (DESIGN §2, §7).
+"""The results database: one row per run, the source of truth every report is made from (docs/architecture.md).
 
 SQLite, one table ``runs``: the identity and the columns reports filter on are real columns; the
 whole row is kept as JSON next to them, so metrics a new model or method brings need no schema change.

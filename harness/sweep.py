@@ -678,7 +678,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stale(trial, now: float) -> bool:
+def is_stale(trial, now: float) -> bool:
+    """Whether a RUNNING trial's worker is gone: it never named itself, its process on this host has exited, or
+    (another host) its last heartbeat is older than ``STALE_AFTER`` seconds at time ``now``."""
     worker = trial.user_attrs.get("worker")
     if worker is None:  # the worker died between creating the trial and naming itself (both under the lock)
         return True
@@ -694,7 +696,7 @@ def fail_stale_trials(study) -> list[int]:
     failed = []
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if _stale(trial, now):
+        if is_stale(trial, now):
             study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             if trial.params:

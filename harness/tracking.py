@@ -1,4 +1,4 @@
-"""Weights & Biases mirror of the results store (DESIGN §6): one W&B run per stored row, one summary run.
+"""Weights & Biases mirror of the results store (docs/architecture.md): one W&B run per stored row, one summary run.
 
 The store stays the source of truth: the mirror is written after the row is stored, and any W&B failure
 (no service, bad key, full disk, a broken API) becomes a warning, never an exception, so nothing is lost.

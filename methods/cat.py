@@ -1,4 +1,4 @@
-"""``cat``: CAT Pruning (cluster-aware token pruning) ported to PixArt-α (METHODS §1.8).
+"""``cat``: CAT Pruning (cluster-aware token pruning) ported to PixArt-α (docs/methods/cat.md).
 
 Steps i < t0 are full. From step t0 on, every block recomputes only an index set I of
 ⌊α·N⌋ image tokens — the same set for every block and both CFG halves — chosen at the end of
@@ -52,7 +52,7 @@ class Cat(Method):
             raise NotApplicable(f"cat runs on DiT and PixArt (BasicTransformerBlock) models, not {run.family}")
         super().reset(run)
         c = self.config
-        # [PD] 6 at T = 20 (METHODS §1.8); the paper's 8 at T = 28 and 50
+        # [PD] 6 at T = 20 (docs/methods/cat.md); the paper's 8 at T = 28 and 50
         self.t0 = c.t0 if c.t0 is not None else max(2, min(8, round(0.3 * run.num_steps)))
         self.k = ratio_to_count(c.alpha, run.n_image)
         self.reference = None  # n_{t0−2}, per image
@@ -187,7 +187,7 @@ def pool_max(relative: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tens
 
 def graph_pooled_scores(pooled: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
     """One non-trainable graph-pooling pass, then the L2 norm: self + mean + mean + max over the
-    neighbour clusters ([PD] reading of METHODS §1.8; no neighbours aggregate to 0)."""
+    neighbour clusters ([PD] reading of docs/methods/cat.md; no neighbours aggregate to 0)."""
     degree = adjacency.sum(dim=1, keepdim=True)
     mean = (adjacency.float() @ pooled) / degree.clamp_min(1)
     neighbours = torch.where(adjacency[:, :, None], pooled[None], float("-inf"))

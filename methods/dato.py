@@ -1,4 +1,4 @@
-"""``dato``: dynamics-aware token pruning with step-wise caching, ported to DiT (METHODS §1.7).
+"""``dato``: dynamics-aware token pruning with step-wise caching, ported to DiT (docs/methods/dato.md).
 
 Every step has a cache depth d and a prune ratio r. d = 0 reuses the last block's output
 (REUSE_OUTPUT), d = 1 computes the first and the last block around the cached residual of the
@@ -214,7 +214,7 @@ def patch_argmax_mask(score: torch.Tensor, grid: tuple[int, int], s: int) -> tor
     return mask.scatter_(1, (rows * w + cols).reshape(b, -1), True)
 
 
-# -- schedule search (METHODS §1.7, §1.11 NSGA-II template) ----------------------------------------------
+# -- schedule search (docs/methods/dato.md; NSGA-II template of docs/methods/search.md) -------------------
 def search_schedule(
     evaluate: Callable[[list], tuple[float, float]],
     num_steps: int,
@@ -267,7 +267,7 @@ def search_schedule(
 
 
 def best_schedule(study, budget: float | None = None) -> list:
-    """The schedule of the fittest completed trial whose M_lin is within ``budget`` (METHODS §1.11)."""
+    """The schedule of the fittest completed trial whose M_lin is within ``budget`` (docs/methods/search.md)."""
     import optuna
 
     trials = [

@@ -1,4 +1,4 @@
-"""``deepcache``: DeepCache for DiTs (METHODS §1.5), a U-Net-style cache over the block stack.
+"""``deepcache``: DeepCache for DiTs (docs/methods/deepcache.md), a U-Net-style cache over the block stack.
 
 On refresh steps every block runs and the engine stores the middle blocks' residual
 R = h_{L−Bn} − h_{Fn} (h_j: the hidden state entering block j). On the other steps the first

@@ -1,4 +1,4 @@
-"""``duca``: dual caching (METHODS §1.3), ToCa's partial steps alternated with whole-network reuse.
+"""``duca``: dual caching (docs/methods/duca.md), ToCa's partial steps alternated with whole-network reuse.
 
 Between full steps, odd offsets in the refresh interval are ToCa partial steps ("conservative":
 each module recomputes its top-scored tokens) and even offsets reuse the previous step's final
@@ -37,9 +37,9 @@ from dsbench.methods.base import register
 from dsbench.methods.toca import Toca
 from dsbench.scores import ScoreSpec
 
-# Public per-model ratios (METHODS §1.3). [PD] FLUX: ToCa-FLUX-dev's R; Wan: DuCa-OpenSora's R.
+# Public per-model ratios (docs/methods/duca.md). [PD] FLUX: ToCa-FLUX-dev's R; Wan: DuCa-OpenSora's R.
 # The public R give 4.642 T (DiT DDIM-50, CFG counted) and 1.541 T (PixArt-α 256), not the
-# DiffSparse tables' 4.94 / 1.63 T (METHODS §0.9); tuned to those: R = 0.08 → 4.940 T (DiT),
+# DiffSparse tables' 4.94 / 1.63 T (docs/accounting.md); tuned to those: R = 0.08 → 4.940 T (DiT),
 # R = 1.33 → 1.629 T (PixArt: above 1, since the clamped per-module ratios saturate).
 DEFAULT_RATIO = {"dit": 0.05, "pixart": 0.75, "flux": 0.1, "wan": 0.1}
 
@@ -136,10 +136,10 @@ class Duca(Toca):
         """Full or partial for one block of a NORMAL step.
 
         ToCa-DiT evaluates the type in every block and updates θ at block 0 of a full step, so
-        the later blocks of that step may see another type (the per-layer quirk of §1.2). [PD]
+        the later blocks of that step may see another type (the per-layer quirk of docs/methods/toca.md). [PD]
         A block whose re-evaluated type is aggressive reuses all its module outputs (aggressive
         reuse of the whole network is a step directive, decided once at the start of the step);
-        such a block costs nothing, as in the count behind METHODS §0.9 (4.64 T at R = 0.05).
+        such a block costs nothing, as in the count behind docs/accounting.md (4.64 T at R = 0.05).
         """
         if self.run.family != "dit" or self.rule == "per_step":
             return self._step_type

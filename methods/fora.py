@@ -1,4 +1,4 @@
-"""``fora``: fast-forward caching (METHODS §1.4). Every module output is refreshed every N
+"""``fora``: fast-forward caching (docs/methods/fora.md). Every module output is refreshed every N
 steps and reused in between (gates recomputed). FORA equals ToCa with R = 0."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pydantic
 from dsbench.core import FULL, REUSE, Decision, Layer, Method, MethodConfig, RunInfo
 from dsbench.methods.base import register
 
-# Refresh period per family (METHODS §1.4): DiT 3 (18 full steps at DDIM-50), PixArt 2 (even i).
+# Refresh period per family (docs/methods/fora.md): DiT 3 (18 full steps at DDIM-50), PixArt 2 (even i).
 DEFAULT_INTERVAL = {"dit": 3, "pixart": 2, "flux": 2, "wan": 2}
 
 
@@ -19,7 +19,7 @@ class ForaConfig(MethodConfig):
 
 
 def reference_counter(family: str, i: int, num_steps: int) -> int:
-    """The reference codes' step counter s (METHODS §0.2): DiT counts down, the others up."""
+    """The reference codes' step counter s (docs/concepts.md#step-index): DiT counts down, the others up."""
     return num_steps - 1 - i if family == "dit" else i
 
 

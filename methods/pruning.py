@@ -1,4 +1,4 @@
-"""Helpers shared by the token-pruning methods (DaTo §1.7, CAT §1.8): the model output seen
+"""Helpers shared by the token-pruning methods (docs/methods/dato.md, docs/methods/cat.md): the model output seen
 per image token, and which CFG half is the conditional one."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ COND_HALF = {"dit": 0, "pixart": 1}
 
 def noise_tokens(output, run: RunInfo) -> torch.Tensor:
     """The noise prediction of a transformer call per image token: B×N×(C·p·p), learned-variance
-    channels dropped (METHODS §1.7/§1.8: "ε in token space")."""
+    channels dropped (docs/methods/dato.md, docs/methods/cat.md: "ε in token space")."""
     sample = output[0]
     if run.noise_channels is not None:
         sample = sample[:, : run.noise_channels]

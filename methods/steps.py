@@ -1,4 +1,4 @@
-"""``steps``: step reduction ("x% steps", METHODS §1.10): the same sampler with fewer steps.
+"""``steps``: step reduction ("x% steps", docs/methods/steps.md): the same sampler with fewer steps.
 
 Attached to a pipeline, it shortens the run where the scheduler's timesteps are set, so the
 ordinary pipeline call is unchanged; every remaining step is computed in full.

@@ -1,4 +1,4 @@
-"""``taylorseer``: cache-then-forecast (METHODS §1.6).
+"""``taylorseer``: cache-then-forecast (docs/methods/taylorseer.md).
 
 After W warm-up steps, one full step every N steps; on full steps the engine keeps, per module,
 finite differences of its pre-gate output up to order m (distances in step-index units); on the
@@ -14,7 +14,7 @@ import pydantic
 from dsbench.core import FULL, Decision, Layer, Method, MethodConfig, RunInfo, taylor
 from dsbench.methods.base import register
 
-# (N, m, W) per model (METHODS §1.6): DiT DDIM-50 README setting (14 full steps), PixArt [PD]
+# (N, m, W) per model (docs/methods/taylorseer.md): DiT DDIM-50 README setting (14 full steps), PixArt [PD]
 # (11 full steps, 1.57 T), FLUX-dev reference, FLUX-schnell [PD], Wan reference.
 DEFAULTS = {"dit": (4, 4, 2), "pixart": (2, 1, 2), "flux-dev": (6, 1, 3), "flux-schnell": (2, 1, 1), "wan": (5, 1, 1)}
 

@@ -1,4 +1,4 @@
-"""``toca``: token-wise caching with hand-set schedules (METHODS §1.2).
+"""``toca``: token-wise caching with hand-set schedules (docs/methods/toca.md).
 
 Periodic full steps; in between, each module recomputes the top-scored fraction r of its
 tokens, r = R × step factor × layer factor × module factor (clamped to [0, 1]), and reuses
@@ -61,7 +61,7 @@ class TocaConfig(MethodConfig):
     bonus_grid: int | None = pydantic.Field(None, ge=1, description="bonus tile size k >= 1 (DiT 2, PixArt 4)")
 
 
-# Module factors of the partial steps; a module absent from the dict is REUSEd (METHODS §1.2).
+# Module factors of the partial steps; a module absent from the dict is REUSEd (docs/methods/toca.md).
 MODULE_FACTOR = {
     "dit": {"mlp": 1 + 0.6 * 2.5},  # sa: 1 − 0.4·2.5 = 0, never partial
     "pixart": {"ca": 0.6, "mlp": 1.6},
@@ -119,7 +119,7 @@ class Toca(Method):
 
     # -- full-step rule ----------------------------------------------------------------------
     def counter(self, i: int) -> int:
-        """Reference counter s: DiT counts down (s = T−1−i), the others count up (METHODS §0.2)."""
+        """Reference counter s: DiT counts down (s = T−1−i), the others count up (docs/concepts.md#step-index)."""
         return self.run.num_steps - 1 - i if self.run.family == "dit" else i
 
     def _is_full(self, i: int) -> bool:

@@ -1,4 +1,4 @@
-"""MAC accounting: FlopCounterMode cross-check on real models, and the METHODS §0.9 calibration."""
+"""MAC accounting: FlopCounterMode cross-check on real models, and the docs/accounting.md calibration."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_executor_macs_equal_flop_counter(family, score):
     assert state.steps[1].macs_linear < state.steps[0].macs_linear
 
 
-# -- METHODS §0.9 calibration on the real architectures (meta device) --------------------------------
+# -- docs/accounting.md calibration on the real architectures (meta device) --------------------------------
 @pytest.mark.parametrize("model, method, params, steps, expected, published, note", CALIBRATION)
 def test_calibration_table(model, method, params, steps, expected, published, note):
     """Each row within ±0.01 T of this MAC model's value, and within 1 % of the published one or saying why."""

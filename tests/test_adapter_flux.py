@@ -280,7 +280,7 @@ def test_macs_match_flop_counter(transformer, score):
         assert record.macs_attention * BATCH == pytest.approx(attention, rel=1e-12)
     assert report["macs_attention_cfg_not_counted"] == sum(r.macs_attention for r in records)
 
-    # per-layer attribution (METHODS §0.9 FLUX rows): per computed token, the single block's proj_mlp in its mlp
+    # per-layer attribution (docs/accounting.md FLUX rows): per computed token, the single block's proj_mlp in its mlp
     per_token = {
         ("double", "attn"): 4,
         ("double", "img_mlp"): 8,
@@ -300,7 +300,9 @@ def test_macs_match_flop_counter(transformer, score):
 # -- methods on FLUX ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, full_steps", [("toca", [0]), ("fora", [0, 2])])
 def test_toca_and_fora_schnell_schedules(pipe, name, full_steps):
-    """Schnell (no guidance embedding): ToCa warm-up 1, interval 4; FORA interval 2 (METHODS §1.2, §1.4)."""
+    """Schnell (no guidance embedding): ToCa warm-up 1, interval 4; FORA interval 2.
+
+    See docs/methods/toca.md and docs/methods/fora.md."""
     with dsbench.attach(pipe, methods.build(name)) as handle:
         latents = generate(pipe)
         report = handle.report()

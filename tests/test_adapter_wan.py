@@ -66,10 +66,10 @@ class Fixed(Method):
 
     name = "fixed"
 
-    def __init__(self, fn, score=ScoreSpec()):
+    def __init__(self, fn, score: ScoreSpec | None = None):
         super().__init__(MethodConfig())
         self.fn = fn
-        self.score = score
+        self.score = score if score is not None else ScoreSpec()
         self.selected = {}
 
     def decide(self, i, layer):
@@ -219,7 +219,7 @@ def test_topk_rows_exact(model, score):
     _, seen, _ = run_steps(model, Fixed(lambda i, layer: FULL, score))
     full = {ell: out for _, s, ell, out in seen if s == 1}
     for ell in range(6):
-        method = Fixed(lambda i, layer: topk(k) if i == 1 and layer.index == ell else FULL, score)
+        method = Fixed(lambda i, layer, ell=ell: topk(k) if i == 1 and layer.index == ell else FULL, score)
         _, seen, _ = run_steps(model, method)
         got = {(s, e): out for _, s, e, out in seen}
         index = method.selected[(1, ell)]
@@ -321,7 +321,9 @@ def test_rejects_image_conditioning(model):
 
 
 def test_shared_selection_is_reused_by_the_second_cfg_pass(model):
-    """Separate cond / uncond passes: the first pass selects, the second reuses its indices (§0.5)."""
+    """Separate cond / uncond passes: the first pass selects, the second reuses its indices.
+
+    See docs/concepts.md#classifier-free-guidance."""
     pipe = tiny_pipeline(model)
     calls = []
 

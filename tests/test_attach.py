@@ -44,7 +44,7 @@ def test_two_pipelines_do_not_affect_each_other(family):
 
 
 def test_same_call_twice_gives_identical_images(family):
-    """State resets at every pipeline call (METHODS §4.4)."""
+    """State resets at every pipeline call (docs/guarantees.md#verification-checklist)."""
     make, run = PIPELINES[family]
     pipe = make()
     with dsbench.attach(pipe, methods.build("toca")) as handle:
@@ -66,7 +66,7 @@ def test_batch_size_change_starts_a_new_run():
 
 
 def test_pixart_toca_schedule_matches_reference():
-    """PixArt ToCa N=3, 20 steps: full steps {0,4,6,9,12,15,18}; sa reused, ca/mlp partial (§1.2)."""
+    """PixArt ToCa N=3, 20 steps: full steps {0,4,6,9,12,15,18}; sa reused, ca/mlp partial (docs/methods/toca.md)."""
     pipe = pixart_pipeline(num_layers=4)
     with dsbench.attach(pipe, methods.build("toca", ratio=0.3, interval=3)) as handle:
         run_pixart(pipe, steps=20)
@@ -84,7 +84,7 @@ def test_pixart_toca_schedule_matches_reference():
 
 
 def test_dit_toca_ddim50_per_layer_rule():
-    """DiT DDIM-50 ToCa: the published full steps, with layer-0-only full steps at 4 and 17 (§1.2)."""
+    """DiT DDIM-50 ToCa: the published full steps, with layer-0-only full steps at 4 and 17 (docs/methods/toca.md)."""
     pipe = dit_pipeline(num_layers=3)
     with dsbench.attach(pipe, methods.build("toca")) as handle:
         run_dit(pipe, steps=50)
@@ -188,7 +188,9 @@ def test_reuse_returns_exactly_the_cache():
 
 
 def test_partial_attention_is_exact_for_the_selected_rows():
-    """Exact-query TOPK (§0.3): recomputed rows equal full computation; the others keep the cache."""
+    """Exact-query TOPK: recomputed rows equal full computation; the others keep the cache.
+
+    See docs/concepts.md#the-token-cache."""
     model = tiny_dit()
     calls = _dit_calls(model, 2)
     _, _, full_state = _run_calls(model, methods.build("full"), calls)
@@ -354,7 +356,9 @@ def test_similarity_importance_compares_with_the_input_at_last_computation():
 
 
 def test_pixart_toca_error_shrinks_as_more_tokens_are_recomputed():
-    """METHODS §4.8 spot check: distance to the uncached output falls and MACs rise with R."""
+    """Distance to the uncached output falls and MACs rise with R.
+
+    A spot check of docs/guarantees.md#verification-checklist."""
     pipe = pixart_pipeline(num_layers=4, sample_size=16)
     reference = run_pixart(pipe, steps=20)
     errors, macs = [], []

@@ -1,4 +1,7 @@
-"""DiffSparse solvers (METHODS §1.1.4) against brute force, and the level space's MACs against the engine."""
+"""DiffSparse solvers against brute force, and the level space's MACs against the engine.
+
+See docs/methods/diffsparse.md#dp-solver.
+"""
 
 from __future__ import annotations
 

@@ -152,8 +152,8 @@ def test_budget_and_weights():
 
 def test_real_model_space_on_meta_device():
     space = level_space("dit-xl-2-256")
-    assert space.n_cells == 2744 and space.K == 4  # METHODS §1.1.1
-    assert space.base_macs / 1e12 == pytest.approx(11.44, abs=0.01)  # §0.9 calibration, CFG counted
+    assert space.n_cells == 2744 and space.K == 4  # docs/methods/diffsparse.md#cells-levels-and-budget
+    assert space.base_macs / 1e12 == pytest.approx(11.44, abs=0.01)  # docs/accounting.md calibration, CFG counted
     assert space.n_tokens[0] == 256 and [tokens_at(k, 4, 256) for k in range(5)] == [0, 64, 128, 192, 256]
     full = np.full(space.n_cells, space.K)
     assert space.macs(full) == pytest.approx(space.base_macs)

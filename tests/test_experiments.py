@@ -40,7 +40,7 @@ def _entry_runs(exp, model: str) -> list[dict]:
             "method": e.name,
             "params": e.params_for(model),
             "tuned": {},
-            "budget_macs_ratio": runner._budget_ratio(exp, e),
+            "budget_macs_ratio": budget.macs_ratio if (budget := exp.budget_for(e)) is not None else None,
         }
         for e in exp.method_entries()
     ]
@@ -130,7 +130,7 @@ def test_quickstart_inputs_are_in_the_repository(monkeypatch):
 def test_entries_may_carry_their_own_budget():
     exp = experiment.load(ROOT / "experiments" / "table3_wan.yaml")
     duca = [e for e in exp.method_entries() if e.name == "duca"]
-    assert [runner._budget_ratio(exp, e) for e in duca] == [0.46, 0.41]
+    assert [exp.budget_for(e).macs_ratio for e in duca] == [0.46, 0.41]
     assert len({runner.run_id(exp, "wan2.1-1.3b", e, 0) for e in duca}) == 2
     with pytest.raises(ValueError, match=r"methods\[0\].params.*duca.ratio is tuned.*0.41"):
         experiment.parse(
@@ -152,8 +152,8 @@ def test_entries_may_carry_their_own_budget():
         ({"models": ["mnist-dit", "wan2.1-1.3b"], "guidance_channels": 3}, r"model wan2.1-1.3b is not a DiT model"),
         (
             {"models": ["mnist-dit"], "guidance_channels": 5},
-            r"field 'guidance_channels': Input should be less than or equal to 4 .*allowed: DiT models only: .*N in \[1, 4\]"
-            r".* or null",
+            r"field 'guidance_channels': Input should be less than or equal to 4 "
+            r".*allowed: DiT models only: .*N in \[1, 4\].* or null",
         ),
         ({"models": ["mnist-dit"], "guidance_channels": 0}, r"field 'guidance_channels': Input should be greater"),
     ],

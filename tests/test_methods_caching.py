@@ -1,4 +1,7 @@
-"""DuCa, DeepCache and TaylorSeer (METHODS §1.3, §1.5, §1.6) on the tiny pipelines of conftest."""
+"""DuCa, DeepCache and TaylorSeer on the tiny pipelines of conftest.
+
+See docs/methods/duca.md, docs/methods/deepcache.md and docs/methods/taylorseer.md.
+"""
 
 from __future__ import annotations
 
@@ -139,7 +142,7 @@ def test_deepcache_front_and_back_blocks_run_and_the_residual_is_added_once():
 
 
 def test_deepcache_psnr_against_the_uncached_pipeline():
-    """The residual is applied exactly once per skipped step (METHODS §1.5 pitfall): high PSNR,
+    """The residual is applied exactly once per skipped step (a pitfall in docs/methods/deepcache.md): high PSNR,
     falling as more steps are cached."""
     pipe = pixart_pipeline(num_layers=6)
     reference = run_pixart(pipe, steps=20)

@@ -1,4 +1,4 @@
-"""Token-pruning methods: CAT Pruning (METHODS §1.8) and DaTo (§1.7), on tiny real-class models."""
+"""Token-pruning methods on tiny real-class models: CAT Pruning (docs/methods/cat.md), DaTo (docs/methods/dato.md)."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_dato_prunes_the_tokens_most_similar_to_base_and_copies_the_nearest_outp
         rep = handle.report()
     assert rep["decisions"][1] == ["TOPK(32,kv=selected,fill=copy)", "FULL"] * 2
     assert len(seen) == 4  # two blocks × two pruned steps
-    for i, layer, k, x, h, sel, base in seen:
+    for i, layer, _k, x, h, sel, base in seen:
         xn = torch.nn.functional.normalize(x, dim=-1)
         sim = xn @ xn.transpose(1, 2)
         # pruned = the 32 non-base tokens with the highest max similarity to a base token
@@ -184,7 +184,7 @@ def test_dato_base_tokens_one_per_patch_from_diffscore_and_shared_by_cfg_halves(
         outs = [model(**c) for c in calls]
         run = handle.engine.run
     bases = {i: base for i, _, _, _, _, _, base in seen}
-    for i, base in bases.items():
+    for base in bases.values():
         assert torch.equal(base[:2], base[2:])  # aligned across the CFG halves (Eq. 8)
         per_patch = base.view(4, 4, 2, 4, 2).sum(dim=(2, 4))
         assert torch.equal(per_patch, torch.ones_like(per_patch))  # one per 2×2 patch

@@ -207,7 +207,7 @@ def test_every_paper_layout_renders_with_published_numbers_in_all_formats(store)
         assert parsed[0] == table.headers("csv")
         assert len(parsed) == len(spec.rows) + 1 and all(len(r) == len(parsed[0]) for r in parsed)
         for row, published in zip(parsed[1:], spec.rows):
-            for key, value in published.published.items():
+            for value in published.published.values():
                 assert str(value) in row  # every published number is in the CSV
         assert md.count("\n| ") == len(spec.rows) + 1
         assert tex.count(r" \\") == len(spec.rows) + 1 and r"\begin{tabular}" in tex and r"\bottomrule" in tex

@@ -233,7 +233,7 @@ def test_budget_bisection_matches_macs_for_toca_and_fora(tmp_path, teachers):
     assert fora.macs_ratio <= 0.5 and isinstance(interval, int) and interval >= 2
     noted = {name: isinstance(run.budget_note, str) for name, run in (("toca", toca), ("fora", fora))}
     assert noted == {"toca": False, "fora": fora.macs_ratio < 0.49}  # a note when more than 2 % under the budget
-    ctx = runner._load_model(exp, "mnist-dit", progress=False)
+    ctx = runner.load_model(exp, "mnist-dit", progress=False)
     assert ctx.macs_of(methods.build("fora", interval=interval - 1)) / ctx.macs_full > 0.5
     assert ctx.macs_of(methods.build("fora", interval=interval)) == fora.macs
     # off budget: the setting just above it ran too, and the leaderboard interpolates fora at the budget

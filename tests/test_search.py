@@ -1,4 +1,4 @@
-"""Search baselines over the DiffSparse level space (METHODS §1.11): repair, GA, random, NSGA-II, resume."""
+"""Search baselines over the DiffSparse level space (docs/methods/search.md): repair, GA, random, NSGA-II, resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SparseDiT (METHODS §1.9): the model transform, r(t), the attach path, MACs and parameter checks."""
+"""SparseDiT (docs/methods/sparsedit.md): the model transform, r(t), the attach path, MACs and parameter checks."""
 
 from __future__ import annotations
 
@@ -219,7 +219,8 @@ def block_macs(block, x, kv=None):
 
 
 def test_block_macs_match_the_flops_model():
-    """§1.9 (fvcore counts MACs): dense block 12NC² + 2N²C; poolingformer 10NC², of which we run W_o once on
+    """Block MACs of docs/methods/sparsedit.md (fvcore counts MACs):
+    dense block 12NC² + 2N²C; poolingformer 10NC², of which we run W_o once on
     the pooled token instead of on all N: 10NC² − (N − 1)C². adaLN and timestep linears are per call."""
     old = tiny_dit(num_layers=6).transformer_blocks[0]
     x = torch.randn(1, N, C)
@@ -233,7 +234,7 @@ def test_block_macs_match_the_flops_model():
 
 
 def sparse_call_macs(side):
-    """M_lin of one call of the 6-block preset for one batch row, from the §1.9 block formulas."""
+    """M_lin of one call of the 6-block preset for one batch row, from the docs/methods/sparsedit.md block formulas."""
     m = side * side
     blocks = (
         10 * N * C**2

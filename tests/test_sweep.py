@@ -305,12 +305,12 @@ def test_stale_trial_rules():
     dead.wait()
     now = time.time()
     here, there = socket.gethostname(), "another-host"
-    assert sweep._stale(running(), now)  # died before naming its worker
-    assert sweep._stale(running(worker={"host": here, "pid": dead.pid, "started": now}), now)
-    assert not sweep._stale(running(worker={"host": here, "pid": os.getpid(), "started": now - 1e6}), now)
+    assert sweep.is_stale(running(), now)  # died before naming its worker
+    assert sweep.is_stale(running(worker={"host": here, "pid": dead.pid, "started": now}), now)
+    assert not sweep.is_stale(running(worker={"host": here, "pid": os.getpid(), "started": now - 1e6}), now)
     old = now - sweep.STALE_AFTER - 1
-    assert sweep._stale(running(worker={"host": there, "pid": 1, "started": old}), now)
-    assert not sweep._stale(running(worker={"host": there, "pid": 1, "started": old}, heartbeat=now - 5), now)
+    assert sweep.is_stale(running(worker={"host": there, "pid": 1, "started": old}), now)
+    assert not sweep.is_stale(running(worker={"host": there, "pid": 1, "started": old}, heartbeat=now - 5), now)
 
 
 # -- user errors: one line, exit 2, before any work --------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_swapped_samples_under_consistent_manifests_are_detected_and_regenerated
     fresh = TeacherCache(cache.root, code="code-v1")
     for fields, expected, seed in ((FIELDS, first, 0), (other, second, 1)):
         with pytest.warns(UserWarning, match="samples of another entry"):
-            again = fresh.get_or_create(fields, lambda: gen(seed))
+            again = fresh.get_or_create(fields, lambda seed=seed: gen(seed))
         assert torch.equal(again, expected)  # the right images, regenerated
         assert torch.equal(fresh.get(fields), expected)  # and stored: the next read is a clean hit
     assert gen.calls == 4 and fresh.stats == {"hit": 0, "miss": 2, "corrupt": 2}

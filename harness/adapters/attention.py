@@ -1,7 +1,7 @@
 """Attention kernel shared by the adapters.
 
 Queries may be a token subset while keys/values cover all tokens (exact-query partial
-attention, METHODS §0.3). Fused SDPA is used unless a scorer needs the probabilities, in
+attention, docs/concepts.md#the-token-cache). Fused SDPA is used unless a scorer needs the probabilities, in
 which case they are materialised and their head-mean statistics returned (in chunks of batch
 rows when only their column sums are kept).
 """
@@ -30,7 +30,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
-    """−Σ p log(p + 1e-7) over the last dim (the reference's epsilon, METHODS §0.8)."""
+    """−Σ p log(p + 1e-7) over the last dim (the reference's epsilon, docs/concepts.md#token-scores)."""
     return -(p * torch.log(p + 1e-7)).sum(dim=-1)
 
 

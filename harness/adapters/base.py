@@ -52,7 +52,6 @@ class Adapter:
                     )
                 )
             self.block_layers.append(ids)
-        self._signature = inspect.signature(model.forward)
 
     @property
     def num_blocks(self) -> int:

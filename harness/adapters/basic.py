@@ -3,7 +3,7 @@ cross-attention) and ``PixArtTransformer2DModel`` (ada_norm_single, cross-attent
 
 The block forward below is diffusers' own, restricted to those two norm types, with each
 sub-module (sa, ca, mlp) routed through the engine. Its pre-gate outputs are the ones of
-METHODS §0.3; gates, norms and modulation are recomputed every step.
+docs/concepts.md#the-token-cache; gates, norms and modulation are recomputed every step.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def attend(attn, counter, x_q: torch.Tensor, x_kv: torch.Tensor, want, *, mask=N
     """diffusers ``Attention`` (to_q/k/v, optional q/k norm, to_out) with queries ``x_q``.
 
     stale: (keys, values, index) — projections of an earlier computation whose rows ``index``
-    are replaced by those of ``x_kv`` (CAT's stale-KV attention, METHODS §0.3).
+    are replaced by those of ``x_kv`` (CAT's stale-KV attention, docs/concepts.md#the-token-cache).
     """
     k_proj, v_proj = attn.to_k(x_kv), attn.to_v(x_kv)
     if stale is not None:

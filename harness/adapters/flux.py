@@ -2,7 +2,7 @@
 single-stream ``FluxSingleTransformerBlock`` with ``FluxAttnProcessor``.
 
 The block forwards below are diffusers' own (0.42), with each sub-module routed through the
-engine. Pre-gate outputs follow METHODS §0.3: the double-block ``attn`` layer caches the
+engine. Pre-gate outputs follow docs/concepts.md#the-token-cache: the double-block ``attn`` layer caches the
 post-projection outputs of both streams as one [text; image] tensor; the single-block
 ``attn`` layer caches the pre-projection attention output, which its ``mlp`` layer projects
 together with the MLP branch. Norms, modulation and gates are recomputed every call.

@@ -4,8 +4,8 @@ The block forward below is diffusers' own (including its float32 modulation and 
 arithmetic) with each sub-module (sa, ca, mlp) routed through the engine; the attention
 is ``WanAttnProcessor`` rewritten on the shared kernel so that a TOPK layer computes
 queries, and their rotary rows, for the selected tokens only. Pre-gate outputs follow
-METHODS §0.3: ``ca`` is the cross-attention of the norm2 output and has no gate.
-The stock WanPipeline runs cond and uncond as separate calls (METHODS §0.5); the engine
+docs/concepts.md#the-token-cache: ``ca`` is the cross-attention of the norm2 output and has no gate.
+The stock WanPipeline runs cond and uncond as separate calls (docs/concepts.md#classifier-free-guidance); the engine
 keeps one cache per ``cache_context`` name.
 """
 

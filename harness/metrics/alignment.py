@@ -1,4 +1,4 @@
-"""Text-image alignment: CLIP score (both input conventions of METHODS §2.1) and ImageReward-v1.0.
+"""Text-image alignment: CLIP score (both input conventions of docs/evaluation.md#metrics) and ImageReward-v1.0.
 
 No package ships these weights: they come from a local path or the Hugging Face hub, and a missing one
 fails with :class:`MetricUnavailable` naming what to fetch. The code paths are the real ones; the tests
@@ -130,7 +130,7 @@ def load_clip(model: str = DEFAULT_CLIP, device: str = "cpu"):
 
 
 def clip_inputs(processor, images: torch.Tensor, prompts: list[str], convention: str = "uint8", max_length: int = 77):
-    """The processor's inputs under a METHODS §2.1 convention.
+    """The processor's inputs under a docs/evaluation.md#metrics convention.
 
     ``uint8`` (B, correct): uint8 pixels, which the processor rescales by 1/255. ``legacy`` (A, the ToCa
     tools): float pixels in [0, 1], which the processor rescales by 1/255 again — nearly black images,

@@ -1,4 +1,4 @@
-"""Cost of a run: MACs (from the engine's report), latency and peak memory (METHODS §2.3).
+"""Cost of a run: MACs (from the engine's report), latency and peak memory (docs/evaluation.md#latency).
 
 Latency is the median of timed repeats after untimed warm-up runs; :func:`interleaved` times several
 arms in ABBA order so that drifting machine load hits them alike. On CUDA the timer synchronises before
@@ -28,7 +28,7 @@ import torch
 
 
 def macs(report: dict) -> dict[str, float]:
-    """The MAC counts of ``handle.report()`` (per generated image, whole run; METHODS §0.9) as flat metrics."""
+    """The MAC counts of ``handle.report()`` (per generated image, whole run; docs/accounting.md) as flat metrics."""
     return {
         "macs": report["macs_cfg_not_counted"],
         "macs_cfg_counted": report["macs_cfg_counted"],

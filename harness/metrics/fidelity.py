@@ -1,4 +1,4 @@
-"""Fidelity to the same-seed teacher (METHODS §2.1): LPIPS, PSNR, SSIM on uint8 image pairs.
+"""Fidelity to the same-seed teacher (docs/evaluation.md#metrics): LPIPS, PSNR, SSIM on uint8 image pairs.
 
 Every function takes two uint8 tensors N×3×H×W of equal shape (image i of one is compared with image i
 of the other) and returns the mean over the N pairs; the ``*_per_image`` functions return the N values the

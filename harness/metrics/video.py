@@ -1,4 +1,4 @@
-"""VBench (METHODS §2.1) as an optional extra in its own Python environment.
+"""VBench (docs/evaluation.md#metrics) as an optional extra in its own Python environment.
 
 ``vbench`` 0.1.5 pins transformers 4.33 and numpy < 2, so it cannot share an environment with current
 diffusers. Set it up once and point ``DSBENCH_VBENCH_PYTHON`` at that interpreter::
@@ -93,7 +93,7 @@ def aggregate(scores: dict[str, float]) -> dict[str, float]:
 
     Each dimension is min–max normalised, dynamic degree weighted 0.5, Quality and Semantic are weighted
     means of their groups and Total = (4·Quality + Semantic)/5; the unweighted mean of the raw scores is
-    reported too (METHODS §2.1).
+    reported too (docs/evaluation.md#metrics).
     """
     missing = [d for d in DIMENSIONS if d not in scores]
     if missing:

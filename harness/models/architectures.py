@@ -1,5 +1,5 @@
 """The real models' architectures (configs shipped in ``configs/``, weights never loaded) and
-the inputs of one denoiser call at their harness resolution (METHODS §0.1).
+the inputs of one denoiser call at their harness resolution (docs/concepts.md#models-layers-and-tokens).
 
 ``meta_model`` builds a transformer on the meta device: every shape is real, no memory is
 allocated and nothing is downloaded — enough to run the executor and count MACs exactly.
@@ -22,7 +22,7 @@ class Architecture:
     family: str
     default_steps: int
     cfg: bool  # whether the harness runs it with batched classifier-free guidance
-    cfg_counted: bool  # MAC convention of the published tables (METHODS §0.9)
+    cfg_counted: bool  # MAC convention of the published tables (docs/accounting.md)
     latent: tuple[int, ...]  # one image's latent (or packed token) shape
     text_tokens: int = 0
     text_dim: int = 0

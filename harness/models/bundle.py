@@ -12,7 +12,7 @@ import torch
 
 @dataclass(frozen=True)
 class Sampler:
-    """Sampler settings of a model (METHODS §0.1 for the real ones)."""
+    """Sampler settings of a model (docs/concepts.md#models-layers-and-tokens for the real ones)."""
 
     scheduler: str  # e.g. "ddim-linspace", "dpm-solver++", "flow-euler", "unipc-flow"
     steps: int

@@ -14,7 +14,8 @@ import torch
 from dsbench.models.bundle import ModelBundle, Sampler
 from dsbench.models.embedded.common import guided_channels, sample_in_batches
 
-# name → (repo, pipeline class, family, sampler) — METHODS §0.1, §2.1
+# name → (repo, pipeline class, family, sampler); see docs/concepts.md#models-layers-and-tokens and
+# docs/evaluation.md#metrics
 HUB_MODELS = {
     "dit-xl-2-256": ("facebook/DiT-XL-2-256", "DiTPipeline", "dit", Sampler("ddim-linspace", 50, 1.5, 256)),
     "pixart-alpha-256": (
@@ -73,10 +74,10 @@ def fetch(repo: str) -> str:
 def _conditions(family: str):
     def conditions(n: int, seed: int) -> list:
         rng = np.random.default_rng(seed)
-        if family == "dit":  # 50 per class over ImageNet's 1000 (METHODS §2.1), in a seeded order
+        if family == "dit":  # 50 per class over ImageNet's 1000 (docs/evaluation.md#metrics), in a seeded order
             return [int(c) for c in rng.permutation(np.arange(n) % 1000)]
         raise ValueError(
-            f"evaluation captions for {family} come from the prompt sets of METHODS §2.2 "
+            f"evaluation captions for {family} come from the prompt sets of docs/evaluation.md#datasets-and-prompts "
             "(COCO, PartiPrompts, VBench), which the experiment file names"
         )
 
@@ -133,7 +134,7 @@ def loader(name: str):
 
         path = fetch(repo)
         pipe = getattr(diffusers, pipeline_cls).from_pretrained(path, torch_dtype=dtype or torch.bfloat16)
-        if family == "dit":  # DDIM with the DiT reference respacing (METHODS §2.1)
+        if family == "dit":  # DDIM with the DiT reference respacing (docs/evaluation.md#metrics)
             pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
         pipe = pipe.to(device)
         return ModelBundle(

@@ -1,4 +1,4 @@
-"""Learned vs searched schedules at equal wall time (issue 5 acceptance; METHODS §1.1, §1.11).
+"""Learned vs searched schedules at equal wall time (issue 5; docs/methods/diffsparse.md, docs/methods/search.md).
 
 At the MACs of ToCa's default configuration on the model (R = 1 − M_ToCa / M_full), each arm gets
 the same ``--minutes`` of wall time from a clean start (teacher images included): DiffSparse
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command}`: {args.minutes} min of wall time per arm; {args.eval_n} held-out conditions "
         f"(evaluation seed 0). Search evaluations: {result['search_evaluations']}.\n\n{table(rows)}\n"
     )
-    log(f"wrote {out / 'table.md'}")
+    log(f"wrote {os.path.relpath(out / 'table.md')}")
     return 0
 
 

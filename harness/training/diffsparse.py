@@ -1,4 +1,5 @@
-"""DiffSparse training (METHODS §1.1.5–§1.1.7): distil the uncached pipeline into a cost table.
+"""DiffSparse training: distil the uncached pipeline into a cost table (docs/methods/diffsparse.md:
+#straight-through-estimator, #loss, #two-stage-training).
 
 The student is the same diffusers pipeline with ``TrainingPolicy`` attached: every cell (i ≥ 1)
 runs as MIX — all tokens computed, ranked by the DiffSparse selector from the stored statistics
@@ -50,6 +51,7 @@ from dsbench.methods.diffsparse.space import LevelSpace, level_count, tokens_at
 from dsbench.metrics.fidelity import lpips_model, lpips_per_image, psnr_per_image
 from dsbench.models import zoo
 from dsbench.models.embedded.common import Log
+from dsbench.models.embedded.loop import Checkpoint, Loop
 from dsbench.scores import ScoreSpec
 
 SCHEDULE_FILE = "schedule.json"
@@ -385,25 +387,13 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def load_checkpoint(self, path: Path) -> dict | None:
         """The checkpoint of this config and these weights; one of older weights is dropped (logged)."""
-        if not path.exists():
-            return None
-        state = torch.load(path, weights_only=False)
-        config_part, _, weights_part = str(state["hash"]).partition("-")
-        if config_part != self.config_hash:
-            raise ValueError(f"{path} belongs to a different training configuration; remove it or use another --out")
-        if weights_part != self.fingerprint:
-            self.log(
-                f"{path} was made with other model weights ({weights_part or 'unknown'}, now "
-                f"{self.fingerprint}): starting over"
-            )
-            return None
-        return state
+        return Checkpoint(path, self.config_hash, self.fingerprint, self.log).load()
 
     def train(self) -> Path:
         cfg = self.config
         started = time.monotonic()
-        ckpt = self.out / "checkpoint.pt"
-        state = self.load_checkpoint(ckpt)
+        checkpoint = Checkpoint(self.out / "checkpoint.pt", self.config_hash, self.fingerprint, self.log)
+        state = checkpoint.load()
         teacher = self.teacher_images(self.conditions, self.seeds)
         val_teacher = self.teacher_images(self.val_conditions, self.val_seeds) if self.val_conditions else None
         tf0 = self.toca_init()
@@ -429,22 +419,19 @@ class Trainer:
         loss_fn = distance(cfg.loss)
         per_epoch = -(-len(self.conditions) // cfg.batch)
         lrs = {"1a": cfg.lr_layer, "single": cfg.lr_layer, "1b": cfg.lr_step, "2": cfg.lr_finetune}
-        from tqdm.auto import tqdm
 
-        def save(position_, optimizer=None):
-            torch.save(
-                {
-                    "hash": self.hash,
-                    "table": self.table.state_dict(),
-                    "step_costs": step_costs.state_dict(),
-                    "full_steps": full_steps,
-                    "position": position_,
-                    "optimizer": optimizer,
-                    "validated": validated,
-                    "seconds": spent + time.monotonic() - started,
-                },
-                ckpt,
-            )
+        def state_of(position_) -> dict:
+            return {
+                "table": self.table.state_dict(),
+                "step_costs": step_costs.state_dict(),
+                "full_steps": full_steps,
+                "position": position_,
+                "validated": validated,
+                "seconds": spent + time.monotonic() - started,
+            }
+
+        def save(position_):
+            checkpoint.save(state_of(position_))
 
         def validate(label: str) -> None:
             """LPIPS to the teacher of the schedule exported now (DP over the whole table, hard levels)."""
@@ -491,40 +478,30 @@ class Trainer:
                 param = step_costs.C if stage == "1b" else self.table.P
                 opt = torch.optim.AdamW([param], lr=lrs[stage] * cfg.lr_scale, betas=(0.9, 0.999), weight_decay=0.0)
                 start = position[1] if s == position[0] else 0
-                if start and state is not None and state.get("optimizer"):
-                    opt.load_state_dict(state["optimizer"])
+                if start and state is not None and (state.get("opt") or state.get("optimizer")):
+                    opt.load_state_dict(state.get("opt") or state["optimizer"])
                 total = per_epoch * cfg.epochs
-                for it in tqdm(range(start, total), desc=f"stage {stage}", initial=start, total=total):
-                    if deadlines and time.monotonic() > deadlines[s]:
-                        if s == len(stages) - 1:
-                            stopped = True
-                            self.log(
-                                f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
-                                "checkpointed: a later call with more minutes trains further"
-                            )
-                        else:
-                            self.log(
-                                f"stage {stage}: its share of the {self.minutes} min budget is used after "
-                                f"{it} iterations; next stage"
-                            )
-                        break
+                took: dict = {}  # the plan and start time of the iteration being taken
+
+                def step_fn(it: int, stage=stage, took=took, full_steps=full_steps) -> torch.Tensor:
                     batch = [(it % per_epoch) * cfg.batch + j for j in range(cfg.batch)]
                     batch = [j for j in batch if j < len(self.conditions)]
-                    t0 = time.perf_counter()
-                    levels, gates = self.plan(stage, step_costs, full_steps)
-                    policy.set_plan(levels, gates)
+                    took["t0"] = time.perf_counter()
+                    took["levels"], gates = self.plan(stage, step_costs, full_steps)
+                    policy.set_plan(took["levels"], gates)
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                         student = images(
                             self.task, [self.conditions[j] for j in batch], [self.seeds[j] for j in batch], grad=True
                         )
-                    loss = loss_fn(student.float(), teacher[batch]).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+                    return loss_fn(student.float(), teacher[batch]).mean()
+
+                def after_step(
+                    it: int, loss: float, stage=stage, total=total, took=took, full_steps=full_steps
+                ) -> None:
                     self.log(
-                        f"stage {stage} iter {it + 1}/{total} loss {loss.item():.5f} "
-                        f"macs_ratio {self.mac_ratio(levels):.4f} full_steps {full_steps} "
-                        f"{time.perf_counter() - t0:.1f}s"
+                        f"stage {stage} iter {it + 1}/{total} loss {loss:.5f} "
+                        f"macs_ratio {self.mac_ratio(took['levels']):.4f} full_steps {full_steps} "
+                        f"{time.perf_counter() - took['t0']:.1f}s"
                     )
                     epoch = (it + 1) // per_epoch
                     if (
@@ -535,7 +512,35 @@ class Trainer:
                         and stage != "1b"
                     ):  # 1b leaves P (the exported costs) alone
                         validate(f"stage {stage} epoch {epoch}")
-                    save((s, it + 1), opt.state_dict())
+
+                loop = Loop(
+                    f"stage {stage}",
+                    None,
+                    opt,
+                    steps=total,
+                    start=start,
+                    deadline=deadlines.get(s),
+                    clock=time.monotonic,
+                    checkpoint=checkpoint,
+                    checkpoint_every=1,
+                    log=self.log,
+                    log_every=None,
+                    after_step=after_step,
+                )
+                loop.extra_state = lambda s=s, loop=loop: state_of((s, loop.step))
+                if loop.run(step_fn).stopped:
+                    it = loop.step
+                    if s == len(stages) - 1:
+                        stopped = True
+                        self.log(
+                            f"time budget of {self.minutes} min reached at stage {stage} iteration {it}; "
+                            "checkpointed: a later call with more minutes trains further"
+                        )
+                    else:
+                        self.log(
+                            f"stage {stage}: its share of the {self.minutes} min budget is used after "
+                            f"{it} iterations; next stage"
+                        )
                 if not stopped:
                     if stage == "1b":  # T_f = step-DP(C_f), then the warm start (Eq. 9)
                         mask = dp.step_dp(step_costs.C.detach().numpy(), len(tf0))
@@ -592,7 +597,8 @@ class Trainer:
         )
 
     def plan(self, stage: str, step_costs: StepCosts, full_steps: list[int]) -> tuple[np.ndarray, torch.Tensor]:
-        """Hard levels and STE gate rows of one iteration (§1.1.5, §1.1.7)."""
+        """Hard levels and STE gate rows of one iteration (docs/methods/diffsparse.md#straight-through-estimator,
+        #two-stage-training)."""
         C = self.table.centred()
         K = self.space.K
         if stage in ("2", "single"):

@@ -1,4 +1,4 @@
-"""Search baselines over the DiffSparse level space (METHODS §1.11): GA, random search, NSGA-II.
+"""Search baselines over the DiffSparse level space (docs/methods/search.md): GA, random search, NSGA-II.
 
 Every search runs as an Optuna study (GA and random search add one finished trial per evaluated
 genome; NSGA-II is optuna's own sampler), so it lives in the same storage as the rest of
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -55,7 +56,7 @@ class SearchResult:
 
 
 def repair(levels: np.ndarray, weights: np.ndarray, budget: int, window: int, rng: np.random.Generator) -> np.ndarray:
-    """Make a genome feasible (METHODS §1.11, [PD]): decrement random cells with level > 0 while over
+    """Make a genome feasible (docs/methods/search.md, [PD]): decrement random cells with level > 0 while over
     the budget, then increment random cells whose increment keeps the cost ≤ budget while more
     than ``window`` under it, until no such cell exists."""
     levels = np.array(levels, dtype=np.int64)
@@ -228,7 +229,7 @@ def genetic_search(
     initial: np.ndarray | None = None,
     minutes: float | None = None,
 ) -> SearchResult:
-    """The GA of METHODS §1.11: a population of random feasible genomes; each generation keeps the
+    """The GA of docs/methods/search.md: a population of random feasible genomes; each generation keeps the
     elites and breeds the rest by uniform crossover of two parents drawn from the best ``parents``,
     per-gene mutation to a random level, repair. Stops after ``evaluations`` fitness evaluations
     (elites carried over are not re-evaluated) or after ``minutes`` of wall time (at least one
@@ -289,7 +290,7 @@ def nsga2_search(
     study_name: str | None = None,
     minutes: float | None = None,
 ) -> SearchResult:
-    """NSGA-II over (fitness, M_lin) with optuna's NSGAIISampler (METHODS §1.11 template): genomes are
+    """NSGA-II over (fitness, M_lin) with optuna's NSGAIISampler (docs/methods/search.md template): genomes are
     not repaired, so the front spans budgets; the result is the best fitness with M_lin within
     the budget B_MAC at ``ratio`` (a ValueError if no evaluated genome is within it). ``minutes``:
     optuna's ``timeout``."""
@@ -336,7 +337,7 @@ def teacher_lpips_fitness(
     pipeline_call: Callable[[], np.ndarray], pipeline, space: LevelSpace, net: str = "alex"
 ) -> Fitness:
     """Fitness = mean LPIPS between the uncached pipeline's images and the images of the genome's
-    schedule, run by the real ``diffsparse`` method (METHODS §1.11 option; cheaper than FID).
+    schedule, run by the real ``diffsparse`` method (docs/methods/search.md option; cheaper than FID).
 
     ``pipeline_call()`` draws the fixed evaluation set (fixed conditions and seeds) with ``pipeline``
     and returns uint8 images N×3×H×W.
@@ -479,7 +480,7 @@ def run_search(
     )
     log(
         f"{method}: {result.evaluations} evaluations in {seconds:.0f} s, best {fitness} {result.fitness:.5f}, "
-        f"macs_ratio {result.macs / space.base_macs:.4f}; wrote {out / 'schedule.json'}"
+        f"macs_ratio {result.macs / space.base_macs:.4f}; wrote {os.path.relpath(out / 'schedule.json')}"
     )
     return result
 

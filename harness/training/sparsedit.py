@@ -1,13 +1,13 @@
-"""SparseDiT fine-tuning recipe (METHODS §1.9) on an embedded model, and its class-accuracy check.
+"""SparseDiT fine-tuning recipe (docs/methods/sparsedit.md) on an embedded model, and its class-accuracy check.
 
-Recipe [P/C], scaled to a CPU: the pretrained DiT is rebuilt by ``sparsify`` and trained the way the base model
-was trained ("all training settings follow their respective papers", §4) — for mnist-dit the ε-MSE weighted per
-timestep as ``mnist_dit.train_dit`` weights it (Min-SNR-5 × min(1 + 1/SNR, 20)), labels dropped to the null class
-with p = 0.1 for CFG — AdamW lr 1e-4, weight decay 0, EMA of the weights, bf16 autocast. Each batch draws its
-timesteps inside one piece of constant grid side (``pieces``; piece chosen with probability ∝ its length, so t
-stays uniform over [0, T)) — the paper's "one piece per GPU" on one process. [PD] EMA decay 0.999 with DiT's
-warm-up min(decay, (1+k)/(10+k)) instead of 0.9999: a run of a few thousand steps would otherwise keep the
-initial weights.
+Recipe [P/C], scaled to a CPU: the pretrained DiT is rebuilt by ``sparsify`` and trained the way the base model was
+trained ("all training settings follow their respective papers", docs/paper.md) — for mnist-dit the ε-MSE weighted
+per timestep as ``mnist_dit.train.train_dit`` weights it (Min-SNR-5 × min(1 + 1/SNR, 20)), labels dropped to the
+null class with p = 0.1 for CFG — AdamW lr 1e-4, weight decay 0, EMA of the weights, bf16 autocast. Each batch
+draws its timesteps inside one piece of constant grid side (``pieces``; piece chosen with probability ∝ its length,
+so t stays uniform over [0, T)) — the paper's "one piece per GPU" on one process. [PD] EMA decay 0.999 with DiT's
+warm-up min(decay, (1+k)/(10+k)) instead of 0.9999: a run of a few thousand steps would otherwise keep the initial
+weights.
 
 ``loss``: ``eps`` (the paper's: the base model's loss to the true noise), ``distill`` [PD] (the same weighted MSE
 to the frozen dense model's ε on the same noisy input, timestep and label: a noise-free target, so a short run
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shlex
 import sys
 import time
@@ -36,11 +35,13 @@ from dsbench.methods.sparsedit import grid_side, pieces, pruning_rate, resolve_l
 from dsbench.models import zoo
 from dsbench.models.embedded import mnist_dit as md
 from dsbench.models.embedded.common import Log, bf16_autocast, native_bf16
+from dsbench.models.embedded.loop import Checkpoint, Loop, fingerprint
+from dsbench.models.embedded.mnist_dit.train import encode_train_set
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("mnist-dit",)
 LOSSES = ("eps", "distill", "both")
-# the per-timestep weighting of the ε-MSE that trained the base model (mnist_dit.train_dit's defaults)
+# the per-timestep weighting of the ε-MSE that trained the base model (mnist_dit.train.train_dit's defaults)
 BASE_MIN_SNR_GAMMA, BASE_HIGH_NOISE_CAP = 5.0, 20.0
 
 
@@ -60,7 +61,7 @@ def _check_loss(loss: str) -> None:
 
 def timestep_weights(alphas: torch.Tensor) -> torch.Tensor:
     """Per-timestep weights of the base model's ε-MSE, mean 1: Min-SNR-γ off the nearly noise-free steps,
-    min(1 + 1/SNR, cap) on the high-noise steps that decide a digit's class (see ``mnist_dit.train_dit``)."""
+    min(1 + 1/SNR, cap) on the high-noise steps that decide a digit's class (see ``mnist_dit.train.train_dit``)."""
     snr = alphas / (1 - alphas)
     weights = snr.clamp(max=BASE_MIN_SNR_GAMMA) / snr * (1 + 1 / snr).clamp(max=BASE_HIGH_NOISE_CAP)
     return weights / weights.mean()
@@ -103,7 +104,6 @@ def finetune(
     its resumable state in ``checkpoint.pt`` (git-ignored) in ``out_dir``."""
     from diffusers import DDIMScheduler
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from tqdm import tqdm
 
     _check_model(model)
     _check_loss(loss)
@@ -112,13 +112,12 @@ def finetune(
     out_dir = Path(out_dir or results_dir(model))
     out_dir.mkdir(parents=True, exist_ok=True)
     log = log or Log(out_dir / "finetune_log.txt")
-    ckpt = out_dir / "checkpoint.pt"
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
     pipe = md.load_pipeline(md.WEIGHTS)
     scaling = pipe.vae.config.scaling_factor
-    mean, std, labels = md._encode_train_set(pipe.vae, md.WEIGHTS, log)
+    mean, std, labels = encode_train_set(pipe.vae, md.WEIGHTS, log)
     alphas = DDIMScheduler(**md.SCHEDULER_CONFIG).alphas_cumprod.float()
     loss_weights = timestep_weights(alphas)
     transformer = pipe.transformer
@@ -143,20 +142,22 @@ def finetune(
         layout=vars(layout),
         pieces=spans,
     )
-    hparams = json.loads(json.dumps(hparams))
-    step = 0
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state["hparams"] == hparams:
-            net.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])
-            step = state["step"]
-            log(f"sparsedit: resumed from {ckpt} at step {step}")
-        else:
-            log(f"sparsedit: ignoring {ckpt} (other hyperparameters)")
+    loop = Loop(
+        "sparsedit",
+        net,
+        opt,
+        steps=max_steps,
+        minutes=minutes,
+        ema=ema,
+        ema_decay=ema_decay,
+        generator=gen,
+        checkpoint=Checkpoint(out_dir / "checkpoint.pt", hparams, fingerprint(net), log),
+        checkpoint_every=checkpoint_every,
+        log=log,
+        log_every=log_every,
+    )
+    if resume:
+        loop.resume()
     n_params = sum(p.numel() for p in net.parameters())
     log(
         f"sparsedit finetune {model}: layout {vars(layout)}, {n_params / 1e6:.3f}M params "
@@ -166,30 +167,12 @@ def finetune(
         f"{'bf16 autocast' if native_bf16() else 'fp32'}, threads {torch.get_num_threads()}"
     )
 
-    def save_checkpoint() -> None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "hparams": hparams,
-                "step": step,
-                "model": net.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt.with_suffix(".tmp"),
-        )
-        os.replace(ckpt.with_suffix(".tmp"), ckpt)
-
-    # eval mode: diffusers' label dropout would otherwise drop labels independently in every block
-    net.eval()
-    t0 = time.time()
-    deadline = t0 + 60 * minutes if minutes else None
     losses: dict[int, list[float]] = {s: [] for _, _, s in spans}
-    bar = tqdm(total=max_steps, initial=step, desc="sparsedit", dynamic_ncols=True)
-    while (max_steps is None or step < max_steps) and (deadline is None or time.time() < deadline):
+    sides: list[int] = []  # the grid side of the step being taken
+
+    def step_fn(step: int):
         lo, hi, side = spans[int(torch.multinomial(weights, 1, generator=gen))]
+        sides.append(side)
         idx = torch.randint(0, len(mean), (batch_size,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
         y = torch.where(torch.rand(batch_size, generator=gen) < label_drop, md.NULL_CLASS, labels[idx])
@@ -201,24 +184,18 @@ def finetune(
             pred = net(xt, timestep=t, class_labels=y).sample
             with torch.no_grad():
                 target = teacher(xt, timestep=t, class_labels=y).sample if loss != "eps" else None
-        value = finetune_loss(loss, pred, noise, target, loss_weights[t])
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        losses[side].append(value.item())
-        step += 1
-        bar.update(1)
-        if step % log_every == 0:
-            per_side = ", ".join(f"s={s}: {np.mean(v[-20:]):.4f}" for s, v in losses.items() if v)
-            log(f"step {step:5d}  loss (last 20 per grid side) {per_side}  {time.time() - t0:.0f}s")
-        if step % checkpoint_every == 0:
-            save_checkpoint()
-    bar.close()
-    save_checkpoint()
+        return finetune_loss(loss, pred, noise, target, loss_weights[t])
+
+    def describe(step: int, _losses: list[float]) -> str:
+        per_side = ", ".join(f"s={s}: {np.mean(v[-20:]):.4f}" for s, v in losses.items() if v)
+        return f"step {step + 1:5d}  loss (last 20 per grid side) {per_side}  {loop.elapsed():.0f}s"
+
+    loop.after_step = lambda step, value: losses[sides[-1]].append(value)
+    loop.describe = describe
+    # eval mode: diffusers' label dropout would otherwise drop labels independently in every block
+    net.eval()
+    result = loop.run(step_fn)
+    step = result.steps
     save_weights(
         ema,
         out_dir / "transformer.safetensors",
@@ -232,7 +209,7 @@ def finetune(
     summary = {
         "model": model,
         "steps": step,
-        "seconds_this_run": round(time.time() - t0, 1),
+        "seconds_this_run": result.seconds,
         "layout": vars(layout),
         "r_min": r_min,
         "r_max": r_max,
@@ -308,13 +285,14 @@ def check(
         f"{r['macs_attention_per_image_cfg_counted'] / 1e6:.2f} | {r['seconds']} |"
         for k, r in rows.items()
     )
+    r_range = f"[{meta.get('r_min')}, {meta.get('r_max')}]"
     (out_dir / "check.md").write_text(f"""# SparseDiT on {model}: class accuracy of generated digits
 
 `{command}`
 
 {n} generated digits (balanced classes, seed {seed}, the same seeds for every arm), DDIM {result["steps"]} steps,
 CFG {result["guidance_scale"]}, classified by the bundle's domain classifier. SparseDiT weights: `{result["weights"]}`
-(fine-tuned {meta.get("steps", "?")} steps, layout {meta.get("layout", "?")}, r ∈ [{meta.get("r_min")}, {meta.get("r_max")}]).
+(fine-tuned {meta.get("steps", "?")} steps, layout {meta.get("layout", "?")}, r ∈ {r_range}).
 Sparse grid side per sampler call (i = 0 first): {sides} ({tokens} dense tokens).
 MACs per generated image over the whole run, both CFG halves counted (M_lin, and attention M_attn separately).
 

@@ -172,9 +172,10 @@ def run(path: str | Path, only: list[str] | None = None) -> list[Path]:
             )
         todo = [(e, c) for e, c in todo if e.out in only]
     written = []
+    shown = _relative(Path(path))  # the recorded command must not name this machine's folders
     for j, (entry, config) in enumerate(todo, 1):
         print(f"[{j}/{len(todo)}] {entry.model} → {entry.out}", flush=True)
-        command = f"dsbench train diffsparse {path} --only {entry.out}"
+        command = f"dsbench train diffsparse {shown} --only {entry.out}"
         config = _resolve_budget(entry, config)
         written.append(
             train_and_evaluate(
@@ -188,3 +189,11 @@ def run(path: str | Path, only: list[str] | None = None) -> list[Path]:
             )
         )
     return written
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it (else as given)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path

@@ -1,4 +1,4 @@
-"""DiffSparse (METHODS §1.1): learned layer-wise token sparsity.
+"""DiffSparse (docs/methods/diffsparse.md): learned layer-wise token sparsity.
 
 space (cells, levels, MACs, budget), dp (solvers; ``solve`` is public here), selector (Eq. 5/10),
 schedule (export/import), cost + train (training), method (the ``diffsparse`` inference method,

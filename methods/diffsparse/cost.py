@@ -1,4 +1,5 @@
-"""DiffSparse's learnable costs (METHODS §1.1.3, §1.1.5, §1.1.7): the cell cost table P, its
+"""DiffSparse's learnable costs (docs/methods/diffsparse.md: #cost-table, #straight-through-estimator,
+#two-stage-training): the cell cost table P, its
 ToCa initialisation, the straight-through gates, and the step-cost table C_f of stage 1b.
 
 The DP picks one level per cell from the *centred* costs C = P − mean_k P; the STE gate
@@ -72,7 +73,8 @@ class StepCosts(nn.Module):
 
 
 def ste_gates(costs: torch.Tensor, hard: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """G = H + p − stopgrad(p), p = softmax(−C/τ) (§1.1.5, DiP-GO estimator, no Gumbel noise [PD]).
+    """G = H + p − stopgrad(p), p = softmax(−C/τ) (DiP-GO estimator, no Gumbel
+    noise [PD]; docs/methods/diffsparse.md#straight-through-estimator).
 
     ``hard``: one level index per row. Forward value: exactly one_hot(hard); gradient: that of p.
     """

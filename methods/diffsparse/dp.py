@@ -1,4 +1,4 @@
-"""The DiffSparse solvers (METHODS §1.1.4): the exact knapsack DP of Eq. 6/7, the step-DP of
+"""The DiffSparse solvers (docs/methods/diffsparse.md#dp-solver): the exact knapsack DP of Eq. 6/7, the step-DP of
 stage 1b and the no-DP ablation.
 
 ``solve`` picks one level per cell minimising the summed cost subject to the summed integer
@@ -121,7 +121,8 @@ def step_dp(step_costs, n_full: int) -> np.ndarray:
 
 
 def solve_no_dp(costs, weights, budget: int, *, window: int = 0) -> np.ndarray:
-    """No-DP ablation (METHODS §1.1.4, [PD]): per-cell argmin level, scaled by a bisected α to fit the
+    """No-DP ablation ([PD], docs/methods/diffsparse.md#dp-solver):
+    per-cell argmin level, scaled by a bisected α to fit the
     budget, then a greedy fix into [budget − window, budget].
 
     Levels are the column indices 0..K (fraction k/K); weights must be non-decreasing in k.

@@ -1,4 +1,4 @@
-"""``diffsparse``: inference with a learned static schedule (METHODS §1.1, inference paragraph).
+"""``diffsparse``: inference with a learned static schedule (docs/methods/diffsparse.md, inference paragraph).
 
 Step 0 is FULL; every later (step, layer) runs at its learned level ρ: REUSE (ρ = 0), FULL
 (ρ = 1) or TOPK(⌊ρN⌋) with the DiffSparse selector, ranking tokens as in training (the schedule

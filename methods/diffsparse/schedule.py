@@ -1,4 +1,6 @@
-"""Export and import of a learned DiffSparse schedule (METHODS §1.1.7 "Export", §0.6).
+"""Export and import of a learned DiffSparse schedule.
+
+See docs/methods/diffsparse.md#two-stage-training ("Export") and docs/concepts.md#schedules.
 
 The main file is the generic Schedule JSON of ``dsbench.core`` (decisions at the training
 resolution, kept-token counts via ``n_tokens``) whose ``meta`` carries what inference needs to

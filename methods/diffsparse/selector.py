@@ -1,4 +1,6 @@
-"""The DiffSparse token selector (Eq. 5/10, METHODS §1.1.2): S = B(λ1·s1 + λ2·s2 + λ3·s3), top-k.
+"""The DiffSparse token selector (Eq. 5/10): S = B(λ1·s1 + λ2·s2 + λ3·s3), top-k.
+
+See docs/methods/diffsparse.md#token-selector.
 
 Built on the shared score library (``dsbench.scores.ScoreSpec``); this module only holds the
 per-model λ of the paper's A.5.1 and the ablation switches, so the training forward and
@@ -37,7 +39,7 @@ def selector_spec(
     importance: attention (the model's attention score; V-norm on Wan), similarity or norm
       [P Table 5]; the alternatives replace λ1·s1 + λ2·s2, keeping s3 and the bonus.
     drop: score terms removed by zero weight, any of s1, s2, s3, B [P Table 10].
-    cfg_selection: per_half (DiT default, as ToCa-DiT) or shared (others) (METHODS §0.5).
+    cfg_selection: per_half (DiT default, as ToCa-DiT) or shared (others) (docs/concepts.md#classifier-free-guidance).
     pixart_lambda1: λ1 on PixArt (default 0 per A.5.1; 1.0 tests Table 10's −s1 variant).
     """
     if family not in LAMBDAS:

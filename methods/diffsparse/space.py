@@ -1,4 +1,6 @@
-"""The DiffSparse level space (METHODS §1.1.1): cells, levels, per-cell-level MACs, weights, budget.
+"""The DiffSparse level space: cells, levels, per-cell-level MACs, weights, budget.
+
+See docs/methods/diffsparse.md#cells-levels-and-budget.
 
 A cell is (step i, layer ℓ) for i = 1..T−1 over the model's cell layers; its level k ∈ 0..K
 means "compute n_c(k) = ⌊k/K · N⌋ tokens" (REUSE at 0, FULL at K, TOPK in between). The MACs
@@ -44,7 +46,9 @@ def level_decision(level: int, K: int, n: int) -> Decision:
 
 
 def is_cell_layer(family: str, layer: Layer) -> bool:
-    """FLUX attention has no cell: computed at i = 0 and reused after (METHODS §1.1.1)."""
+    """FLUX attention has no cell: computed at i = 0 and reused after.
+
+    See docs/methods/diffsparse.md#cells-levels-and-budget."""
     return not (family == "flux" and layer.module == "attn")
 
 

@@ -1,4 +1,4 @@
-"""``sparsedit``: SparseDiT (METHODS §1.9) — not a caching policy but a rebuilt, fine-tuned model.
+"""``sparsedit``: SparseDiT (docs/methods/sparsedit.md) — not a caching policy but a rebuilt, fine-tuned model.
 
 Attached, it runs :func:`dsbench.methods.sparsedit.model.sparsify` of the pipeline's transformer in place of
 the transformer's forward (per instance; detach restores the original), with fine-tuned weights from

@@ -1,4 +1,4 @@
-"""SparseDiT as a model transform (METHODS §1.9): ``sparsify(transformer, config)`` rebuilds a
+"""SparseDiT as a model transform (docs/methods/sparsedit.md): ``sparsify(transformer, config)`` rebuilds a
 ``DiTTransformer2DModel``'s block stack as
 
     poolingformers → SDTMs [sparse-gen, sparse × k, dense-recovery, dense × d] → top dense blocks
@@ -6,7 +6,8 @@
 initialised from the pretrained blocks, sequentially by depth. The result keeps the transformer's
 forward signature and output type (and its ``config`` / ``dtype``), so ``DiTPipeline`` runs it as is.
 
-The number of sparse tokens follows the timestep (the §1.9 reconstruction of the paper's Eq. 5):
+The number of sparse tokens follows the timestep (the reconstruction of the paper's Eq. 5 in
+docs/methods/sparsedit.md):
 r(t) = r_min for t < T/4, linear up to r_max at t = T, and the sparse grid side is
 s = round(√((1 − r)·N)). All samples of one call must share s (the sampler's calls do; training
 draws each batch from one piece of constant s, see :func:`pieces`).
@@ -24,7 +25,7 @@ from torch import nn
 
 from dsbench.core import NotApplicable, check_plain_attention
 
-# Layouts by depth (METHODS §1.9): poolingformers, SDTMs, sparse and dense blocks per SDTM, top blocks.
+# Layouts by depth (docs/methods/sparsedit.md): poolingformers, SDTMs, sparse and dense blocks per SDTM, top blocks.
 # [PD] 6 blocks (the embedded mnist-dit): 1 poolingformer + 1 SDTM [1, 1, 1, 1] + 1 top block — the smallest
 # layout that keeps every segment of the paper's design.
 PRESET_LAYOUTS = {
@@ -68,7 +69,7 @@ def resolve_layout(num_layers: int, **given: int | None) -> Layout:
     return layout
 
 
-# -- timestep-wise pruning rate (METHODS §1.9) -------------------------------------------------------
+# -- timestep-wise pruning rate (docs/methods/sparsedit.md) -------------------------------------------------------
 
 
 def pruning_rate(t: float, r_min: float, r_max: float, num_train_timesteps: int = 1000) -> float:
