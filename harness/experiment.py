@@ -298,6 +298,24 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
                 f"{source}: field 'eval.references': {exp.eval.references} reference images are too "
                 f"few for metric {metric} (it needs >= {need})"
             )
+    for model in exp.models:  # what a metric needs of a model, checked before any sampling
+        for i, metric in enumerate(exp.metrics):
+            reason = metric_incompatibility(metric, model)
+            if reason:
+                raise ValueError(
+                    f"{source}: field 'metrics[{i}]': {metric} cannot run on model {model}: {reason}; "
+                    f"allowed for {model}: {', '.join(metrics_for(model))}"
+                )
+        if "vbench" in exp.metrics and len(exp.metrics) > 1:
+            raise ValueError(
+                f"{source}: field 'metrics': vbench scores videos and is computed alone; "
+                "give `metrics: [vbench]` (image metrics in another experiment)"
+            )
+        if exp.eval.set == "prompts" and model_family(model) == "dit":
+            raise ValueError(
+                f"{source}: field 'eval.set': prompts are text conditions; model {model} is class-conditional "
+                "(DiT); allowed for it: default"
+            )
     for i, seed in enumerate(exp.seeds):
         if seed in exp.seeds[:i]:
             raise ValueError(
@@ -341,6 +359,34 @@ def validate(exp: Experiment, source: str = "<experiment>") -> None:
 def model_family(model: str) -> str | None:
     """A zoo model's family without loading it (None for an embedded model not in ``FAMILIES``)."""
     return HUB_MODELS[model][2] if model in HUB_MODELS else FAMILIES.get(model)
+
+
+# metrics → why a model cannot give them what they need (the zoo's bundles, known without loading a model)
+TEXT_METRICS = ("clip", "image_reward")  # text prompts as conditions
+VIDEO_METRICS = ("vbench",)  # videos
+
+
+def metric_incompatibility(metric: str, model: str) -> str | None:
+    """Why ``metric`` cannot be computed on ``model`` (None when it can): text metrics need text conditions,
+    vbench needs videos, distribution metrics real reference images and ``alignment`` the model's alignment
+    hook (the embedded models provide both; the hub models neither)."""
+    family, embedded = model_family(model), model in zoo.available("embedded")
+    if metric in TEXT_METRICS + VIDEO_METRICS and family == "dit":
+        return f"it needs text prompts as conditions and {model} is class-conditional (DiT)"
+    if metric in VIDEO_METRICS and family != "wan":
+        return f"it scores videos and {model} generates images"
+    if metric not in VIDEO_METRICS and family == "wan":
+        return f"{model} generates videos, which only vbench scores"
+    if "references" in NEEDS.get(metric, ()) and not embedded:
+        return f"it needs real reference images, which {model} does not provide here (the embedded models do)"
+    if metric == "alignment" and not embedded:
+        return f"it needs the model's alignment hook (a classifier), which {model} does not have"
+    return None
+
+
+def metrics_for(model: str) -> list[str]:
+    """The metrics ``model`` can be evaluated with."""
+    return [m for m in NEEDS if metric_incompatibility(m, model) is None]
 
 
 def _params_field(entry: MethodEntry, model: str) -> str:

@@ -8,6 +8,7 @@ so what the DP solver budgets is exactly what the executor will count.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +20,7 @@ from dsbench import methods
 from dsbench.adapters import adapter_for
 from dsbench.core import FULL, REUSE, Decision, Layer, Method, MethodConfig
 from dsbench.methods.diffsparse.space import MODES, LevelSpace, is_cell_layer, level_count, level_decision
-from dsbench.models.architectures import architecture, call_inputs, meta_model
+from dsbench.models.architectures import ARCHITECTURES, Architecture, architecture, call_inputs, meta_model
 
 # -- whole-run MACs of a real architecture, on the meta device ----------------------------------
 # docs/accounting.md calibration: (model, method, params, steps, M_lin this MAC model must give, published, note)
@@ -146,24 +147,92 @@ def unreproduced_rows() -> list[dict]:
     return rows
 
 
+def embedded_architecture(model: str) -> tuple[Architecture, torch.nn.Module]:
+    """An embedded model (``dsbench.models.embedded``) as an :class:`Architecture` and its transformer built from
+    the committed ``transformer/config.json`` on the meta device (no weights read): sampler steps, batched CFG
+    (their guidance scale is > 1) and the latent of one image at the bundle's resolution."""
+    import json
+
+    import diffusers
+
+    from dsbench.models.embedded import FAMILIES
+    from dsbench.models.embedded.mnist_dit import model as mnist_dit
+    from dsbench.models.embedded.shapes_pixart import model as shapes_pixart
+
+    entries = {  # name → (weights folder, sampler, latent side multiple of the training one, text tokens)
+        mnist_dit.NAME: (mnist_dit.WEIGHTS, mnist_dit.SAMPLER, 1, 0),
+        shapes_pixart.NAME: (shapes_pixart.WEIGHTS, shapes_pixart.SAMPLER, 1, shapes_pixart.MAX_TOKENS),
+        shapes_pixart.TRANSFER_NAME: (
+            shapes_pixart.WEIGHTS,
+            shapes_pixart.SAMPLER,
+            2,  # the same weights sampled at twice the resolution (load_transfer)
+            shapes_pixart.MAX_TOKENS,
+        ),
+    }
+    if model not in entries:
+        raise ValueError(f"unknown model {model!r}; available: {', '.join(sorted({*ARCHITECTURES, *entries}))}")
+    weights, sampler, scale, text_tokens = entries[model]
+    config = json.loads((Path(weights) / "transformer" / "config.json").read_text())
+    cls = getattr(diffusers, config.pop("_class_name"))
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    side = config["sample_size"] * scale
+    arch = Architecture(
+        model,
+        FAMILIES[model],
+        sampler.steps,
+        cfg=sampler.guidance_scale > 1.0,
+        cfg_counted=False,
+        latent=(config["in_channels"], side, side),
+        text_tokens=text_tokens,
+        text_dim=config.get("caption_channels") or 0,
+    )
+    with torch.device("meta"):
+        return arch, cls.from_config(config).eval()
+
+
+def _embedded_inputs(arch: Architecture, timestep: float) -> dict:
+    """One denoiser call of an embedded (DiT or PixArt) model for one generated image, on the meta device."""
+    rows = 2 if arch.cfg else 1
+    opts = {"device": "meta"}
+    x = torch.zeros(rows, *arch.latent, **opts)
+    t = torch.full((rows,), timestep, **opts).long()
+    if arch.family == "dit":
+        return {"hidden_states": x, "timestep": t, "class_labels": torch.zeros(rows, dtype=torch.long, **opts)}
+    return {
+        "hidden_states": x,
+        "timestep": t,
+        "encoder_hidden_states": torch.zeros(rows, arch.text_tokens, arch.text_dim, **opts),
+        "encoder_attention_mask": torch.ones(rows, arch.text_tokens, **opts),
+        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+    }
+
+
 def architecture_macs(model: str, method, steps: int | None = None, cfg_counted: bool | None = None) -> dict:
     """M_lin and M_attn per generated image over a whole run of ``model`` under ``method``.
 
     Runs the executor on a meta-device copy of the architecture (shapes only, no weights), so
     the count is of exactly what the method executes. ``cfg_counted`` defaults to the MAC
-    convention of the model's published tables (docs/accounting.md).
+    convention of the model's published tables (docs/accounting.md); the embedded models (no published
+    tables) count one image's rows, CFG not counted. ``model``: a real architecture
+    (``dsbench.models.architectures``) or an embedded model (:func:`embedded_architecture`).
     """
-    arch = architecture(model)
+    if model in ARCHITECTURES:
+        arch, transformer = architecture(model), None
+    else:
+        arch, transformer = embedded_architecture(model)
     steps = arch.default_steps if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     counted = arch.cfg_counted if cfg_counted is None else cfg_counted
     if counted and not arch.cfg:
         raise ValueError(f"{model} runs without classifier-free guidance: there is no CFG half to count")
-    transformer = meta_model(model)
+    if transformer is None:
+        transformer, inputs = meta_model(model), (lambda t: call_inputs(model, t))
+    else:
+        inputs = lambda t: _embedded_inputs(arch, t)  # noqa: E731
     calls = method.steps_to_run(steps)
     with torch.no_grad(), dsbench.attach(transformer, method, num_steps=steps, cfg_batched=arch.cfg) as handle:
-        _simulate(handle.engine, [call_inputs(model, float(t)) for t in np.linspace(999.0, 0.0, calls)])
+        _simulate(handle.engine, [inputs(float(t)) for t in np.linspace(999.0, 0.0, calls)])
         report = handle.report()
     key = "cfg_counted" if counted else "cfg_not_counted"
     return {

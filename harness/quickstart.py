@@ -27,13 +27,17 @@ def execute(
     wandb: bool = True,
     artifacts: str | Path | None = None,
     progress: bool = True,
+    summary: bool = True,
 ):
     """Run ``exp`` into the store at ``store_path`` (W&B files next to it); (outcome, the experiment's frame).
     Under ``accelerate launch`` only rank 0 opens the store and W&B; the other ranks draw their shards of the
-    samples and get (empty outcome, None)."""
+    samples and get (empty outcome, None). ``summary``: print :func:`closing_summary` (where the store, the
+    artifacts and the W&B files are) at the end."""
     shard = Shard()
     if not shard.is_main:
         return runner.run_experiment(exp, None, force=force, progress=False, shard=shard), None
+    if progress:
+        runner.quiet_libraries()
     store = Store(store_path)
     tracker = Tracker(dir=Path(store_path).parent) if wandb else None
     outcome = runner.run_experiment(
@@ -46,7 +50,92 @@ def execute(
         store_path,
         len(outcome.skipped),
     )
-    return outcome, store.frame(exp.name)
+    frame = store.frame(exp.name)
+    if summary:
+        print(run_summary(exp, outcome, store_path, wandb=wandb) + "\n")
+    return outcome, frame
+
+
+def run_summary(exp: experiment.Experiment, outcome, store_path: str | Path, *, wandb: bool) -> str:
+    """:func:`closing_summary` of one ``dsbench run``, with the commands that show its tables and figures."""
+    return closing_summary(
+        f"dsbench run {exp.name}",
+        [outcome],
+        store_path,
+        wandb_dir=Path(store_path).parent if wandb else None,
+        reports=f"`dsbench table --store {store_path}` (leaderboard), "
+        f"`dsbench plot --store {store_path} --out DIR` (figures)",
+    )
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'' if n == 1 else 's'}"
+
+
+def wandb_runs(folder: Path, since: float) -> list[Path]:
+    """The W&B run folders under ``folder/wandb`` written since ``since`` (offline-run-*, run-*), oldest first."""
+    root = folder / "wandb"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(("offline-run-", "run-"))]
+    return sorted((p for p in found if p.stat().st_mtime >= since - 1), key=lambda p: p.stat().st_mtime)
+
+
+def closing_summary(
+    what: str,
+    outcomes: list,
+    store_path: str | Path,
+    *,
+    wandb_dir: Path | None,
+    outputs: Path | None = None,
+    written: str = "",
+    reports: str = "",
+    elapsed: float | None = None,
+) -> str:
+    """The lines printed when a command ends: how many runs were measured now and how many reused from the store,
+    then where everything went — the store, the artifacts folder, the tables and figures (``outputs`` with the
+    files ``written``, or the commands ``reports`` that make them) and the W&B run folders written now
+    (``wandb_dir``: the folder holding ``wandb/``; None: W&B was off)."""
+    measured = sum(len(o.stored) for o in outcomes)
+    brackets = sum(o.brackets for o in outcomes)
+    reused = sum(len(o.resumed) for o in outcomes)
+    skipped = sum(len(o.skipped) for o in outcomes)
+    pending = [p for o in outcomes for p in o.pending]
+    started = min((o.started for o in outcomes), default=time.time())
+    elapsed = time.time() - started if elapsed is None else elapsed
+    counts = f"{_runs(measured)} measured now"
+    if brackets:
+        counts += f" ({brackets} of them the setting just above an off-budget one, for interpolation)"
+    counts += f", {reused} reused from the store"
+    counts += f", {skipped} skipped" if skipped else ""
+    took = f"{elapsed:.0f} s" + (f" on {machine.describe()}" if measured else "")
+    lines = [f"\n{what}: {counts}; {took}", f"  store:      {Path(store_path).resolve()}"]
+    artifacts = sorted({Path(o.artifacts).resolve() for o in outcomes if o.artifacts})
+    if artifacts:
+        lines.append(
+            f"  artifacts:  {', '.join(map(str, artifacts))} (a folder per run: samples.png, decisions.png/npy/json)"
+        )
+    if outputs is not None:
+        lines.append(f"  outputs:    {outputs.resolve()}" + (f" ({written})" if written else ""))
+    if reports:
+        lines.append(f"  reports:    {reports}")
+    if wandb_dir is None:
+        lines.append("  W&B:        off")
+    else:
+        runs = wandb_runs(Path(wandb_dir), started)
+        if runs:
+            offline = [r for r in runs if r.name.startswith("offline-run-")]
+            lines.append(
+                f"  W&B:        {(Path(wandb_dir) / 'wandb').resolve()} ({_runs(len(runs))} written now, "
+                f"latest {runs[-1].name})"
+                + (f"; upload them with `wandb sync {offline[-1].parent.resolve()}/offline-run-*`" if offline else "")
+            )
+        else:
+            folder = Path(wandb_dir).resolve() / "wandb"
+            lines.append(f"  W&B:        nothing mirrored now (no run measured); its folder is {folder}")
+    if pending:
+        lines.append(f"  pending:    {len(pending)} row(s) the store could not take, kept beside it: {pending[0]}")
+    return "\n".join(lines)
 
 
 def leaderboard_markdown(frame) -> str:
@@ -64,27 +153,13 @@ def write_outputs(frame, out: Path) -> None:
 
 
 def sample_grid(runs, path: Path) -> None:
-    """One panel per run: its samples.png (teacher above, method below), titled with label and MAC ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    runs = runs[runs["artifacts"].notna()].sort_values("macs_ratio", ascending=False)
-    if runs.empty:
-        return
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.9 * len(runs)), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs.itertuples()):
-        ax.imshow(Image.open(Path(run.artifacts) / "samples.png"))
-        ax.set_title(
-            f"{run.label} (MACs ×{run.macs_ratio:.2f}, {run.speedup:.2f}× faster): teacher / method", fontsize=9
-        )
-        ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """One model's runs as a sample figure (:func:`dsbench.report.sample_figure`): panels in rows of three,
+    ``full`` first, each its samples.png with the "teacher" row (the uncached model, same seeds) over the
+    method's, titled with label, MAC ratio and speedup; the figure's title states model, experiment and
+    sample size. Nothing is written when no run has a samples.png."""
+    runs = runs[runs["artifacts"].notna()]
+    if not runs.empty:
+        report.sample_figure(runs, path)
 
 
 def main(out: str | Path = "runs/quickstart", *, force: bool = False, wandb: bool = True) -> None:
@@ -96,21 +171,28 @@ def main(out: str | Path = "runs/quickstart", *, force: bool = False, wandb: boo
     runner.check_writable(out, "--out")
     start = time.perf_counter()
     exp = experiment.load(QUICKSTART)
-    outcome, frame = execute(exp, out / "dsbench.db", force=force, wandb=wandb, artifacts=out / "artifacts")
+    outcome, frame = execute(
+        exp, out / "dsbench.db", force=force, wandb=wandb, artifacts=out / "artifacts", summary=False
+    )
     if frame is None:  # not rank 0 of an `accelerate launch`
         return
     write_outputs(frame, out)
     print(leaderboard_markdown(frame))
     for model, method, reason in outcome.skipped:
         print(f"skipped {method} on {model}: {reason}")
-    runs = len(outcome.stored) + len(outcome.resumed)
-    print(
-        f"\nquickstart: {runs} runs in {out}/ (leaderboard.md, leaderboard.csv, grids/, dsbench.db"
-        f"{', wandb/' if wandb else ''}) in {time.perf_counter() - start:.0f} s; "
-        f"{len(outcome.stored)} measured now on {machine.describe()}"
-    )
     if outcome.resumed:
-        print(resumed_note(frame, outcome.resumed))
+        print("\n" + resumed_note(frame, outcome.resumed))
+    print(
+        closing_summary(
+            "dsbench quickstart",
+            [outcome],
+            out / "dsbench.db",
+            wandb_dir=out if wandb else None,
+            outputs=out,
+            written="leaderboard.md, leaderboard.csv, grids/<model>.png, pareto.png",
+            elapsed=time.perf_counter() - start,
+        )
+    )
 
 
 def resumed_note(frame, resumed: list[str]) -> str:

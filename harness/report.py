@@ -215,30 +215,118 @@ _TEX_ESCAPES = {
     "δ": r"$\delta$",
     "²": r"$^2$",
     "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "∞": r"$\infty$",
+    "Δ": r"$\Delta$",
+    "θ": r"$\theta$",
+    "λ": r"$\lambda$",
+    "·": r"$\cdot$",
+    "→": r"$\rightarrow$",
+    "↔": r"$\leftrightarrow$",
+    "…": r"\ldots{}",
+    "–": "--",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "≈": r"$\approx$",
+    "±": r"$\pm$",
+    "ℓ": r"$\ell$",
+    "μ": r"$\mu$",
+    "σ": r"$\sigma$",
+    "ρ": r"$\rho$",
+    "§": r"\S{}",
+    "’": "'",
+    "“": "``",
+    "”": "''",
 }
 
 
 def tex_escape(s: str) -> str:
-    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in s)
+    """Text safe in a LaTeX document: specials escaped, the Unicode symbols dsbench prints in math mode; a
+    leading "[" braced (it would read as the optional argument of the ``\\\\`` or ``\\item`` before it)."""
+    out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in s)
+    return "{}" + out if out.startswith("[") else out
+
+
+_INF = re.compile(r"(?<![A-Za-z])([-+−]?)(inf|∞)(?![A-Za-z])")
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def _numeric(value) -> bool:
+    if isinstance(value, tuple):
+        return bool(value) and _numeric(value[0])
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _tex_cell(cell: str, numeric: bool) -> str:
+    r"""One cell: escaped text; in numeric columns ``inf`` / ``-inf`` as ``$\infty$`` / ``$-\infty$``."""
+    if not numeric:
+        return tex_escape(cell)
+    parts, last = [], 0
+    for m in _INF.finditer(cell):
+        parts += [tex_escape(cell[last : m.start()]), r"$-\infty$" if m.group(1) in ("-", "−") else r"$\infty$"]
+        last = m.end()
+    return "".join(parts) + tex_escape(cell[last:])
+
+
+def tex_text(s: str) -> str:
+    """Prose for LaTeX: Markdown `code` as \\texttt, the rest escaped."""
+    parts, last = [], 0
+    for m in _CODE.finditer(s):
+        parts += [tex_escape(s[last : m.start()]), rf"\texttt{{{tex_escape(m.group(1))}}}"]
+        last = m.end()
+    return "".join(parts) + tex_escape(s[last:])
+
+
+def _tex_notes(notes: list[str]) -> list[str]:
+    """The notes as a footnote-size list below the tabular: each note an item; a section heading ("Off budget
+    (> 2 %): why") in italics with its "- " lines as a nested list; blank lines dropped."""
+    lines = [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize", r"\begin{itemize}"]
+    nested = False
+    for note in notes:
+        if not note.strip():
+            continue
+        if note.startswith("- "):
+            if not nested:
+                lines.append(r"\begin{itemize}")
+                nested = True
+            lines.append(r"\item{} " + tex_text(note[2:]))
+            continue
+        if nested:
+            lines.append(r"\end{itemize}")
+            nested = False
+        heading = note.rstrip().endswith(": why") or note.startswith(("Interpolated at", "Schedules"))
+        lines.append(r"\item{} " + (rf"\textit{{{tex_text(note)}}}" if heading else tex_text(note)))
+    if nested:
+        lines.append(r"\end{itemize}")
+    return [*lines, r"\end{itemize}", r"\end{minipage}"]
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs tabular inside a table float, caption = title, notes as a footnote-size paragraph."""
+    """A booktabs tabular inside a table float (needs ``\\usepackage{booktabs}``): caption = title, text
+    columns left-aligned and numeric ones right, every cell escaped, infinite values as ``$\\infty$``, the
+    notes as a footnote-size list below the tabular (Markdown backticks as ``\\texttt``)."""
     headers = table.headers("tex")
-    spec = "l" + "r" * (len(headers) - 1)
+    raw = table.raw("tex")
+    numeric = [
+        any(_numeric(row[j]) for row in raw) and all(_missing(row[j]) or _numeric(row[j]) for row in raw)
+        for j in range(len(headers))
+    ]
+    spec = "".join("r" if n else "l" for n in numeric)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{tex_escape(table.title)}}}",
+        rf"\caption{{{tex_text(table.title)}}}",
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
-        " & ".join(tex_escape(h) for h in headers) + r" \\",
+        " & ".join(tex_text(h) for h in headers) + r" \\",
         r"\midrule",
     ]
-    lines += [" & ".join(tex_escape(cell) for cell in row) + r" \\" for row in table.formatted("tex")]
+    lines += [
+        " & ".join(_tex_cell(cell, n) for cell, n in zip(row, numeric)) + r" \\" for row in table.formatted("tex")
+    ]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    if table.notes:
-        lines.append(r"\par\footnotesize " + tex_escape(" ".join(table.notes)))
+    if any(n.strip() for n in table.notes):
+        lines += _tex_notes(table.notes)
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -678,7 +766,28 @@ def leaderboard(
             "interleaved in the same process, interval over the timed repeats. MACs per image, whole run, CFG "
             "half not counted. Means over seeds.",
         ]
-    return Table(title, columns, rows, notes + off_budget_notes(summary))
+    return Table(title, columns, rows, notes + off_budget_notes(summary) + schedule_notes(frame))
+
+
+def schedule_notes(frame) -> list[str]:
+    """The "Schedules that may surprise" section: one line per (model, method, configuration) whose method
+    explains its schedule (``explain_schedule(row)`` on the method class, e.g. ToCa's step-weighted full-step
+    interval) and says something — the schedule differs from what its parameters suggest."""
+    lines = []
+    for _, run in frame.iterrows():
+        try:
+            explain = getattr(method_class(run["method"]), "explain_schedule", None)
+        except (KeyError, ValueError):  # a method this checkout does not register
+            continue
+        note = explain(run.to_dict()) if explain is not None else None
+        if not note:
+            continue
+        name = {"toca": "ToCa"}.get(run["method"], run["method"])
+        family = run.get("family")
+        line = f"- {name} on {run['model']}{f' ({family})' if isinstance(family, str) else ''}: {note}."
+        if line not in lines:
+            lines.append(line)
+    return ["", "Schedules that may surprise: why", *lines] if lines else []
 
 
 def _primary(frame) -> str | None:
@@ -1176,20 +1285,53 @@ def _quality_axes(ax, values, metric: str, xlabel: str, title: str) -> None:
     ax.grid(alpha=0.3)
 
 
+def _experiments(runs) -> str:
+    names = sorted({str(e) for e in runs["experiment"].dropna()}) if "experiment" in runs.columns else []
+    return ", ".join(names) or "—"
+
+
+def _infinite_to_edge(ax, values: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """``values`` with ±inf moved to the top / bottom edge of the quality axis (which is widened to hold them),
+    and the indices so moved — infinite metrics (PSNR of ``full`` against itself) are drawn, never dropped."""
+    values = np.asarray(values, dtype=float)
+    moved = [i for i, v in enumerate(values) if np.isinf(v)]
+    if not moved:
+        return values, []
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    span = (hi - lo) or max(abs(hi), 1.0)
+    log = ax.get_yscale() != "linear"
+    top = hi * 2.0 if log and hi > 0 else hi + 0.15 * span
+    bottom = lo - 0.15 * span if not log or lo <= 0 else lo / 2.0
+    drawn = np.where(values == np.inf, top, np.where(values == -np.inf, bottom, values))
+    margin = 0.06 * (top - bottom)
+    ax.set_ylim(bottom - (margin if values.min() == -np.inf or not log else 0), top + margin * (4 if log else 1))
+    return drawn, moved
+
+
 def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: str | None = None) -> Path:
     """Quality ``metric`` against MAC ratio (left) and against the speedup measured interleaved with ``full``
-    (right), one row of panels per model, one point per configuration with its 95 % intervals as error bars;
-    the Pareto front drawn through its ringed points. The quality axis is logarithmic (symlog, so 0 stays on
-    it) where the values span more than a decade."""
+    in the same process (right; never absolute seconds, which differ between processes), one row of panels per
+    model, one point per configuration with its 95 % intervals as error bars; the Pareto front drawn through
+    its ringed points. ``full`` is the reference point at MAC ratio 1 and speedup 1× (a star, with a dotted
+    line at 1); an infinite value (PSNR of ``full`` against itself) is drawn at the edge of the quality axis
+    with a note. The quality axis is symlog (0 stays on it) where the values span more than a decade. The
+    figure's title states the experiment, each row's its model and sample size."""
     frame = _select(frame, experiment)
     metric = _plot_metric(frame, metric)
     summary = summarise(frame)
     models = sorted(summary["model"].unique())
-    fig = _figure(12, 4.6 * len(models))
+    fig = _figure(12, 4.6 * len(models) + 0.4)
     axes = fig.subplots(len(models), 2, squeeze=False)
     higher = direction(metric) == "max"
+    fig.suptitle(
+        f"{metric} vs cost — experiment {_experiments(summary)} — ★ full: the reference (MAC ratio 1, speedup 1×); "
+        "speedup timed interleaved with full in one process",
+        fontsize=10,
+    )
     for row, model in zip(axes, models):
         runs = summary[summary["model"] == model]
+        is_full = (runs["method"] == "full").to_numpy()
         y = runs[metric].astype(float).to_numpy()
         y_err = _interval_errors(y, runs[f"{metric}_ci_low"], runs[f"{metric}_ci_high"])
         for ax, cost, xlabel, cheaper_is_lower in (
@@ -1197,19 +1339,53 @@ def pareto_plot(frame, path: str | Path, metric: str | None = None, experiment: 
             (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)", False),
         ):
             x = runs[cost].astype(float).to_numpy()
+            x = np.where(is_full, 1.0, x)  # full is the reference by definition (its own timing is noise)
             x_err = _interval_errors(x, runs["speedup_ci_low"], runs["speedup_ci_high"]) if cost == "speedup" else None
+            _quality_axes(ax, y, metric, xlabel, f"{model} — {_sample_size(runs)}, bars: 95 % intervals")
+            drawn, moved = _infinite_to_edge(ax, y)
+            method = ~is_full
             ax.errorbar(
-                x, y, xerr=x_err, yerr=y_err, fmt="o", ms=4, color="tab:blue", ecolor="0.7", elinewidth=0.8, zorder=2
+                x[method],
+                drawn[method],
+                xerr=None if x_err is None else x_err[:, method],
+                yerr=None if y_err is None else y_err[:, method],
+                fmt="o",
+                ms=4,
+                color="tab:blue",
+                ecolor="0.7",
+                elinewidth=0.8,
+                zorder=2,
+                label="configuration",
             )
+            if is_full.any():
+                ax.scatter(x[is_full], drawn[is_full], marker="*", s=160, color="black", zorder=4, label="full")
+                ax.axvline(1.0, color="0.4", lw=0.8, ls=":", zorder=0)
             front = pareto_front(x if cheaper_is_lower else -x, y, higher)
             ax.scatter(
-                x[front], y[front], s=90, facecolors="none", edgecolors="tab:red", zorder=3, label="Pareto front"
+                x[front], drawn[front], s=90, facecolors="none", edgecolors="tab:red", zorder=3, label="Pareto front"
             )
             order = np.argsort(x[front])
-            ax.plot(x[front][order], y[front][order], color="tab:red", lw=1, zorder=1)
-            _quality_axes(ax, y, metric, xlabel, f"{model} — {_sample_size(runs)}, bars: 95 % intervals")
+            ax.plot(x[front][order], drawn[front][order], color="tab:red", lw=1, zorder=1)
+            for i in moved:  # a short mark at the point, the explanation in the panel's title
+                ax.annotate(
+                    "+∞" if y[i] > 0 else "−∞",
+                    (x[i], drawn[i]),
+                    xytext=(-24, -3),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color="0.2",
+                )
+            if moved:
+                names = ", ".join(str(runs.iloc[i]["label"] or runs.iloc[i]["method"]) for i in moved)
+                sign, edge = ("+", "top") if y[moved[0]] > 0 else ("−", "bottom")
+                ax.set_title(
+                    f"{ax.get_title()}\n{names}: {metric} = {sign}∞ (identical to the teacher), "
+                    f"drawn at the {edge} edge",
+                    fontsize=9,
+                )
             ax.legend(fontsize=7, loc="best")
-            _spread_labels(ax, x, y, list(runs["label"].fillna(runs["method"])))
+            labels = [("" if f else n) for f, n in zip(is_full, runs["label"].fillna(runs["method"]))]
+            _spread_labels(ax, x, drawn, labels)
     return _save(fig, path)
 
 
@@ -1228,8 +1404,13 @@ def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: 
     # the strong tab20 colours first, the pale ones only past ten methods; markers tell neighbours apart too
     colours = {m: matplotlib.colormaps["tab20"]((2 * i) % 20 + (2 * i) // 20) for i, m in enumerate(methods)}
     markers = {m: "osD^vPX*<>"[i % 10] for i, m in enumerate(methods)}
-    fig = _figure(13, 4.6 * len(models))
+    fig = _figure(13, 4.6 * len(models) + 0.4)
     axes = fig.subplots(len(models), 2, squeeze=False)
+    fig.suptitle(
+        f"{metric} vs cost per method — experiment {_experiments(summary)} — speedup timed interleaved with full "
+        "in one process; ±∞ values drawn at the axis edge",
+        fontsize=10,
+    )
     for row, model in zip(axes, models):
         runs = summary[summary["model"] == model]
         values = runs[metric].astype(float).to_numpy()
@@ -1237,10 +1418,16 @@ def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: 
             (row[0], "macs_ratio", "MAC ratio to full (lower is cheaper)"),
             (row[1], "speedup", "speedup over full, timed interleaved (higher is faster)"),
         ):
+            _quality_axes(
+                ax, values, metric, xlabel, f"{model} — {_sample_size(runs)} per point, bands: 95 % intervals"
+            )
+            drawn, _ = _infinite_to_edge(ax, values)
+            edge = dict(zip(runs.index, drawn))
             for method, points in runs.groupby("method"):
                 points = points.sort_values(cost)
                 x = points[cost].astype(float).to_numpy()
-                y = points[metric].astype(float).to_numpy()
+                x = np.where(points["method"] == "full", 1.0, x)
+                y = np.array([edge[i] for i in points.index])
                 low = points[f"{metric}_ci_low"].astype(float).to_numpy()
                 high = points[f"{metric}_ci_high"].astype(float).to_numpy()
                 ax.plot(
@@ -1255,9 +1442,6 @@ def curves_plot(frame, path: str | Path, metric: str | None = None, experiment: 
                 )
                 if np.isfinite(low).any():
                     ax.fill_between(x, low, high, color=colours[method], alpha=0.15, lw=0)
-            _quality_axes(
-                ax, values, metric, xlabel, f"{model} — {_sample_size(runs)} per point, bands: 95 % intervals"
-            )
         row[1].legend(
             fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method (points)", title_fontsize=7
         )
@@ -1304,16 +1488,67 @@ def _module_of(layer: str) -> str:
     return module if stream == "main" else f"{stream}.{module}"
 
 
-def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -> Path:
-    """One panel per module (sa, ca, mlp, ...): layer (block) × step sparsity — the fraction of tokens reused
-    from the cache, 1 − the kept fraction — the scale of the paper's Figure 3, step 0 omitted as there (it is
-    always computed in full)."""
+MODULE_NAMES = {
+    "sa": "self-attention",
+    "ca": "cross-attention",
+    "attn": "attention",
+    "mlp": "MLP",
+    "img_mlp": "image MLP",
+    "txt_mlp": "text MLP",
+}
+
+
+def _module_text(module: str) -> str:
+    stream, _, name = module.rpartition(".")
+    what = MODULE_NAMES.get(name, name)
+    return f"{module} ({stream + ' ' if stream else ''}{what})"
+
+
+def _config_text(config: Any, width: int = 110) -> str:
+    """A run's resolved configuration, wrapped at ``width`` characters (two lines at most): scalars only
+    (schedules and level grids are left to the artifacts), floats in 4 significant digits."""
+    import textwrap
+
+    if not isinstance(config, dict) or not config:
+        return "defaults"
+    items = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in config.items()
+        if v is not None and not isinstance(v, (list, dict))
+    ]
+    return "\n".join(textwrap.wrap(", ".join(items) or "defaults", width, max_lines=2, placeholder=" …"))
+
+
+def heatmap(
+    grid: np.ndarray,
+    layers: list[str],
+    path: str | Path,
+    title: str | None = None,
+    *,
+    model: str | None = None,
+    method: str | None = None,
+    config: dict | None = None,
+    experiment: str | None = None,
+    n_samples: int | None = None,
+) -> Path:
+    """One panel per module (sa: self-attention, ca: cross-attention, mlp: MLP, ...): layer (block, its
+    module names on the axis) × step sparsity — the fraction of tokens reused from the cache, 1 − the kept
+    fraction — the scale of the paper's Figure 3, step 0 omitted as there (it is always computed in full);
+    integer step ticks. The title: ``title`` (default "<method> on <model>"), the run's configuration and its
+    experiment and sample size where given."""
     from matplotlib.ticker import MaxNLocator
 
     modules = list(dict.fromkeys(_module_of(name) for name in layers))
-    fig = _figure(4.2 * len(modules), 3.6)
-    axes = fig.subplots(1, len(modules), squeeze=False)[0]
+    fig = _figure(max(4.2 * len(modules), 7.0), 4.2)
+    if modules:
+        axes = fig.subplots(1, len(modules), squeeze=False)[0]
+    else:  # a model-transforming method (SparseDiT) runs its own model: the engine decides no layer
+        axes = []
+        note = fig.subplots()
+        note.axis("off")
+        note.text(0.5, 0.5, "no per-layer decisions: the method runs its own (pruned) model", ha="center")
     steps = np.arange(1, grid.shape[0])
+    image = None
     for ax, module in zip(axes, modules):
         columns = [i for i, name in enumerate(layers) if _module_of(name) == module]
         sparsity = 1.0 - grid[1:, columns].T
@@ -1324,15 +1559,31 @@ def heatmap(grid: np.ndarray, layers: list[str], path: str | Path, title: str) -
             vmin=0.0,
             vmax=1.0,
             cmap="viridis",
+            interpolation="nearest",
             extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(columns) - 0.5) if len(steps) else None,
         )
-        ax.set_title(module)
+        ax.set_title(f"{_module_text(module)}: {len(columns)} layers", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step i")
-        ax.set_ylabel("block")
-    fig.colorbar(image, ax=list(axes), label="sparsity (fraction of tokens reused)")
-    fig.suptitle(title)
+        if len(columns) <= 16:  # every layer named
+            ax.set_yticks(range(len(columns)), [layers[c] for c in columns], fontsize=7)
+            ax.set_ylabel(f"layer ({module} of each block)")
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(f"block (layer <stream><block>.{module})")
+        ax.set_xlabel("step i (0, always full, omitted)")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="sparsity (fraction of tokens reused)")
+    head = title or " on ".join(str(v) for v in (method, model) if v) or "decisions"
+    width = int(fig.get_figwidth() * 12)
+    lines = [head, f"config: {_config_text(config, width)}"] if config is not None else [head]
+    about = [
+        *([f"model {model}"] if model and model not in head else []),
+        *([f"experiment {experiment}"] if experiment else []),
+        *([f"{n_samples} evaluation images"] if n_samples else []),
+    ]
+    if about:
+        lines.append(" · ".join(about))
+    fig.suptitle("\n".join(lines), fontsize=10)
     return _save(fig, path)
 
 
@@ -1357,36 +1608,111 @@ def heatmaps(frame, out_dir: str | Path, experiment: str | None = None, runs: li
             continue
         grid, layers = decision_map(run["artifacts"])
         name = re.sub(r"[^\w.=-]+", "-", f"{run['model']}_{run['label'] or run['method']}_{run['run_id'][:8]}")
+        config = run.get("config")
         paths.append(
             heatmap(
-                grid, layers, Path(out_dir) / f"heatmap_{name}.png", f"{run['model']} · {run['label'] or run['method']}"
+                grid,
+                layers,
+                Path(out_dir) / f"heatmap_{name}.png",
+                f"{run['label'] or run['method']} on {run['model']} (seed {run['seed']})",
+                model=run["model"],
+                method=run["method"],
+                config=config if isinstance(config, dict) else {**(run["params"] or {}), **(run["tuned"] or {})},
+                experiment=run["experiment"],
+                n_samples=int(run["n_samples"]),
             )
         )
     return paths
 
 
+SAMPLE_COLUMNS = 3  # panels per row of a sample figure: about 1800 px wide, each panel at its native size
+
+
+def _sample_order(runs):
+    """``full`` first, then by MAC ratio, most expensive first."""
+    return runs.assign(_full=runs["method"] != "full").sort_values(["_full", "macs_ratio"], ascending=[True, False])
+
+
+def _draw_samples(fig, runs, heading: str, columns: int = SAMPLE_COLUMNS) -> None:
+    """Each run's samples.png — the teacher's images (the uncached model, same seeds) in its top row, the run's
+    below, the rows labelled "teacher" and with the method's name on the left — in rows of ``columns`` panels under
+    ``heading``; each panel titled with the run's label, MAC ratio and speedup over ``full`` (timed
+    interleaved)."""
+    from PIL import Image
+
+    runs = _sample_order(runs)
+    n_cols = max(1, min(columns, len(runs)))
+    n_rows = -(-len(runs) // n_cols)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, run) in zip(axes.flat, runs.iterrows()):
+        picture = np.asarray(Image.open(Path(run["artifacts"]) / "samples.png").convert("RGB"))
+        height = picture.shape[0]
+        name = str(run["label"] or run["method"])
+        ax.axis("on")
+        ax.imshow(picture)
+        ax.set_xticks([])
+        ax.set_yticks([height * 0.25, height * 0.75], ["teacher", str(run["method"])])
+        ax.tick_params(axis="y", length=0, labelsize=8)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        speed = run.get("speedup")
+        cost = (
+            "the reference (= teacher)"
+            if run["method"] == "full"
+            else f"MACs ×{float(run['macs_ratio']):.2f}"
+            + (f", {float(speed):.2f}× speedup" if isinstance(speed, (int, float)) and np.isfinite(speed) else "")
+        )
+        ax.set_title(f"{name}: {cost}", fontsize=8)
+    fig.suptitle(heading, fontsize=10)
+
+
+def _samples_heading(runs, model: str) -> str:
+    n = int(runs["n_samples"].max()) if "n_samples" in runs.columns and runs["n_samples"].notna().any() else None
+    shown = f"first {min(n, 8)} of {n} evaluation images" if n else "the first evaluation images"
+    return (
+        f"{model} — experiment {_experiments(runs)} — {shown}\n"
+        "each panel: top row teacher (uncached model, same seeds), bottom row the method; "
+        "speedup timed interleaved with full"
+    )
+
+
+def _with_samples(runs):
+    return runs[[isinstance(a, str) and bool(a) and (Path(a) / "samples.png").exists() for a in runs["artifacts"]]]
+
+
+def sample_figure(runs, path: str | Path, model: str | None = None, columns: int = SAMPLE_COLUMNS) -> Path | None:
+    """One model's runs (store rows or summary rows) as a sample figure (see :func:`_draw_samples`); None when
+    no run has a samples.png. What ``dsbench quickstart`` writes to grids/<model>.png."""
+    runs = _with_samples(runs)
+    if runs.empty:
+        return None
+    model = model or ", ".join(sorted({str(m) for m in runs["model"]}))
+    n_rows = -(-len(runs) // max(1, min(columns, len(runs))))
+    fig = _figure(5.2 * max(1, min(columns, len(runs))), 1.75 * n_rows + 0.7)
+    _draw_samples(fig, runs, _samples_heading(runs, model), columns)
+    return _save(fig, path)
+
+
 def grid_compare(
     frame, path: str | Path, experiment: str | None = None, runs: list[str] | None = None, seed: int | None = None
 ) -> Path:
-    """The selected runs' sample grids side by side (one row per model), titled by run name.
+    """The selected runs' sample grids (see :func:`_draw_samples`): one block per model in rows of
+    :data:`SAMPLE_COLUMNS` panels, titled by model, experiment and sample size; ``full`` first.
     ``seed`` keeps the runs of one seed (default: each configuration's first run)."""
-    from PIL import Image
-
     frame = _pick(frame, experiment, runs)
     if seed is not None:
         frame = frame[frame["seed"] == seed]
-    picked = summarise(frame) if not runs else frame
-    picked = picked[[bool(a) and (Path(a) / "samples.png").exists() for a in picked["artifacts"]]]
+    picked = _with_samples(summarise(frame) if not runs else frame)
     if picked.empty:
         raise ValueError("runs: no selected run has a samples.png in its artifacts directory")
     models = sorted(picked["model"].unique())
-    width = max((picked["model"] == m).sum() for m in models)
-    fig = _figure(3.2 * width, 3.4 * len(models))
-    axes = fig.subplots(len(models), width, squeeze=False)
-    for row, model in zip(axes, models):
-        for ax in row:
-            ax.axis("off")
-        for ax, (_, run) in zip(row, picked[picked["model"] == model].iterrows()):
-            ax.imshow(np.asarray(Image.open(Path(run["artifacts"]) / "samples.png").convert("RGB")))
-            ax.set_title(f"{model}\n{run['label'] or run['method']}", fontsize=8)
+    blocks = [picked[picked["model"] == m] for m in models]
+    n_cols = max(min(SAMPLE_COLUMNS, len(b)) for b in blocks)
+    heights = [1.75 * -(-len(b) // min(SAMPLE_COLUMNS, len(b))) + 0.7 for b in blocks]
+    fig = _figure(5.2 * n_cols, sum(heights))
+    subfigures = fig.subfigures(len(models), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for sub, model, block in zip(subfigures, models, blocks):
+        _draw_samples(sub, block, _samples_heading(block, model), n_cols)
     return _save(fig, path)

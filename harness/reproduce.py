@@ -239,13 +239,15 @@ def main(only: str | None = None, out: str | Path = "results/paper", *, wandb: b
     needs = plan(tables)  # every file validated, every schedule accounted for, before any work
     command = "dsbench reproduce" + (f" --only {only}" if only else "")
     start, cpu = time.perf_counter(), time.process_time()
-    trained, measured = [], 0
+    trained, measured, outcomes = [], 0, []
     store = out / "dsbench.db"
+    experiments = list(needs["experiments"].values())
     try:
         trained = train_missing(needs)
-        for exp in needs["experiments"].values():
-            log.info("running %s", exp.name)
-            outcome, _ = quickstart.execute(exp, store, wandb=wandb, artifacts=out / "artifacts")
+        for j, exp in enumerate(experiments, 1):
+            log.info("experiment %d/%d: %s", j, len(experiments), exp.name)
+            outcome, _ = quickstart.execute(exp, store, wandb=wandb, artifacts=out / "artifacts", summary=False)
+            outcomes.append(outcome)
             measured += len(outcome.stored)
     finally:  # an interrupted invocation's time counts too
         timing = _record_time(
@@ -267,5 +269,17 @@ def main(only: str | None = None, out: str | Path = "results/paper", *, wandb: b
     print(
         f"\nwrote {out}/: README.md, {', '.join(written)}, claims.md, {len(figures)} figures "
         f"({timing[-1]['wall_s'] / 60:.1f} min on {machine.describe()})"
+    )
+    print(
+        quickstart.closing_summary(
+            "dsbench reproduce",
+            outcomes,
+            store,
+            wandb_dir=out if wandb else None,
+            outputs=out,
+            written=f"README.md, {len(written)} tables, claims.md, figures/ ({len(figures)})"
+            + (f"; schedules trained now: {', '.join(trained)}" if trained else ""),
+            elapsed=timing[-1]["wall_s"],
+        )
     )
     return 0

@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 
 import dsbench
 from dsbench import machine, methods, metrics
+from dsbench import report as reporting  # `report` names the engine's report of a run here
 from dsbench.core import DirectiveKind, NotApplicable
 from dsbench.experiment import SAMPLERS, Experiment, MethodEntry, check_inputs
 from dsbench.files import sha256_file
@@ -153,6 +156,158 @@ def _fmt(value, name: str | None = None) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+# -- progress ---------------------------------------------------------------------------------------------
+def interactive() -> bool:
+    """Whether progress redraws in place: only on a terminal. Elsewhere (CI logs, a file) it is plain lines."""
+    stream = sys.stderr
+    if not getattr(stream, "isatty", lambda: False)():
+        return False
+    try:  # a terminal of no width (a pty nobody sized) shows no bar at all: plain lines there too
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def echo(line: str) -> None:
+    """One line for the person watching: above the bars on a terminal, a plain line elsewhere."""
+    if interactive():
+        tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """One progress level: level 0 the runs (or the set-up of the methods), level 1 what one run does (the
+    images it draws, a budget search), level 2 the denoising steps of one batch.
+
+    On a terminal: a tqdm bar at ``position=level`` with ``n/total unit``; the inner ones vanish when done
+    (``leave=False``), so nested bars do not pile up. Elsewhere, plain lines: ``start`` prints one line per item
+    of level 0 (``small 2/3 run: mnist-dit toca seed 0``) and ``result`` one line when an inner level is done;
+    the in-between states (``phase``) are shown on a terminal only."""
+
+    def __init__(
+        self, desc: str | None, total: int | None = None, unit: str = "", *, level: int = 0, enabled: bool = True
+    ):
+        self.desc, self.total, self.unit, self.level = desc, total, unit, level
+        self.enabled = bool(enabled and desc is not None)
+        self.n = 0
+        self._result: str | None = None
+        self.bar = None
+        if self.enabled and interactive():
+            count = "{n_fmt}/{total_fmt}" if total is not None else "{n_fmt}"
+            self.bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                position=level,
+                leave=level == 0,
+                dynamic_ncols=True,
+                bar_format=f"{{desc}} {count} {unit} "
+                + ("{bar:20} " if total is not None else "")
+                + "[{elapsed}"
+                + ("<{remaining}" if total is not None else "")
+                + "]{postfix}",
+            )
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def counted(self) -> str:
+        return f"{self.n}/{self.total} {self.unit}" if self.total is not None else f"{self.n} {self.unit}"
+
+    def start(self, item: str) -> None:
+        """Item ``n + 1`` begins: shown beside the bar, or as a line (``desc n+1/total unit: item``)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(item)
+        else:
+            upcoming = f"{self.n + 1}/{self.total}" if self.total is not None else str(self.n + 1)
+            echo(f"{self.desc} {upcoming} {self.unit}: {item}")
+
+    def phase(self, text: str) -> None:
+        """What the current item is doing (a terminal's bar only)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def advance(self, n: int = 1, text: str | None = None) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if text is not None:
+                self.bar.set_postfix_str(text)
+        if text is not None:
+            self._result = text
+
+    def result(self, text: str) -> None:
+        """The outcome of this level, printed once when it closes (beside the bar while it runs)."""
+        self._result = text
+        self.phase(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.level > 0 and self._result is not None:  # an inner level's outcome stays, as one line
+            echo(f"{self.desc}: {self.counted()}, {self._result}")
+        self.enabled = False
+
+
+def bisection_text(field: str, value, macs: float, budget: float, full: float | None = None) -> str:
+    """A budget search's state in words: ``ratio=0.06: MACs 0.612 of full, budget 0.600`` (with the full model's
+    MACs), else the ratio to the budget, labelled as such (``MACs 1.020 × the budget``). A float field shows
+    four significant digits: the last steps of a bisection differ beyond the label's two decimals."""
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if full:
+        return f"{field}={shown}: MACs {macs / full:.3f} of full, budget {budget / full:.3f}"
+    return f"{field}={shown}: MACs {macs / budget:.3f} × the budget"
+
+
+def _batch_size(sample: Callable) -> int | None:
+    """The number of conditions a bundle's ``sample`` draws per pipeline call (None when it does not say)."""
+    try:
+        default = inspect.signature(sample).parameters["batch_size"].default
+    except (KeyError, TypeError, ValueError):
+        return None
+    return default if isinstance(default, int) and default > 0 else None
+
+
+# library output that is noise in a run's log: matplotlib's font cache ("generated new fontManager" in a fresh
+# HOME), image plugins' debug lines, the hub libraries' notices (their warnings stay)
+_QUIET = {
+    "matplotlib": logging.WARNING,
+    "PIL": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "filelock": logging.WARNING,
+    "httpx": logging.WARNING,
+    "fsspec": logging.WARNING,
+    "huggingface_hub": logging.WARNING,
+    "torch": logging.WARNING,
+}
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' lines that say nothing about the run: matplotlib's font manager, diffusers' and
+    transformers' notices (their verbosity set to errors, through the environment too, so a later import keeps
+    it), and their pipeline progress bars (the runner draws its own)."""
+    for name, level in _QUIET.items():
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < level:
+            logger.setLevel(level)
+    for library in ("diffusers", "transformers"):
+        os.environ.setdefault(f"{library.upper()}_VERBOSITY", "error")
+        if library in sys.modules:  # already configured from the environment at import: set it now
+            try:
+                __import__(f"{library}.utils.logging", fromlist=["set_verbosity_error"]).set_verbosity_error()
+            except (ImportError, AttributeError):
+                logging.getLogger(library).setLevel(logging.ERROR)
+
+
 # -- one model's context --------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ModelContext:
@@ -175,18 +330,47 @@ class ModelContext:
         """uint8 images of ``conditions`` (with ``method`` attached when given) and the engine's report;
         ``start``: the index of ``conditions[0]`` in the evaluation set (it picks the images' noise)."""
         pipe = self.bundle.pipeline
-        pipe.set_progress_bar_config(desc=desc, leave=False, disable=not (self.progress and desc))
+        shown = self.progress and desc is not None
+        # the pipeline's own bar counts one batch's denoising steps, under the images bar (terminal only)
+        pipe.set_progress_bar_config(
+            desc="    batch",
+            unit="step",
+            position=2,
+            leave=False,
+            dynamic_ncols=True,
+            bar_format="{desc} {n_fmt}/{total_fmt} step {bar:20} [{elapsed}<{remaining}]",
+            disable=not (shown and interactive()),
+        )
         kwargs = {
             "steps": self.steps,
-            "start": start,
-            **({"guidance_scale": self.guidance} if self.guidance_given else {}),
-            **({"guidance_channels": self.guidance_channels} if self.guidance_channels is not None else {}),
+            "guidance_scale": self.guidance if self.guidance_given else None,
+            "guidance_channels": self.guidance_channels,
         }
         if method is None:
-            return self.bundle.sample(conditions, seed, **kwargs), None
+            return self._draw(conditions, seed, start, desc if shown else None, kwargs), None
         with torch.no_grad(), dsbench.attach(pipe, method, seed=seed) as handle:
-            images = self.bundle.sample(conditions, seed, **kwargs)
+            images = self._draw(conditions, seed, start, desc if shown else None, kwargs)
             return images, handle.report()
+
+    def _draw(self, conditions: list, seed: int, start: int, desc: str | None, kwargs: dict) -> torch.Tensor:
+        """The bundle's images of ``conditions``; with ``desc``, batch by batch (the bundle's own batch size,
+        so the images are the same) under a bar counting images."""
+        given = {"steps": kwargs["steps"]}
+        given |= {"guidance_scale": kwargs["guidance_scale"]} if kwargs["guidance_scale"] is not None else {}
+        given |= {"guidance_channels": kwargs["guidance_channels"]} if kwargs["guidance_channels"] is not None else {}
+        batch = _batch_size(self.bundle.sample) if desc is not None else None
+        if batch is None or len(conditions) <= batch:
+            with Progress(desc, total=len(conditions), unit="image", level=1, enabled=desc is not None) as bar:
+                images = self.bundle.sample(conditions, seed, start=start, **given)
+                bar.advance(len(conditions))
+            return images
+        parts = []
+        with Progress(desc, total=len(conditions), unit="image", level=1) as bar:
+            for i in range(0, len(conditions), batch):
+                chunk = conditions[i : i + batch]
+                parts.append(self.bundle.sample(chunk, seed, start=start + i, **given))
+                bar.advance(len(chunk))
+        return torch.cat(parts)
 
     def sample_sharded(
         self, seed: int, shard: Shard, method: methods.Method | None = None, desc: str | None = None
@@ -314,6 +498,7 @@ def tune(
     tolerance: float = 1e-3,
     close: float = 2e-3,
     progress: bool = False,
+    full: float | None = None,
 ) -> dict:
     """Bisect ``field`` of method ``name`` until its MACs are closest to, but not above, ``budget``.
 
@@ -321,20 +506,20 @@ def tune(
     ``tolerance`` × its range or the MACs are within ``close`` × budget below it. MACs are assumed monotone in
     the field (either direction, found from the two ends); the answer is nevertheless the best of all values
     measured. Returns {"value", "macs", "evaluations": [(value, macs), ...]}; BudgetUnreachable when even the
-    cheapest end is above budget.
+    cheapest end is above budget. ``full``: the full model's MACs, to show progress as fractions of it
+    (``MACs 0.612 of full, budget 0.600``); without it, as the ratio to the budget.
     """
     cls = dsbench.methods.base.method_class(name)
     low, high, is_int = _bounds(cls, field, steps)
     high = _accepted_high(name, params, field, low, high, is_int)
     seen: dict[float, float] = {}
-    bar = tqdm(desc=f"budget {name}.{field}", disable=not progress, leave=False, unit="run")
+    bar = Progress(f"budget search {name}.{field}", unit="MAC counts", level=1, enabled=progress)
 
     def measure(v):
         v = int(v) if is_int else float(v)
         if v not in seen:
             seen[v] = macs_of(methods.build(name, **params, **{field: v}))
-            bar.update(1)
-            bar.set_postfix_str(f"{field}={_fmt(v)} macs/budget={seen[v] / budget:.3f}")
+            bar.advance(1, bisection_text(field, v, seen[v], budget, full))
         return seen[v]
 
     try:
@@ -356,10 +541,11 @@ def tune(
                     good = mid
                 else:
                     bad = mid
+        feasible = {v: m for v, m in seen.items() if m <= budget}
+        value = max(feasible, key=lambda v: (feasible[v], -abs(v - good)))
+        bar.result("chose " + bisection_text(field, value, feasible[value], budget, full))
     finally:
         bar.close()
-    feasible = {v: m for v, m in seen.items() if m <= budget}
-    value = max(feasible, key=lambda v: (feasible[v], -abs(v - good)))
     return {"value": value, "macs": feasible[value], "evaluations": sorted(seen.items())}
 
 
@@ -375,12 +561,18 @@ def decision_map(report: dict) -> np.ndarray:
     return kept
 
 
-def save_artifacts(folder: Path, images: torch.Tensor, report: dict, teacher: torch.Tensor) -> None:
-    """samples.png (method row under teacher row), decisions.npy/.json/.png (the step × layer map)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def save_artifacts(
+    folder: Path,
+    images: torch.Tensor,
+    report: dict,
+    teacher: torch.Tensor,
+    *,
+    model: str | None = None,
+    label: str | None = None,
+    experiment: str | None = None,
+) -> None:
+    """samples.png (method row under teacher row), decisions.npy/.json/.png (the step × layer map, with the
+    MACs of every step for the W&B history)."""
     from PIL import Image
     from torchvision.utils import make_grid
 
@@ -398,19 +590,22 @@ def save_artifacts(folder: Path, images: torch.Tensor, report: dict, teacher: to
                 "layers": report["layers"],
                 "directives": report["directives"],
                 "schedule": report["schedule"].to_dict(),
+                "macs_per_step": report["macs_per_step"],
             },
             default=str,
         )
     )
-    fig, ax = plt.subplots(figsize=(max(4, 0.25 * kept.shape[1] + 2), max(3, 0.18 * kept.shape[0] + 1.5)))
-    im = ax.imshow(kept, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
-    ax.set_xlabel("layer ℓ")
-    ax.set_ylabel("step i")
-    ax.set_title(f"{report['method']}: kept fraction")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(folder / "decisions.png", dpi=100)
-    plt.close(fig)
+    reporting.heatmap(
+        kept,
+        report["layers"],
+        folder / "decisions.png",
+        f"{label or report['method']} on {model}" if model else None,
+        model=model,
+        method=report["method"],
+        config=report["config"],
+        experiment=experiment,
+        n_samples=len(images),
+    )
 
 
 # -- the experiment ---------------------------------------------------------------------------------------------
@@ -420,6 +615,13 @@ class Outcome:
     resumed: list[str] = dataclasses.field(default_factory=list)  # run ids already in the store
     pending: list[str] = dataclasses.field(default_factory=list)  # side files of rows the store could not take
     skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (model, method, reason)
+    artifacts: str | None = None  # the folder of the runs' artifact folders
+    started: float = dataclasses.field(default_factory=time.time)  # when the call began (files newer are its own)
+
+    @property
+    def brackets(self) -> int:
+        """Stored runs of the setting just above an off-budget one (measured for the interpolation)."""
+        return sum(row.get("bracket") == "above" for row in self.stored)
 
 
 def run_experiment(
@@ -479,25 +681,63 @@ def run_experiment(
                         todo.setdefault(model, []).append((seed, index, rid))
     todo = shard.broadcast(todo)
     progress = progress and main
+    if main:
+        outcome.artifacts = str(artifacts)
+    if progress:
+        quiet_libraries()
+        count = sum(map(len, todo.values()))
+        echo(
+            f"{exp.name}: {count + len(outcome.resumed)} runs, {len(outcome.resumed)} already in the store, "
+            f"{count} to measure"
+        )
+    with _redirect_logging(progress):
+        _measure(exp, store, todo, entries, outcome, force, artifacts, tracker, cache, progress, shard)
+    if tracker is not None and outcome.stored:
+        tracker.summary(exp.name, store.frame(exp.name))
+    for model, method, reason in outcome.skipped:
+        log.warning("skipped %s on %s: %s", method, model, reason)
+    return outcome
+
+
+def _redirect_logging(progress: bool):
+    """Log lines printed above the bars on a terminal (not through them); nothing changed elsewhere."""
+    import contextlib
+
+    if not (progress and interactive()):
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
+def _measure(exp, store, todo, entries, outcome, force, artifacts, tracker, cache, progress, shard) -> None:
+    """Set every method up on every model, then measure the runs of ``todo``; rows into ``outcome``."""
+    main = shard.is_main
     contexts, setups = {}, {}
-    for model, runs in todo.items():  # set every method up on every model before any evaluation sampling
-        contexts[model] = ctx = load_model(exp, model, progress, shard.state.device)
-        if main:  # the metrics' weights installed (or a one-line error) before any sampling
-            metrics.prepare(exp.metrics, bundle=ctx.bundle)
-        for index in sorted({index for _, index, _ in runs}):
-            setups[model, index] = shard.broadcast(_setup(exp, ctx, entries[index]) if main else None)
-    bar = tqdm(total=sum(map(len, todo.values())), desc=exp.name, unit="run", disable=not progress)
+    count = sum(len({index for _, index, _ in runs}) for runs in todo.values())
+    with Progress(f"{exp.name} set-up", total=count, unit="method", enabled=progress and count > 0) as bar:
+        for model, runs in todo.items():  # set every method up on every model before any evaluation sampling
+            bar.phase(f"loading {model}")
+            contexts[model] = ctx = load_model(exp, model, progress, shard.state.device)
+            if main:  # the metrics' weights installed (or a one-line error) before any sampling
+                metrics.prepare(exp.metrics, bundle=ctx.bundle)
+            for index in sorted({index for _, index, _ in runs}):
+                budget = _budget_ratio(exp, entries[index])
+                bar.start(f"{model} {entries[index].name}" + (f" at budget {budget:g}" if budget is not None else ""))
+                setups[model, index] = shard.broadcast(_setup(exp, ctx, entries[index]) if main else None)
+                bar.advance(1)
+    bar = Progress(exp.name, total=sum(map(len, todo.values())), unit="run", enabled=progress)
     try:
         for model, runs in todo.items():
             ctx = contexts[model]
             teachers: dict[int, torch.Tensor] = {}
             for seed, index, rid in runs:
                 entry, setup = entries[index], setups[model, index]
-                bar.set_postfix_str(f"{model} {entry.name} seed {seed}")
+                bar.start(f"{model} {entry.name} seed {seed}" + (" (skipped)" if "skip" in setup else ""))
                 if "skip" in setup:
                     if main and seed == exp.seeds[0]:
                         outcome.skipped.append((model, entry.name, setup["skip"]))
-                    bar.update(1)
+                    bar.advance(1)
                     continue
                 if seed not in teachers:
                     teachers[seed] = _teacher(cache, ctx, model, seed, shard)
@@ -518,16 +758,11 @@ def run_experiment(
                     )
                     if above is not None:
                         _store(store, {**above, "bracket": "above"}, force, outcome, tracker)
-                bar.update(1)
+                bar.advance(1)
                 if row is not None:
                     _store(store, row, force, outcome, tracker)
     finally:
         bar.close()
-    if tracker is not None and outcome.stored:
-        tracker.summary(exp.name, store.frame(exp.name))
-    for model, method, reason in outcome.skipped:
-        log.warning("skipped %s on %s: %s", method, model, reason)
-    return outcome
 
 
 def _store(store: Store, row: dict, force: bool, outcome: Outcome, tracker) -> None:
@@ -589,7 +824,7 @@ def _teacher(cache, ctx: ModelContext, model: str, seed: int, shard: Shard) -> t
         "conditions": ctx.conditions,
         **({"guidance_channels": ctx.guidance_channels} if ctx.guidance_channels is not None else {}),
     }
-    desc = f"{model} teacher"
+    desc = f"  {model} teacher samples"
     if shard.count == 1:
         return cache.get_or_create(fields, lambda: ctx.sample(ctx.conditions, seed, desc=desc)[0])
     cached = cache.get(fields) if shard.is_main else None
@@ -650,7 +885,14 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
         result = None
         if field is not None:
             result = tune(
-                entry.name, params, field, budget * ctx.macs_full, ctx.macs_of, ctx.steps, progress=ctx.progress
+                entry.name,
+                params,
+                field,
+                budget * ctx.macs_full,
+                ctx.macs_of,
+                ctx.steps,
+                progress=ctx.progress,
+                full=ctx.macs_full,
             )
             tuned, macs = {field: result["value"]}, result["macs"]
     except NotApplicable as err:
@@ -695,11 +937,11 @@ def _run_one(
     tuned = setup["tuned"]
     method = methods.build(entry.name, **params, **tuned)
 
-    bar.set_postfix_str(f"{model} {entry.name}: samples")
-    images, report = ctx.sample_sharded(seed, shard, method, desc=f"{model} {entry.name} samples")
+    bar.phase(f"{model} {entry.name}: samples")
+    images, report = ctx.sample_sharded(seed, shard, method, desc=f"  {model} {entry.name} samples")
     if not shard.is_main:
         return None
-    bar.set_postfix_str(f"{model} {entry.name}: metrics")
+    bar.phase(f"{model} {entry.name}: metrics")
     scores = metrics.compute(
         images,
         teacher=teacher,
@@ -709,7 +951,7 @@ def _run_one(
         metrics=exp.metrics,
         per_sample=True,
     )
-    bar.set_postfix_str(f"{model} {entry.name}: latency")
+    bar.phase(f"{model} {entry.name}: latency")
     lat = exp.latency
     timed = [ctx.conditions[i % len(ctx.conditions)] for i in range(lat.batch)]
     full = methods.build("full")
@@ -723,7 +965,7 @@ def _run_one(
     label = run_label(entry.name, report["config"], params, seed if len(exp.seeds) > 1 else None)
     folder = artifacts / exp.name / f"{model}__{label}__{rid[:8]}"
     try:
-        save_artifacts(folder, images, report, teacher)
+        save_artifacts(folder, images, report, teacher, model=model, label=label, experiment=exp.name)
         artifacts_note = None
     except OSError as err:  # the numbers are computed: keep them, say what is missing
         log.warning(

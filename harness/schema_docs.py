@@ -261,11 +261,11 @@ against that method's own config (see [the method pages](../methods/index.md)). 
         title="Sweep files",
         intro="""
 A sweep file (`dsbench sweep FILE`) makes many experiments from one base experiment (a file, relative to the
-sweep file, or the experiment inline): either a `grid` (the cartesian product of field values, one
-experiment per point) or an `optuna` study. Field paths are the dotted paths of experiment fields
-(`seeds`, `eval.size`); `methods.<name>.<param>` sets a parameter of that method. Every point or trial is an
-ordinary experiment run into the results store, so a rerun skips what is stored. The schema is
-`dsbench.sweep.Sweep` in `harness/sweep.py`.
+sweep file, or the experiment inline): either a `grid` (field values, one experiment per point: each method's
+own axes crossed with the other fields' axes, so methods vary independently) or an `optuna` study. Field paths
+are the dotted paths of experiment fields (`seeds`, `eval.size`); `methods.<name>.<param>` sets a parameter of
+that method. Every point or trial is an ordinary experiment run into the results store, so a rerun skips what
+is stored. The schema is `dsbench.sweep.Sweep` in `harness/sweep.py`.
 """,
         examples=["experiments/sweep_toca_ratio.yaml", "experiments/sweep_optuna_pareto.yaml"],
         sections=[

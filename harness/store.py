@@ -101,8 +101,12 @@ class Store:
             _check_path(file, readonly)
         try:
             if readonly:
+                # No -wal beside it: no writer has it open and every write is in the file itself. Read it as
+                # immutable then, or SQLite would leave -wal and -shm files beside it (a report creates no file).
+                wal = file.with_name(file.name + "-wal")
+                mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
                 self._conn = sqlite3.connect(
-                    f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout, isolation_level=None
+                    f"{file.resolve().as_uri()}?{mode}", uri=True, timeout=timeout, isolation_level=None
                 )
             else:
                 self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -360,3 +364,94 @@ def keep_pending(store_path: str | Path, row: dict, replace: bool = False) -> Pa
     tmp.write_text(json.dumps({"row": row, "replace": replace}, default=_plain, sort_keys=True))
     os.replace(tmp, file)
     return file
+
+
+# -- one place for results: which store a command reads when no --store is given ----------------------------------
+DEFAULT_STORE = "results/dsbench.db"  # `dsbench run` and `dsbench sweep` write here by default
+QUICKSTART_STORE = "runs/quickstart/dsbench.db"  # `dsbench quickstart` (its --out folder + dsbench.db)
+REFERENCE_STORE = "results/quickstart/dsbench.db"  # the committed reference measurement of the quickstart
+LAST_STORE_FILE = "last-store.json"  # under the cache folder: {working folder: the store last written from it}
+
+
+def _record_path() -> Path:
+    cache = os.environ.get("DSBENCH_CACHE")
+    return Path(cache) / LAST_STORE_FILE if cache else Path.home() / ".cache" / "dsbench" / LAST_STORE_FILE
+
+
+def remember(store_path: str | Path) -> None:
+    """Record ``store_path`` as the store the last run from this working folder wrote (``dsbench run``,
+    ``sweep`` and ``quickstart`` call it), so that ``table``, ``plot`` and sweep reports read it without
+    ``--store``. Only a store inside the working folder is recorded (one elsewhere, e.g. a test's temporary
+    store, is read with ``--store``). Best effort: a record that cannot be written only costs a ``--store``."""
+    if str(store_path) == ":memory:":
+        return
+    record, here, store = _record_path(), Path.cwd().resolve(), Path(store_path).resolve()
+    if here not in store.parents:  # a store elsewhere (a temporary one, a shared disk) is named with --store
+        return
+    try:
+        known = json.loads(record.read_text()) if record.is_file() else {}
+        if not isinstance(known, dict):
+            known = {}
+        known[str(here)] = str(store)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(tmp, record)
+    except (OSError, ValueError):
+        pass
+
+
+def last_store() -> Path | None:
+    """The store the last run from this working folder wrote, if it still exists."""
+    try:
+        known = json.loads(_record_path().read_text())
+        path = Path(known[str(Path.cwd().resolve())])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if path.is_file() else None
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder where it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def known_stores() -> list[tuple[str, str]]:
+    """The stores that exist, as (path as shown, what it is), most relevant first: the last run's, the
+    default of ``run``/``sweep``, the quickstart's, the committed reference."""
+    found: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    candidates = [
+        (last_store(), "the last run's store"),
+        (Path(DEFAULT_STORE), "dsbench run / sweep"),
+        (Path(QUICKSTART_STORE), "dsbench quickstart"),
+        (Path(REFERENCE_STORE), "the committed reference quickstart"),
+    ]
+    for path, what in candidates:
+        if path is None or not path.is_file() or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        found.append((_shown(path), what))
+    return found
+
+
+def find_store(given: str | Path | None) -> tuple[str, str | None]:
+    """The store a read-only command reads: ``given`` (``--store``) as it is, else the first of
+    :func:`known_stores`. Returns (path, a one-line note naming the other stores and how to choose, or None).
+    No store anywhere: a StoreError saying how to make one. Never creates a file."""
+    if given is not None:
+        return str(given), None
+    stores = known_stores()
+    if not stores:
+        raise StoreError(
+            f"store: no results database found (looked for the last run's, {DEFAULT_STORE}, {QUICKSTART_STORE} "
+            f"and {REFERENCE_STORE}); run `dsbench quickstart` or `dsbench run FILE` first, or pass --store"
+        )
+    (path, what), others = stores[0], stores[1:]
+    note = f"reading {path} ({what})"
+    if others:
+        note += "; other stores: " + ", ".join(f"{p} ({w})" for p, w in others) + "; choose one with --store"
+    return path, note

@@ -4,9 +4,10 @@ A sweep file names a base experiment (a file, or the experiment inline) and eith
 
     name: toca-ratio
     experiment: quickstart.yaml               # relative to this file; or an inline mapping
-    grid:                                     # cartesian product: one experiment per point
+    grid:                                     # one experiment per point
       methods.toca.ratio: [0.2, 0.4, 0.6]     # methods.<name>.<param> sets that method's params
-      seeds: [0, 1]                           # any experiment field by its dotted path
+      methods.fora.interval: [2, 3]           # another method's axis varies on its own: 3 + 2 points, not 3 × 2
+      seeds: [0, 1]                           # any other experiment field by its dotted path (crossed with all)
     # or
     optuna:
       space: {methods.toca.ratio: {type: float, low: 0.1, high: 0.9}}
@@ -15,6 +16,12 @@ A sweep file names a base experiment (a file, or the experiment inline) and eith
       sampler: nsga2                          # tpe | random | nsga2
       storage: null                           # default: SQLite file next to the results store
       study_name: null                        # default: the sweep's name
+
+Each method has its own grid: the product of its own axes crossed with the other fields' axes, and a point
+runs that method alone (the methods no axis names run once per point of the other fields). Points and trials
+are numbered ("point 3/8", "trial 5/20") in the log lines and in the sweep's table; a point whose runs are all
+stored is said to be reused (and starts no progress bar). A study's float parameters are rounded
+(:func:`rounded`) before they run.
 
 Every point (grid) or trial (study) is an ordinary experiment run by :func:`dsbench.runner.run_experiment`
 into the results store, so the run identity makes a rerun skip what is stored (``force`` reruns it).
@@ -110,7 +117,11 @@ class Study(_Strict):
 class Sweep(_Strict):
     name: str = pydantic.Field(..., min_length=1, description="sweep name (default: the file name)")
     experiment: str | dict[str, Any] = pydantic.Field(..., description="base experiment file, or inline experiment")
-    grid: dict[str, list[Any]] | None = pydantic.Field(None, description="{field path: [values]}")
+    grid: dict[str, list[Any]] | None = pydantic.Field(
+        None,
+        description="{field path: [values]}; each method runs its own axes (methods.<name>.<param>) crossed "
+        "with the other fields' axes, never once per value of another method's axis",
+    )
     optuna: Study | None = None
 
     @pydantic.model_validator(mode="after")
@@ -155,18 +166,48 @@ class SweepSpec:
         return list(self.sweep.grid or self.sweep.optuna.space)
 
     def experiment_for(self, assignment: dict[str, Any]) -> experiment.Experiment:
-        """The base experiment with ``assignment`` ({field path: value}) applied, validated."""
+        """The base experiment with ``assignment`` ({field path: value}) applied, validated. A grid point that
+        sets a method's fields runs that method alone; with method axes in the grid, a point that sets none
+        runs the methods no axis names (each method has its own grid: :meth:`points`)."""
         data = copy.deepcopy(self.base)
         for path, value in assignment.items():
             _assign(data, path, value, self.source)
+        keep = self._methods_of(assignment)
+        if keep is not None:
+            data["methods"] = [e for i, e in enumerate(data["methods"]) if i in keep]
         data["name"] = self.sweep.name
         point = ", ".join(f"{k}={v!r}" for k, v in assignment.items())
         return experiment.parse(data, f"{self.source} (point {point})")
 
+    def _method_axes(self) -> dict[int, list[str]]:
+        """{method entry index: its grid axes} (entries by name or position, in file order)."""
+        out: dict[int, list[str]] = {}
+        for path in self.sweep.grid or {}:
+            if path.split(".")[0] == "methods":
+                out.setdefault(_method_index(self.base.get("methods"), path, self.source), []).append(path)
+        return out
+
+    def _methods_of(self, assignment: dict[str, Any]) -> set[int] | None:
+        """Indices of the method entries a grid point runs; None: all of them (no method axes, or a study)."""
+        axes = self._method_axes()
+        if not axes:
+            return None
+        mine = {i for i, paths in axes.items() if any(p in assignment for p in paths)}
+        return mine or set(range(len(self.base["methods"]))) - set(axes)
+
     def points(self) -> list[dict[str, Any]]:
-        """Grid assignments in file order (the last field varies fastest)."""
+        """Grid assignments (the last field varies fastest). Axes of different methods vary independently: the
+        methods no axis names run once per value of the other axes (seeds, steps, eval.size, ...); then each swept
+        method, in the base's order, once per point of its own axes crossed with those other axes. So
+        ``methods.toca.ratio: [a, b]`` with ``methods.fora.interval: [c, d]`` is four points, not four of each."""
         grid = self.sweep.grid
-        return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        axes = self._method_axes()
+        common = [p for p in grid if p.split(".")[0] != "methods"]
+        groups = []
+        if not axes or set(range(len(self.base["methods"]))) - set(axes):
+            groups.append(common)  # no method axes: every method; else the methods no axis names
+        groups += [[p for p in grid if p in common or p in axes[i]] for i in sorted(axes)]
+        return [dict(zip(g, values)) for g in groups for values in itertools.product(*(grid[p] for p in g))]
 
     def study_name(self) -> str:
         return self.sweep.optuna.study_name or self.sweep.name
@@ -187,28 +228,7 @@ def _assign(data: dict, path: str, value: Any, source: str) -> None:
     parts = path.split(".")
     if parts[0] == "methods":
         entries = data.get("methods")
-        if not isinstance(entries, list):
-            raise ValueError(
-                f"{source}: field path {path!r}: the base experiment's methods must be a list of "
-                f"entries (not {entries!r}) to sweep a method parameter"
-            )
-        if len(parts) < 3:
-            raise ValueError(f"{source}: field path {path!r}: write methods.<method>.<param>")
-        names = [e.get("name") if isinstance(e, dict) else None for e in entries]
-        if parts[1].isdigit() and int(parts[1]) < len(entries):
-            index = int(parts[1])
-        elif names.count(parts[1]) == 1:
-            index = names.index(parts[1])
-        elif parts[1] in names:
-            raise ValueError(
-                f"{source}: field path {path!r}: method {parts[1]!r} appears {names.count(parts[1])} "
-                f"times; name the entry by position (methods.<index>.<param>)"
-            )
-        else:
-            raise ValueError(
-                f"{source}: field path {path!r}: no method entry {parts[1]!r}; "
-                f"allowed: {', '.join(map(str, names))} (or an index)"
-            )
+        index = _method_index(entries, path, source)
         entry = entries[index] = dict(entries[index])
         rest = parts[2:] if parts[2] in ("params", "models") else ["params", *parts[2:]]
         _set(entry, rest, value)
@@ -221,6 +241,32 @@ def _assign(data: dict, path: str, value: Any, source: str) -> None:
     if len(parts) == 1 and parts[0] in _LIST_FIELDS and not isinstance(value, list):
         value = [value]
     _set(data, parts, value)
+
+
+def _method_index(entries: Any, path: str, source: str) -> int:
+    """The index of the method entry that field path ``methods.<name or index>.<param>`` names."""
+    parts = path.split(".")
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{source}: field path {path!r}: the base experiment's methods must be a list of "
+            f"entries (not {entries!r}) to sweep a method parameter"
+        )
+    if len(parts) < 3:
+        raise ValueError(f"{source}: field path {path!r}: write methods.<method>.<param>")
+    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+    if parts[1].isdigit() and int(parts[1]) < len(entries):
+        return int(parts[1])
+    if names.count(parts[1]) == 1:
+        return names.index(parts[1])
+    if parts[1] in names:
+        raise ValueError(
+            f"{source}: field path {path!r}: method {parts[1]!r} appears {names.count(parts[1])} "
+            f"times; name the entry by position (methods.<index>.<param>)"
+        )
+    raise ValueError(
+        f"{source}: field path {path!r}: no method entry {parts[1]!r}; "
+        f"allowed: {', '.join(map(str, names))} (or an index)"
+    )
 
 
 def _set(data: dict, parts: list[str], value: Any) -> None:
@@ -356,6 +402,7 @@ def run(
         _open_storage(spec, url)  # create the study (and check it is this sweep's) before any worker starts
     if workers == 1:
         _work(spec, str(store_path), url, 0, 1, force, wandb, progress)
+        _summarise(spec, store_path, storage, wandb)
         return
     import multiprocessing
 
@@ -398,6 +445,7 @@ def run(
         if message and message not in errors:
             errors.append(message)
     if not failed:
+        _summarise(spec, store_path, storage, wandb)
         return
     if errors:  # an error of the sweep itself (every worker would meet it again): say what it is
         more = f" (and {len(errors) - 1} other worker error(s) above)" if len(errors) > 1 else ""
@@ -412,11 +460,31 @@ def run(
             total,
             unit,
         )
+        _summarise(spec, store_path, storage, wandb)
         return
     raise SweepIncomplete(
         f"sweep {spec.sweep.name}: {'; '.join(failed)}; {done} of {total} {unit} complete (every "
         f"finished run is in {store_path}); rerun the same command to resume"
     )
+
+
+def _summarise(spec: SweepSpec, store_path: str | Path, storage: str | None, wandb: bool) -> None:
+    """One W&B run (job_type "sweep-summary") holding the whole sweep's table, once the sweep is complete."""
+    if not wandb:
+        return
+    import pandas as pd
+
+    try:
+        records = table(spec, store_path, storage).records()
+    except ValueError as err:  # the table cannot be read: the runs are stored, only the mirror is missing
+        log.warning("sweep %s: no W&B summary (%s)", spec.sweep.name, err)
+        return
+    config = {"kind": "grid" if spec.sweep.grid is not None else "study", "fields": spec.fields}
+    if spec.sweep.grid is not None:
+        config["points"] = len(spec.points())
+    else:
+        config["trials"] = spec.sweep.optuna.n_trials
+    Tracker(dir=Path(store_path).parent).sweep_summary(spec.sweep.name, pd.DataFrame(records), config)
 
 
 def _signal_name(number: int) -> str:
@@ -558,16 +626,70 @@ def _work(
     tracker = Tracker(dir=Path(store_path).parent) if wandb else None
     try:
         if url is None:
-            for i, point in enumerate(spec.points()):
-                if i % workers == worker:
-                    log.info("point %d: %s", i, point)
-                    runner.run_experiment(
-                        spec.experiment_for(point), store, force=force, tracker=tracker, progress=progress
-                    )
+            _grid(spec, store, worker, workers, force, tracker, progress)
             return
         _optimise(spec, store, url, worker, force, tracker, progress)
     finally:
         store.close()
+
+
+def _stored(exp: experiment.Experiment, store, force: bool) -> int | None:
+    """How many runs of ``exp`` the store already has when it has all of them (and not ``force``); else None."""
+    ids = [rid for _, rid in run_ids(exp)]
+    return len(ids) if not force and ids and all(store.has(rid) for rid in ids) else None
+
+
+def _run_point(exp, store, force: bool, tracker, progress: bool, what: str, context: dict) -> bool:
+    """Run one grid point or trial (an experiment); True when every run was already stored (reused)."""
+    reused = _stored(exp, store, force)
+    if reused is not None:
+        log.info("%s: reused (its %d run(s) are already stored)", what, reused)
+    else:
+        log.info("%s", what)
+    if tracker is not None:
+        tracker.context = context  # the sweep's point or trial in each run's config; one summary per sweep
+    # a reused point starts no bar of its own: nothing runs, so it would only show a meaningless rate
+    runner.run_experiment(exp, store, force=force, tracker=tracker, progress=progress and reused is None)
+    return reused is not None
+
+
+def _grid(spec: SweepSpec, store, worker: int, workers: int, force: bool, tracker, progress: bool) -> None:
+    points = spec.points()
+    reused = 0
+    for i, point in enumerate(points):
+        if i % workers != worker:
+            continue
+        context = {"name": spec.sweep.name, "kind": "grid", "point": i + 1, "points": len(points), "values": point}
+        text = f"point {i + 1}/{len(points)}: {point_label(point)}"
+        reused += _run_point(spec.experiment_for(point), store, force, tracker, progress, text, context)
+    if reused:
+        log.info("sweep %s: %d point(s) reused from the store", spec.sweep.name, reused)
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """``methods.toca.ratio=0.3, seeds=1``: numbers to at most 4 significant digits."""
+    return ", ".join(f"{k}={_short(v)}" for k, v in point.items())
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def rounded(study: Study, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as the sweep runs them: a float on a ``step`` grid without the binary noise
+    (0.30000000000000004 is 0.3), any other float to 3 significant digits (inside ``low``..``high``), so runs,
+    labels and tables show 0.437, not 0.43719283746151; trials that round alike share their runs."""
+    out = dict(params)
+    for path, value in params.items():
+        p = study.space.get(path)
+        if p is None or p.type != "float" or not isinstance(value, float):
+            continue
+        if p.step is not None:
+            value = p.low + round((value - p.low) / p.step) * p.step
+            out[path] = min(max(float(f"{value:.12g}"), p.low), p.high)
+        else:
+            out[path] = min(max(float(f"{value:.3g}"), p.low), p.high)
+    return out
 
 
 def _distributions(study: Study, only: str | None = None) -> dict:
@@ -734,23 +856,47 @@ def _optimise(spec: SweepSpec, store, url: str, worker: int, force: bool, tracke
     study = _study(spec, url, seed_offset=1000 * worker + len(study.trials))
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     distributions = _distributions(cfg)
+    reused = 0
     while True:
         with trial_lock(url, study.study_name):
             fail_stale_trials(study)
-            if len(study.get_trials(deepcopy=False, states=counted)) >= cfg.n_trials:
-                return
+            taken = len(study.get_trials(deepcopy=False, states=counted))
+            if taken >= cfg.n_trials:
+                break
             trial = study.ask(distributions)
+            position = taken + 1  # its place among the n_trials the study ends with
             trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
-        log.info("trial %d: %s", trial.number, trial.params)
-        try:
-            with _heartbeat(study, trial._trial_id):
-                exp = spec.experiment_for(trial.params)
-                runner.run_experiment(exp, store, force=force, tracker=tracker, progress=progress)
-                values = objective_values(spec, exp, store)
-        except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        study.tell(trial, values)
+            trial.set_user_attr("position", position)
+        reused = _trial(spec, study, trial, position, store, force, tracker, progress, reused)
+    if reused:
+        log.info("sweep %s: %d trial(s) reused stored runs", spec.sweep.name, reused)
+
+
+def _trial(spec: SweepSpec, study, trial, position: int, store, force: bool, tracker, progress: bool, reused: int):
+    """Run one asked trial and tell the study its objective values; the count of reused trials."""
+    import optuna
+
+    cfg = spec.sweep.optuna
+    try:
+        with _heartbeat(study, trial._trial_id):
+            params = rounded(cfg, trial.params)
+            exp = spec.experiment_for(params)
+            context = {
+                "name": spec.sweep.name,
+                "kind": "study",
+                "trial": position,
+                "trials": cfg.n_trials,
+                "optuna_trial": trial.number,
+                "values": params,
+            }
+            what = f"trial {position}/{cfg.n_trials} (optuna #{trial.number}): {point_label(params)}"
+            reused += _run_point(exp, store, force, tracker, progress, what, context)
+            values = objective_values(spec, exp, store)
+    except BaseException:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    study.tell(trial, values)
+    return reused
 
 
 def run_ids(exp: experiment.Experiment) -> list[tuple[str, str]]:
@@ -803,7 +949,8 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
 
     with Store(store_path, readonly=True) as store:  # a report never creates a store
         if spec.sweep.grid is not None:
-            points = [(str(i), point) for i, point in enumerate(spec.points())]
+            grid = spec.points()
+            points = [(f"{i + 1}/{len(grid)}", point) for i, point in enumerate(grid)]
         else:
             url = spec.storage_url(store_path, storage)
             try:
@@ -812,7 +959,11 @@ def table(spec: SweepSpec, store_path: str | Path, storage: str | None = None):
                     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             except KeyError:
                 raise ValueError(f"no study {spec.study_name()!r} in {url}; run `dsbench sweep` first") from None
-            points = [(str(t.number), t.params) for t in sorted(trials, key=lambda t: t.number)]
+            n = spec.sweep.optuna.n_trials
+            points = [
+                (f"{i + 1}/{max(n, len(trials))}", rounded(spec.sweep.optuna, t.params))
+                for i, t in enumerate(sorted(trials, key=lambda t: t.number))
+            ]
         found = []
         for key, point in points:
             exp = spec.experiment_for(point)

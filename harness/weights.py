@@ -448,7 +448,9 @@ def _install_missing(wanted: list[Target], cache_dir: Path | None) -> list[Path]
             flush=True,
         )
         steps = [(f"download {a.spec}", a) for a in downloads] + [(f"convert {t.key}", t) for t in todo]
-        with tqdm(steps, desc="dsbench weights", unit="step", file=sys.stderr) as bar:
+        with tqdm(
+            steps, desc="dsbench weights", unit="step", file=sys.stderr, disable=None
+        ) as bar:  # no frames in logs
             for what, item in bar:
                 bar.set_postfix_str(what)
                 needing = [t for t in todo if item in (t, t.archive)]

@@ -65,3 +65,19 @@ def _format_validation_error(method: str, config_cls: type[MethodConfig], err: p
         allowed = f" ({info.description})" if info is not None and info.description else ""
         lines.append(f"{method}: parameter {field_name!r} = {show(e.get('input'))} is invalid: {e['msg']}{allowed}")
     return one_line("; ".join(lines))
+
+
+# model families a method runs on (``dsbench.models``: dit, pixart, flux, wan); a method class may say so itself
+# with a ``families`` attribute. Elsewhere it is skipped at run time with its reason (core.NotApplicable).
+ALL_FAMILIES = ("dit", "pixart", "flux", "wan")
+APPLIES_TO = {
+    "cat": ("dit", "pixart"),  # BasicTransformerBlock models
+    "dato": ("dit", "pixart"),  # BasicTransformerBlock models
+    "sparsedit": ("dit",),  # transforms a DiTTransformer2DModel
+}
+
+
+def families(name: str) -> tuple[str, ...]:
+    """The model families method ``name`` applies to."""
+    cls = method_class(name)
+    return tuple(getattr(cls, "families", None) or APPLIES_TO.get(name, ALL_FAMILIES))

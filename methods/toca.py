@@ -175,3 +175,71 @@ class Toca(Method):
             return FULL
         k = ratio_to_count(self.fresh_ratio(i, layer), self.run.n_tokens(layer))
         return topk(k) if k > 0 else REUSE
+
+    @classmethod
+    def explain_schedule(cls, run: dict) -> str | None:
+        """A human-readable note on where this run's full steps are and why, for the report (None where the
+        schedule is the plain every-N-th step). ``run``: a stored row — ``family``, ``steps`` and the resolved
+        ``config`` (interval, threshold_rule, warmup) the runner records."""
+        config = run.get("config") if isinstance(run.get("config"), dict) else {}
+        family, steps = run.get("family"), run.get("steps")
+        if cls is not Toca or not family or not steps or not config.get("interval"):
+            return None  # DuCa and other subclasses have their own step types
+        rule = config.get("threshold_rule") or ("per_layer" if family == "dit" else "per_step")
+        return schedule_note(family, int(config["interval"]), int(steps), rule, int(config.get("warmup") or 3))
+
+
+# -- human-readable explanation of the full-step rule (read by dsbench.report's leaderboard notes) -------------
+def full_steps(
+    family: str, interval: int, num_steps: int, rule: str = "per_layer", warmup: int = 3
+) -> tuple[list[int], list[int]]:
+    """The steps the full-step rule makes full, without running a model: (full steps, steps full at layer 0 only
+    — the per-layer θ update of the reference code changes θ inside block 0, so the later blocks of such a step
+    read the new θ and are partial)."""
+    if family == "flux":
+        return [i for i in range(num_steps) if i < warmup or (i - (warmup - 1)) % interval == 0], []
+    theta, full, layer0 = interval, [], []
+    for i in range(num_steps):
+        s = num_steps - 1 - i if family == "dit" else i
+        if not (i == 0 or s % theta == 0):
+            continue
+        theta = refresh_interval(family, interval, num_steps, s)
+        if rule == "per_layer" and i != 0 and s % theta != 0:
+            layer0.append(i)  # full at block 0 (old θ), partial from block 1 on (new θ)
+        else:
+            full.append(i)
+    return full, layer0
+
+
+def schedule_note(family: str, interval: int, num_steps: int, rule: str = "per_layer", warmup: int = 3) -> str | None:
+    """Why ToCa's full steps are where they are, in words, where they differ from the naive every-N-th step
+    (0, N, 2N, ...); None where they do not (FLUX's counter) — the leaderboard prints it under the table."""
+    full, layer0 = full_steps(family, interval, num_steps, rule, warmup)
+    if full == list(range(0, num_steps, interval)) and not layer0:
+        return None
+    if family == "dit":
+        weight = (
+            "the step weight 1.4 − 0.8·s/T rises from 0.6 to 1.4 as the counter s = T−1−i counts down "
+            "(θ = 2 for s in [0.2T, 0.4T))"
+        )
+    elif family == "flux":
+        weight = f"a warm-up: the first {warmup} calls are full, then every N-th call"
+    else:
+        weight = "the step weight 0.8 + 0.4·i/T rises from 0.8 to 1.2 over the steps"
+    rule_text = (
+        f"the authors' step-weighted interval: at each full step the gap to the next is θ = round(N / weight), and "
+        f"{weight}, so full steps are sparse early and dense toward the end"
+        if family != "flux"
+        else weight
+    )
+    only = (
+        f"; θ changes inside block 0 (the reference's per-layer update), so step(s) {', '.join(map(str, layer0))} "
+        "are full at layer 0 only"
+        if layer0
+        else ""
+    )
+    return (
+        f"full steps follow {rule_text}: interval={interval} over {num_steps} steps gives "
+        f"[{', '.join(map(str, full))}] rather than {', '.join(map(str, range(0, 3 * interval, interval)))}, …{only} "
+        "(docs/methods/toca.md)"
+    )

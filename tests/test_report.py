@@ -339,3 +339,152 @@ def test_paper_tables_without_analogue_say_why(store):
     for layout in ("table3", "table9"):
         notes = report.paper_table(store.frame(), layout).notes
         assert any(n.startswith("No embedded analogue: the embedded model zoo has no") for n in notes)
+
+
+# ------------------------------------------------------------------------------------------- LaTeX (issue 22)
+
+
+def _latex_store(tmp_path):
+    """full (PSNR = inf against itself), a ToCa run on DiT (its schedule needs explaining) and an off-budget FORA
+    run whose note has Markdown backticks and LaTeX specials."""
+    store = Store(tmp_path / "tex.db")
+    dit = {"model": "mnist-dit", "experiment": "quickstart"}
+    store.put(run_row("f", "full", 0, **dit, budget=0.5, psnr=float("inf"), lpips_alex=0.0, family="dit"))
+    store.put(
+        run_row(
+            "t",
+            "toca",
+            0,
+            **dit,
+            budget=0.5,
+            macs_ratio=0.5,
+            tuned={"ratio": 0.13},
+            psnr=33.0,
+            lpips_alex=0.1,
+            family="dit",
+            config={"interval": 3, "ratio": 0.13, "threshold_rule": "per_layer", "warmup": None},
+            full_steps=[0, 7, 10, 13, 15, 17, 19],
+        )
+    )
+    store.put(
+        run_row(
+            "o",
+            "fora",
+            0,
+            **dit,
+            params={"interval": 3},
+            budget=0.5,
+            macs_ratio=0.34,
+            psnr=30.0,
+            lpips_alex=0.2,
+            family="dit",
+            config={"interval": 3},
+            budget_note="`interval` is an integer & 100 % of 50_000 #steps: nearest ~0.34",
+        )
+    )
+    return store
+
+
+def _tabular_spec(tex: str) -> str:
+    return tex.split(r"\begin{tabular}{", 1)[1].split("}", 1)[0]
+
+
+def test_latex_booktabs_escaped_aligned_infinity_and_notes_below(tmp_path):
+    with _latex_store(tmp_path) as store:
+        table = report.leaderboard(store.frame(), metrics=["psnr"])
+    tex = report.write(table, "tex")
+    assert tex.isascii()  # every Unicode symbol mapped: compiles with plain pdflatex
+    assert "`" not in tex  # Markdown backticks became \texttt
+    assert r"\texttt{full}" in tex and r"\texttt{interval}" in tex
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert tex.count(rule) == 1
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule") < tex.index(r"\end{tabular}")
+    # text columns left, numbers right
+    headers, spec = table.headers("tex"), _tabular_spec(tex)
+    assert len(spec) == len(headers)
+    align = dict(zip(headers, spec))
+    assert (align["Model"], align["Method"], align["Tuned"], align["At budget"]) == ("l", "l", "l", "l")
+    assert (align["Rank"], align["MAC ratio"], align["Speedup"], align["psnr"], align["Seeds"]) == ("r",) * 5
+    # inf as $\infty$, never "inf"
+    body = tex[tex.index(r"\midrule") : tex.index(r"\bottomrule")]
+    full = next(line for line in body.splitlines() if " & full & " in line)
+    assert r"$\infty$" in full and "inf " not in full.replace(r"\infty", "")
+    # notes: a footnote-size list after the tabular, every item escaped, sections as nested lists
+    notes = tex[tex.index(r"\end{tabular}") : tex.index(r"\end{table}")]
+    assert r"\footnotesize" in notes and notes.count(r"\begin{itemize}") == notes.count(r"\end{itemize}") >= 2
+    assert r"\item{} \textit{Off budget (\textgreater{} 2 \%): why}" in notes
+    assert r"\& 100 \% of 50\_000 \#steps: nearest \textasciitilde{}0.34" in notes
+    assert r"\item{} {}[low, high]" in notes  # a leading "[" cannot be read as \item's optional argument
+    assert tex.count("{") == tex.count("}")
+
+
+def test_latex_escapes_every_text_cell_and_the_title():
+    table = report.Table(
+        "R&D 50% #1_a",
+        [report.Column("Name", report.text), report.Column("Value", report.fixed(2))],
+        [["a_b & c%", 1.0], ["[x] ~y^", float("-inf")], ["z", None]],
+        ["see `code_here` & 5 % more"],
+    )
+    tex = report.to_latex(table)
+    assert r"\caption{R\&D 50\% \#1\_a}" in tex
+    assert r"a\_b \& c\% & 1.00 \\" in tex
+    assert r"{}[x] \textasciitilde{}y\textasciicircum{} & $-\infty$ \\" in tex
+    assert r"z & --- \\" in tex
+    assert r"\item{} see \texttt{code\_here} \& 5 \% more" in tex
+    assert _tabular_spec(tex) == "lr"
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None, reason="no pdflatex on this machine")
+def test_latex_table_compiles(tmp_path):
+    import subprocess
+
+    with _latex_store(tmp_path) as store:
+        tex = report.write(report.leaderboard(store.frame(), metrics=["psnr"]), "tex")
+    document = tmp_path / "t.tex"
+    document.write_text(
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        f"\\begin{{document}}\n\\resizebox{{\\textwidth}}{{!}}{{x}}\n{tex}\\end{{document}}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+# ------------------------------------------------------------------------------------ schedule notes (ToCa)
+
+
+def test_leaderboard_explains_tocas_full_steps_on_dit(tmp_path):
+    with _latex_store(tmp_path) as store:
+        table = report.leaderboard(store.frame())
+    md = report.write(table, "md")
+    section = md[md.index("Schedules that may surprise: why") :]
+    toca = next(line for line in section.splitlines() if line.startswith("- ToCa on mnist-dit (dit):"))
+    assert "step-weighted interval" in toca and "sparse early and dense toward the end" in toca
+    assert "interval=3 over 20 steps gives [0, 7, 10, 13, 15, 17, 19] rather than 0, 3, 6" in toca
+    assert "step(s) 4 are full at layer 0 only" in toca
+    assert [line for line in section.splitlines() if line.startswith("- ")] == [toca]  # fora, full: no surprise
+    tex = report.write(table, "tex")
+    assert r"ToCa on mnist-dit (dit): full steps follow the authors' step-weighted interval" in tex
+
+
+def test_toca_full_steps_rule_matches_the_documented_schedules():
+    from dsbench.methods import toca
+
+    assert toca.full_steps("dit", 3, 20) == ([0, 7, 10, 13, 15, 17, 19], [4])
+    assert toca.full_steps("dit", 3, 50) == (  # docs/methods/toca.md, DDIM-50
+        [0, 5, 9, 13, 19, 22, 25, 28, 31, 33, 35, 37, 39, 41, 43, 45, 47, 49],
+        [4, 17],
+    )
+    assert toca.full_steps("pixart", 3, 20, "per_step") == ([0, 4, 6, 9, 12, 15, 18], [])
+    assert toca.schedule_note("pixart", 3, 20, "per_step").count("[0, 4, 6, 9, 12, 15, 18]") == 1
+    assert toca.full_steps("flux", 4, 12, "per_step", warmup=1) == ([0, 4, 8], [])
+    assert toca.schedule_note("flux", 4, 12, "per_step", warmup=1) is None  # the plain every-N-th step
+    assert toca.Toca.explain_schedule({"family": "dit", "steps": 20, "config": {"interval": 3}}) is not None
+    from dsbench.methods.duca import Duca
+
+    assert Duca.explain_schedule({"family": "dit", "steps": 20, "config": {"interval": 3}}) is None

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from dsbench.shard import Shard
 from dsbench.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = """
 name: shard
 models: [mnist-dit]
@@ -45,8 +44,7 @@ MEASURED = {
 def _run(tmp_path: Path, name: str, launch: list[str]) -> tuple[dict, Path]:
     folder = tmp_path / name
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
+        **os.environ,  # the same dsbench as this process (the installed package, or PYTHONPATH)
         "WANDB_MODE": "offline",
         "OMP_NUM_THREADS": "1",
         "DSBENCH_CACHE": str(folder / "cache"),

@@ -188,10 +188,102 @@ def test_field_paths_reach_method_params_overrides_and_list_fields(tmp_path):
             },
         )
     )
-    exp = spec.experiment_for(spec.points()[0])
+    baseline, point = spec.points()  # full (no axis of its own) once, toca once per point of its axes
+    assert baseline == {"seeds": 1, "eval.size": 3}
+    exp = spec.experiment_for(point)
     assert exp.name == "s" and exp.seeds == [1] and exp.eval.size == 3
-    assert exp.methods[1].params_for("mnist-dit") == {"interval": 2, "ratio": 0.3, "bonus": 0.5}
-    assert exp.methods[0].params == {}
+    assert [m.name for m in exp.methods] == ["toca"]
+    assert exp.methods[0].params_for("mnist-dit") == {"interval": 2, "ratio": 0.3, "bonus": 0.5}
+    full = spec.experiment_for(baseline)
+    assert [m.name for m in full.methods] == ["full"] and full.methods[0].params == {} and full.seeds == [1]
+
+
+# -- grid semantics: each method its own grid; numbered points; reused points --------------------------------------
+TWO_METHODS = {**BASE, "methods": [{"name": "full"}, {"name": "toca"}, {"name": "fora"}]}
+
+
+def test_axes_of_two_methods_vary_independently(tmp_path):
+    grid = {"methods.toca.ratio": [0.2, 0.4, 0.6], "methods.fora.interval": [2, 3], "seeds": [0, 1]}
+    spec = sweep.load(_write(tmp_path / "two.yaml", {"experiment": TWO_METHODS, "grid": grid}))
+    points = spec.points()
+    # full: once per seed; toca: its 3 ratios x 2 seeds; fora: its 2 intervals x 2 seeds (not 3 x 2 x 2 of each)
+    assert len(points) == 2 + 6 + 4
+    runs: dict[str, list] = {}
+    for point in points:
+        exp = spec.experiment_for(point)
+        assert len(exp.methods) == 1 and exp.seeds == [point["seeds"]]
+        (entry,) = exp.methods
+        assert set(point) - {"seeds"} == {p for p in grid if p.startswith(f"methods.{entry.name}.")}
+        runs.setdefault(entry.name, []).append((entry.params, exp.seeds))
+        if entry.name == "toca":  # toca never runs once per value of fora's interval (nor fora per ratio)
+            assert entry.params == {"ratio": point["methods.toca.ratio"]}
+        elif entry.name == "fora":
+            assert entry.params == {"interval": point["methods.fora.interval"]}
+    assert {k: len(v) for k, v in runs.items()} == {"full": 2, "toca": 6, "fora": 4}
+    ids = [rid for point in points for _, rid in sweep.run_ids(spec.experiment_for(point))]
+    assert len(ids) == len(set(ids)) == 12  # no run twice
+
+    # without method axes every point runs every method; by position and by name reach the same entry
+    plain = sweep.load(_write(tmp_path / "plain.yaml", {"experiment": TWO_METHODS, "grid": {"seeds": [0, 1]}}))
+    assert [[m.name for m in plain.experiment_for(p).methods] for p in plain.points()] == [["full", "toca", "fora"]] * 2
+    mixed = {"methods.1.ratio": [0.2, 0.4], "methods.toca.interval": [2]}
+    spec = sweep.load(_write(tmp_path / "mixed.yaml", {"experiment": TWO_METHODS, "grid": mixed}))
+    assert [[m.name for m in spec.experiment_for(p).methods] for p in spec.points()] == [["full", "fora"]] + [
+        ["toca"]
+    ] * 2
+
+
+def test_grid_points_are_numbered_and_a_stored_point_is_reused(tmp_path, caplog):
+    grid = {"methods.toca.ratio": [0.3, 0.6], "methods.fora.interval": [2]}
+    base = {**BASE, "methods": [{"name": "toca"}, {"name": "fora"}]}
+    spec = sweep.load(_write(tmp_path / "g.yaml", {"experiment": base, "grid": grid}))
+    store = tmp_path / "r.db"
+    with caplog.at_level("INFO", logger="dsbench.sweep"):
+        sweep.run(spec, store, wandb=False, progress=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "dsbench.sweep"]
+    assert said == [
+        "point 1/3: methods.toca.ratio=0.3",
+        "point 2/3: methods.toca.ratio=0.6",
+        "point 3/3: methods.fora.interval=2",
+    ]
+    with sqlite3.connect(store) as conn:
+        assert _count(conn) == 3  # one run per point: no duplicates across the two methods' axes
+    table = sweep.table(spec, store)
+    records = table.records()
+    assert [r["point"] for r in records] == ["1/3", "2/3", "3/3"]
+    assert [r["label"].split("_")[0] for r in records] == ["toca", "toca", "fora"]
+    assert [r["methods.toca.ratio"] for r in records] == [0.3, 0.6, None]
+    assert [r["methods.fora.interval"] for r in records] == [None, None, 2]
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dsbench.sweep"):
+        sweep.run(spec, store, wandb=False, progress=False)
+    said = [r.getMessage() for r in caplog.records if r.name == "dsbench.sweep"]
+    assert said == [
+        "point 1/3: methods.toca.ratio=0.3: reused (its 1 run(s) are already stored)",
+        "point 2/3: methods.toca.ratio=0.6: reused (its 1 run(s) are already stored)",
+        "point 3/3: methods.fora.interval=2: reused (its 1 run(s) are already stored)",
+        "sweep g: 3 point(s) reused from the store",
+    ]
+
+
+def test_study_parameters_are_rounded():
+    study = sweep.Study(
+        space={
+            "a": {"type": "float", "low": 0.1, "high": 0.9},
+            "b": {"type": "float", "low": 0.1, "high": 0.9, "step": 0.1},
+            "c": {"type": "int", "low": 1, "high": 6},
+            "d": {"type": "categorical", "choices": [0.123456789, "x"]},
+            "e": {"type": "float", "low": 0.1234, "high": 0.5},
+        },
+        objectives=[{"metric": "psnr", "direction": "maximize"}],
+        n_trials=1,
+    )
+    got = sweep.rounded(
+        study, {"a": 0.43719283746151, "b": 0.30000000000000004, "c": 3, "d": 0.123456789, "e": 0.12341}
+    )
+    assert got == {"a": 0.437, "b": 0.3, "c": 3, "d": 0.123456789, "e": 0.1234}
+    assert sweep.point_label(got) == "a=0.437, b=0.3, c=3, d=0.1235, e=0.1234"
 
 
 def test_pareto_mask():
@@ -208,12 +300,12 @@ def test_grid_killed_with_sigkill_resumes_to_the_uninterrupted_table(tmp_path):
     whole = tmp_path / "whole" / "r.db"
     sweep.run(spec, whole, wandb=False, progress=False)
     expected = sweep.table(spec, whole)
-    assert [row[:2] for row in expected.rows] == [["0", 0.2], ["1", 0.4], ["2", 0.6], ["3", 0.8]]
+    assert [row[:2] for row in expected.rows] == [["1/4", 0.2], ["2/4", 0.4], ["3/4", 0.6], ["4/4", 0.8]]
     assert "methods.toca.ratio" in [c.header for c in expected.columns]
 
     killed = tmp_path / "killed" / "r.db"
     cmd = [sys.executable, "-m", "dsbench.cli", "sweep", str(path), "--store", str(killed), "--no-wandb"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # the same dsbench as this process (the installed package, or PYTHONPATH)
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rows = 0
@@ -275,7 +367,7 @@ def test_two_workers_complete_n_trials_and_a_dead_workers_trial_is_asked_again(t
     with sqlite3.connect(store) as conn:
         assert _count(conn) == len(ratios)  # trials with the same parameters share one run row
     table = sweep.table(spec, store)
-    assert [row[0] for row in table.rows] == ["0", "1", "2", "3", "4"]
+    assert [row[0] for row in table.rows] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
     pareto = [row[-1] == "yes" for row in table.rows]
     values = [[t.values[0], t.values[1]] for t in sorted(trials, key=lambda t: t.number)]
     assert pareto == sweep.pareto_mask(values, ["maximize", "minimize"]) and any(pareto)
@@ -426,7 +518,9 @@ def test_search_space_optuna_would_reject_or_alter_is_a_load_error(tmp_path):
 
 def test_worker_error_of_the_sweep_is_one_line_from_every_worker(tmp_path):
     """An error each worker meets at run time (a missing prompt file) ends the sweep with that one line."""
-    base = {**BASE, "eval": {"set": "prompts", "prompts": "missing-prompts.txt", "size": 2}}
+    # a text-conditional model: prompts are refused on a class-conditional one before any work
+    missing = {"set": "prompts", "prompts": "missing-prompts.txt", "size": 2}
+    base = {**BASE, "models": ["shapes-pixart"], "eval": missing}
     path = _write(tmp_path / "grid.yaml", {"experiment": base, "grid": {"methods.toca.ratio": [0.2, 0.4]}})
     proc = subprocess.run(
         [
@@ -444,7 +538,7 @@ def test_worker_error_of_the_sweep_is_one_line_from_every_worker(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=os.environ,
         timeout=300,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -477,9 +571,7 @@ def _sweep_and_kill(
     ``max_complete`` is None, at most that many trials are complete, so survivors cannot have finished)."""
     out, err = cwd / "sweep.out", cwd / "sweep.err"  # files, not pipes: a full pipe would stall the workers
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(
-            cmd, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=stdout, stderr=stderr, text=True
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, env=os.environ, stdout=stdout, stderr=stderr, text=True)
         killed = []
         try:
             while not killed and proc.poll() is None:
@@ -541,9 +633,7 @@ def test_killed_worker_is_reported_in_one_line_and_the_study_completes_or_resume
     assert lines[-1].startswith("dsbench sweep: error: sweep study: worker ")
     assert lines[-1].endswith("rerun the same command to resume")
     assert re.search(r"; [34] of 6 trials complete \(every finished run is in ", lines[-1]), lines[-1]
-    rerun = subprocess.run(
-        cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600
-    )
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 6 and rerun.stdout.count("| mnist-dit |") == 6

@@ -174,7 +174,8 @@ def run(path: str | Path, only: list[str] | None = None) -> list[Path]:
     written = []
     shown = _relative(Path(path))  # the recorded command must not name this machine's folders
     for j, (entry, config) in enumerate(todo, 1):
-        print(f"[{j}/{len(todo)}] {entry.model} → {entry.out}", flush=True)
+        budget = f", {entry.minutes:g} min budget" if entry.minutes else ""
+        print(f"{shown.stem}: schedule {j}/{len(todo)}: {entry.model} → {entry.out}{budget}", flush=True)
         command = f"dsbench train diffsparse {shown} --only {entry.out}"
         config = _resolve_budget(entry, config)
         written.append(

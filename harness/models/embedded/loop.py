@@ -209,7 +209,9 @@ class Loop:
                 if deadline is None
                 else min(deadline, self.started + 60 * self.minutes)
             )
-        bar = tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True, disable=not self.bar)
+        bar = tqdm(
+            total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True, disable=None if self.bar else True
+        )  # None: off when not a terminal
         stopped = False
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         try:
