@@ -123,7 +123,9 @@ def test_run_payload_read_back_from_the_offline_files(tmp_path, monkeypatch):
     tracker.context = None
     assert tracker.summary("exp", pd.DataFrame([row]))
 
-    run, summary = read_runs(tmp_path / "wb")
+    # folders are named by start second and a random id: tell the two runs apart by their job type
+    by_type = {r["job_type"]: r for r in read_runs(tmp_path / "wb")}
+    run, summary = by_type["run"], by_type["experiment-summary"]
     assert run["name"] == "diffsparse_schedule-r43" and run["group"] == "exp" and run["job_type"] == "run"
     assert set(run["tags"]) == {"family:dit", "model:mnist-dit", "method:diffsparse", "budget:0.5", "sweep:sw"}
     assert run["config"]["run_id"] == row["run_id"] and run["config"]["budget_macs_ratio"] == 0.5
