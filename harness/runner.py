@@ -1,4 +1,4 @@
-"""Run an experiment: per (model, method, seed) one measured run, stored as one row (DESIGN §2, §6, §7).
+"""Run an experiment: per (model, method, seed) one measured run, stored as one row (docs/architecture.md).
 
 For each model: the teacher (uncached pipeline, same seeds and conditions) comes once from the teacher
 cache; the MACs of ``full`` are measured once. For each method: with a budget, its ``budget_field`` is
