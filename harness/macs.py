@@ -99,52 +99,39 @@ def _delta_percent(ours: float, published: float) -> float:
     return round(100.0 * (ours - published) / published, 2)
 
 
+def _counted(model: str, name: str, params: dict, steps: int, published: float) -> tuple[dict, float]:
+    """One published number next to the MACs the executor counts at its stated setting: (row, T MACs unrounded)."""
+    result = architecture_macs(model, methods.build(name, **params), steps=steps)
+    ours = result["macs"] / 1e12
+    row = {
+        "model": model,
+        "method": name,
+        "params": params,
+        "steps": steps,
+        "cfg_counted": result["cfg_counted"],
+        "dsbench_T": round(ours, 4),
+        "published_T": published,
+        "delta_published_pct": _delta_percent(ours, published),
+    }
+    return row, ours
+
+
 def calibration_rows() -> list[dict]:
     """Every calibration row recomputed by the executor, next to its expected and published value."""
-
     rows = []
     for model, name, params, steps, expected, published, note in CALIBRATION:
-        result = architecture_macs(model, methods.build(name, **params), steps=steps)
-        ours = result["macs"] / 1e12
-        rows.append(
-            {
-                "model": model,
-                "method": name,
-                "params": params,
-                "steps": steps,
-                "cfg_counted": result["cfg_counted"],
-                "dsbench_T": round(ours, 4),
-                "expected_T": expected,
-                "published_T": published,
-                "delta_published_pct": _delta_percent(ours, published),
-                "note": note,
-                "within_tolerance": abs(ours - expected) <= CALIBRATION_TOLERANCE,
-            }
-        )
+        row, ours = _counted(model, name, params, steps, published)
+        row.update(expected_T=expected, note=note, within_tolerance=abs(ours - expected) <= CALIBRATION_TOLERANCE)
+        rows.append(row)
     return rows
 
 
 def unreproduced_rows() -> list[dict]:
     """The published numbers no stated setting reproduces, each counted at that setting, with the reason."""
-
-    rows = []
-    for model, name, params, steps, published, why in UNREPRODUCED:
-        result = architecture_macs(model, methods.build(name, **params), steps=steps)
-        ours = result["macs"] / 1e12
-        rows.append(
-            {
-                "model": model,
-                "method": name,
-                "params": params,
-                "steps": steps,
-                "cfg_counted": result["cfg_counted"],
-                "dsbench_T": round(ours, 4),
-                "published_T": published,
-                "delta_published_pct": _delta_percent(ours, published),
-                "why": why,
-            }
-        )
-    return rows
+    return [
+        {**_counted(model, name, params, steps, published)[0], "why": why}
+        for model, name, params, steps, published, why in UNREPRODUCED
+    ]
 
 
 def embedded_architecture(model: str) -> tuple[Architecture, torch.nn.Module]:
