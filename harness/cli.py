@@ -15,7 +15,18 @@ from pathlib import Path
 
 import yaml
 
-from dsbench import experiment, macs, methods, quickstart, report, reproduce, schema_docs, sweep, weights
+from dsbench import (
+    experiment,
+    macs,
+    magcache_calibration,
+    methods,
+    quickstart,
+    report,
+    reproduce,
+    schema_docs,
+    sweep,
+    weights,
+)
 from dsbench import store as stores
 from dsbench.methods.base import families, method_class
 from dsbench.metrics.errors import MetricUnavailable
@@ -189,6 +200,15 @@ def cmd_weights(args) -> int:
     except weights.WeightsError as err:
         print(f"dsbench weights: error: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """MagCache's calibration run: per-step residual magnitude ratios of one plain run of the model."""
+    out = output_file(args.out, "--out") if args.out else magcache_calibration.default_path(args.model)
+    record = magcache_calibration.calibrate(args.model, steps=args.steps, seed=args.seed)
+    magcache_calibration.write(record, out)
+    print(f"wrote {out}: {record['steps']} steps on {record['machine']}")
     return 0
 
 
@@ -629,6 +649,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="with --calibration: also write the table to this file")
     p.set_defaults(func=cmd_macs)
+
+    p = sub_parser(
+        sub,
+        "calibrate",
+        "calibration runs a method needs: magcache's per-step residual magnitude ratios of a model",
+        ["dsbench calibrate magcache --model mnist-dit", "dsbench calibrate magcache --model flux-dev --steps 28"],
+    )
+    p.add_argument("method", choices=["magcache"], help="the method to calibrate: magcache")
+    p.add_argument(
+        "--model", required=True, choices=zoo.available(), metavar="MODEL", help=f"one of {', '.join(zoo.available())}"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="sampler steps, >= 1 (default: the model's own setting)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration image (default 0)")
+    p.add_argument("--out", help="the JSON file to write (default: results/magcache/MODEL/ratios.json)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub_parser(sub, "models", "list the model zoo: embedded models and hub checkpoints", ["dsbench models"])
     p.set_defaults(func=cmd_models)

@@ -101,19 +101,25 @@ class DirectiveKind(enum.Enum):
     NORMAL = "normal"
     REUSE_OUTPUT = "reuse_output"
     BLOCK_RESIDUAL = "block_residual"
+    PROBE = "probe"
 
 
 @dataclass(frozen=True)
 class Directive:
-    """Step-level override of the per-layer grid (docs/concepts.md#step-directives)."""
+    """Step-level override of the per-layer grid (docs/concepts.md#step-directives).
+
+    PROBE(front, back) is decided at run time: the engine computes a signal, hands it to
+    ``Method.reuse_after_probe`` and runs the step as BLOCK_RESIDUAL(front, back) when the method answers
+    True, else as NORMAL; reports show the step under the directive it became.
+    """
 
     kind: DirectiveKind
-    front: int = 0  # BLOCK_RESIDUAL: blocks computed at the start (Fn)
-    back: int = 0  # BLOCK_RESIDUAL: blocks computed at the end (Bn)
+    front: int = 0  # BLOCK_RESIDUAL / PROBE: blocks computed at the start (Fn)
+    back: int = 0  # BLOCK_RESIDUAL / PROBE: blocks computed at the end (Bn)
 
     def __str__(self) -> str:
-        if self.kind is DirectiveKind.BLOCK_RESIDUAL:
-            return f"BLOCK_RESIDUAL({self.front},{self.back})"
+        if self.kind in (DirectiveKind.BLOCK_RESIDUAL, DirectiveKind.PROBE):
+            return f"{self.kind.name}({self.front},{self.back})"
         return self.kind.name
 
 
@@ -123,6 +129,15 @@ REUSE_OUTPUT = Directive(DirectiveKind.REUSE_OUTPUT)
 
 def block_residual(front: int, back: int) -> Directive:
     return Directive(DirectiveKind.BLOCK_RESIDUAL, front=int(front), back=int(back))
+
+
+def probe(front: int, back: int) -> Directive:
+    """A step that decides at run time between NORMAL and BLOCK_RESIDUAL(front, back) (adaptive caches).
+
+    The signal: with front = 0, the image-token rows of the first layer's input (the first block's
+    timestep-modulated input, TeaCache); with front >= 1, the image hidden states entering block ``front``
+    minus those entering block 0 (the residual of the first Fn blocks, First-Block Cache / DBCache)."""
+    return Directive(DirectiveKind.PROBE, front=int(front), back=int(back))
 
 
 @dataclass(frozen=True)
@@ -231,6 +246,12 @@ class Method:
 
     def decide(self, i: int, layer: Layer) -> Decision:
         return FULL
+
+    def reuse_after_probe(self, i: int, signal: torch.Tensor, branch: str) -> bool:
+        """A PROBE step's answer, given its signal (``core.probe``): True reuses the cached residual of the
+        blocks between front and back, False computes the step. ``branch`` names the stream of calls
+        (separate CFG passes each probe; docs/concepts.md#classifier-free-guidance)."""
+        raise NotImplementedError(f"{self.name} returns a PROBE directive but defines no reuse_after_probe")
 
     def may_topk(self, layer: Layer) -> bool:
         """Whether ``decide`` can return TOPK at this layer in the current run. False lets the engine

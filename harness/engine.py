@@ -31,6 +31,7 @@ from dsbench.accounting import FIXED, MacCounter
 from dsbench.adapters import adapter_for
 from dsbench.core import (
     FULL,
+    NORMAL,
     REUSE,
     AttentionKeys,
     CallInfo,
@@ -45,6 +46,7 @@ from dsbench.core import (
     RunInfo,
     Schedule,
     Selection,
+    block_residual,
     gather_rows,
     scatter_rows,
     set_instance_attr,
@@ -58,6 +60,10 @@ from dsbench.scores import (
     SELF_VALUES,
     ScoreContext,
 )
+
+
+class _ProbeReuse(Exception):
+    """Raised by the first layer's PROBE when the method reuses: unwinds block 0's body to run_block."""
 
 
 def block_runs(directive: Directive, block: int, num_blocks: int) -> bool:
@@ -212,8 +218,16 @@ class Engine:
 
     def _plan_step(self, i: int) -> tuple[Directive, list[Decision]]:
         directive = self.method.begin_step(i)
-        if i == 0 and directive.kind is not DirectiveKind.NORMAL:
+        if i == 0 and directive.kind not in (DirectiveKind.NORMAL, DirectiveKind.PROBE):
             raise RuntimeError(f"{self.method.name}: step 0 must be a NORMAL step (caches are empty), got {directive}")
+        if directive.kind is DirectiveKind.PROBE and (
+            (directive.front, directive.back) not in self.method.residual_spans
+            or directive.front + directive.back >= self.num_blocks
+        ):
+            raise RuntimeError(
+                f"{self.method.name}: {directive} needs (front, back) in its residual_spans and front + back "
+                f"below the model's {self.num_blocks} blocks"
+            )
         decisions = []
         for layer in self.layers:
             # decisions apply in the blocks a step computes; a skipped block's layers are reported as REUSE
@@ -313,6 +327,13 @@ class Engine:
         if not isinstance(h, LayerInput):
             h = LayerInput.of(h)
         state = self._live()
+        directive = state.steps[-1].directive
+        if ell == 0 and directive.kind is DirectiveKind.PROBE and directive.front == 0:
+            signal = h.full()
+            if self.layers[0].tokens == "joint":  # [text; image]: the image rows
+                signal = signal[:, state.call.n_text :]
+            if self._probe(state, signal):
+                raise _ProbeReuse  # caught by run_block of block 0, which adds the cached residual
         d = state.steps[-1].decisions[ell]
         layer = self.layers[ell]
         normal = state.steps[-1].directive.kind is DirectiveKind.NORMAL
@@ -505,29 +526,64 @@ class Engine:
         ``as_output`` turns such a tuple into the block's return value and ``body`` runs the block.
         """
         state = self._live()
-        directive = state.steps[-1].directive
+        record = state.steps[-1]
+        if record.directive.kind is DirectiveKind.PROBE and b == record.directive.front > 0:
+            self._probe(state, state_in[-1] - state.block_inputs[0][-1])  # every adapter's state ends with the image
+        directive = record.directive
         last = self.num_blocks - 1
         if directive.kind is DirectiveKind.REUSE_OUTPUT:
             if state.last_output is None:
                 raise RuntimeError(f"{self.method.name}: REUSE_OUTPUT before any computed step")
             return state.last_output if b == last else as_output(state_in)
         if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
-            front, back = directive.front, directive.back
             if not block_runs(directive, b, self.num_blocks):
-                if b != front:
-                    return as_output(state_in)
-                residual = state.residual.get((front, back))
-                if residual is None:
-                    raise RuntimeError(f"{self.method.name}: BLOCK_RESIDUAL({front},{back}) before any refresh")
-                return as_output(tuple(x + r for x, r in zip(state_in, residual)))
-        elif self.method.residual_spans:  # NORMAL step of a method that may skip blocks later
+                return self._add_residual(state, directive, b, state_in, as_output)
+        elif self.method.residual_spans:  # NORMAL (or PROBE) step of a method that may skip blocks later
             state.block_inputs[b] = state_in
-        out = body()
+        try:
+            out = body()
+        except _ProbeReuse:  # the first layer's probe chose BLOCK_RESIDUAL(0, back): block 0 is skipped
+            return self._add_residual(state, record.directive, b, state_in, as_output)
         if b == last:
             state.last_output = out
-            if directive.kind is DirectiveKind.NORMAL and self.method.residual_spans:
+            if record.directive.kind is DirectiveKind.NORMAL and self.method.residual_spans:
                 self._store_residuals(state, self.adapter.output_state(out))
         return out
+
+    def _add_residual(self, state: BranchState, directive: Directive, b: int, state_in: tuple, as_output):
+        """A block BLOCK_RESIDUAL skips: the first one adds the cached residual, the others pass their input on."""
+        front, back = directive.front, directive.back
+        if b != front:
+            return as_output(state_in)
+        residual = state.residual.get((front, back))
+        if residual is None:
+            raise RuntimeError(f"{self.method.name}: BLOCK_RESIDUAL({front},{back}) before any refresh")
+        return as_output(tuple(x + r for x, r in zip(state_in, residual)))
+
+    def _probe(self, state: BranchState, signal: torch.Tensor) -> bool:
+        """Ask the method about a PROBE step and turn the step's record into the directive it chose:
+        BLOCK_RESIDUAL(front, back) (the skipped blocks' layers become REUSE) or NORMAL."""
+        record = state.steps[-1]
+        front, back = record.directive.front, record.directive.back
+        if signal.device.type == "meta":
+            raise ValueError(
+                f"{self.method.name} decides from values computed at run time; counting on shapes alone "
+                "(meta device, dsbench macs) cannot run it: measure its MACs with a real run (dsbench run)"
+            )
+        reuse = bool(self.method.reuse_after_probe(state.step, signal.detach(), self.branch))
+        if not reuse:
+            record.directive = NORMAL
+            return False
+        if (front, back) not in state.residual:
+            raise RuntimeError(
+                f"{self.method.name}: reuse at step {state.step} before a computed step stored the residual"
+            )
+        record.directive = block_residual(front, back)
+        record.decisions = [
+            d if block_runs(record.directive, layer.block, self.num_blocks) else REUSE
+            for layer, d in zip(self.layers, record.decisions)
+        ]
+        return True
 
     def _store_residuals(self, state: BranchState, final: tuple) -> None:
         """R = h_{L−Bn} − h_{Fn} for every (Fn, Bn) span the method may use (docs/methods/deepcache.md)."""
@@ -597,6 +653,8 @@ class AttachReport(TypedDict):
     macs_per_step: list[float]  # Linear/Conv MACs of each call, one batch row, first branch
     full_steps: list[int]  # steps whose every layer was FULL under a NORMAL directive
     directives: list[str]  # per step: "NORMAL", "REUSE_OUTPUT" or "BLOCK_RESIDUAL(front,back)"
+    reused_steps: list[int]  # steps that reused cached block outputs (REUSE_OUTPUT / BLOCK_RESIDUAL): for
+    # adaptive methods (PROBE steps) the steps they decided at run time to reuse; first branch
     decisions: list[list[str]]  # [step][layer]: "FULL", "REUSE", "TOPK(k...)", "TAYLOR(m)", "MIX(k)"
     layers: list[str]  # layer names in execution order ("main0.sa", "double3.attn", ...)
     selection_seconds: float  # wall time spent in the method's token selection and end-of-step work
@@ -639,6 +697,11 @@ def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState])
         "macs_per_step": [s.macs_linear for s in steps],
         "full_steps": schedule.full_steps(),
         "directives": [str(s.directive) for s in steps],
+        "reused_steps": [
+            i
+            for i, s in enumerate(steps)
+            if s.directive.kind in (DirectiveKind.REUSE_OUTPUT, DirectiveKind.BLOCK_RESIDUAL)
+        ],
         "decisions": [[str(d) for d in s.decisions] for s in steps],
         "layers": [layer.name for layer in run.layers],
         "selection_seconds": sum(b.selection_seconds for b in branches.values()),
