@@ -238,3 +238,86 @@ def test_committed_calibrations_build():
         path = str(ROOT / "results" / "magcache" / model / "ratios.json")
         method = methods.build("magcache", ratios=path)
         assert method.calibration["model"] == model and len(method.calibration["ratios"]) == 20
+
+
+def _flux_pipeline():
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from test_adapter_flux import tiny_transformer
+
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        shift_factor=0.0,
+        scaling_factor=1.0,
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=tiny_transformer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _recording(method, shapes: list):
+    """``method`` with the shape and branch of every probe signal appended to ``shapes``."""
+    answer = method.reuse_after_probe
+    method.reuse_after_probe = lambda i, signal, branch: (
+        shapes.append((tuple(signal.shape), branch)) or answer(i, signal, branch)
+    )
+    return method
+
+
+@pytest.mark.parametrize("name", ["teacache", "fbcache"])
+def test_flux_and_wan_probe_image_rows_per_cfg_pass(name):
+    """Separate CFG passes probe each on its own; the signal holds the image tokens only (FLUX: not the text)."""
+    from test_adapter_flux import N as FLUX_TOKENS
+    from test_adapter_flux import generate as flux_generate
+    from test_adapter_wan import generate as wan_generate
+    from test_adapter_wan import make_model, tiny_pipeline
+
+    flux = _flux_pipeline()
+    wan = tiny_pipeline(make_model())
+    cases = (
+        (flux, lambda: flux_generate(flux, true_cfg=True), 4, FLUX_TOKENS),
+        (wan, lambda: wan_generate(wan, steps=6), 6, 2 * 8 * 8 // 4),  # 2 latent frames of 8×8, patches 2×2
+    )
+    for pipe, generate, steps, tokens in cases:
+        with torch.no_grad(), dsbench.attach(pipe, methods.build("full")) as handle:
+            full = generate()
+        shapes: list = []
+        with torch.no_grad(), dsbench.attach(pipe, _recording(methods.build(name, threshold=0.0), shapes)) as handle:
+            assert torch.equal(generate(), full)
+            assert handle.report()["reused_steps"] == []
+        assert [branch for _, branch in shapes] == ["cond", "uncond"] * steps
+        assert {shape[:2] for shape, _ in shapes} == {(1, tokens)}
+        loose = methods.build(name, threshold=1.0, **({"warmup": 1} if name == "fbcache" else {}))
+        with torch.no_grad(), dsbench.attach(pipe, loose) as handle:
+            assert torch.isfinite(generate()).all()
+            report = handle.report()
+        assert report["branches"] == ["cond", "uncond"] and report["reused_steps"]
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_budget_search_tunes_the_threshold(name, calibrations):
+    """The runner's bisection over a float threshold whose MACs fall as it grows."""
+    params = {"ratios": str(calibrations["dit"])} if name == "magcache" else {}
+    params |= {"warmup": 1} if name == "fbcache" else {}
+
+    def macs_of(method):
+        return _sample("dit", method)[1]["macs_cfg_not_counted"]
+
+    full = macs_of(methods.build("full"))
+    result = runner.tune(name, params, "threshold", 0.6 * full, macs_of, steps=STEPS)
+    assert 0 < result["value"] and result["macs"] <= 0.6 * full
+    measured = dict(result["evaluations"])
+    assert measured[0.0] == full  # threshold 0 reuses nothing
+    assert result["macs"] == max(m for m in measured.values() if m <= 0.6 * full)
