@@ -58,15 +58,17 @@ def load_calibration(path: str) -> dict:
     """The calibration JSON (``dsbench.magcache_calibration``), or a one-line ValueError naming the command."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"magcache: no calibration file {path}; make it with {CALIBRATE}")
+        raise ValueError(f"magcache: no calibration file {path!r}; make it with {CALIBRATE}")
     try:
         data = json.loads(file.read_text())
         ratios = [float(r) for r in data["ratios"]]
         family = str(data["family"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"magcache: {path} is not a calibration file ({err}); remake it with {CALIBRATE}") from None
+        raise ValueError(
+            f"magcache: {path!r} is not a calibration file ({err!r}); remake it with {CALIBRATE}"
+        ) from None
     if not ratios or not all(np.isfinite(ratios)) or min(ratios) <= 0:
-        raise ValueError(f"magcache: {path} holds no positive finite ratios; remake it with {CALIBRATE}")
+        raise ValueError(f"magcache: {path!r} holds no positive finite ratios; remake it with {CALIBRATE}")
     return {**data, "ratios": ratios, "family": family}
 
 
@@ -112,7 +114,7 @@ class MagCache(Method):
         super().reset(run)
         if self.calibration["family"] != run.family:
             raise ValueError(
-                f"magcache: {self.config.ratios} calibrates a {self.calibration['family']} model, not this "
+                f"magcache: {self.config.ratios!r} calibrates a {self.calibration['family']} model, not this "
                 f"{run.family} model; make its own with {CALIBRATE}"
             )
         c = self.config
