@@ -6,7 +6,8 @@
 run starts and how many denoiser calls it will make). The block overrides come from the
 model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns
 the token cache (docs/concepts.md#the-token-cache): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
-stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4).
+stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4), and PROBE,
+which computes a run-time signal and lets the method choose NORMAL or BLOCK_RESIDUAL (adaptive caches).
 TOPK variants say what a partial computation uses: keys/values of all tokens (exact-query),
 of the selected ones only, or stale ones with the selected rows updated; unselected rows from
 the cache or copied from a computed row. ``Method.output_rows`` keeps the previous model output
