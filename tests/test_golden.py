@@ -1,0 +1,163 @@
+"""Our ToCa, FORA, DuCa and TaylorSeer against the authors' code, cell for cell (tests/golden/README.md).
+
+The golden grids were recorded by running the reference repositories' scheduling functions; here the
+registered methods run model-free over the same settings (a RunInfo and the layers of a real 28-block
+diffusers DiT at 256 tokens, ``reset`` / ``begin_step`` / ``decide`` per step) and each whole grid must equal
+the reference's: every (step, block) cell is compared, so a single changed decision (a full step moved, one
+fresh-token count off by one, one skipped block) fails the setting and names the first differing cell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_dit
+
+from dsbench import methods
+from dsbench.adapters.basic import BasicBlockAdapter
+from dsbench.core import DirectiveKind, Kind, RunInfo
+from dsbench.engine import BranchState, Engine, block_runs
+
+GOLDEN = Path(__file__).parent / "golden"
+TOKENS = 256
+
+
+def golden(name: str) -> list[dict]:
+    return json.loads((GOLDEN / f"{name}.json").read_text())
+
+
+@cache
+def dit_structure():
+    """Layers of a real 28-block diffusers DiT (sa, mlp per block) as the DiT adapter lists them."""
+    adapter = BasicBlockAdapter(tiny_dit(num_layers=28, sample_size=32))
+    return adapter.layers, dict(adapter.blocks_per_stream)
+
+
+def dit_run(T: int) -> RunInfo:
+    layers, blocks = dit_structure()
+    return RunInfo(
+        family="dit",
+        num_steps=T,
+        layers=layers,
+        n_image=TOKENS,
+        n_text=0,
+        grid=(16, 16),
+        batch=2,
+        cfg_batched=True,
+        blocks_per_stream=blocks,
+    )
+
+
+def block_cell(decisions) -> int:
+    """The reference's code for one DiT block: -1 full; k fresh MLP tokens with the attention reused."""
+    sa, mlp = decisions
+    if sa.kind is Kind.FULL and mlp.kind is Kind.FULL:
+        return -1
+    if sa.kind is Kind.REUSE:
+        return {Kind.REUSE: 0, Kind.FULL: TOKENS}.get(mlp.kind, mlp.k if mlp.kind is Kind.TOPK else -9)
+    return -9  # no reference block looks like this
+
+
+def token_grid(method, T: int) -> list[list[int]]:
+    run = dit_run(T)
+    method.reset(run)
+    n_blocks = len(run.layers) // 2
+    rows = []
+    for i in range(T):
+        directive = method.begin_step(i)
+        assert directive.kind is not DirectiveKind.BLOCK_RESIDUAL
+        row = []
+        for b in range(n_blocks):
+            if not block_runs(directive, b, n_blocks):
+                row.append(-2)
+            else:
+                row.append(block_cell([method.decide(i, layer) for layer in run.layers[2 * b : 2 * b + 2]]))
+        rows.append(row)
+    return rows
+
+
+def first_difference(ours: list, reference: list):
+    """(step, block) of the first differing cell, or None when the grids are equal."""
+    assert len(ours) == len(reference), "step counts differ"
+    for i, (a, b) in enumerate(zip(ours, reference)):
+        if a != b:
+            return i, next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return None
+
+
+def setting_id(s: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in s.items() if k != "grid")
+
+
+def test_grids_cover_forty_settings_and_a_single_change_is_caught():
+    for name in ("toca", "fora", "duca", "taylorseer"):
+        assert len(golden(name)) >= 40, name
+    grid = golden("duca")[0]["grid"]
+    flipped = [row[:] for row in grid]
+    flipped[7][13] = -1 if flipped[7][13] != -1 else 0
+    assert first_difference(flipped, grid) == (7, 13)
+    assert first_difference(grid, grid) is None
+
+
+@pytest.mark.parametrize("s", golden("toca"), ids=setting_id)
+def test_toca_matches_reference(s):
+    m = methods.build("toca", ratio=s["R"], interval=s["N"], ratio_schedule=s["schedule"])
+    assert first_difference(token_grid(m, s["T"]), s["grid"]) is None
+
+
+@pytest.mark.parametrize("s", golden("fora"), ids=setting_id)
+def test_fora_and_toca_at_zero_ratio_match_the_reference(s):
+    """FORA is the ToCa code with R = 0: a constant interval N (the step weighting is off at R = 0)."""
+    for m in (methods.build("fora", interval=s["N"]), methods.build("toca", ratio=0.0, interval=s["N"])):
+        assert first_difference(token_grid(m, s["T"]), s["grid"]) is None, m.name
+
+
+@pytest.mark.parametrize("s", golden("duca"), ids=setting_id)
+def test_duca_matches_reference(s):
+    m = methods.build("duca", ratio=s["R"], interval=s["N"])
+    assert first_difference(token_grid(m, s["T"]), s["grid"]) is None
+
+
+def signal(i: int) -> float:
+    """The test feature of tests/golden/make_grids.py at step i."""
+    return math.sin(0.3 * i) + 0.01 * i * i
+
+
+@pytest.mark.parametrize("s", golden("taylorseer"), ids=setting_id)
+def test_taylorseer_matches_reference(s):
+    """Full/Taylor per step, and the engine's own factor bookkeeping (``Engine._update_taylor`` /
+    ``_forecast`` on a scalar feature): factors kept at each full step, factors a forecast uses, and
+    the forecast itself, against the reference's ``derivative_approximation`` / ``taylor_formula``."""
+    T = s["T"]
+    m = methods.build("taylorseer", interval=s["N"], order=s["order"], warmup=s["warmup"])
+    run = dit_run(T)
+    m.reset(run)
+    engine = SimpleNamespace(method=m)  # what the two engine helpers read
+    state = BranchState(call=None)
+    rows = []
+    for i in range(T):
+        assert m.begin_step(i).kind is DirectiveKind.NORMAL
+        decisions = {m.decide(i, layer) for layer in run.layers}
+        assert len(decisions) == 1, f"step {i}: one decision for every layer"
+        d = decisions.pop()
+        state.step = i
+        if d.kind is Kind.FULL:
+            out = torch.tensor(signal(i), dtype=torch.float64)
+            state.cache[0] = out
+            if m.taylor_order:
+                Engine._update_taylor(engine, state, 0, out)
+            kept = len(state.taylor[0]) if m.taylor_order else 1
+            rows.append([1, kept, float(out)])
+        else:
+            assert d.kind is Kind.TAYLOR
+            factors = state.taylor.get(0) or [state.cache[0]]
+            rows.append([0, min(d.m, len(factors) - 1) + 1, float(Engine._forecast(engine, state, 0, d.m))])
+    reference = s["grid"]
+    assert [r[:2] for r in rows] == [r[:2] for r in reference], first_difference(rows, reference)
+    assert [r[2] for r in rows] == pytest.approx([r[2] for r in reference], rel=1e-9, abs=1e-12)
