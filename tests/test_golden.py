@@ -21,6 +21,7 @@ from conftest import tiny_dit
 
 from dsbench import methods
 from dsbench.adapters.basic import BasicBlockAdapter
+from dsbench.adapters.flux import FluxAdapter
 from dsbench.core import DirectiveKind, Kind, RunInfo
 from dsbench.engine import BranchState, Engine, block_runs
 
@@ -96,7 +97,7 @@ def setting_id(s: dict) -> str:
 
 
 def test_grids_cover_forty_settings_and_a_single_change_is_caught():
-    for name in ("toca", "fora", "duca", "taylorseer"):
+    for name in ("toca", "fora", "duca", "taylorseer", "taylorseer_flux"):
         assert len(golden(name)) >= 40, name
     grid = golden("duca")[0]["grid"]
     flipped = [row[:] for row in grid]
@@ -129,19 +130,52 @@ def signal(i: int) -> float:
     return math.sin(0.3 * i) + 0.01 * i * i
 
 
-@pytest.mark.parametrize("s", golden("taylorseer"), ids=setting_id)
-def test_taylorseer_matches_reference(s):
-    """Full/Taylor per step, and the engine's own factor bookkeeping (``Engine._update_taylor`` /
-    ``_forecast`` on a scalar feature): factors kept at each full step, factors a forecast uses, and
-    the forecast itself, against the reference's ``derivative_approximation`` / ``taylor_formula``."""
-    T = s["T"]
-    m = methods.build("taylorseer", interval=s["N"], order=s["order"], warmup=s["warmup"])
-    run = dit_run(T)
+@cache
+def flux_structure():
+    """Layers of a real diffusers FLUX-dev transformer (1 double, 1 single block) as the FLUX adapter lists them."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=8,
+        pooled_projection_dim=8,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    adapter = FluxAdapter(model)
+    return adapter.layers, dict(adapter.blocks_per_stream), adapter.variant
+
+
+def flux_run(T: int) -> RunInfo:
+    layers, blocks, variant = flux_structure()
+    return RunInfo(
+        family="flux",
+        variant=variant,
+        num_steps=T,
+        layers=layers,
+        n_image=16,
+        n_text=4,
+        grid=(4, 4),
+        batch=1,
+        cfg_batched=False,
+        blocks_per_stream=blocks,
+    )
+
+
+def taylor_rows(m, run: RunInfo) -> list[list]:
+    """Per step, as the reference grid: full/Taylor, factors kept or used, and the value, from the engine's own
+    factor bookkeeping (``Engine._update_taylor`` / ``_forecast``) on the scalar test feature."""
     m.reset(run)
     engine = SimpleNamespace(method=m)  # what the two engine helpers read
     state = BranchState(call=None)
     rows = []
-    for i in range(T):
+    for i in range(run.num_steps):
         assert m.begin_step(i).kind is DirectiveKind.NORMAL
         decisions = {m.decide(i, layer) for layer in run.layers}
         assert len(decisions) == 1, f"step {i}: one decision for every layer"
@@ -152,12 +186,29 @@ def test_taylorseer_matches_reference(s):
             state.cache[0] = out
             if m.taylor_order:
                 Engine._update_taylor(engine, state, 0, out)
-            kept = len(state.taylor[0]) if m.taylor_order else 1
-            rows.append([1, kept, float(out)])
+            rows.append([1, len(state.taylor[0]) if m.taylor_order else 1, float(out)])
         else:
             assert d.kind is Kind.TAYLOR
             factors = state.taylor.get(0) or [state.cache[0]]
             rows.append([0, min(d.m, len(factors) - 1) + 1, float(Engine._forecast(engine, state, 0, d.m))])
-    reference = s["grid"]
+    return rows
+
+
+def assert_taylor_rows(rows: list[list], reference: list[list]) -> None:
     assert [r[:2] for r in rows] == [r[:2] for r in reference], first_difference(rows, reference)
     assert [r[2] for r in rows] == pytest.approx([r[2] for r in reference], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("s", golden("taylorseer"), ids=setting_id)
+def test_taylorseer_matches_reference(s):
+    """Full/Taylor per step, factors kept at each full step, factors a forecast uses and the forecast itself,
+    against the reference DiT code's ``cal_type`` / ``derivative_approximation`` / ``taylor_formula``."""
+    m = methods.build("taylorseer", interval=s["N"], order=s["order"], warmup=s["warmup"])
+    assert_taylor_rows(taylor_rows(m, dit_run(s["T"])), s["grid"])
+
+
+@pytest.mark.parametrize("s", golden("taylorseer_flux"), ids=setting_id)
+def test_taylorseer_flux_matches_reference(s):
+    """The same against the reference FLUX code, whose counter counts up."""
+    m = methods.build("taylorseer", interval=s["N"], order=s["order"], warmup=s["warmup"])
+    assert_taylor_rows(taylor_rows(m, flux_run(s["T"])), s["grid"])

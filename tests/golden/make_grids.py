@@ -9,7 +9,8 @@ forward calls them, with stub tensors where they read shapes):
 Cell codes (ToCa, FORA, DuCa; one row of 28 blocks per step, steps in our order i = 0 … T−1):
 -1 full block, -2 skipped block (DuCa "aggressive": the last block returns the previous step's output),
 k >= 0 partial block (attention reused, k fresh MLP tokens of 256). TaylorSeer (one entry per step, its
-type is decided once per step): [1 = full / 0 = Taylor, factors kept or used, forecast of a test signal].
+type is decided once per step; DiT and FLUX code): [1 = full / 0 = Taylor, factors kept or used, forecast of a
+test signal].
 """
 
 from __future__ import annotations
@@ -105,6 +106,27 @@ def taylor_grid(ref, T: int, N: int, order: int, warmup: int) -> list[list]:
     return rows
 
 
+def taylor_grid_flux(ref, T: int, N: int, order: int, warmup: int) -> list[list]:
+    """TaylorSeer FLUX: as the DiT grid, its counter counting up from 0 (``sampling.denoise``); the settings its
+    ``cache_init`` hard-wires (N 6, order 1, warm-up 3) are set per setting."""
+    cache_dic, current = ref.cache_init.cache_init(list(range(T + 1)))
+    cache_dic.update(fresh_threshold=N, max_order=order, first_enhance=warmup)
+    current.update(num_steps=T, stream="double_stream", layer=0, module="attn")
+    rows = []
+    for step in range(T):
+        current["step"] = step
+        ref.cal_type.cal_type(cache_dic, current)
+        factors = cache_dic["cache"][-1]["double_stream"][0]
+        feature = torch.tensor(signal(step), dtype=torch.float64)
+        if current["type"] == "full":
+            ref.taylor_utils.taylor_cache_init(cache_dic, current)
+            ref.taylor_utils.derivative_approximation(cache_dic, current, feature)
+            rows.append([1, len(factors["attn"]), float(factors["attn"][0])])
+        else:
+            rows.append([0, len(factors["attn"]), float(ref.taylor_utils.taylor_formula(cache_dic, current))])
+    return rows
+
+
 def toca_settings():
     for T, N, R in itertools.product((20, 50), (2, 3, 4, 5, 6), (0.03, 0.07, 0.1, 0.3, 0.5)):
         yield {"T": T, "N": N, "R": R, "schedule": "ddim50"}
@@ -127,6 +149,11 @@ def taylor_settings():
         yield {"T": T, "N": N, "order": m, "warmup": W}
 
 
+def taylor_flux_settings():
+    for T, N, m, W in itertools.product((20, 28, 50), (2, 3, 4, 6), (1, 2), (1, 3)):
+        yield {"T": T, "N": N, "order": m, "warmup": W}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toca", type=Path, required=True, help="checkout of Shenyi-Z/ToCa")
@@ -139,6 +166,9 @@ def main() -> None:
     duca = load("ref_duca", args.duca / "DuCa-DiT" / "cache_functions", schedulers)
     taylor = load("ref_taylorseer", args.taylorseer / "TaylorSeer-DiT" / "cache_functions", ["cache_init", "cal_type"])
     taylor.taylor_utils = load("ref_taylor_utils", args.taylorseer / "TaylorSeer-DiT", ["taylor_utils"]).taylor_utils
+    flux = args.taylorseer / "TaylorSeer-FLUX" / "src" / "flux"
+    taylor_flux = load("ref_taylorseer_flux", flux / "modules" / "cache_functions", ["cache_init", "cal_type"])
+    taylor_flux.taylor_utils = load("ref_taylor_utils_flux", flux, ["taylor_utils"]).taylor_utils
     names = {"ddim50": "ToCa-ddim50", "ddpm250": "ToCa-ddpm250"}
     grids = {
         "toca": [
@@ -149,6 +179,10 @@ def main() -> None:
         "duca": [{**s, "grid": token_grid(duca, s["T"], s["N"], s["R"], "ToCa", True)} for s in duca_settings()],
         "taylorseer": [
             {**s, "grid": taylor_grid(taylor, s["T"], s["N"], s["order"], s["warmup"])} for s in taylor_settings()
+        ],
+        "taylorseer_flux": [
+            {**s, "grid": taylor_grid_flux(taylor_flux, s["T"], s["N"], s["order"], s["warmup"])}
+            for s in taylor_flux_settings()
         ],
     }
     for name, settings in grids.items():
