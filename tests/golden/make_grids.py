@@ -8,7 +8,8 @@ forward calls them, with stub tensors where they read shapes):
 
 Cell codes (ToCa, FORA, DuCa; one row of 28 blocks per step, steps in our order i = 0 … T−1):
 -1 full block, -2 skipped block (DuCa "aggressive": the last block returns the previous step's output),
-k >= 0 partial block (attention reused, k fresh MLP tokens of 256). TaylorSeer (one entry per step, its
+k >= 0 partial block (attention reused, k fresh MLP tokens of 256); ToCa PixArt: [k cross-attention, k MLP]
+for a partial block (self-attention reused). TaylorSeer (one entry per step, its
 type is decided once per step; DiT and FLUX code): [1 = full / 0 = Taylor, factors kept or used, forecast of a
 test signal].
 """
@@ -75,6 +76,42 @@ def token_grid(ref, T: int, N: int, R: float, schedule: str, aggressive: bool) -
                 row.append(-2)
             else:
                 raise ValueError(f"unexpected type {kind!r}")
+        rows.append(row)
+    return rows
+
+
+def token_grid_pixart(ref, T: int, N: int, R: float) -> list[list]:
+    """ToCa PixArt-α: ``global_force_fresh`` in every block (counter counting up, as its DPM-Solver sets it),
+    ``force_init`` after each module of a full block; partial blocks reuse self-attention and recompute the
+    cross-attention and MLP fresh counts of ``cache_cutfresh``."""
+    kwargs = dict(
+        cache_type="attention",
+        fresh_ratio=R,
+        force_fresh="global",
+        fresh_threshold=N,
+        ratio_scheduler="ToCa",
+        soft_fresh_weight=0.25,
+    )
+    cache_dic, current = ref.cache_init.cache_init(kwargs, num_steps=T)
+    stub = torch.zeros(2, TOKENS, 1)
+    rows = []
+    for step in range(T):
+        current["step"] = step
+        row = []
+        for layer in range(BLOCKS):
+            current["layer"] = layer
+            if ref.global_force_fresh.global_force_fresh(cache_dic, current):
+                for module in ("attn", "cross-attn", "mlp"):
+                    current["module"] = module
+                    ref.force_init.force_init(cache_dic, current, stub)
+                row.append(-1)
+            else:
+                counts = []
+                for module in ("cross-attn", "mlp"):
+                    current["module"] = module
+                    ratio = ref.fresh_ratio_scheduler.fresh_ratio_scheduler(cache_dic, current)
+                    counts.append(int(torch.clamp(torch.tensor(ratio), 0, 1) * TOKENS))
+                row.append(counts)
         rows.append(row)
     return rows
 
@@ -149,6 +186,11 @@ def taylor_settings():
         yield {"T": T, "N": N, "order": m, "warmup": W}
 
 
+def toca_pixart_settings():
+    for T, N, R in itertools.product((20, 25, 50), (2, 3, 4, 5), (0.0, 0.1, 0.3, 0.5)):
+        yield {"T": T, "N": N, "R": R}
+
+
 def taylor_flux_settings():
     for T, N, m, W in itertools.product((20, 28, 50), (2, 3, 4, 6), (1, 2), (1, 3)):
         yield {"T": T, "N": N, "order": m, "warmup": W}
@@ -166,6 +208,10 @@ def main() -> None:
     duca = load("ref_duca", args.duca / "DuCa-DiT" / "cache_functions", schedulers)
     taylor = load("ref_taylorseer", args.taylorseer / "TaylorSeer-DiT" / "cache_functions", ["cache_init", "cal_type"])
     taylor.taylor_utils = load("ref_taylor_utils", args.taylorseer / "TaylorSeer-DiT", ["taylor_utils"]).taylor_utils
+    pixart = args.toca / "PixArt-alpha-ToCa" / "diffusion" / "model" / "cache_functions"
+    toca_pixart = load(
+        "ref_toca_pixart", pixart, ["cache_init", "global_force_fresh", "force_init", "fresh_ratio_scheduler"]
+    )
     flux = args.taylorseer / "TaylorSeer-FLUX" / "src" / "flux"
     taylor_flux = load("ref_taylorseer_flux", flux / "modules" / "cache_functions", ["cache_init", "cal_type"])
     taylor_flux.taylor_utils = load("ref_taylor_utils_flux", flux, ["taylor_utils"]).taylor_utils
@@ -174,6 +220,9 @@ def main() -> None:
         "toca": [
             {**s, "grid": token_grid(toca, s["T"], s["N"], s["R"], names[s["schedule"]], False)}
             for s in toca_settings()
+        ],
+        "toca_pixart": [
+            {**s, "grid": token_grid_pixart(toca_pixart, s["T"], s["N"], s["R"])} for s in toca_pixart_settings()
         ],
         "fora": [{**s, "grid": token_grid(toca, s["T"], s["N"], 0.0, "ToCa-ddim50", False)} for s in fora_settings()],
         "duca": [{**s, "grid": token_grid(duca, s["T"], s["N"], s["R"], "ToCa", True)} for s in duca_settings()],
