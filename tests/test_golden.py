@@ -134,7 +134,7 @@ def setting_id(s: dict) -> str:
 
 
 def test_grids_cover_forty_settings_and_a_single_change_is_caught():
-    for name in ("toca", "toca_pixart", "fora", "duca", "taylorseer", "taylorseer_flux"):
+    for name in ("toca", "toca_pixart", "fora", "duca", "duca_pixart", "taylorseer", "taylorseer_flux"):
         assert len(golden(name)) >= 40, name
     grid = golden("duca")[0]["grid"]
     flipped = [row[:] for row in grid]
@@ -155,6 +155,12 @@ def test_toca_pixart_matches_reference(s):
     per-step rule, a documented choice (docs/methods/toca.md: it reproduces the DiffSparse tables' MACs); it
     differs from the reference in 27 of these 48 settings."""
     m = methods.build("toca", ratio=s["R"], interval=s["N"], threshold_rule="per_layer")
+    assert first_difference(token_grid(m, s["T"], pixart_run, pixart_cell), s["grid"]) is None
+
+
+@pytest.mark.parametrize("s", golden("duca_pixart"), ids=setting_id)
+def test_duca_pixart_matches_reference(s):
+    m = methods.build("duca", ratio=s["R"], interval=s["N"])
     assert first_difference(token_grid(m, s["T"], pixart_run, pixart_cell), s["grid"]) is None
 
 

@@ -81,9 +81,9 @@ def token_grid(ref, T: int, N: int, R: float, schedule: str, aggressive: bool) -
 
 
 def token_grid_pixart(ref, T: int, N: int, R: float) -> list[list]:
-    """ToCa PixArt-α: ``global_force_fresh`` in every block (counter counting up, as its DPM-Solver sets it),
-    ``force_init`` after each module of a full block; partial blocks reuse self-attention and recompute the
-    cross-attention and MLP fresh counts of ``cache_cutfresh``."""
+    """PixArt-α: the block type in every block (counter counting up, as its DPM-Solver sets it; ToCa's
+    ``global_force_fresh``, DuCa's ``cal_type``), ``force_init`` after each module of a full block; partial blocks
+    reuse self-attention and recompute the cross-attention and MLP fresh counts of ``cache_cutfresh``."""
     kwargs = dict(
         cache_type="attention",
         fresh_ratio=R,
@@ -91,6 +91,7 @@ def token_grid_pixart(ref, T: int, N: int, R: float) -> list[list]:
         fresh_threshold=N,
         ratio_scheduler="ToCa",
         soft_fresh_weight=0.25,
+        test_FLOPs=False,
     )
     cache_dic, current = ref.cache_init.cache_init(kwargs, num_steps=T)
     stub = torch.zeros(2, TOKENS, 1)
@@ -100,7 +101,14 @@ def token_grid_pixart(ref, T: int, N: int, R: float) -> list[list]:
         row = []
         for layer in range(BLOCKS):
             current["layer"] = layer
-            if ref.global_force_fresh.global_force_fresh(cache_dic, current):
+            if hasattr(ref, "cal_type"):
+                ref.cal_type.cal_type(cache_dic, current)
+                kind = current["type"]
+            else:
+                kind = "full" if ref.global_force_fresh.global_force_fresh(cache_dic, current) else "ToCa"
+            if kind == "aggressive":
+                row.append(-2)
+            elif kind == "full":
                 for module in ("attn", "cross-attn", "mlp"):
                     current["module"] = module
                     ref.force_init.force_init(cache_dic, current, stub)
@@ -191,6 +199,11 @@ def toca_pixart_settings():
         yield {"T": T, "N": N, "R": R}
 
 
+def duca_pixart_settings():
+    for T, N, R in itertools.product((20, 25, 50), (2, 3, 4, 5), (0.0, 0.1, 0.75, 1.33)):
+        yield {"T": T, "N": N, "R": R}
+
+
 def taylor_flux_settings():
     for T, N, m, W in itertools.product((20, 28, 50), (2, 3, 4, 6), (1, 2), (1, 3)):
         yield {"T": T, "N": N, "order": m, "warmup": W}
@@ -212,6 +225,11 @@ def main() -> None:
     toca_pixart = load(
         "ref_toca_pixart", pixart, ["cache_init", "global_force_fresh", "force_init", "fresh_ratio_scheduler"]
     )
+    duca_pixart = load(
+        "ref_duca_pixart",
+        args.duca / "DuCa-PixArt-alpha" / "diffusion" / "model" / "cache_functions",
+        ["cache_init", "cal_type", "force_init", "fresh_ratio_scheduler"],
+    )
     flux = args.taylorseer / "TaylorSeer-FLUX" / "src" / "flux"
     taylor_flux = load("ref_taylorseer_flux", flux / "modules" / "cache_functions", ["cache_init", "cal_type"])
     taylor_flux.taylor_utils = load("ref_taylor_utils_flux", flux, ["taylor_utils"]).taylor_utils
@@ -226,6 +244,9 @@ def main() -> None:
         ],
         "fora": [{**s, "grid": token_grid(toca, s["T"], s["N"], 0.0, "ToCa-ddim50", False)} for s in fora_settings()],
         "duca": [{**s, "grid": token_grid(duca, s["T"], s["N"], s["R"], "ToCa", True)} for s in duca_settings()],
+        "duca_pixart": [
+            {**s, "grid": token_grid_pixart(duca_pixart, s["T"], s["N"], s["R"])} for s in duca_pixart_settings()
+        ],
         "taylorseer": [
             {**s, "grid": taylor_grid(taylor, s["T"], s["N"], s["order"], s["warmup"])} for s in taylor_settings()
         ],
