@@ -51,7 +51,9 @@ class TocaConfig(MethodConfig):
     ratio_schedule: Literal["ddim50", "ddpm250"] = pydantic.Field(
         "ddim50", description="DiT step/layer factors: ddim50 or ddpm250"
     )
-    warmup: int | None = pydantic.Field(None, ge=1, description="FLUX: leading full calls >= 1 (dev 3, schnell 1)")
+    warmup: int | None = pydantic.Field(
+        None, ge=1, description="FLUX: leading full calls >= 1 (dev 3, schnell 1; 1 when ratio is 0)"
+    )
     importance: Literal["attention", "similarity", "norm", "vnorm", "random"] = pydantic.Field(
         "attention", description="token importance: attention (model default score), similarity, norm, vnorm, random"
     )
@@ -89,7 +91,7 @@ class Toca(Method):
         )
         self.interval = c.interval or (4 if fam == "flux" else 3)
         self.rule = c.threshold_rule or ("per_layer" if fam == "dit" else "per_step")
-        self.warmup = c.warmup or (1 if schnell else 3)
+        self.warmup = c.warmup or (1 if schnell or self.ratio == 0 else 3)  # R = 0: the reference's FORA mode
         bonus, grid = {"dit": (0.6, 2), "pixart": (0.4, 4)}.get(fam, (0.0, 1))
         self.score = ScoreSpec(
             attention_received=1.0 if fam in ("dit", "flux") else 0.0,

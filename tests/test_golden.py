@@ -134,7 +134,7 @@ def setting_id(s: dict) -> str:
 
 
 def test_grids_cover_forty_settings_and_a_single_change_is_caught():
-    for name in ("toca", "toca_pixart", "fora", "duca", "duca_pixart", "taylorseer", "taylorseer_flux"):
+    for name in ("toca", "toca_pixart", "toca_flux", "fora", "duca", "duca_pixart", "taylorseer", "taylorseer_flux"):
         assert len(golden(name)) >= 40, name
     grid = golden("duca")[0]["grid"]
     flipped = [row[:] for row in grid]
@@ -162,6 +162,21 @@ def test_toca_pixart_matches_reference(s):
 def test_duca_pixart_matches_reference(s):
     m = methods.build("duca", ratio=s["R"], interval=s["N"])
     assert first_difference(token_grid(m, s["T"], pixart_run, pixart_cell), s["grid"]) is None
+
+
+@pytest.mark.parametrize("s", golden("toca_flux"), ids=setting_id)
+def test_toca_flux_full_steps_match_reference(s):
+    """FLUX-dev: the reference's first three calls full (only call 0 at R = 0), then every N-th; per step 1 if
+    every layer is FULL, 0 if none is."""
+    m = methods.build("toca", ratio=s["R"], interval=s["N"])
+    run = flux_run(s["T"])
+    m.reset(run)
+    rows = []
+    for i in range(s["T"]):
+        m.begin_step(i)
+        full = {m.decide(i, layer).kind is Kind.FULL for layer in run.layers}
+        rows.append(-9 if len(full) > 1 else int(full.pop()))
+    assert rows == s["grid"], next(i for i, (a, b) in enumerate(zip(rows, s["grid"])) if a != b)
 
 
 @pytest.mark.parametrize("s", golden("fora"), ids=setting_id)

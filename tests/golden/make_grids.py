@@ -9,9 +9,9 @@ forward calls them, with stub tensors where they read shapes):
 Cell codes (ToCa, FORA, DuCa; one row of 28 blocks per step, steps in our order i = 0 … T−1):
 -1 full block, -2 skipped block (DuCa "aggressive": the last block returns the previous step's output),
 k >= 0 partial block (attention reused, k fresh MLP tokens of 256); ToCa PixArt: [k cross-attention, k MLP]
-for a partial block (self-attention reused). TaylorSeer (one entry per step, its
-type is decided once per step; DiT and FLUX code): [1 = full / 0 = Taylor, factors kept or used, forecast of a
-test signal].
+for a partial block (self-attention reused); ToCa FLUX: one entry per step, 1 full / 0 partial. TaylorSeer
+(one entry per step, its type is decided once per step; DiT and FLUX code): [1 = full / 0 = Taylor, factors
+kept or used, forecast of a test signal].
 """
 
 from __future__ import annotations
@@ -124,6 +124,20 @@ def token_grid_pixart(ref, T: int, N: int, R: float) -> list[list]:
     return rows
 
 
+def toca_flux_steps(ref, T: int, N: int, R: float) -> list[int]:
+    """ToCa FLUX: ``cal_type`` once per step (counter counting up, as ``sampling.denoise`` sets it): 1 full, 0
+    partial; its ``cache_init`` hard-wires R = 0.1 and N = 4, replaced per setting."""
+    cache_dic, current = ref.cache_init.cache_init(list(range(T + 1)))
+    cache_dic.update(fresh_ratio=R, fresh_threshold=N)
+    current["num_steps"] = T
+    rows = []
+    for step in range(T):
+        current["step"] = step
+        ref.cal_type.cal_type(cache_dic, current)
+        rows.append(1 if current["type"] == "full" else 0)
+    return rows
+
+
 def signal(i: int) -> float:
     """A smooth, non-polynomial test feature at step i (our order) for the Taylor forecasts."""
     return math.sin(0.3 * i) + 0.01 * i * i
@@ -204,6 +218,11 @@ def duca_pixart_settings():
         yield {"T": T, "N": N, "R": R}
 
 
+def toca_flux_settings():
+    for T, N, R in itertools.product((10, 20, 28, 50), (1, 2, 3, 4, 6), (0.0, 0.1)):
+        yield {"T": T, "N": N, "R": R}
+
+
 def taylor_flux_settings():
     for T, N, m, W in itertools.product((20, 28, 50), (2, 3, 4, 6), (1, 2), (1, 3)):
         yield {"T": T, "N": N, "order": m, "warmup": W}
@@ -225,6 +244,11 @@ def main() -> None:
     toca_pixart = load(
         "ref_toca_pixart", pixart, ["cache_init", "global_force_fresh", "force_init", "fresh_ratio_scheduler"]
     )
+    toca_flux = load(
+        "ref_toca_flux",
+        args.toca / "flux-ToCa" / "src" / "flux" / "modules" / "cache_functions",
+        ["cache_init", "cal_type"],
+    )
     duca_pixart = load(
         "ref_duca_pixart",
         args.duca / "DuCa-PixArt-alpha" / "diffusion" / "model" / "cache_functions",
@@ -242,6 +266,7 @@ def main() -> None:
         "toca_pixart": [
             {**s, "grid": token_grid_pixart(toca_pixart, s["T"], s["N"], s["R"])} for s in toca_pixart_settings()
         ],
+        "toca_flux": [{**s, "grid": toca_flux_steps(toca_flux, s["T"], s["N"], s["R"])} for s in toca_flux_settings()],
         "fora": [{**s, "grid": token_grid(toca, s["T"], s["N"], 0.0, "ToCa-ddim50", False)} for s in fora_settings()],
         "duca": [{**s, "grid": token_grid(duca, s["T"], s["N"], s["R"], "ToCa", True)} for s in duca_settings()],
         "duca_pixart": [
