@@ -197,13 +197,12 @@ def signal(i: int) -> float:
     return math.sin(0.3 * i) + 0.01 * i * i
 
 
-@cache
-def flux_structure():
-    """Layers of a real diffusers FLUX-dev transformer (1 double, 1 single block) as the FLUX adapter lists them."""
+def tiny_flux():
+    """A real diffusers FLUX-dev transformer with 1 double and 1 single block."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    model = FluxTransformer2DModel(
+    return FluxTransformer2DModel(
         patch_size=1,
         in_channels=4,
         num_layers=1,
@@ -215,7 +214,12 @@ def flux_structure():
         guidance_embeds=True,
         axes_dims_rope=(2, 2, 4),
     )
-    adapter = FluxAdapter(model)
+
+
+@cache
+def flux_structure():
+    """Layers of the tiny FLUX-dev transformer as the FLUX adapter lists them."""
+    adapter = FluxAdapter(tiny_flux())
     return adapter.layers, dict(adapter.blocks_per_stream), adapter.variant
 
 
@@ -279,3 +283,16 @@ def test_taylorseer_flux_matches_reference(s):
     """The same against the reference FLUX code, whose counter counts up."""
     m = methods.build("taylorseer", interval=s["N"], order=s["order"], warmup=s["warmup"])
     assert_taylor_rows(taylor_rows(m, flux_run(s["T"])), s["grid"])
+
+
+def test_diffusers_taylorseer_hook_targets():
+    """docs/methods/taylorseer.md: with its default patterns diffusers' TaylorSeer hook takes FLUX's attention
+    modules only, and nothing at all on a DiT (attention modules named attn1 / attn2)."""
+    from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
+
+    def hooked(model):
+        apply_taylorseer_cache(model, TaylorSeerCacheConfig())
+        return [name for name, module in model.named_modules() if hasattr(module, "_diffusers_hook")]
+
+    assert hooked(tiny_dit()) == []
+    assert hooked(tiny_flux()) == ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]
