@@ -172,6 +172,12 @@ def run_reference(ref, cache_init, kwargs: dict, steps: int, seed: int, first_en
     return sample(denoise, steps, seed)
 
 
+def check_checkouts(parser, args) -> None:
+    for name in ("toca", "duca", "taylorseer"):
+        if not getattr(args, name).is_dir():
+            parser.error(f"--{name} {getattr(args, name)} is not a folder: give a checkout of the reference repository")
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -184,6 +190,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    check_checkouts(parser, args)
     torch.set_num_threads(1)
     timm_stand_in()
     T, seed = args.steps, args.seed

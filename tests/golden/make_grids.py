@@ -235,6 +235,9 @@ def main() -> None:
     parser.add_argument("--taylorseer", type=Path, required=True, help="checkout of Shenyi-Z/TaylorSeer")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
+    for name in ("toca", "duca", "taylorseer"):
+        if not getattr(args, name).is_dir():
+            parser.error(f"--{name} {getattr(args, name)} is not a folder: give a checkout of the reference repository")
     schedulers = ["cache_init", "cal_type", "force_init", "fresh_ratio_scheduler"]
     toca = load("ref_toca", args.toca / "DiT-ToCa" / "cache_functions", schedulers)
     duca = load("ref_duca", args.duca / "DuCa-DiT" / "cache_functions", schedulers)
