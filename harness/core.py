@@ -114,17 +114,25 @@ class Directive:
     """
 
     kind: DirectiveKind
-    front: int = 0  # BLOCK_RESIDUAL / PROBE: blocks computed at the start (Fn)
+    front: int = 0  # BLOCK_RESIDUAL / PROBE: blocks computed first (Fn); REUSE_OUTPUT: blocks run before the skip
     back: int = 0  # BLOCK_RESIDUAL / PROBE: blocks computed at the end (Bn)
 
     def __str__(self) -> str:
         if self.kind in (DirectiveKind.BLOCK_RESIDUAL, DirectiveKind.PROBE):
             return f"{self.kind.name}({self.front},{self.back})"
+        if self.kind is DirectiveKind.REUSE_OUTPUT and self.front:
+            return f"REUSE_OUTPUT({self.front})"
         return self.kind.name
 
 
 NORMAL = Directive(DirectiveKind.NORMAL)
 REUSE_OUTPUT = Directive(DirectiveKind.REUSE_OUTPUT)
+
+
+def reuse_output(front: int = 0) -> Directive:
+    """REUSE_OUTPUT after ``front`` computed blocks: their caches update, their output is discarded (DuCa-DiT's
+    full step whose threshold update turns the later blocks aggressive)."""
+    return Directive(DirectiveKind.REUSE_OUTPUT, front=int(front))
 
 
 def block_residual(front: int, back: int) -> Directive:
@@ -220,6 +228,7 @@ class Method:
     # the config field a compute budget tunes (runner: bisect it until the run's MACs match), or None
     budget_field: ClassVar[str | None] = None
     taylor_order: int = 0  # >0 makes the engine keep Taylor factors on FULL layers
+    taylor_from: int = 0  # first step whose FULL layers form finite differences (before: order 0 only)
     residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
     mix_detach_cache: bool = False  # MIX stores its blended output detached (no backprop through time)
     mix_checkpoint: bool = False  # MIX recomputes its layer in the backward pass instead of storing activations

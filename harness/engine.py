@@ -70,7 +70,7 @@ class _ProbeReuse(Exception):
 def block_runs(directive: Directive, block: int, num_blocks: int) -> bool:
     """Whether ``block`` is computed under a step directive (docs/concepts.md#step-directives)."""
     if directive.kind is DirectiveKind.REUSE_OUTPUT:
-        return False
+        return block < directive.front
     if directive.kind is DirectiveKind.BLOCK_RESIDUAL:
         return not directive.front <= block < num_blocks - directive.back
     return True
@@ -337,7 +337,7 @@ class Engine:
                 raise _ProbeReuse  # caught by run_block of block 0, which adds the cached residual
         d = state.steps[-1].decisions[ell]
         layer = self.layers[ell]
-        normal = state.steps[-1].directive.kind is DirectiveKind.NORMAL
+        normal = state.steps[-1].directive.kind is not DirectiveKind.BLOCK_RESIDUAL
         self.counter.bucket = ell
         try:
             if d.kind is Kind.FULL:
@@ -501,8 +501,9 @@ class Engine:
                 stats[name] = stats[name].scatter(1, index, value.to(stats[name].dtype))
 
     def _update_taylor(self, state: BranchState, ell: int, out: torch.Tensor) -> None:
-        """Finite differences in step-index units between FULL steps (docs/methods/taylorseer.md)."""
-        old = state.taylor.get(ell, [])
+        """Finite differences in step-index units between FULL steps from step ``Method.taylor_from`` on
+        (docs/methods/taylorseer.md); before it a FULL layer keeps its output only."""
+        old = state.taylor.get(ell, []) if state.step >= self.method.taylor_from else []
         factors = [out.clone()]  # the cache itself may be scatter-updated in place by a later TOPK
         if old:
             dist = state.step - state.taylor_step[ell]
@@ -532,7 +533,7 @@ class Engine:
             self._probe(state, state_in[-1] - state.block_inputs[0][-1])  # every adapter's state ends with the image
         directive = record.directive
         last = self.num_blocks - 1
-        if directive.kind is DirectiveKind.REUSE_OUTPUT:
+        if directive.kind is DirectiveKind.REUSE_OUTPUT and b >= directive.front:
             if state.last_output is None:
                 raise RuntimeError(f"{self.method.name}: REUSE_OUTPUT before any computed step")
             return state.last_output if b == last else as_output(state_in)

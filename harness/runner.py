@@ -556,7 +556,7 @@ def decision_map(report: dict) -> np.ndarray:
     n = np.asarray(schedule.meta["n_tokens"], dtype=float)
     kept = np.asarray(schedule.counts(), dtype=float) / n
     for i, d in enumerate(schedule.directives):
-        if d.kind is DirectiveKind.REUSE_OUTPUT:
+        if d.kind is DirectiveKind.REUSE_OUTPUT and not d.front:
             kept[i] = 0.0
     return kept
 

@@ -23,6 +23,7 @@ from dsbench.core import (
     RunInfo,
     Schedule,
     block_residual,
+    reuse_output,
     taylor,
     topk,
 )
@@ -65,4 +66,5 @@ __all__ = [
     "topk",
     "taylor",
     "block_residual",
+    "reuse_output",
 ]

@@ -4,6 +4,7 @@ Between full steps, odd offsets in the refresh interval are ToCa partial steps (
 each module recomputes its top-scored tokens) and even offsets reuse the previous step's final
 hidden state ("aggressive": every block skipped, the final layer recomputed with the current
 timestep — the reference code's behaviour, stronger than the paper's "all but the last layer").
+With R = 0 the reference's θ stays N (its ``force_scheduler`` turns into FORA's).
 With the reference counter s (DiT s = T−1−i, others s = i) and interval θ:
 
     FULL if i = 0 or s mod θ = 0;  PARTIAL if s mod θ is odd;  REUSE_OUTPUT otherwise.
@@ -31,6 +32,7 @@ from dsbench.core import (
     MethodConfig,
     RunInfo,
     ratio_to_count,
+    reuse_output,
     topk,
 )
 from dsbench.methods.base import register
@@ -101,9 +103,7 @@ class Duca(Toca):
             cfg_selection=c.cfg_selection or ("per_half" if fam == "dit" else "shared"),
         )
         self.theta = self.interval
-        self._step_type = FULL_STEP
-        self._block = -1
-        self._block_type = FULL_STEP
+        self._types = (FULL_STEP, FULL_STEP)  # (block 0, later blocks) of the current step
 
     def resolved_config(self) -> dict:
         dit = self.run.family == "dit"
@@ -126,38 +126,25 @@ class Duca(Toca):
         return PARTIAL if offset % 2 == 1 else AGGRESSIVE
 
     def begin_step(self, i: int) -> Directive:
-        self._block = -1
-        self._step_type = self._type(i)
-        if self._step_type == FULL_STEP and self.run.family == "dit" and self.rule == "per_step":
-            self._update_theta(i)
-        return REUSE_OUTPUT if self._step_type == AGGRESSIVE else NORMAL
+        """Types of block 0 and of the later blocks, fixed before the step runs.
 
-    def _block_type_of(self, i: int, block: int) -> str:
-        """Full or partial for one block of a NORMAL step.
-
-        ToCa-DiT evaluates the type in every block and updates θ at block 0 of a full step, so
-        the later blocks of that step may see another type (the per-layer quirk of docs/methods/toca.md). [PD]
-        A block whose re-evaluated type is aggressive reuses all its module outputs (aggressive
-        reuse of the whole network is a step directive, decided once at the start of the step);
-        such a block costs nothing, as in the count behind docs/accounting.md (4.64 T at R = 0.05).
+        DuCa-DiT evaluates the type in every block and updates θ at block 0 of a full step, so the
+        later blocks of that step may see another type (the per-layer quirk of docs/methods/toca.md). [PD]
+        Where they turn aggressive, the reference skips them and its last block returns the previous
+        step's final hidden state: block 0's caches update, its output is discarded (REUSE_OUTPUT(1)).
         """
-        if self.run.family != "dit" or self.rule == "per_step":
-            return self._step_type
-        if block != self._block:
-            self._block = block
-            if block == 0:
-                self._block_type = self._step_type
-                if self._block_type == FULL_STEP:
-                    self._update_theta(i)
-            else:
-                self._block_type = self._type(i)
-        return self._block_type
+        first = self._type(i)
+        if first == FULL_STEP and self.run.family == "dit":
+            self._update_theta(i)
+        per_layer = self.run.family == "dit" and self.rule == "per_layer"
+        self._types = (first, self._type(i) if per_layer else first)
+        if first == AGGRESSIVE:
+            return REUSE_OUTPUT
+        return reuse_output(1) if self._types[1] == AGGRESSIVE else NORMAL
 
     def decide(self, i: int, layer: Layer) -> Decision:
-        block_type = self._block_type_of(i, layer.block)
+        block_type = self._types[min(layer.block, 1)]
         if block_type == FULL_STEP:
             return FULL
-        if block_type == AGGRESSIVE:
-            return REUSE
         k = ratio_to_count(self.fresh_ratio(i, layer), self.run.n_tokens(layer))
         return topk(k) if k > 0 else REUSE  # k = 0: the module (PixArt ca: its text K/V too) is skipped

@@ -1,7 +1,9 @@
 """``taylorseer``: cache-then-forecast (docs/methods/taylorseer.md).
 
-After W warm-up steps, one full step every N steps; on full steps the engine keeps, per module,
-finite differences of its pre-gate output up to order m (distances in step-index units); on the
+After W warm-up steps, one full step every N steps; on full steps from the last warm-up step
+(i = W − 1) on, the engine keeps, per module, finite differences of its pre-gate output up to
+order m (distances in step-index units; earlier full steps keep the output alone, as the authors'
+``derivative_approximation`` does); on the
 other steps every module output is the Taylor series of those factors at the step distance
 Δ = i − i_full (order-0 forecast = plain reuse). The history starts empty at every run (the
 DiT reference hard-wires T = 50; we count i from the first call instead).
@@ -55,6 +57,7 @@ class TaylorSeer(Method):
         self.interval = c.interval or interval
         self.taylor_order = order if c.order is None else c.order  # the engine keeps this many differences
         self.warmup = c.warmup or warmup
+        self.taylor_from = self.warmup - 1  # differences from the last warm-up step on (TS-1)
         self.full = {i for i in range(run.num_steps) if i < self.warmup or (i - (self.warmup - 1)) % self.interval == 0}
 
     def resolved_config(self) -> dict:

@@ -18,13 +18,14 @@ from dsbench.methods.base import register
 from dsbench.scores import ScoreSpec
 
 
-def refresh_interval(family: str, interval: int, num_steps: int, counter: int) -> int:
-    """θ, the number of steps until the next full step, set at a full step: round(N / step factor), the factor
+def refresh_interval(family: str, interval: int, num_steps: int, counter: int, ratio: float = 1.0) -> int:
+    """θ, the number of steps until the next full step, set at a full step: N where R = 0 (the reference's
+    ``force_scheduler`` turns into FORA: no step weight, no forced window), else round(N / step factor), the factor
     linear in the counter s (DiT: 1.4 − 0.8·s/T, counting down, θ = 2 for s in [0.2 T, 0.4 T); PixArt and the
     others: 0.8 + 0.4·s/T; FLUX: N). As in the authors' code the factor is computed in float64 and converted
     to float32 once, the division is float32 and rounds half to even: on exact .5 ties (DiT, N = 2, T = 20,
     s = 15) a factor computed in float32 throughout would round the other way."""
-    if family == "flux":
+    if family == "flux" or ratio == 0:
         return interval
     if family == "dit":
         if int(0.2 * num_steps) <= counter < int(0.4 * num_steps):
@@ -50,7 +51,9 @@ class TocaConfig(MethodConfig):
     ratio_schedule: Literal["ddim50", "ddpm250"] = pydantic.Field(
         "ddim50", description="DiT step/layer factors: ddim50 or ddpm250"
     )
-    warmup: int | None = pydantic.Field(None, ge=1, description="FLUX: leading full calls >= 1 (dev 3, schnell 1)")
+    warmup: int | None = pydantic.Field(
+        None, ge=1, description="FLUX: leading full calls >= 1 (dev 3, schnell 1; 1 when ratio is 0)"
+    )
     importance: Literal["attention", "similarity", "norm", "vnorm", "random"] = pydantic.Field(
         "attention", description="token importance: attention (model default score), similarity, norm, vnorm, random"
     )
@@ -88,7 +91,7 @@ class Toca(Method):
         )
         self.interval = c.interval or (4 if fam == "flux" else 3)
         self.rule = c.threshold_rule or ("per_layer" if fam == "dit" else "per_step")
-        self.warmup = c.warmup or (1 if schnell else 3)
+        self.warmup = c.warmup or (1 if schnell or self.ratio == 0 else 3)  # R = 0: the reference's FORA mode
         bonus, grid = {"dit": (0.6, 2), "pixart": (0.4, 4)}.get(fam, (0.0, 1))
         self.score = ScoreSpec(
             attention_received=1.0 if fam in ("dit", "flux") else 0.0,
@@ -128,7 +131,7 @@ class Toca(Method):
         return i == 0 or self.counter(i) % self.theta == 0
 
     def _update_theta(self, i: int) -> None:
-        self.theta = refresh_interval(self.run.family, self.interval, self.run.num_steps, self.counter(i))
+        self.theta = refresh_interval(self.run.family, self.interval, self.run.num_steps, self.counter(i), self.ratio)
 
     def begin_step(self, i: int):
         self._block = -1
@@ -186,12 +189,20 @@ class Toca(Method):
         if cls is not Toca or not family or not steps or not config.get("interval"):
             return None  # DuCa and other subclasses have their own step types
         rule = config.get("threshold_rule") or ("per_layer" if family == "dit" else "per_step")
-        return schedule_note(family, int(config["interval"]), int(steps), rule, int(config.get("warmup") or 3))
+        ratio = config.get("ratio")
+        return schedule_note(
+            family,
+            int(config["interval"]),
+            int(steps),
+            rule,
+            int(config.get("warmup") or 3),
+            1.0 if ratio is None else ratio,
+        )
 
 
 # -- human-readable explanation of the full-step rule (read by dsbench.report's leaderboard notes) -------------
 def full_steps(
-    family: str, interval: int, num_steps: int, rule: str = "per_layer", warmup: int = 3
+    family: str, interval: int, num_steps: int, rule: str = "per_layer", warmup: int = 3, ratio: float = 1.0
 ) -> tuple[list[int], list[int]]:
     """The steps the full-step rule makes full, without running a model: (full steps, steps full at layer 0 only
     — the per-layer θ update of the reference code changes θ inside block 0, so the later blocks of such a step
@@ -203,7 +214,7 @@ def full_steps(
         s = num_steps - 1 - i if family == "dit" else i
         if not (i == 0 or s % theta == 0):
             continue
-        theta = refresh_interval(family, interval, num_steps, s)
+        theta = refresh_interval(family, interval, num_steps, s, ratio)
         if rule == "per_layer" and i != 0 and s % theta != 0:
             layer0.append(i)  # full at block 0 (old θ), partial from block 1 on (new θ)
         else:
@@ -211,10 +222,12 @@ def full_steps(
     return full, layer0
 
 
-def schedule_note(family: str, interval: int, num_steps: int, rule: str = "per_layer", warmup: int = 3) -> str | None:
+def schedule_note(
+    family: str, interval: int, num_steps: int, rule: str = "per_layer", warmup: int = 3, ratio: float = 1.0
+) -> str | None:
     """Why ToCa's full steps are where they are, in words, where they differ from the naive every-N-th step
     (0, N, 2N, ...); None where they do not (FLUX's counter) — the leaderboard prints it under the table."""
-    full, layer0 = full_steps(family, interval, num_steps, rule, warmup)
+    full, layer0 = full_steps(family, interval, num_steps, rule, warmup, ratio)
     if full == list(range(0, num_steps, interval)) and not layer0:
         return None
     if family == "dit":

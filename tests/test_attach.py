@@ -245,6 +245,28 @@ def test_reuse_output_directive_skips_every_block():
     assert not torch.equal(outs[0], outs[1])
 
 
+def test_reuse_output_after_front_blocks_refreshes_their_caches_and_discards_their_output():
+    """REUSE_OUTPUT(1) (DuCa-DiT's full step whose later blocks turn aggressive): block 0 runs and refreshes
+    its caches, but the output is the previous step's final hidden state, as under a plain REUSE_OUTPUT."""
+    from dsbench.methods import NORMAL, REUSE_OUTPUT, reuse_output
+
+    model = tiny_dit(num_layers=3)
+    calls = _dit_calls(model, 3)
+
+    def run(skip):
+        plan = {0: NORMAL, 1: skip, 2: NORMAL}
+        block0_reused_at_2 = lambda i, layer: REUSE if i == 2 and layer.block == 0 else FULL  # noqa: E731
+        return _run_calls(model, Fixed(block0_reused_at_2, directive=plan.get), calls)
+
+    front, rep, _ = run(reuse_output(1))
+    plain, plain_rep, _ = run(REUSE_OUTPUT)
+    assert rep["directives"] == ["NORMAL", "REUSE_OUTPUT(1)", "NORMAL"]
+    assert rep["decisions"][1] == ["FULL", "FULL"] + ["REUSE"] * 4  # blocks 1-2 skipped
+    assert torch.equal(front[1], plain[1])  # the computed block 0 does not reach the output
+    assert rep["macs_per_step"][1] > plain_rep["macs_per_step"][1]  # but it was computed ...
+    assert not torch.equal(front[2], plain[2])  # ... and step 2 reuses its step-1 outputs
+
+
 def test_block_residual_directive_applies_the_cached_residual_once():
     from dsbench.methods import NORMAL, block_residual
 

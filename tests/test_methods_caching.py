@@ -98,12 +98,27 @@ def test_duca_dit_follows_tocas_threshold_with_the_per_layer_quirk():
     # s = 49 − i with θ = 5 (steps 1-3), then 4 (6-16): s mod θ even → aggressive; θ = 2 for s in [10, 20)
     assert [i for i, d in enumerate(rep["directives"]) if d == "REUSE_OUTPUT"] == [2, 7, 11, 15, 20, 23, 26, 29]
     # step 17 (s = 32): block 0 full under θ = 4, which becomes 3 there; blocks 1-2 see 32 mod 3 = 2
-    # (aggressive inside a computed step) and reuse every module
+    # (aggressive inside a computed step): as in the reference they are skipped and the last block
+    # returns the previous step's final hidden state (REUSE_OUTPUT(1); D-1 of issue 21)
     assert _blocks_of(rep, 17) == {0: {"FULL"}, 1: {"REUSE"}, 2: {"REUSE"}}
+    assert rep["directives"][17] == "REUSE_OUTPUT(1)"
     # step 30 (s = 19, θ = 2): partial, sa reused and mlp top-k (step factor 3 − 4·19/50 = 1.48)
     row = dict(zip(rep["layers"], rep["decisions"][30]))
     assert all(d == "REUSE" for name, d in row.items() if name.endswith(".sa"))
     assert all(d.startswith("TOPK") for name, d in row.items() if name.endswith(".mlp"))
+
+
+def test_duca_at_zero_ratio_keeps_the_interval_constant():
+    """D-3 of issue 21: with R = 0 the reference's force_scheduler keeps θ = N (no step weight, no forced
+    θ = 2 window), so DiT full steps fall at s = 49 − i ≡ 0 mod N (with R > 0 they follow ToCa's weighted
+    θ: test_duca_dit_follows_tocas_threshold_with_the_per_layer_quirk)."""
+    pipe = dit_pipeline(num_layers=2)
+    with dsbench.attach(pipe, methods.build("duca", ratio=0.0, interval=3)) as handle:
+        run_dit(pipe, steps=50)
+        rep = handle.report()
+    assert rep["full_steps"] == [0] + [i for i in range(1, 50) if (49 - i) % 3 == 0]
+    aggressive = [i for i, d in enumerate(rep["directives"]) if d == "REUSE_OUTPUT"]
+    assert aggressive == [i for i in range(1, 50) if (49 - i) % 3 == 2]
 
 
 def test_duca_vnorm_score_runs_without_attention_probabilities():
@@ -216,6 +231,20 @@ def test_taylorseer_forecast_uses_step_index_distances():
     for ell in range(len(rep["layers"])):
         y1, y4 = seen[(1, ell)], seen[(4, ell)]
         assert torch.allclose(seen[(6, ell)], y4 + (y4 - y1) / 3 * 2, atol=1e-6)
+
+
+def test_taylorseer_differences_start_at_the_last_warmup_step():
+    """TS-1 of issue 21: with W = 3 the authors form finite differences from step W − 1 = 2 on, so the
+    forecast at step 3 extrapolates from steps 1 and 2 only (order 1), not from 0, 1, 2 (order 2)."""
+    model = tiny_dit()
+    calls = _calls(4)
+    _, rep, _, seen = _run_bare(model, methods.build("taylorseer", interval=3, order=2, warmup=3), calls, spy=True)
+    assert rep["full_steps"] == [0, 1, 2]
+    for ell in range(len(rep["layers"])):
+        y0, y1, y2 = seen[(0, ell)], seen[(1, ell)], seen[(2, ell)]
+        assert torch.allclose(seen[(3, ell)], 2 * y2 - y1, atol=1e-6)
+        second_order = 2 * y2 - y1 + ((y2 - y1) - (y1 - y0)) / 2
+        assert not torch.allclose(seen[(3, ell)], second_order, atol=1e-6)
 
 
 def test_taylorseer_history_starts_empty_each_run():
