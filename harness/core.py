@@ -227,6 +227,8 @@ class Method:
     summary: ClassVar[str] = ""
     # the config field a compute budget tunes (runner: bisect it until the run's MACs match), or None
     budget_field: ClassVar[str | None] = None
+    # (module, pip command) of an optional package the method needs: a missing one fails at config validation
+    requires: ClassVar[tuple[str, str] | None] = None
     taylor_order: int = 0  # >0 makes the engine keep Taylor factors on FULL layers
     taylor_from: int = 0  # first step whose FULL layers form finite differences (before: order 0 only)
     residual_spans: tuple[tuple[int, int], ...] = ()  # (Fn, Bn) pairs BLOCK_RESIDUAL may use
@@ -284,6 +286,13 @@ class Method:
 
     def end_step(self, i: int, output) -> None:
         pass
+
+    def install(self, pipeline, transformer) -> Callable[[], None] | None:
+        """Another library's caching run as this method (cache-dit, diffusers' hooks): install it on
+        ``pipeline`` (None when attached to a bare transformer) and ``transformer``, and return the function
+        that removes it exactly. ``attach`` calls this after its own overrides, so the library wraps them and
+        the engine counts what actually runs; ``detach`` calls the remover first. None (the default): nothing."""
+        return None
 
     def replacement(self, transformer):
         """A model-transforming method (SparseDiT) returns the module that runs instead of ``transformer``
@@ -469,19 +478,33 @@ def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> 
     return dst.scatter_(1, idx, rows.to(dst.dtype))
 
 
-def set_instance_attr(obj, name: str, value, undo: list) -> None:
-    """``obj.name = value`` on the instance only; ``undo`` gets the function that restores it."""
-    had = name in vars(obj)
-    old = vars(obj).get(name)
+@dataclass(eq=False)
+class InstanceOverride:
+    """An ``obj.name = value`` made on the instance only; calling it puts back what was there (the old
+    object, or its absence). ``intact`` tells whether the value is still ours: when another library
+    overrode the attribute after us, restoring it would silently remove that library's override."""
 
-    def restore():
-        if had:
-            setattr(obj, name, old)
+    obj: Any
+    name: str
+    value: Any
+    had: bool
+    old: Any
+
+    def intact(self) -> bool:
+        return self.name in vars(self.obj) and vars(self.obj)[self.name] is self.value
+
+    def __call__(self) -> None:
+        if self.had:
+            setattr(self.obj, self.name, self.old)
         else:
-            delattr(obj, name)
+            delattr(self.obj, self.name)
 
+
+def set_instance_attr(obj, name: str, value, undo: list) -> None:
+    """``obj.name = value`` on the instance only; ``undo`` gets the ``InstanceOverride`` that restores it."""
+    override = InstanceOverride(obj, name, value, had=name in vars(obj), old=vars(obj).get(name))
     setattr(obj, name, value)
-    undo.append(restore)
+    undo.append(override)
 
 
 def check_plain_attention(attn, where: str) -> None:

@@ -1,17 +1,16 @@
 """The executor: runs a method's per-(step, layer) decisions on a diffusers transformer.
 
-``attach`` installs per-instance overrides (never class patches) on the transformer's
-``forward``, on each block's ``forward`` and, for a pipeline, on its scheduler's
-``set_timesteps`` (which every pipeline calls once at the start of a call: that is where a
-run starts and how many denoiser calls it will make). The block overrides come from the
-model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns
-the token cache (docs/concepts.md#the-token-cache): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters,
-stored attention statistics, and the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4), and PROBE,
-which computes a run-time signal and lets the method choose NORMAL or BLOCK_RESIDUAL (adaptive caches).
-TOPK variants say what a partial computation uses: keys/values of all tokens (exact-query),
-of the selected ones only, or stale ones with the selected rows updated; unselected rows from
-the cache or copied from a computed row. ``Method.output_rows`` keeps the previous model output
-of the tokens a step did not select.
+``attach`` installs per-instance overrides (never class patches) on each block's ``forward`` and, for a
+pipeline, on its scheduler's ``set_timesteps`` (which every pipeline calls once at the start of a call: that
+is where a run starts and how many denoiser calls it will make), and module hooks around the transformer's
+calls (so whatever wraps its ``forward``, before or after, stays in the path). The block overrides come from
+the model family's adapter and route each sub-module through :meth:`Engine.layer`, which owns the token cache
+(docs/concepts.md#the-token-cache): FULL / REUSE / TOPK(k) / TAYLOR(m), staleness counters, stored attention
+statistics, the step directives REUSE_OUTPUT and BLOCK_RESIDUAL (§0.4), and PROBE, which computes a run-time
+signal and lets the method choose NORMAL or BLOCK_RESIDUAL (adaptive caches). TOPK variants say what a partial
+computation uses: keys/values of all tokens (exact-query), of the selected ones only, or stale ones with the
+selected rows updated; unselected rows from the cache or copied from a computed row. ``Method.output_rows``
+keeps the previous model output of the tokens a step did not select.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from dsbench.core import (
     Decision,
     Directive,
     DirectiveKind,
+    InstanceOverride,
     Kind,
     Layer,
     LayerInput,
@@ -104,6 +104,24 @@ class BranchState:
     steps: list[StepRecord] = field(default_factory=list)
     selection_seconds: float = 0.0
 
+    def release(self) -> None:
+        """Drop the cached tensors once the run is over: a finished run is kept for its report only."""
+        for cached in (self.cache, self.staleness, self.reference_input, self.taylor, self.block_stats):
+            cached.clear()
+        self.block_inputs.clear()
+        self.residual.clear()
+        self.last_output = self.last_sample = None
+
+
+@dataclass
+class RunRecord:
+    """A run (one pipeline call) as its report needs it: the method's config and selection MACs of that run."""
+
+    run: RunInfo
+    branches: dict[str, BranchState]
+    config: dict[str, Any]
+    selection_macs: float
+
 
 class Engine:
     def __init__(
@@ -131,7 +149,7 @@ class Engine:
         self.shared_indices: dict[tuple[int, int], torch.Tensor | Selection] = {}  # (step, layer) → indices
         self.run: RunInfo | None = None
         self.generator: torch.Generator | None = None
-        self.last_run: tuple[RunInfo, dict[str, BranchState]] | None = None
+        self.history: list[RunRecord] = []  # every finished run since attach, oldest first
         self._wants: dict[int, frozenset[str]] = {}
         self._state: BranchState | None = None
 
@@ -145,7 +163,9 @@ class Engine:
 
     def _archive(self) -> None:
         if self.run is not None and any(b.steps for b in self.branches.values()):
-            self.last_run = (self.run, self.branches)
+            for branch in self.branches.values():
+                branch.release()
+            self.history.append(self._record(self.run))
         self.branches = {}
         self.plan = {}
         self.shared_indices = {}
@@ -596,13 +616,21 @@ class Engine:
         state.block_inputs.clear()
 
     # -- reporting ----------------------------------------------------------------------------
+    def _record(self, run: RunInfo) -> RunRecord:
+        return RunRecord(run, self.branches, self.method.resolved_config(), self.method.selection_macs)
+
+    def runs(self) -> list[RunRecord]:
+        """Every run since attach, the one in progress last if it made a call."""
+        if self.run is not None and any(b.steps for b in self.branches.values()):
+            return [*self.history, self._record(self.run)]
+        return list(self.history)
+
     def latest(self) -> tuple[RunInfo, dict[str, BranchState]]:
         """The run in progress if it made a call, else the last finished one."""
-        if self.run is not None and any(b.steps for b in self.branches.values()):
-            return self.run, self.branches
-        if self.last_run is None:
+        runs = self.runs()
+        if not runs:
             raise RuntimeError("no run yet: call the pipeline (or transformer) while attached first")
-        return self.last_run
+        return runs[-1].run, runs[-1].branches
 
 
 class Handle:
@@ -611,6 +639,7 @@ class Handle:
     def __init__(self, engine: Engine, undo: list[Callable[[], None]]):
         self.engine = engine
         self._undo = undo
+        self._uninstall: Callable[[], None] | None = None  # the method's own library (Method.install), removed first
         self.attached = True
 
     def __enter__(self) -> Handle:
@@ -620,9 +649,21 @@ class Handle:
         self.detach()
 
     def detach(self) -> None:
-        """Restore every overridden attribute; the pipeline is then exactly as before."""
+        """Restore every overridden attribute; the pipeline is then exactly as before (the same objects in
+        each instance's ``__dict__``, or their absence). Refused, changing nothing, while another library
+        still wraps one of them (it was attached after dsbench): restoring would silently drop its wrapper."""
         if not self.attached:
             return
+        if self._uninstall is not None:
+            self._uninstall()
+            self._uninstall = None
+        covered = [u for u in self._undo if isinstance(u, InstanceOverride) and not u.intact()]
+        if covered:
+            o = covered[0]
+            raise RuntimeError(
+                f"cannot detach: {type(o.obj).__name__}.{o.name} was overridden again after dsbench attached "
+                "(by another library?); remove that override first, then detach"
+            )
         for undo in reversed(self._undo):
             undo()
         self.engine.counter.remove()
@@ -633,14 +674,21 @@ class Handle:
         self.engine.new_run(num_steps)
 
     def report(self) -> AttachReport:
-        """MACs, per-(step, layer) decisions and overhead of the most recent run (keys: ``AttachReport``)."""
-        return build_report(self.engine, *self.engine.latest())
+        """MACs and overhead over every pipeline call since attach, the per-(step, layer) decisions of the
+        most recent one and each call's own report under ``per_call`` (keys: ``AttachReport``)."""
+        runs = self.engine.runs()
+        if not runs:
+            raise RuntimeError("no run yet: call the pipeline (or transformer) while attached first")
+        return aggregate_reports([build_report(self.engine.method.name, record) for record in runs])
 
 
 class AttachReport(TypedDict):
     """What ``Handle.report()`` returns: a plain dict at run time, with these keys (stable; new keys may be
     added, none removed or renamed without a changelog entry). MACs are per generated image over the whole
-    run (docs/accounting.md); "CFG counted" charges both classifier-free-guidance passes, "not counted" one."""
+    run (docs/accounting.md); "CFG counted" charges both classifier-free-guidance passes, "not counted" one.
+    After several pipeline calls (runs), the MAC keys average the calls weighted by their images and
+    ``selection_seconds`` sums them; the per-step keys (``num_steps`` to ``schedule``) describe the most
+    recent call, and ``per_call`` holds every call's own report (oldest first)."""
 
     method: str  # the method's registered name ("toca", "fora", ...)
     config: dict[str, Any]  # its parameters in effect for the run (per-model defaults filled in)
@@ -662,10 +710,43 @@ class AttachReport(TypedDict):
     selection_seconds: float  # wall time spent in the method's token selection and end-of-step work
     selection_macs: float  # the method's selection overhead in MACs, per generated image
     schedule: Schedule  # the whole run's directives and decisions (``Schedule.digest``, ``to_dict``)
+    images: int  # images generated (over all calls)
+    calls: int  # pipeline calls (runs) since attach
+    per_call: list[AttachReport]  # each call's own report, oldest first (these keys but ``per_call``)
 
 
-def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState]) -> AttachReport:
-    """Per generated image over the whole run (docs/accounting.md), in both CFG conventions (``AttachReport``)."""
+# the keys that average over calls, weighted by each call's images (per generated image, docs/accounting.md)
+AVERAGED = (
+    "macs_cfg_counted",
+    "macs_cfg_not_counted",
+    "macs_attention_cfg_counted",
+    "macs_attention_cfg_not_counted",
+    "selection_macs",
+)
+
+
+def aggregate_reports(per_call: list[AttachReport]) -> AttachReport:
+    """One report over several calls: MACs averaged weighted by images, selection time summed, the rest of
+    the most recent call (``AttachReport``)."""
+    last = per_call[-1]
+    if len(per_call) == 1:
+        return cast(AttachReport, {**last, "per_call": [last]})
+    images = sum(r["images"] for r in per_call)
+    out = cast(dict[str, Any], {**last})
+    for key in AVERAGED:
+        out[key] = sum(r[key] * r["images"] for r in per_call) / images  # type: ignore[literal-required]
+    out |= {
+        "selection_seconds": sum(r["selection_seconds"] for r in per_call),
+        "images": images,
+        "calls": len(per_call),
+        "per_call": per_call,
+    }
+    return cast(AttachReport, out)
+
+
+def build_report(method: str, record: RunRecord) -> AttachReport:
+    """One run, per generated image (docs/accounting.md), in both CFG conventions (``AttachReport``)."""
+    run, branches = record.run, record.branches
     first = next(iter(branches))
     steps = branches[first].steps
     linear = {name: sum(s.macs_linear for s in b.steps) for name, b in branches.items()}
@@ -680,14 +761,14 @@ def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState])
         directives=[s.directive for s in steps],
         decisions=[s.decisions for s in steps],
         meta={
-            "method": engine.method.name,
-            "config": engine.method.resolved_config(),
+            "method": method,
+            "config": record.config,
             "n_tokens": [run.n_tokens(layer) for layer in run.layers],
         },
     )
     return {
-        "method": engine.method.name,
-        "config": engine.method.resolved_config(),
+        "method": method,
+        "config": record.config,
         "family": run.family,
         "num_steps": len(steps),
         "cfg_batched": run.cfg_batched,
@@ -707,8 +788,11 @@ def build_report(engine: Engine, run: RunInfo, branches: dict[str, BranchState])
         "decisions": [[str(d) for d in s.decisions] for s in steps],
         "layers": [layer.name for layer in run.layers],
         "selection_seconds": sum(b.selection_seconds for b in branches.values()),
-        "selection_macs": engine.method.selection_macs,
+        "selection_macs": record.selection_macs,
         "schedule": schedule,
+        "images": run.batch // 2 if run.cfg_batched else run.batch,
+        "calls": 1,
+        "per_call": [],
     }
 
 
@@ -751,16 +835,19 @@ def attach(
     undo: list[Callable[[], None]] = []
     try:
         if replacement is None:
+            _refuse_wrapped_blocks(adapter)
             adapter.install(engine, undo)
         else:
             _install_replacement(transformer, replacement, engine, undo)
-        _wrap_forward(transformer, engine, adapter, undo)
+        _hook_calls(transformer, engine, adapter, undo)
         if hasattr(transformer, "cache_context"):
             _wrap_cache_context(transformer, engine, undo)
         if scheduler is not None:
             _wrap_set_timesteps(scheduler, engine, undo)
         handle = Handle(engine, undo)
         set_instance_attr(transformer, "_dsbench_handle", handle, undo)
+        # last: the method's own library wraps all of the above and its remover restores this state
+        handle._uninstall = method.install(target if target is not transformer else None, transformer)
     except Exception:
         for u in reversed(undo):
             u()
@@ -775,21 +862,45 @@ def _install_replacement(transformer, replacement: Any, engine: Engine, undo: li
     Its own blocks run, not the adapter's, so there are no per-layer decisions; the engine's counter
     (built on the replacement) counts its Linear/Conv MACs and the module reports its attention MACs.
     """
+    wrapper = vars(transformer).get("forward")
+    if wrapper is not None:
+        raise RuntimeError(
+            f"{engine.method.name} runs its own model in place of {type(transformer).__name__}.forward, which "
+            f"already has a per-instance override ({getattr(wrapper, '__qualname__', type(wrapper).__name__)}) "
+            "that it would bypass: attach dsbench first and the other library after it"
+        )
     engine.layers = []
     replacement.set_counter(engine.counter)
     undo.append(lambda: replacement.set_counter(None))
     set_instance_attr(transformer, "forward", replacement.forward, undo)
 
 
-def _wrap_forward(transformer, engine: Engine, adapter, undo: list) -> None:
-    original = transformer.forward
+def _hook_calls(transformer, engine: Engine, adapter, undo: list) -> None:
+    """Open and close each denoiser call with module hooks rather than a ``forward`` override: hooks run in
+    ``Module.__call__`` around whatever ``forward`` is at call time, so a library that wraps or replaces the
+    transformer's ``forward`` before or after dsbench attaches (cache-dit does both) stays in the path."""
 
-    @functools.wraps(original)
-    def forward(*args, **kwargs):
-        engine.begin_call(adapter.call_info(original, args, kwargs))
-        return engine.end_call(original(*args, **kwargs))
+    def before(_module, args, kwargs):
+        engine.begin_call(adapter.call_info(args, kwargs))
 
-    set_instance_attr(transformer, "forward", forward, undo)
+    def after(_module, _args, output):
+        return engine.end_call(output)
+
+    undo.append(transformer.register_forward_pre_hook(before, with_kwargs=True).remove)
+    undo.append(transformer.register_forward_hook(after).remove)
+
+
+def _refuse_wrapped_blocks(adapter) -> None:
+    """dsbench runs its own forward for every block: a per-instance ``forward`` already there (another
+    library's wrapper) would be bypassed, its effect silently lost, so attaching refuses instead."""
+    for b, (block, _stream) in enumerate(adapter.blocks):
+        wrapper = vars(block).get("forward")
+        if wrapper is not None:
+            raise RuntimeError(
+                f"block {b} ({type(block).__name__}) already has a per-instance forward "
+                f"({getattr(wrapper, '__qualname__', type(wrapper).__name__)}), which dsbench's block forward would "
+                "bypass: attach dsbench first and the other library after it"
+            )
 
 
 def _wrap_cache_context(transformer, engine: Engine, undo: list) -> None:

@@ -251,7 +251,7 @@ def _simulate(engine, inputs: list[dict]) -> None:
     reuse_counts = type(engine.method).end_step is Method.end_step
     seen: dict[tuple, tuple] = {}
     for kwargs in tqdm(inputs, desc=f"{engine.method.name} MACs", unit="call", leave=False, disable=len(inputs) < 8):
-        engine.begin_call(engine.adapter.call_info(forward, (), kwargs))
+        engine.begin_call(engine.adapter.call_info((), kwargs))
         record = engine.current
         key = (record.directive, tuple(record.decisions))
         if reuse_counts and key in seen:

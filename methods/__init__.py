@@ -30,10 +30,12 @@ from dsbench.core import (
 
 # registration happens on import
 from dsbench.methods import (  # noqa: E402,F401
+    cachedit,
     cat,
     dato,
     deepcache,
     diffsparse,
+    diffusers_hook,
     duca,
     fbcache,
     fora,

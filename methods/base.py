@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pydantic
@@ -37,6 +38,8 @@ def config(name: str, **params: Any) -> MethodConfig:
     """The validated config of method ``name`` without building the method (which may read files, e.g. a
     learned schedule); a bad field raises ValueError naming it."""
     cls = method_class(name)
+    if cls.requires is not None and importlib.util.find_spec(cls.requires[0]) is None:
+        raise ValueError(f"{name} needs the optional package {cls.requires[0]!r}, not installed: {cls.requires[1]}")
     try:
         return cls.Config(**params)
     except pydantic.ValidationError as err:

@@ -333,7 +333,7 @@ def test_call_info_grid_without_data_reads(transformer):
             encoder_hidden_states=torch.empty(1, N_TEXT, 32, device=device),
             img_ids=image_ids(rows, cols).to(device) if ids else None,
         )
-        info = adapter.call_info(transformer.forward, (), x)
+        info = adapter.call_info((), x)
         assert (info.batch, info.n_image, info.n_text) == (1, rows * cols, N_TEXT)
         return info.grid
 

@@ -301,9 +301,7 @@ def test_call_info_on_meta_device():
         model = WanTransformer3DModel(**CONFIG)
         x, text = torch.empty(3, 4, 5, 6, 10), torch.empty(3, 7, 16)
     adapter = WanAdapter(model)
-    info = adapter.call_info(
-        model.forward, (x,), dict(timestep=torch.empty(3, device="meta"), encoder_hidden_states=text)
-    )
+    info = adapter.call_info((x,), dict(timestep=torch.empty(3, device="meta"), encoder_hidden_states=text))
     assert info.key() == (3, 5 * 3 * 5, 7, (15, 5))
     assert [layer.name for layer in adapter.layers] == [f"main{b}.{m}" for b in range(2) for m in ("sa", "ca", "mlp")]
     with dsbench.attach(model, methods.build("toca"), num_steps=3):

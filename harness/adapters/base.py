@@ -60,8 +60,14 @@ class Adapter:
     def provides(self, layer: Layer) -> frozenset[str]:
         return self.module_provides.get(layer.module, frozenset())
 
-    def bind(self, forward: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
-        return inspect.signature(forward).bind(*args, **kwargs).arguments
+    def bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """A call's arguments by name, bound by the model class's own ``forward`` signature: whatever wraps
+        the instance's ``forward`` (cache-dit's ``(*args, **kwargs)``, a hook registry) names nothing."""
+        signature = inspect.signature(type(self.model).forward)
+        try:
+            return signature.bind(self.model, *args, **kwargs).arguments
+        except TypeError as error:
+            raise TypeError(f"{type(self.model).__name__}.forward{signature}: {error}") from None
 
     def install(self, engine: LayerExecutor, undo: list) -> None:
         """Per-instance forward override on every block (restored by ``undo``)."""
@@ -76,7 +82,8 @@ class Adapter:
         """(module name, token kind, supports TOPK) of each sub-module, in execution order."""
         raise NotImplementedError
 
-    def call_info(self, forward: Callable, args: tuple, kwargs: dict) -> CallInfo:
+    def call_info(self, args: tuple, kwargs: dict) -> CallInfo:
+        """Shapes of a transformer call from the arguments it was called with."""
         raise NotImplementedError
 
     def make_forward(self, engine: LayerExecutor, b: int, block: torch.nn.Module) -> Callable:

@@ -88,8 +88,8 @@ class BasicBlockAdapter(Adapter):
             return [("sa", "image", True), ("ca", "image", True), ("mlp", "image", True)]
         return [("sa", "image", True), ("mlp", "image", True)]
 
-    def call_info(self, forward, args, kwargs) -> CallInfo:
-        bound = self.bind(forward, args, kwargs)
+    def call_info(self, args, kwargs) -> CallInfo:
+        bound = self.bind(args, kwargs)
         x = bound["hidden_states"]
         p = self.model.config.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)

@@ -119,8 +119,8 @@ class FluxAdapter(Adapter):
             return [("attn", "joint", False), ("img_mlp", "image", True), ("txt_mlp", "text", True)]
         return [("attn", "joint", False), ("mlp", "joint", True)]
 
-    def call_info(self, forward, args, kwargs) -> CallInfo:
-        bound = self.bind(forward, args, kwargs)
+    def call_info(self, args, kwargs) -> CallInfo:
+        bound = self.bind(args, kwargs)
         extra = set(bound.get("joint_attention_kwargs") or {}) - {"scale"}
         if extra:  # IP-adapter embeddings, attention masks, ...
             raise TypeError(

@@ -89,8 +89,8 @@ class WanAdapter(Adapter):
     def modules_of(self, block, stream):
         return [("sa", "image", True), ("ca", "image", True), ("mlp", "image", True)]
 
-    def call_info(self, forward, args, kwargs) -> CallInfo:
-        bound = self.bind(forward, args, kwargs)
+    def call_info(self, args, kwargs) -> CallInfo:
+        bound = self.bind(args, kwargs)
         if bound.get("encoder_hidden_states_image") is not None:
             raise ValueError(
                 "encoder_hidden_states_image (I2V image conditioning) is not supported by the "
