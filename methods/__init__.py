@@ -28,7 +28,20 @@ from dsbench.core import (
 )
 
 # registration happens on import
-from dsbench.methods import cat, dato, deepcache, diffsparse, duca, fora, full, sparsedit, steps, taylorseer, toca  # noqa: E402,F401  # noqa: E402,F401
+from dsbench.methods import (  # noqa: E402,F401
+    cat,
+    dato,
+    deepcache,
+    diffsparse,
+    duca,
+    fora,
+    full,
+    search,
+    sparsedit,
+    steps,
+    taylorseer,
+    toca,
+)
 from dsbench.methods.base import available, build, register
 
 __all__ = [
