@@ -113,6 +113,7 @@ def test_bad_fields_name_the_field_and_the_allowed_values(capsys):
         methods.build("ga").reset(None)
     assert cli_main(["methods", "ga"]) == 0
     listed = capsys.readouterr().out
+    assert "applies to: dit, pixart models · budget field: none (searches a schedule under the budget)" in listed
     for field in ("evaluations", "minutes", "fitness_seed", "search_seed", "population", "mutation"):
         assert f"    {field} (" in listed, field
 
