@@ -873,8 +873,8 @@ def search_place(store_path: str) -> tuple[str | None, Path]:
     next to the store (``<store>-optuna.db``) and ``searches/`` beside it; an in-memory store searches in memory."""
     if store_path == ":memory:":
         return None, Path(tempfile.mkdtemp(prefix="dsbench-searches-"))
-    path = Path(store_path).resolve()
-    return f"sqlite:///{path.with_name(path.stem + '-optuna.db')}", path.parent / "searches"
+    path = Path(store_path)  # the folder as given: a relative store keeps its rows' schedule paths relative
+    return f"sqlite:///{path.resolve().with_name(path.stem + '-optuna.db')}", path.parent / "searches"
 
 
 def searched(name: str) -> str | None:
