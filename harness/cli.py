@@ -89,7 +89,11 @@ def cmd_methods(args) -> int:
     names = [args.name] if args.name else methods.available()
     for name in names:
         cls = method_class(name)
-        budget = cls.budget_field or "none (runs as configured; a budget leaves it as it is)"
+        budget = cls.budget_field or (
+            "none (searches a schedule under the budget)"
+            if getattr(cls, "searches", None)
+            else "none (runs as configured; a budget leaves it as it is)"
+        )
         print(f"{name}: {cls.summary}")
         print(f"    applies to: {', '.join(families(name))} models · budget field: {budget}")
         fields = cls.Config.model_fields

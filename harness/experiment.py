@@ -200,11 +200,13 @@ class Experiment(_Strict):
             [MethodEntry(name=name) for name in methods.available()] if self.methods == "all" else list(self.methods)
         )
         out = []
-        for entry in entries:  # a list of budgets: one entry per budget for a method with a budget field
+        for entry in entries:  # a list of budgets: one entry per budget for a method with a budget field or a search
             budget = entry.budget or self.budget
             if budget is None or not isinstance(budget.macs_ratio, list):
                 out.append(entry)
-            elif method_class(entry.name).budget_field is None:
+            elif method_class(entry.name).budget_field is None and not getattr(
+                method_class(entry.name), "searches", None
+            ):
                 out.append(entry.model_copy(update={"budget": None}))
             else:
                 for ratio in budget.ratios():

@@ -48,6 +48,7 @@ from dsbench.shard import Shard
 from dsbench.store import Store, StoreError, keep_pending, pending_dir
 from dsbench.teacher_cache import TeacherCache
 from dsbench.teacher_cache import code_version as models_version
+from dsbench.training import search
 
 log = logging.getLogger("dsbench.runner")
 
@@ -59,6 +60,7 @@ _RESULT_SOURCES = (
     "harness/accounting.py",
     "harness/runner.py",
     "harness/teacher_cache.py",
+    "harness/training/search.py",
     "harness/adapters",
     "harness/metrics",
     "methods",
@@ -654,6 +656,7 @@ def run_experiment(
     if main and store is None:
         raise ValueError("store: rank 0 needs the results store")
     check_inputs(exp)  # files the methods read (schedules, weights) exist: fail before any sampling
+    check_searches(exp)
     if main:
         if artifacts is None:
             artifacts = (
@@ -714,6 +717,7 @@ def _measure(exp, store, todo, entries, outcome, force, artifacts, tracker, cach
     """Set every method up on every model, then measure the runs of ``todo``; rows into ``outcome``."""
     main = shard.is_main
     contexts, setups = {}, {}
+    place = search_place(store.path) if main else None
     count = sum(len({index for _, index, _ in runs}) for runs in todo.values())
     with Progress(f"{exp.name} set-up", total=count, unit="method", enabled=progress and count > 0) as bar:
         for model, runs in todo.items():  # set every method up on every model before any evaluation sampling
@@ -724,7 +728,7 @@ def _measure(exp, store, todo, entries, outcome, force, artifacts, tracker, cach
             for index in sorted({index for _, index, _ in runs}):
                 budget = _budget_ratio(exp, entries[index])
                 bar.start(f"{model} {entries[index].name}" + (f" at budget {budget:g}" if budget is not None else ""))
-                setups[model, index] = shard.broadcast(_setup(exp, ctx, entries[index]) if main else None)
+                setups[model, index] = shard.broadcast(_setup(exp, ctx, entries[index], place) if main else None)
                 bar.advance(1)
     bar = Progress(exp.name, total=sum(map(len, todo.values())), unit="run", enabled=progress)
     try:
@@ -864,7 +868,114 @@ def budget_note(
     )
 
 
-def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
+def search_place(store_path: str) -> tuple[str | None, Path]:
+    """(Optuna storage URL, folder) of the searched schedules (``ga``, ``random``): the sweeps' study database
+    next to the store (``<store>-optuna.db``) and ``searches/`` beside it; an in-memory store searches in memory."""
+    if store_path == ":memory:":
+        return None, Path(tempfile.mkdtemp(prefix="dsbench-searches-"))
+    path = Path(store_path)  # the folder as given: a relative store keeps its rows' schedule paths relative
+    return f"sqlite:///{path.resolve().with_name(path.stem + '-optuna.db')}", path.parent / "searches"
+
+
+def searched(name: str) -> str | None:
+    """The search a method needs before it samples (``ga``, ``random``), or None."""
+    return getattr(dsbench.methods.base.method_class(name), "searches", None) or None
+
+
+def check_searches(exp: Experiment) -> None:
+    """The search arms' settings an experiment cannot run with, as one-line errors before any work: no budget,
+    a schedule given by hand, or a fitness set drawn with a seed the evaluation uses."""
+    if exp.methods == "all":
+        return  # defaults, and a method without what it needs is skipped at set-up
+    for i, entry in enumerate(exp.methods):
+        if searched(entry.name) is None:
+            continue
+        where = f"experiment {exp.name}: field 'methods[{i}]"
+        if entry.budget is None and exp.budget is None:
+            raise ValueError(
+                f"{where}' ({entry.name}): searches a schedule under the run's MAC budget; give the experiment "
+                "(or this entry) budget: {macs_ratio: R} with R in (0, 1]"
+            )
+        for model in exp.models:
+            config = dsbench.methods.base.config(entry.name, **entry.params_for(model))
+            if config.schedule is not None:
+                raise ValueError(
+                    f"{where}.params.schedule' (model {model}): {entry.name} writes its schedule by searching; leave "
+                    "schedule unset (to run a schedule you have, use the diffsparse method)"
+                )
+            taken = sorted({*exp.seeds, exp.eval.seed})
+            if config.fitness_seed in taken:
+                raise ValueError(
+                    f"{where}.params.fitness_seed' (model {model}): {config.fitness_seed} is a seed the evaluation "
+                    f"draws with (seeds and eval.seed: {', '.join(map(str, taken))}); the search's fitness images "
+                    "must not be the scored ones: take any other seed in [0, 4294967295]"
+                )
+
+
+def prepare(exp: Experiment, ctx: ModelContext, entry: MethodEntry, params: dict, place) -> dict:
+    """The parameters a method gets from work before its runs ({} for most): the ``ga`` and ``random`` arms
+    search a schedule under the entry's budget (resumable, reused when finished) and get it as ``schedule``."""
+    kind = searched(entry.name)
+    if kind is None:
+        return {}
+    if ctx.bundle.family not in dsbench.methods.base.families(entry.name):
+        raise NotApplicable(
+            f"{entry.name} searches on {', '.join(dsbench.methods.base.families(entry.name))} models, "
+            f"not {ctx.bundle.family}"
+        )
+    budget = _budget_ratio(exp, entry)
+    if budget is None:
+        raise ValueError(f"{entry.name} searches a schedule under the run's MAC budget; the experiment sets none")
+    config = dsbench.methods.base.config(entry.name, **params)
+    model = ctx.bundle.name
+    key = {
+        "model": model,
+        "sampler": ctx.sampler,
+        "steps": ctx.steps,
+        "guidance": ctx.guidance,
+        "guidance_channels": ctx.guidance_channels,
+        "macs_ratio": budget,
+        "config": {k: v for k, v in config.model_dump().items() if k not in search.LIMIT_FIELDS},
+        "code_version": code_version(),
+    }
+    study = f"{entry.name}-{model}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+    storage, folder = place
+    bar = Progress(
+        f"  search {entry.name} on {model}", total=config.evaluations, unit="evaluations", level=1, enabled=ctx.progress
+    )
+    stored = 0
+
+    def step(value: float, best: float, replayed: bool) -> None:
+        nonlocal stored
+        stored += replayed
+        bar.advance(1, f"best LPIPS {best:.4f}" + (f" ({stored} from the study)" if stored else ""))
+
+    try:
+        path, result, space = search.search_schedule(
+            kind,
+            config,
+            ctx.bundle,
+            steps=ctx.steps,
+            macs_ratio=budget,
+            draw=lambda conditions, seed, method: ctx.sample(conditions, seed, method)[0],
+            build=lambda candidate: methods.build(entry.name, **params, schedule=candidate),
+            storage=storage,
+            study=study,
+            folder=folder / study,
+            callback=step,
+        )
+        bar.result(
+            f"best LPIPS {result.fitness:.4f} at {result.macs / space.base_macs:.3f} of full MACs (budget {budget:g}); "
+            f"{result.fresh} evaluated, {stored} from study {study} ({result.seconds:.0f} s of evaluations)"
+        )
+    except search.UnreachableBudget as err:
+        raise BudgetUnreachable(str(err)) from None
+    finally:
+        bar.close()
+    return {"schedule": str(path)}
+
+
+def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry, place: tuple[str | None, Path]) -> dict:
     """{"tuned": {field: value}, "note": budget note or None, "above": the setting just above an off budget or
     None}, or {"skip": reason} when the method cannot run on this model family at all (or, for ``methods:
     all``, needs a parameter it has no default for; or cannot reach one budget of a list). Any other
@@ -875,11 +986,20 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
     field = dsbench.methods.base.method_class(entry.name).budget_field if budget is not None else None
     tuned: dict = {}
     try:
-        method = methods.build(entry.name, **params)
+        tuned = prepare(exp, ctx, entry, params, place)
+        method = methods.build(entry.name, **params, **tuned)
+    except BudgetUnreachable as err:  # a search arm's: a budget of a curve it cannot reach is a skip
+        if exp.methods == "all" or entry._curve_point:
+            return {"skip": f"budget {budget}: {err}"}
+        raise ValueError(f"{entry.name} on {ctx.bundle.name}: {err}") from None
     except ValueError as err:
         if exp.methods == "all":
             return {"skip": f"{err} (methods: all runs each method with its defaults)"}
-        raise
+        if tuned or searched(entry.name) is None:
+            raise
+        raise ValueError(f"{entry.name} on {ctx.bundle.name}: {err}") from None
+    except NotApplicable as err:
+        return {"skip": str(err)}
     try:
         macs = ctx.macs_of(method)
         result = None
@@ -894,7 +1014,7 @@ def _setup(exp: Experiment, ctx: ModelContext, entry: MethodEntry) -> dict:
                 progress=ctx.progress,
                 full=ctx.macs_full,
             )
-            tuned, macs = {field: result["value"]}, result["macs"]
+            tuned, macs = {**tuned, field: result["value"]}, result["macs"]
     except NotApplicable as err:
         return {"skip": str(err)}
     except BudgetUnreachable as err:

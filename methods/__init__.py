@@ -41,6 +41,7 @@ from dsbench.methods import (  # noqa: E402,F401
     fora,
     full,
     magcache,
+    search,
     sparsedit,
     steps,
     taylorseer,

@@ -9,7 +9,11 @@ already evaluated, so an interrupted search ends exactly where an uninterrupted 
 
 ``fitness(levels) -> float`` is lower-is-better (FID, or LPIPS to the teacher:
 :func:`teacher_lpips_fitness`). Genomes are one level index per cell of a ``LevelSpace``.
-``minutes`` bounds a search by wall time as well (equal-time baselines against training).
+``minutes`` bounds a search by time as well (equal-time baselines against training): the summed time of its
+evaluations, stored ones included, so a resumed search counts the time it already spent.
+
+The ``ga`` and ``random`` methods are these searches as leaderboard arms: the runner calls
+:func:`search_schedule` before sampling, with the run's MAC budget, and evaluates the schedule it finds.
 
     python -m dsbench.training.search --model shapes-pixart --method ga --ratio 0.5 --minutes 10 --out DIR \
         [--storage sqlite:///DIR/search.db --study ga] [--fitness lpips|fid]
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 
 import dsbench
 from dsbench import methods
@@ -44,6 +49,8 @@ from dsbench.metrics.fidelity import lpips_distance
 from dsbench.models import zoo
 
 Fitness = Callable[[np.ndarray], float]
+# after every evaluation: (its fitness, the best so far, whether it came from the study)
+Callback = Callable[[float, float, bool], None]
 
 
 @dataclass
@@ -53,6 +60,8 @@ class SearchResult:
     macs: float  # M_lin per image of the best genome
     evaluations: int  # genomes evaluated in the whole study (resumed ones included)
     study: optuna.Study
+    fresh: int = 0  # genomes this call evaluated (the others came from the study)
+    seconds: float = 0.0  # evaluation time of the genomes of this search, stored ones included
 
 
 def repair(levels: np.ndarray, weights: np.ndarray, budget: int, window: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,10 +106,17 @@ class _Search:
         study_name: str | None,
         settings: dict,
         minutes: float | None = None,
+        callback: Callback | None = None,
     ):
         if evaluations < 1:
             raise ValueError(f"evaluations must be >= 1, got {evaluations}")
-        self.deadline = None if minutes is None else time.monotonic() + 60 * _check_minutes(minutes)
+        # the clock counts the seconds of the evaluations of this search: a stored one adds what it took when it
+        # ran, so a resumed search stops where an uninterrupted one would, and a finished one adds nothing
+        self.seconds_limit = None if minutes is None else 60 * _check_minutes(minutes)
+        self.elapsed, self.clock = 0.0, time.monotonic()
+        self.callback = callback
+        self.best: tuple[float, np.ndarray] | None = None  # lowest fitness among the genomes of this search
+        self.fresh = 0  # genomes evaluated by this call (not taken from the study)
         self.space, self.fitness, self.seed = space, fitness, seed
         self.weights = space.weights
         self.budget = space.budget(ratio)
@@ -146,7 +162,9 @@ class _Search:
 
     @property
     def finished(self) -> bool:
-        return self.count >= self.limit or (self.deadline is not None and time.monotonic() > self.deadline)
+        if self.count >= self.limit:
+            return True
+        return self.seconds_limit is not None and self.elapsed + time.monotonic() - self.clock > self.seconds_limit
 
     def evaluate(self, generation: int, child: int, levels: np.ndarray) -> float:
         """Fitness of a genome: the stored one when this (generation, child) was evaluated before."""
@@ -158,31 +176,44 @@ class _Search:
                     f"study {self.study.study_name!r}: stored genome ({generation}, {child}) differs "
                     "from the replayed one (the code or the space changed); start a new study"
                 )
-            return float(trial.value)
-        value = float(self.fitness(levels))
-        # one storage write per evaluation (ask + set_user_attr + tell would make six)
-        self.study.add_trial(
-            optuna.trial.create_trial(
-                value=value,
-                user_attrs={
-                    "generation": generation,
-                    "child": child,
-                    "levels": levels.tolist(),
-                    "macs": self.space.macs(levels),
-                },
+            value = float(trial.value)
+            self.elapsed += float(trial.user_attrs.get("seconds", 0.0))
+        else:
+            value = float(self.fitness(levels))
+            seconds = time.monotonic() - self.clock
+            self.elapsed += seconds
+            self.fresh += 1
+            # one storage write per evaluation (ask + set_user_attr + tell would make six)
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    value=value,
+                    user_attrs={
+                        "generation": generation,
+                        "child": child,
+                        "levels": levels.tolist(),
+                        "macs": self.space.macs(levels),
+                        "seconds": seconds,
+                    },
+                )
             )
-        )
+        self.clock = time.monotonic()
+        if self.best is None or value < self.best[0]:  # strict: the earlier genome wins ties
+            self.best = (value, levels.copy())
+        if self.callback is not None:
+            self.callback(value, self.best[0], trial is not None)
         return value
 
     def result(self) -> SearchResult:
-        best = self.study.best_trial
-        levels = np.asarray(best.user_attrs["levels"], dtype=np.int64)
+        """The best genome this search visited (a study run further before does not change it)."""
+        value, levels = self.best
         return SearchResult(
-            levels=levels,
-            fitness=float(best.value),
+            levels=np.asarray(levels, dtype=np.int64),
+            fitness=value,
             macs=self.space.macs(levels),
-            evaluations=len(self.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))),
+            evaluations=len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
             study=self.study,
+            fresh=self.fresh,
+            seconds=self.elapsed,
         )
 
 
@@ -202,10 +233,11 @@ def random_search(
     storage: str | None = None,
     study_name: str | None = None,
     minutes: float | None = None,
+    callback: Callback | None = None,
 ) -> SearchResult:
     """``evaluations`` random feasible genomes (uniform levels, repaired); the best one wins [P].
-    ``minutes``: stop earlier when the wall time is up (at least one genome is evaluated)."""
-    search = _Search("random", space, fitness, ratio, evaluations, seed, storage, study_name, {}, minutes)
+    ``minutes``: stop earlier when the evaluation time is up (at least one genome is evaluated)."""
+    search = _Search("random", space, fitness, ratio, evaluations, seed, storage, study_name, {}, minutes, callback)
     i = 0
     while i == 0 or not search.finished:
         search.evaluate(0, i, search.random_genome(search.rng(i)))
@@ -228,12 +260,13 @@ def genetic_search(
     study_name: str | None = None,
     initial: np.ndarray | None = None,
     minutes: float | None = None,
+    callback: Callback | None = None,
 ) -> SearchResult:
     """The GA of docs/methods/search.md: a population of random feasible genomes; each generation keeps the
     elites and breeds the rest by uniform crossover of two parents drawn from the best ``parents``,
     per-gene mutation to a random level, repair. Stops after ``evaluations`` fitness evaluations
-    (elites carried over are not re-evaluated) or after ``minutes`` of wall time (at least one
-    evaluation). ``initial``: one seed genome (e.g. ToCa's schedule)."""
+    (elites carried over are not re-evaluated) or after ``minutes`` of evaluation time, stored
+    evaluations included (at least one evaluation). ``initial``: one seed genome (e.g. ToCa's schedule)."""
     if population < 2 or not 0 <= elites < population or not 2 <= parents <= population:
         raise ValueError(
             f"need population >= 2, 0 <= elites < population and 2 <= parents <= population; got "
@@ -248,7 +281,7 @@ def genetic_search(
         "mutation": mutation,
         "initial": None if initial is None else np.asarray(initial).tolist(),
     }
-    search = _Search("ga", space, fitness, ratio, evaluations, seed, storage, study_name, settings, minutes)
+    search = _Search("ga", space, fitness, ratio, evaluations, seed, storage, study_name, settings, minutes, callback)
     K = space.K
     rng = search.rng(0)
     members = [search.random_genome(rng) for _ in range(population)]
@@ -342,8 +375,6 @@ def teacher_lpips_fitness(
     ``pipeline_call()`` draws the fixed evaluation set (fixed conditions and seeds) with ``pipeline``
     and returns uint8 images N×3×H×W.
     """
-    import torch
-
     teacher = torch.as_tensor(pipeline_call())
     workdir = Path(tempfile.mkdtemp(prefix="dsbench-search-"))
 
@@ -356,18 +387,101 @@ def teacher_lpips_fitness(
     return fitness
 
 
+# ------------------------------------------------------------------------------------ the `ga` and `random` arms
+
+
+class UnreachableBudget(ValueError):
+    """The run's MAC budget is outside what the level space's cells can reach."""
+
+
+# a search arm's config fields that only bound its length: a study searched further serves them all
+LIMIT_FIELDS = ("evaluations", "minutes", "schedule")
+
+
+def search_schedule(
+    kind: str,
+    config,
+    bundle,
+    *,
+    steps: int,
+    macs_ratio: float,
+    draw: Callable[[list, int, methods.Method | None], torch.Tensor],
+    build: Callable[[str], methods.Method],
+    storage: str | None,
+    study: str,
+    folder: Path,
+    callback: Callback | None = None,
+) -> tuple[Path, SearchResult, LevelSpace]:
+    """The schedule of the ``ga`` or ``random`` arm (``kind``) on ``bundle`` at ``macs_ratio`` of the full
+    model's MACs, written to ``folder/schedule.json``; the runner calls it before any evaluation sampling.
+
+    ``config``: the arm's validated config. Fitness: mean LPIPS (AlexNet) between the uncached model's images
+    and the candidate's on ``config.fitness_n`` conditions drawn with ``config.fitness_seed``, their noise seeded
+    by it too, so none is an image the leaderboard scores (the runner checks the seed is not one of the
+    experiment's). ``draw(conditions, seed, method)``: uint8 images as the run samples them (its sampler, steps,
+    guidance); ``build(path)``: the arm with a candidate schedule. The teacher images are drawn at the first new
+    evaluation, so a finished study is reused without sampling.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary line per search, not one per study call
+    space = bundle_space(bundle, config.level_interval, "weighted", steps=steps)
+    ratio = 1.0 - macs_ratio
+    try:
+        space.budget(ratio)  # an unreachable budget fails here, before any sampling
+    except ValueError as err:
+        raise UnreachableBudget(f"macs_ratio {macs_ratio:g}: {err}") from None
+    conditions = bundle.conditions(config.fitness_n, config.fitness_seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher: list[torch.Tensor] = []
+
+    def fitness(levels: np.ndarray) -> float:
+        if not teacher:
+            teacher.append(draw(conditions, config.fitness_seed, None))
+        path = export_schedule(folder / "candidate.json", space, levels)
+        student = draw(conditions, config.fitness_seed, build(str(path)))
+        return lpips_distance(student, teacher[0])
+
+    common = dict(
+        evaluations=config.evaluations,
+        seed=config.search_seed,
+        storage=storage,
+        study_name=study,
+        minutes=config.minutes,
+        callback=callback,
+    )
+    if kind == "ga":
+        genes = dict(population=config.population, elites=config.elites, parents=config.parents)
+        result = genetic_search(space, fitness, ratio, mutation=config.mutation, **genes, **common)
+    elif kind == "random":
+        result = random_search(space, fitness, ratio, **common)
+    else:
+        raise ValueError(f"search must be one of ga, random, got {kind!r}")
+    (folder / "candidate.json").unlink(missing_ok=True)
+    settings = {k: v for k, v in config.model_dump().items() if k != "schedule"}
+    path = export_schedule(
+        folder / "schedule.json",
+        space,
+        result.levels,
+        config={"search": kind, "study": study, "fitness": "lpips", **settings},
+        budget_ratio=ratio,
+    )
+    return path, result, space
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 METHODS = ("ga", "random", "nsga2")
 FITNESSES = ("lpips", "fid")
 
 
-def bundle_space(bundle, interval: float = 0.25, mode: str = "weighted") -> LevelSpace:
-    """The trainer's level space for a zoo model (same steps, text length and MAC weights)."""
+def bundle_space(bundle, interval: float = 0.25, mode: str = "weighted", steps: int | None = None) -> LevelSpace:
+    """The trainer's level space for a zoo model (same text length and MAC weights; ``steps``: the sampler's
+    steps, default the model's)."""
     with dsbench.attach(bundle.pipeline, methods.build("full")) as handle:
         bundle.sample(bundle.conditions(1, 0), 0)
         run, _ = handle.engine.latest()
-    return level_space_of(bundle.pipeline, bundle.sampler.steps, interval, mode, text_tokens=max(run.n_text, 1))
+    steps = steps or bundle.sampler.steps
+    return level_space_of(bundle.pipeline, steps, interval, mode, text_tokens=max(run.n_text, 1))
 
 
 def bundle_fitness(bundle, space: LevelSpace, kind: str, n: int, seed: int) -> Fitness:
@@ -509,7 +623,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="weighted", choices=("weighted", "paper"), help="budget weights")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    import torch
 
     check_search_args(
         args.method, args.ratio, args.minutes, args.fitness, args.fitness_n, args.evaluations, args.interval
