@@ -155,6 +155,7 @@ class Device:
             "driver": None,
             "load_average": list(os.getloadavg()),
             "commit": _git("log", "-1", "--format=%h %ad", "--date=format:%Y-%m-%d %H:%M"),
+            "uncommitted_changes": bool(_git("status", "--porcelain", "--", "harness", "methods", "benchmarks")),
         }
         if self.cuda:
             props = torch.cuda.get_device_properties(0)
@@ -183,7 +184,10 @@ def build_transformer(name: str, device: Device, tiny: bool) -> torch.nn.Module:
     cls = getattr(diffusers, config.pop("_class_name"))
     config.pop("_source", None)
     if tiny:
+        side = config.get("sample_size")
         config.update(TINY[architecture(name).family][0])
+        if side:  # PixArt-α 512 stays twice PixArt-α 256's latent side
+            config["sample_size"] = TINY[architecture(name).family][0]["sample_size"] * side // 32
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(device.dtype)  # built in the compute dtype: FLUX in fp32 would not fit first
@@ -792,7 +796,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ",
         f"Device: {m['device']}; CPU {m['cpu']} ({m['cpu_count']} logical, {m['torch_threads']} torch threads); "
         f"dtype {m['dtype']}; torch {m['torch']} (CUDA {m['cuda']}, driver {m['driver']}); diffusers {m['diffusers']}; "
-        f"python {m['python']}; commit {m['commit']}; "
+        f"python {m['python']}; commit {m['commit']}"
+        f"{' (with uncommitted changes)' if m['uncommitted_changes'] else ''}; "
         f"load average {', '.join(f'{x:.2f}' for x in m['load_average'])}  ",
         f"Models: {result['configs']} random-weight transformers of the zoo's classes; timing: {result['timing']}, "
         f"each method interleaved with `full`; speedup = median of per-pair full/method ratios; MAC ratio = M_lin "

@@ -28,7 +28,7 @@ def report(tmp_path_factory):
 def test_report_names_the_machine_and_the_configs(report):
     data, md = report
     m = data["machine"]
-    for key in ("device", "dtype", "cpu", "torch", "diffusers", "driver", "cuda", "commit"):
+    for key in ("device", "dtype", "cpu", "torch", "diffusers", "driver", "cuda", "commit", "uncommitted_changes"):
         assert key in m
     assert m["kind"] == "cpu" and m["dtype"] == "float32" and data["configs"] == "tiny (CPU)"
     assert "tiny configs (not GPU figures)" in md and m["cpu"] in md and m["torch"] in md
