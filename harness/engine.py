@@ -63,6 +63,19 @@ from dsbench.scores import (
 )
 
 
+def _clock() -> float:
+    """perf_counter for ``selection_seconds``; not read while torch.compile traces (each read would break the
+    graph), so a compiled run reports only the eager end-of-step work there (docs/compile.md)."""
+    return 0.0 if torch.compiler.is_compiling() else time.perf_counter()
+
+
+def _charge_selection(state: BranchState, t0: float) -> None:
+    """Add the time since ``t0`` to the selection overhead, except while tracing: the graph would read (and guard
+    on) the running total, which changes at every step."""
+    if not torch.compiler.is_compiling():
+        state.selection_seconds += time.perf_counter() - t0
+
+
 class _ProbeReuse(Exception):
     """Raised by the first layer's PROBE when the method reuses: unwinds block 0's body to run_block."""
 
@@ -103,6 +116,10 @@ class BranchState:
     residual: dict[tuple[int, int], tuple] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
     selection_seconds: float = 0.0
+    # the call in progress, set by begin_call: the block overrides read these, never the step index, so that
+    # torch.compile's guards do not change with every step (docs/compile.md)
+    record: StepRecord | None = None
+    stats_read_later: bool = True
 
     def release(self) -> None:
         """Drop the cached tensors once the run is over: a finished run is kept for its report only."""
@@ -216,6 +233,7 @@ class Engine:
             raise RuntimeError("no run in progress: the engine runs inside an attached forward")
         return run
 
+    @torch.compiler.disable  # bookkeeping in Python, run eagerly under torch.compile (docs/compile.md)
     def begin_call(self, call: CallInfo) -> None:
         state = self.branches.get(self.branch)
         known = state.call if state is not None else next((b.call for b in self.branches.values()), None)
@@ -233,7 +251,9 @@ class Engine:
         if i not in self.plan:
             self.plan[i] = self._plan_step(i)
         directive, decisions = self.plan[i]
-        state.steps.append(StepRecord(directive=directive, decisions=decisions))
+        state.record = StepRecord(directive=directive, decisions=decisions)
+        state.steps.append(state.record)
+        state.stats_read_later = self._stats_read_later(state)
         self.counter.batch = call.batch
         self.counter.take()
 
@@ -292,6 +312,7 @@ class Engine:
             raise ValueError(f"{self.method.name}: TAYLOR({d.m}) needs taylor_order >= {d.m} on the method")
         return d
 
+    @torch.compiler.disable
     def end_call(self, output, counts: tuple[float, float, dict[int, float]] | None = None):
         """Close the call and return its output; ``counts`` (linear, attention, per layer) replaces the
         counted MACs when the call was not executed (MAC-only simulation of a call already seen with
@@ -348,20 +369,21 @@ class Engine:
         if not isinstance(h, LayerInput):
             h = LayerInput.of(h)
         state = self._live()
-        directive = state.steps[-1].directive
+        record = cast(StepRecord, state.record)
+        directive = record.directive
         if ell == 0 and directive.kind is DirectiveKind.PROBE and directive.front == 0:
             signal = h.full()
             if self.layers[0].tokens == "joint":  # [text; image]: the image rows
                 signal = signal[:, state.call.n_text :]
             if self._probe(state, signal):
                 raise _ProbeReuse  # caught by run_block of block 0, which adds the cached residual
-        d = state.steps[-1].decisions[ell]
+        d = record.decisions[ell]
         layer = self.layers[ell]
-        normal = state.steps[-1].directive.kind is not DirectiveKind.BLOCK_RESIDUAL
+        normal = record.directive.kind is not DirectiveKind.BLOCK_RESIDUAL
         self.counter.bucket = ell
         try:
             if d.kind is Kind.FULL:
-                want = self._wants[ell] if self._stats_read_later(state) else frozenset()
+                want = self._wants[ell] if state.stats_read_later else frozenset()
                 res = compute(None, want)
                 out = res.out
                 state.cache[ell] = out
@@ -384,7 +406,7 @@ class Engine:
             if d.kind is Kind.MIX:
                 return self._mix(state, layer, h, compute, d.k)
             # TOPK
-            t0 = time.perf_counter()
+            t0 = _clock()
             ctx = self._score_context(state, layer, h)
             selected = self._select(state, layer, d.k, ctx)
             index, source = (selected.index, selected.source) if isinstance(selected, Selection) else (selected, None)
@@ -393,7 +415,7 @@ class Engine:
                     f"{self.method.name}: TOPK fill={d.fill!r} at {layer.name} needs select() to "
                     f"return {'a Selection with sources' if source is None else 'bare indices'}"
                 )
-            state.selection_seconds += time.perf_counter() - t0
+            _charge_selection(state, t0)
             keys = self._attention_keys(state, layer, d)
             if keys is None:
                 res = compute(index, self._wants[ell])
@@ -443,14 +465,14 @@ class Engine:
         reference inputs change only for the k top-ranked tokens, exactly as TOPK(k) would change them,
         so the ranking at later steps is the one inference sees (DiffSparse training forward)."""
         ell = layer.index
-        t0 = time.perf_counter()
+        t0 = _clock()
         ctx = self._score_context(state, layer, h)
         order = self._select(state, layer, ctx.n, ctx)
         if isinstance(order, Selection):
             raise RuntimeError(
                 f"{self.method.name}: MIX at {layer.name} needs select() to return a ranking, not a Selection"
             )
-        state.selection_seconds += time.perf_counter() - t0
+        _charge_selection(state, t0)
         if self.method.mix_checkpoint:  # the input first, so the recomputation repeats exactly the layer
             h.full()
             res = torch.utils.checkpoint.checkpoint(compute, None, self._wants[ell], use_reentrant=False)
@@ -548,7 +570,7 @@ class Engine:
         ``as_output`` turns such a tuple into the block's return value and ``body`` runs the block.
         """
         state = self._live()
-        record = state.steps[-1]
+        record = cast(StepRecord, state.record)
         if record.directive.kind is DirectiveKind.PROBE and b == record.directive.front > 0:
             self._probe(state, state_in[-1] - state.block_inputs[0][-1])  # every adapter's state ends with the image
         directive = record.directive
@@ -814,6 +836,8 @@ def attach(
         if not isinstance(target, torch.nn.Module):
             raise TypeError(f"cannot attach to {type(target).__name__}: pass a diffusers pipeline or its transformer")
         transformer, scheduler = target, None
+    # torch.compile(transformer) wraps it; the wrapper calls the module's own __call__, so the overrides go there
+    transformer = getattr(transformer, "_orig_mod", transformer)
     attached: Handle | None = getattr(transformer, "_dsbench_handle", None)
     if attached is not None:
         raise RuntimeError(
