@@ -108,7 +108,7 @@ class BranchState:
     staleness: dict[int, torch.Tensor] = field(default_factory=dict)
     reference_input: dict[int, torch.Tensor] = field(default_factory=dict)
     taylor: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    taylor_step: dict[int, int] = field(default_factory=dict)
+    taylor_step: dict[int, torch.Tensor] = field(default_factory=dict)  # step of each layer's factors, as step_index
     block_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     block_inputs: dict[int, tuple] = field(default_factory=dict)  # for BLOCK_RESIDUAL
     last_output: Any = None  # output of the last block (REUSE_OUTPUT)
@@ -120,6 +120,10 @@ class BranchState:
     # torch.compile's guards do not change with every step (docs/compile.md)
     record: StepRecord | None = None
     stats_read_later: bool = True
+    taylor_differences: bool = False  # this call's FULL layers form finite differences (step >= Method.taylor_from)
+    # the step as a 0-dim float64 tensor for the Taylor distances: a graph input, so that torch.compile does not
+    # specialise (and recompile) on the step number as it does on a Python int (docs/compile.md)
+    step_index: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
 
     def release(self) -> None:
         """Drop the cached tensors once the run is over: a finished run is kept for its report only."""
@@ -254,6 +258,8 @@ class Engine:
         state.record = StepRecord(directive=directive, decisions=decisions)
         state.steps.append(state.record)
         state.stats_read_later = self._stats_read_later(state)
+        state.taylor_differences = state.step >= self.method.taylor_from
+        state.step_index = torch.tensor(float(state.step), dtype=torch.float64)
         self.counter.batch = call.batch
         self.counter.take()
 
@@ -545,18 +551,18 @@ class Engine:
     def _update_taylor(self, state: BranchState, ell: int, out: torch.Tensor) -> None:
         """Finite differences in step-index units between FULL steps from step ``Method.taylor_from`` on
         (docs/methods/taylorseer.md); before it a FULL layer keeps its output only."""
-        old = state.taylor.get(ell, []) if state.step >= self.method.taylor_from else []
+        old = state.taylor.get(ell, []) if state.taylor_differences else []
         factors = [out.clone()]  # the cache itself may be scatter-updated in place by a later TOPK
         if old:
-            dist = state.step - state.taylor_step[ell]
+            dist = state.step_index - state.taylor_step[ell]
             for j in range(min(self.method.taylor_order, len(old))):
                 factors.append((factors[j] - old[j]) / dist)
         state.taylor[ell] = factors
-        state.taylor_step[ell] = state.step
+        state.taylor_step[ell] = state.step_index
 
     def _forecast(self, state: BranchState, ell: int, order: int) -> torch.Tensor:
         factors = state.taylor.get(ell) or [state.cache[ell]]
-        delta = state.step - state.taylor_step.get(ell, state.step)
+        delta = state.step_index - state.taylor_step.get(ell, state.step_index)
         out = factors[0]
         for j in range(1, min(order, len(factors) - 1) + 1):
             out = out + factors[j] * (delta**j / math.factorial(j))

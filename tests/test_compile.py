@@ -96,8 +96,10 @@ def test_attach_then_compile_equals_eager(pipe, half_schedule, name):
     assert report["macs_cfg_counted"] == ref_report["macs_cfg_counted"]
     assert report["decisions"] == ref_report["decisions"]
     # step plans, not steps, make graphs: the first call (empty caches), the plan's steady state, the last
-    # step (no statistics kept) — at most three per plan
-    assert graphs <= 3 * plans(report), (graphs, plans(report))
+    # step (no statistics kept) — at most three per plan; TaylorSeer's factor lists also grow by one entry per
+    # differenced full step until they hold `order` differences, and each length is a graph of its own
+    growth = report["config"]["order"] if name == "taylorseer" else 0
+    assert graphs <= 3 * plans(report) + growth, (graphs, plans(report), growth)
     if name in ("full", "fora", "taylorseer"):
         assert graphs < STEPS
 

@@ -252,6 +252,8 @@ def taylor_rows(m, run: RunInfo) -> list[list]:
         assert len(decisions) == 1, f"step {i}: one decision for every layer"
         d = decisions.pop()
         state.step = i
+        state.taylor_differences = i >= m.taylor_from  # as Engine.begin_call sets them for the call
+        state.step_index = torch.tensor(float(i), dtype=torch.float64)
         if d.kind is Kind.FULL:
             out = torch.tensor(signal(i), dtype=torch.float64)
             state.cache[0] = out
