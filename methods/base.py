@@ -34,12 +34,22 @@ def method_class(name: str) -> type[Method]:
         raise ValueError(f"unknown method {name!r}; available methods: {', '.join(available())}") from None
 
 
+def missing_package(name: str) -> str | None:
+    """Why method ``name`` cannot run here (an optional package it needs is not installed, with the pip command
+    that installs it), or None."""
+    cls = method_class(name)
+    if cls.requires is not None and importlib.util.find_spec(cls.requires[0]) is None:
+        return f"{name} needs the optional package {cls.requires[0]!r}, not installed: {cls.requires[1]}"
+    return None
+
+
 def config(name: str, **params: Any) -> MethodConfig:
     """The validated config of method ``name`` without building the method (which may read files, e.g. a
     learned schedule); a bad field raises ValueError naming it."""
     cls = method_class(name)
-    if cls.requires is not None and importlib.util.find_spec(cls.requires[0]) is None:
-        raise ValueError(f"{name} needs the optional package {cls.requires[0]!r}, not installed: {cls.requires[1]}")
+    missing = missing_package(name)
+    if missing is not None:
+        raise ValueError(missing)
     try:
         return cls.Config(**params)
     except pydantic.ValidationError as err:

@@ -132,3 +132,14 @@ def test_the_runner_tunes_samples_and_stores_both_arms_at_a_budget(tmp_path, tea
         row = rows.loc[arm]
         assert 0 < row.tuned[field] <= 1 and row.macs_ratio <= 0.5 and row.n_samples == 4
         assert np.isfinite(row.psnr)
+
+
+def test_the_quickstart_leaves_out_the_arms_whose_extra_is_missing_and_says_how_to_install_it(monkeypatch):
+    from dsbench import quickstart
+
+    everything, none_missing = quickstart.quickstart_experiment()
+    assert none_missing == [] and "cachedit" in [m.name for m in everything.methods]
+    monkeypatch.setitem(sys.modules, "cache_dit", None)  # what an environment without the extra finds
+    exp, unavailable = quickstart.quickstart_experiment()
+    assert [m.name for m in exp.methods] == [m.name for m in everything.methods if m.name != "cachedit"]
+    assert len(unavailable) == 1 and 'pip install -e ".[external]"' in unavailable[0]
