@@ -67,7 +67,15 @@ _RESULT_SOURCES = (
 )
 CODE_VERSION_ENV = "DSBENCH_CODE_VERSION"
 # short names of budget fields and common parameters in run labels (cache-dit style: toca_N3_R0.30)
-ABBREV = {"interval": "N", "ratio": "R", "fraction": "F", "num_steps": "S"}
+# the adaptive caches' and library arms' thresholds too: a budget search stores runs that differ only there
+ABBREV = {
+    "interval": "N",
+    "ratio": "R",
+    "fraction": "F",
+    "num_steps": "S",
+    "threshold": "th",
+    "residual_diff_threshold": "th",
+}
 # a run whose MACs are further than this from the budget (relative) gets a budget_note saying why
 BUDGET_TOLERANCE = 0.02
 
