@@ -843,7 +843,7 @@ def attach(
             raise TypeError(f"cannot attach to {type(target).__name__}: pass a diffusers pipeline or its transformer")
         transformer, scheduler = target, None
     # torch.compile(transformer) wraps it; the wrapper calls the module's own __call__, so the overrides go there
-    transformer = getattr(transformer, "_orig_mod", transformer)
+    transformer = cast(torch.nn.Module, getattr(transformer, "_orig_mod", transformer))
     attached: Handle | None = getattr(transformer, "_dsbench_handle", None)
     if attached is not None:
         raise RuntimeError(
