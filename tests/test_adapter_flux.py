@@ -121,8 +121,8 @@ def all_full(transformer):
     return run(transformer, Fixed(lambda i, layer: FULL))
 
 
-@pytest.fixture(scope="module")
-def pipe():
+def tiny_pipeline() -> FluxPipeline:
+    """A real FluxPipeline around the tiny transformer and a tiny VAE (no text encoders: prompt embeddings given)."""
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
@@ -144,6 +144,11 @@ def pipe():
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
 
 
 def generate(pipe, width: int = 32, true_cfg: bool = False) -> torch.Tensor:

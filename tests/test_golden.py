@@ -47,34 +47,27 @@ def pixart_structure():
     return adapter.layers, dict(adapter.blocks_per_stream)
 
 
-def pixart_run(T: int) -> RunInfo:
-    layers, blocks = pixart_structure()
+def _run(family: str, structure, n_text: int, T: int) -> RunInfo:
+    layers, blocks = structure()
     return RunInfo(
-        family="pixart",
+        family=family,
         num_steps=T,
         layers=layers,
         n_image=TOKENS,
-        n_text=120,
+        n_text=n_text,
         grid=(16, 16),
         batch=2,
         cfg_batched=True,
         blocks_per_stream=blocks,
     )
+
+
+def pixart_run(T: int) -> RunInfo:
+    return _run("pixart", pixart_structure, 120, T)
 
 
 def dit_run(T: int) -> RunInfo:
-    layers, blocks = dit_structure()
-    return RunInfo(
-        family="dit",
-        num_steps=T,
-        layers=layers,
-        n_image=TOKENS,
-        n_text=0,
-        grid=(16, 16),
-        batch=2,
-        cfg_batched=True,
-        blocks_per_stream=blocks,
-    )
+    return _run("dit", dit_structure, 0, T)
 
 
 def block_cell(decisions) -> int:

@@ -241,30 +241,9 @@ def test_committed_calibrations_build():
 
 
 def _flux_pipeline():
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from test_adapter_flux import tiny_transformer
+    from test_adapter_flux import tiny_pipeline
 
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        shift_factor=0.0,
-        scaling_factor=1.0,
-    )
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=tiny_transformer(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_pipeline()
 
 
 def _recording(method, shapes: list):
